@@ -1,0 +1,1 @@
+"""Concrete implementations of the engine's ports: models, tools, stores."""

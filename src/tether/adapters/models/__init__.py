@@ -1,0 +1,1 @@
+"""Models: OpenAI-compatible, scripted, replay; and how a model reference picks one."""

@@ -1,0 +1,1 @@
+"""Stores: in memory, and SQL (SQLite by default, Postgres)."""

@@ -1,0 +1,97 @@
+"""An in-memory store: the same contract as the SQL store, for tests and throwaway runs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from tether.domain.errors import StoreConflict
+from tether.domain.records import ACTIVE, Record
+from tether.domain.runs import RunInfo, info_from_start, update_info
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._logs: dict[str, list[Record]] = {}
+        self._runs: dict[str, RunInfo] = {}
+
+    async def create_run(self, record: Record, *, owner: str | None) -> None:
+        info = info_from_start(record, time.time())
+        if info.thread_id is not None:
+            for other in self._runs.values():
+                if other.thread_id == info.thread_id and other.status in ACTIVE:
+                    raise StoreConflict(f"thread {info.thread_id} already has an active run ({other.id})")
+        self._runs[record.run_id] = info
+        self._logs[record.run_id] = []
+        self._write(record)
+        if owner is not None:
+            info.lease_owner, info.lease_expires = owner, time.time() + 30.0
+
+    def append(self, records: Sequence[Record]) -> None:
+        for r in records:
+            self._write(r)
+
+    def _write(self, r: Record) -> None:
+        log = self._logs[r.run_id]
+        if r.seq != len(log) + 1:
+            raise StoreConflict(f"run {r.run_id}: record {r.seq} conflicts with the log (at {len(log)})")
+        log.append(r)
+        update_info(self._runs[r.run_id], r)
+
+    async def sync(self) -> None:
+        return None
+
+    async def load(self, run_id: str) -> list[Record]:
+        return list(self._logs.get(run_id, ()))
+
+    async def get_run(self, run_id: str) -> RunInfo | None:
+        return self._runs.get(run_id)
+
+    async def list_runs(
+        self, *, limit: int = 50, status: str | None = None, thread_id: str | None = None
+    ) -> list[RunInfo]:
+        rows = [
+            r
+            for r in self._runs.values()
+            if (status is None or r.status == status) and (thread_id is None or r.thread_id == thread_id)
+        ]
+        rows.sort(key=lambda r: r.id, reverse=True)
+        return rows[:limit]
+
+    async def acquire_lease(self, run_id: str, owner: str, ttl_s: float) -> bool:
+        info = self._runs[run_id]
+        now = time.time()
+        if info.lease_owner in (None, owner) or (info.lease_expires or 0) < now:
+            info.lease_owner, info.lease_expires = owner, now + ttl_s
+            return True
+        return False
+
+    async def renew_lease(self, run_id: str, owner: str, ttl_s: float) -> bool:
+        info = self._runs[run_id]
+        if info.lease_owner != owner:
+            return False
+        info.lease_expires = time.time() + ttl_s
+        return True
+
+    async def release_lease(self, run_id: str, owner: str) -> None:
+        info = self._runs[run_id]
+        if info.lease_owner == owner:
+            info.lease_owner, info.lease_expires = None, None
+
+    async def decide(self, run_id: str, pause_id: str, decisions: Sequence[Record]) -> bool:
+        info = self._runs[run_id]
+        if info.status != "paused" or info.pause_id != pause_id:
+            return False
+        self.append(decisions)
+        return True
+
+    async def expired_runs(self) -> list[str]:
+        now = time.time()
+        return [
+            r.id
+            for r in self._runs.values()
+            if r.status in ("queued", "running") and (r.lease_owner is None or (r.lease_expires or 0) < now)
+        ]
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,1 @@
+"""Tools: typed Python functions, built-ins."""

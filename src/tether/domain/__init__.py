@@ -1,0 +1,1 @@
+"""Plain typed data: messages, agents, records, run state. No I/O lives here."""

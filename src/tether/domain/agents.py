@@ -1,0 +1,43 @@
+"""What an agent is, as recorded in a run: enough to continue it anywhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+MaxStepsPolicy = Literal["fail", "finish"]
+
+
+@dataclass(slots=True)
+class Limits:
+    """Per-run limits. `max_steps` counts model calls."""
+
+    max_steps: int = 20
+    on_max_steps: MaxStepsPolicy = "fail"
+    max_parallel_tools: int = 8
+    max_output_retries: int = 2  # corrections asked for when the answer fails `output_schema`
+
+
+@dataclass(slots=True)
+class ToolSpec:
+    """A tool as the model sees it, plus how it is run and a hash of its schema."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    schema_hash: str
+    kind: Literal["function", "builtin", "client", "mcp"] = "function"
+
+
+@dataclass(slots=True)
+class AgentSnapshot:
+    name: str
+    model: str
+    instructions: str = ""
+    limits: Limits = field(default_factory=Limits)
+    tools: list[ToolSpec] = field(default_factory=list)
+    output_schema: dict[str, Any] | None = None
+    agent_ref: str | None = None  # "file:PATH" or "module:attr": where the agent can be found again
+    agent_hash: str | None = None  # hash of the agent file, when it came from one
+    breakpoints: list[dict[str, Any]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)  # temperature, top_p, ...

@@ -1,0 +1,35 @@
+"""Errors Tether reports to users. Each message says what was wrong and what to do."""
+
+from __future__ import annotations
+
+
+class TetherError(Exception):
+    """Base class: an error with a message meant for the user, shown without a traceback."""
+
+
+class ConfigError(TetherError):
+    """A bad agent file, model reference, tool path or setting."""
+
+
+class StoreConflict(TetherError):
+    """Another actor advanced this run first (a record's seq was taken, or a thread is busy)."""
+
+
+class AlreadyResumed(TetherError):
+    """A decision named a pause the run is no longer at."""
+
+
+class RunNotFound(TetherError):
+    pass
+
+
+class ModelError(TetherError):
+    """The model call failed after retries."""
+
+
+class ReplayDiverged(ModelError):
+    """A replay was asked for a request that differs from the recording."""
+
+    def __init__(self, step: int, detail: str) -> None:
+        super().__init__(f"replay diverged at step {step}: {detail}")
+        self.step = step

@@ -1,0 +1,18 @@
+"""Events: every state change of a run, for live views, streams and telemetry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from tether.domain.records import Record
+
+
+@dataclass(slots=True)
+class Event:
+    """`record`: a record was appended (replayable from the log); `delta`: model text, live only."""
+
+    run_id: str
+    type: Literal["record", "delta"]
+    record: Record | None = None
+    delta: str | None = None

@@ -1,0 +1,37 @@
+"""What goes to a model and what comes back, in Tether's types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tether.domain.messages import Message, ToolCall
+from tether.domain.usage import Usage
+
+FinishReason = Literal["stop", "tool_calls", "length", "content_filter", "error"]
+
+
+@dataclass(slots=True)
+class ToolSchema:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+@dataclass(slots=True)
+class ModelRequest:
+    messages: list[Message]
+    tools: list[ToolSchema] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    output_schema: dict[str, Any] | None = None
+    fingerprint: str = ""  # stable hash of everything above, for replay divergence checks
+
+
+@dataclass(slots=True)
+class ModelResponse:
+    text: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: FinishReason = "stop"
+    usage: Usage = field(default_factory=Usage)
+    refusal: str | None = None
+    model_name: str | None = None  # what the server says it ran

@@ -1,0 +1,83 @@
+"""The ports the engine depends on. Adapters implement them; the engine never names an adapter."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from tether.domain.models import ModelRequest, ModelResponse
+from tether.domain.records import Record
+from tether.domain.runs import RunInfo
+from tether.domain.tools import ToolContext, ToolPolicy
+
+
+@runtime_checkable
+class Model(Protocol):
+    ref: str  # the model reference it was made from, e.g. "openai:gpt-4o-mini"
+
+    async def complete(
+        self, request: ModelRequest, on_delta: Callable[[str], None] | None = None
+    ) -> ModelResponse:
+        """One model call. `on_delta`, when given, receives text fragments as they stream."""
+        ...
+
+    def cost_usd(self, response: ModelResponse) -> float | None:
+        """The price of one response, or None when this endpoint's prices are unknown."""
+        ...
+
+
+@runtime_checkable
+class Tool(Protocol):
+    name: str
+    description: str
+    parameters: dict[str, Any]  # JSON schema of the arguments object
+    policy: ToolPolicy
+    kind: str  # "function", "builtin", "client", "mcp"
+    cancellable: bool  # False when a timeout cannot really stop the call (a sync function in a thread)
+
+    def validate(self, arguments: dict[str, Any]) -> Any:
+        """Check arguments before the call; raise ToolError with a message the model can act on."""
+        ...
+
+    async def call(self, validated: Any, ctx: ToolContext) -> Any:
+        ...
+
+
+class Store(Protocol):
+    """The run log and the run index. Appends are ordered per run; `sync` waits for commit."""
+
+    async def create_run(self, record: Record, *, owner: str | None) -> None:
+        """Insert the run (from its `run_started` record) and that record, optionally leased."""
+        ...
+
+    def append(self, records: Sequence[Record]) -> None:
+        """Queue records for commit; they commit in order, possibly grouped with other runs'."""
+        ...
+
+    async def sync(self) -> None:
+        """Return once everything appended so far has committed (or raise its error)."""
+        ...
+
+    async def load(self, run_id: str) -> list[Record]: ...
+
+    async def get_run(self, run_id: str) -> RunInfo | None: ...
+
+    async def list_runs(
+        self, *, limit: int = 50, status: str | None = None, thread_id: str | None = None
+    ) -> list[RunInfo]: ...
+
+    async def acquire_lease(self, run_id: str, owner: str, ttl_s: float) -> bool: ...
+
+    async def renew_lease(self, run_id: str, owner: str, ttl_s: float) -> bool: ...
+
+    async def release_lease(self, run_id: str, owner: str) -> None: ...
+
+    async def decide(self, run_id: str, pause_id: str, decisions: Sequence[Record]) -> bool:
+        """Append decision records only if the run is still paused at `pause_id` (compare-and-set).
+
+        Returns False, writing nothing, when another actor answered that pause first."""
+        ...
+
+    async def expired_runs(self) -> list[str]:
+        """Active runs (queued/running) whose lease has expired or was never taken."""
+        ...

@@ -1,0 +1,129 @@
+"""The run log: an append-only sequence of records (see the run contract in DESIGN.md).
+
+A run's state is a fold of these records (`tether.domain.state`). Payloads are Tether's own
+types; the store serialises them, the executor never reads them back while it runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tether.domain.agents import AgentSnapshot
+from tether.domain.messages import Message
+from tether.domain.models import ModelResponse
+from tether.domain.usage import Usage
+
+FORMAT_VERSION = 1
+
+RunStatus = Literal["queued", "running", "paused", "completed", "failed", "cancelled", "incomplete"]
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled", "incomplete"})
+ACTIVE: frozenset[str] = frozenset({"queued", "running", "paused"})
+
+PauseReason = Literal["breakpoint", "approval", "client_tool", "budget", "uncertain"]
+Action = Literal["continue", "step", "edit", "skip", "approve", "deny", "rerun", "supply", "abort"]
+
+
+@dataclass(slots=True)
+class ForkOrigin:
+    parent_run_id: str
+    at_step: int
+
+
+@dataclass(slots=True)
+class RunStarted:
+    agent: AgentSnapshot
+    input: list[Message]  # the whole conversation the run starts from (thread history + new input)
+    thread_id: str | None = None
+    fork: ForkOrigin | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    kind: Literal["run_started"] = "run_started"
+
+
+@dataclass(slots=True)
+class ModelCalled:
+    step: int
+    fingerprint: str
+    response: ModelResponse
+    cost_usd: float | None = None  # None: price unknown (not zero)
+    duration_s: float = 0.0
+    reused: bool = False  # served from a parent's log by a fork or a full replay
+    rejected: str | None = None  # why the answer was sent back (it failed the output schema)
+    final: bool = False  # the last call without tools, after max_steps with policy "finish"
+    kind: Literal["model_call"] = "model_call"
+
+
+@dataclass(slots=True)
+class ToolStarted:
+    step: int
+    call_id: str
+    name: str
+    arguments: str
+    attempt: int = 1
+    kind: Literal["tool_started"] = "tool_started"
+
+
+@dataclass(slots=True)
+class ToolFinished:
+    step: int
+    call_id: str
+    name: str
+    result: str | None = None  # what the model sees when the call succeeded
+    error: str | None = None  # what the model sees when it did not
+    duration_s: float = 0.0
+    reused: bool = False
+    kind: Literal["tool_finished"] = "tool_finished"
+
+
+@dataclass(slots=True)
+class PendingItem:
+    id: str  # unique within the pause; for a tool call, its call id
+    reason: PauseReason
+    call_id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class Paused:
+    pause_id: str
+    items: list[PendingItem]
+    kind: Literal["paused"] = "paused"
+
+
+@dataclass(slots=True)
+class Decision:
+    pause_id: str
+    item_id: str
+    action: Action
+    payload: Any = None  # e.g. the supplied result for "supply"
+    by: str = "api"
+    kind: Literal["decision"] = "decision"
+
+
+@dataclass(slots=True)
+class Finished:
+    status: RunStatus
+    output: str | None = None
+    structured: Any = None  # the parsed answer when the agent has an output schema
+    error: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float | None = None
+    kind: Literal["finished"] = "finished"
+
+
+Payload = RunStarted | ModelCalled | ToolStarted | ToolFinished | Paused | Decision | Finished
+
+
+@dataclass(slots=True)
+class Record:
+    run_id: str
+    seq: int
+    ts: float  # unix time, sub-second
+    payload: Payload
+    v: int = FORMAT_VERSION
+
+    @property
+    def kind(self) -> str:
+        return self.payload.kind

@@ -1,0 +1,64 @@
+"""The run index: one row a run, kept by the store beside the log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tether.domain.records import Decision, Finished, ModelCalled, Paused, Record, RunStarted, RunStatus
+
+
+@dataclass(slots=True)
+class RunInfo:
+    id: str
+    status: RunStatus
+    agent_name: str
+    model: str
+    created_at: float
+    updated_at: float
+    thread_id: str | None = None
+    parent_run_id: str | None = None
+    pause_id: str | None = None
+    lease_owner: str | None = None
+    lease_expires: float | None = None
+    last_seq: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = None
+    output: str | None = None  # the final answer (or error), once finished
+
+
+def info_from_start(record: Record, now: float) -> RunInfo:
+    p = record.payload
+    assert isinstance(p, RunStarted), "a run begins with its run_started record"
+    return RunInfo(
+        id=record.run_id,
+        status="queued",
+        agent_name=p.agent.name,
+        model=p.agent.model,
+        created_at=record.ts,
+        updated_at=now,
+        thread_id=p.thread_id,
+        parent_run_id=p.fork.parent_run_id if p.fork else None,
+    )
+
+
+def update_info(info: RunInfo, record: Record) -> None:
+    """How a record changes the run's index row (one implementation for every store)."""
+    p = record.payload
+    info.last_seq = record.seq
+    info.updated_at = record.ts
+    if isinstance(p, ModelCalled):
+        info.input_tokens += p.response.usage.input_tokens
+        info.output_tokens += p.response.usage.output_tokens
+        if p.cost_usd is not None:
+            info.cost_usd = (info.cost_usd or 0.0) + p.cost_usd
+        if info.status != "running":
+            info.status = "running"
+    elif isinstance(p, Paused):
+        info.status, info.pause_id = "paused", p.pause_id
+    elif isinstance(p, Decision):
+        info.status, info.pause_id = "queued", None
+    elif isinstance(p, Finished):
+        info.status, info.pause_id = p.status, None
+        info.output = p.output if p.output is not None else p.error
+        info.cost_usd = p.cost_usd

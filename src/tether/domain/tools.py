@@ -1,0 +1,51 @@
+"""Tool options and the context a tool receives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ToolPolicy:
+    """Every option a tool has, in one place.
+
+    `retryable` applies only to idempotent tools: a call with side effects is never repeated
+    behind the user's back. A non-idempotent call that times out in a thread that cannot be
+    killed is `uncertain` (see the run contract).
+    """
+
+    timeout_s: float | None = 60.0
+    idempotent: bool = False
+    retryable: bool = False
+    max_retries: int = 2
+    max_concurrency: int | None = None
+    max_result_chars: int = 100_000
+    requires_approval: bool = False
+
+    def __post_init__(self) -> None:
+        if self.retryable and not self.idempotent:
+            raise ValueError("a tool can be retryable only if it is idempotent (idempotent=True)")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise ValueError("timeout_s must be positive, or None for no timeout")
+
+
+@dataclass(frozen=True, slots=True)
+class ToolContext:
+    """What a tool is told about the call it serves.
+
+    `idempotency_key` (`run_id:call_id`) is the same on every attempt of the same call, so a
+    tool with side effects can deduplicate on its side.
+    """
+
+    run_id: str
+    call_id: str
+    step: int
+    attempt: int = 1
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.run_id}:{self.call_id}"
+
+
+class ToolError(Exception):
+    """Raised by a tool (or the tool layer) for an error the model should see as the result."""

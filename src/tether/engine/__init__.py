@@ -1,0 +1,1 @@
+"""The engine: the executor loop over the run log."""
