@@ -116,6 +116,8 @@ class RunState:
         if d.action in ("supply", "skip"):
             c = self.call(d.item_id)
             c.result, c.error, c.done = str(d.payload), None, True
+        elif d.action == "abort":
+            self.status = "running"  # the executor finishes it as cancelled, closing open calls
         elif d.action == "rerun":
             self.call(d.item_id).started = False
         assert self.pause is not None

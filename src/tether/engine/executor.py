@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tether.domain.errors import ModelError
+from tether.domain.errors import ModelError, ReplayDiverged
 from tether.domain.events import Event
 from tether.domain.ids import new_id
 from tether.domain.messages import Message, ToolCall
@@ -226,6 +226,8 @@ class Executor:
                 error = f"the tool timed out after {policy.timeout_s:g}s"
             except ToolError as e:
                 error = str(e) or type(e).__name__
+            except ReplayDiverged:
+                raise  # a replay that no longer matches its recording must stop, not improvise
             except Exception as e:  # a tool's bug is the model's information, not the run's crash
                 error = f"{type(e).__name__}: {e}"
             else:

@@ -1,0 +1,1 @@
+"""Services: the runs service every interface calls."""

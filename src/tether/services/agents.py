@@ -1,0 +1,206 @@
+"""Agents: a model, instructions and tools, defined in code or in a TOML agent file."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import sys
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from tether.domain.agents import AgentSnapshot, Limits, ToolSpec
+from tether.domain.errors import ConfigError
+from tether.domain.protocols import Model, Tool
+
+AGENT_FILE_KEYS = {"name", "model", "instructions", "tools", "limits", "settings", "output_schema",
+                   "breakpoints", "mcp_servers"}
+
+
+class Agent:
+    """What runs: a model, instructions, tools and limits.
+
+    `tools` may hold tools, plain functions (wrapped with `tether.tool`), built-in names such as
+    "calculator", or "module:function" paths. `ref` tells another process how to find this agent
+    again ("file:PATH" or "module:attr"), so it can continue a run this process started.
+    """
+
+    def __init__(
+        self,
+        name: str = "agent",
+        model: str | Model = "",
+        *,
+        instructions: str = "",
+        tools: Iterable[Any] = (),
+        limits: Limits | None = None,
+        output_schema: Any = None,
+        settings: Mapping[str, Any] | None = None,
+        ref: str | None = None,
+        file_hash: str | None = None,
+        base_dir: Path | None = None,
+    ) -> None:
+        self.name = name
+        self._model = None if isinstance(model, str) else model
+        self.model_ref = model if isinstance(model, str) else model.ref
+        if not self.model_ref:
+            raise ConfigError(f"agent {name!r} has no model: give a model reference such as "
+                              "'openai:gpt-4o-mini', 'qwen2.5:7b' or 'scripted:module:attr'")
+        self.instructions = instructions
+        self.limits = limits or Limits()
+        self.output_schema = _schema_of(output_schema)
+        self.settings = dict(settings or {})
+        self.ref, self.file_hash = ref, file_hash
+        self.tools: dict[str, Tool] = {}
+        for t in tools:
+            resolved = _resolve_tool(t, base_dir)
+            if resolved.name in self.tools:
+                raise ConfigError(f"agent {name!r} has two tools named {resolved.name!r}")
+            self.tools[resolved.name] = resolved
+
+    @property
+    def model(self) -> Model:
+        if self._model is None:
+            from tether.adapters.models.refs import resolve_model
+
+            self._model = resolve_model(self.model_ref)
+        return self._model
+
+    def snapshot(self) -> AgentSnapshot:
+        from tether.adapters.tools.function import schema_hash
+
+        specs = [
+            ToolSpec(t.name, t.description, t.parameters, schema_hash(t.name, t.description, t.parameters),
+                     t.kind)  # type: ignore[arg-type]
+            for t in self.tools.values()
+        ]
+        return AgentSnapshot(self.name, self.model_ref, self.instructions, self.limits, specs,
+                             self.output_schema, self.ref, self.file_hash, [], self.settings)
+
+    def with_model(self, model: str | Model, tools: Iterable[Any] | None = None) -> Agent:
+        """The same agent on another model (and optionally other tools), e.g. for a replay."""
+        return Agent(self.name, model, instructions=self.instructions,
+                     tools=self.tools.values() if tools is None else tools, limits=self.limits,
+                     output_schema=self.output_schema, settings=self.settings, ref=self.ref,
+                     file_hash=self.file_hash)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Agent:
+        return load_agent_file(path)
+
+    # -- running: shorthands for the runs service on the default store -------------------------
+
+    async def run(self, task: str, **options: Any) -> Any:
+        """Run the agent on `task` and return the run (answer, steps, usage, or its pending items)."""
+        from tether.services.runs import default_service
+
+        service = options.pop("service", None) or await default_service()
+        return await service.start(self, task, **options)
+
+    def run_sync(self, task: str, **options: Any) -> Any:
+        """`run`, for code without an event loop (and inside one, e.g. Jupyter: it uses a thread)."""
+        from tether.services.runs import run_blocking
+
+        return run_blocking(self.run(task, **options))
+
+    def iter(self, task: str, **options: Any) -> Any:
+        """Iterate over the run's events as they happen: `async for event in agent.iter(task)`."""
+        from tether.services.runs import iter_events
+
+        return iter_events(self, task, **options)
+
+    def __repr__(self) -> str:
+        return f"Agent(name={self.name!r}, model={self.model_ref!r}, tools={list(self.tools)})"
+
+
+def load_agent_file(path: str | Path) -> Agent:
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"agent file not found: {p}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read agent file {p}: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p} is not valid TOML: {e}") from None
+    unknown = set(data) - AGENT_FILE_KEYS
+    if unknown:
+        raise ConfigError(f"{p}: unknown keys {sorted(unknown)}; an agent file has {sorted(AGENT_FILE_KEYS)}")
+    if "model" not in data:
+        raise ConfigError(f"{p}: no `model`; add e.g. model = \"openai:gpt-4o-mini\"")
+    if data.get("mcp_servers"):
+        raise ConfigError(f"{p}: [mcp_servers] are not supported by this version of Tether yet")
+    if data.get("breakpoints"):
+        raise ConfigError(f"{p}: [[breakpoints]] are not supported by this version of Tether yet")
+    tools = data.get("tools", [])
+    if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
+        raise ConfigError(f"{p}: `tools` must be a list of names, e.g. [\"calculator\", \"mytools:lookup\"]")
+    return Agent(
+        name=str(data.get("name", p.stem)),
+        model=str(data["model"]),
+        instructions=str(data.get("instructions", "")),
+        tools=tools,
+        limits=_limits(p, data.get("limits", {})),
+        output_schema=data.get("output_schema"),
+        settings=data.get("settings", {}),
+        ref=f"file:{p.resolve()}",
+        file_hash=hashlib.sha256(raw).hexdigest()[:16],
+        base_dir=p.resolve().parent,
+    )
+
+
+def _limits(path: Path, table: Any) -> Limits:
+    names = {f.name for f in fields(Limits)}
+    if not isinstance(table, dict) or set(table) - names:
+        raise ConfigError(f"{path}: [limits] takes {sorted(names)}")
+    limits = Limits(**table)
+    if limits.on_max_steps not in ("fail", "finish"):
+        raise ConfigError(f"{path}: limits.on_max_steps must be \"fail\" or \"finish\"")
+    return limits
+
+
+def _resolve_tool(t: Any, base_dir: Path | None) -> Tool:
+    from tether.adapters.tools.function import FunctionTool
+
+    if isinstance(t, str):
+        if ":" not in t:
+            from tether.adapters.tools.builtins import builtin
+
+            return builtin(t)  # type: ignore[no-any-return]
+        t = import_attr(t, base_dir)
+    if isinstance(t, Tool):
+        return t
+    if callable(t):
+        return FunctionTool(t)
+    raise ConfigError(f"{t!r} is not a tool: give a function, a tool, a built-in name or 'module:function'")
+
+
+def import_attr(path: str, base_dir: Path | None = None) -> Any:
+    """Import 'module:attr' (modules next to an agent file are found too)."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"{path!r} is not a 'module:attribute' path")
+    if base_dir is not None and str(base_dir) not in sys.path:
+        sys.path.insert(0, str(base_dir))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"cannot import module {module_name!r} (for {path!r}): {e}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(f"module {module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def _schema_of(output_schema: Any) -> dict[str, Any] | None:
+    if output_schema is None or isinstance(output_schema, dict):
+        return output_schema
+    if hasattr(output_schema, "model_json_schema"):  # a Pydantic model class
+        return output_schema.model_json_schema()  # type: ignore[no-any-return]
+    raise ConfigError("output_schema must be a JSON schema (dict) or a Pydantic model class")
