@@ -338,13 +338,18 @@ def _check_action(item: PendingItem, action: Action, payload: Any) -> None:
 _default: RunsService | None = None
 
 
+def open_service(url: str | None = None) -> RunsService:
+    """A service on the store at `url` (default: TETHER_DATABASE_URL, else the SQLite file in TETHER_HOME)."""
+    from tether.adapters.store.sql import open_store
+
+    return RunsService(open_store(url))
+
+
 async def default_service() -> RunsService:
-    """A service on the default store (TETHER_DATABASE_URL, else the SQLite file in TETHER_HOME)."""
+    """The process-wide service on the default store, opened on first use."""
     global _default
     if _default is None:
-        from tether.adapters.store.sql import open_store
-
-        _default = RunsService(open_store())
+        _default = open_service()
     return _default
 
 
