@@ -6,24 +6,17 @@ import os
 import threading
 import time
 
-_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 _lock = threading.Lock()
 _last = 0
 
 
-def _base36(n: int, width: int) -> str:
-    out = []
-    for _ in range(width):
-        n, r = divmod(n, 36)
-        out.append(_ALPHABET[r])
-    return "".join(reversed(out))
-
-
 def new_id(prefix: str) -> str:
-    """`prefix_` + 10 chars of microsecond time (monotonic within a process) + 10 random chars."""
+    """`prefix_` + 14 hex digits of microsecond time (monotonic within a process) + 12 random ones.
+
+    Fixed width, so ids sort by creation time as plain strings (cursor pagination relies on it).
+    """
     global _last
     with _lock:
         now = max(time.time_ns() // 1000, _last + 1)
         _last = now
-    rand = int.from_bytes(os.urandom(7), "big")
-    return f"{prefix}_{_base36(now, 10)}{_base36(rand, 10)}"
+    return f"{prefix}_{now:014x}{int.from_bytes(os.urandom(6), 'big'):012x}"

@@ -7,11 +7,10 @@ re-reads the log; resuming folds the stored records into a fresh state. Nothing 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 
 from tether.domain.agents import AgentSnapshot
-from tether.domain.messages import Message, ToolCall
+from tether.domain.messages import Message, TextPart, ToolCall
 from tether.domain.records import (
     Decision,
     Finished,
@@ -138,8 +137,9 @@ class RunState:
         h = self._hash
         assert h is not None
         # Tether-minted call ids are left out: a replay mints new ones for the same conversation.
-        calls = [(c.name, c.arguments) for c in m.tool_calls]
-        h.update(json.dumps([m.role, m.text, calls, m.name], separators=(",", ":")).encode())  # type: ignore[attr-defined]
+        parts = [m.role, m.name or "", *(p.text if isinstance(p, TextPart) else repr(p) for p in m.content)]
+        parts += [f"{c.name}\x1f{c.arguments}" for c in m.tool_calls]
+        h.update("\x1e".join(parts).encode() + b"\x1d")  # type: ignore[attr-defined]
 
     # -- questions the executor asks ------------------------------------------------------------
 

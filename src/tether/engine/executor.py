@@ -50,10 +50,12 @@ class Executor:
         model: Model,
         tools: Mapping[str, Tool],
         on_event: Callable[[Event], None] | None = None,
+        log: list[Record] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store, self.model, self.tools = store, model, tools
         self.on_event, self.clock = on_event, clock
+        self.log = log  # when given, every appended record is added to it too
         self._tool_limits = {
             name: asyncio.Semaphore(t.policy.max_concurrency)
             for name, t in tools.items()
@@ -262,6 +264,8 @@ class Executor:
         record = Record(state.run_id, state.last_seq + 1, self.clock(), payload)
         state.apply(record)
         self.store.append((record,))
+        if self.log is not None:
+            self.log.append(record)
         if self.on_event is not None:
             self.on_event(Event(state.run_id, "record", record))
         return record

@@ -53,6 +53,7 @@ class Agent:
         self.settings = dict(settings or {})
         self.ref, self.file_hash = ref, file_hash
         self.tools: dict[str, Tool] = {}
+        self._specs: list[ToolSpec] | None = None
         for t in tools:
             resolved = _resolve_tool(t, base_dir)
             if resolved.name in self.tools:
@@ -70,11 +71,13 @@ class Agent:
     def snapshot(self) -> AgentSnapshot:
         from tether.adapters.tools.function import schema_hash
 
-        specs = [
-            ToolSpec(t.name, t.description, t.parameters, schema_hash(t.name, t.description, t.parameters),
-                     t.kind)  # type: ignore[arg-type]
-            for t in self.tools.values()
-        ]
+        if self._specs is None:  # tools do not change after construction: hash their schemas once
+            self._specs = [
+                ToolSpec(t.name, t.description, t.parameters, schema_hash(t.name, t.description, t.parameters),
+                         t.kind)  # type: ignore[arg-type]
+                for t in self.tools.values()
+            ]
+        specs = list(self._specs)
         return AgentSnapshot(self.name, self.model_ref, self.instructions, self.limits, specs,
                              self.output_schema, self.ref, self.file_hash, [], self.settings)
 

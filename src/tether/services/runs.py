@@ -94,7 +94,7 @@ class RunsService:
         state.apply(first)
         if on_event is not None:
             on_event(Event(run_id, "record", first))
-        return await self._drive(state, agent, on_event)
+        return await self._drive(state, [first], agent, on_event)
 
     async def continue_thread(self, thread_id: str, task: str | Sequence[Message], *,
                               agent: Agent | None = None, **options: Any) -> RunView:
@@ -118,10 +118,15 @@ class RunsService:
                                 "wait for it, answer its pause, or cancel it")
         return fold(latest.id, await self.store.load(latest.id)).messages
 
-    async def _drive(self, state: RunState, agent: Agent,
+    async def _drive(self, state: RunState, records: list[Record], agent: Agent,
                      on_event: Callable[[Event], None] | None = None) -> RunView:
-        """Advance a leased run until it pauses or finishes, then give the lease back."""
-        executor = Executor(store=self.store, model=agent.model, tools=agent.tools, on_event=on_event)
+        """Advance a leased run until it pauses or finishes, then give the lease back.
+
+        `records` is the run's log so far; the executor extends it, so the view that comes back
+        needs no re-read of the store.
+        """
+        executor = Executor(store=self.store, model=agent.model, tools=agent.tools, on_event=on_event,
+                            log=records)
         self._active[state.run_id] = executor
         heartbeat = asyncio.create_task(self._heartbeat(state.run_id))
         try:
@@ -131,7 +136,7 @@ class RunsService:
             self._active.pop(state.run_id, None)
             await self.store.sync()
             await self.store.release_lease(state.run_id, self.owner)
-        return await self.get(state.run_id)
+        return _view(state, records)
 
     async def _heartbeat(self, run_id: str) -> None:
         while True:
@@ -144,11 +149,7 @@ class RunsService:
         records = await self.store.load(run_id)
         if not records:
             raise RunNotFound(f"no run {run_id!r}; `tether runs list` shows the runs there are")
-        s = fold(run_id, records)
-        pending = list(s.pause.items) if s.pause else []
-        return RunView(s.run_id, s.status, s.output, s.structured, s.error, pending,
-                       s.pause.pause_id if s.pause else None, s.usage, s.cost_usd, s.thread_id, s.agent,
-                       s.messages, records)
+        return _view(fold(run_id, records), records)
 
     async def list(self, *, limit: int = 50, status: str | None = None,
                    thread_id: str | None = None) -> list[RunInfo]:
@@ -186,13 +187,14 @@ class RunsService:
             raise AlreadyResumed(f"run {run_id} was already resumed from pause {pause_id} by another actor")
         for r in recs:
             state.apply(r)
+            records.append(r)
             if on_event is not None:
                 on_event(Event(run_id, "record", r))
         if not await self.store.acquire_lease(run_id, self.owner, self.lease_ttl_s):
             return await self.get(run_id)  # another worker picked it up already; it will advance it
         if any(d.action == "abort" for d in decisions):
             return await self._abort(state, agent, "aborted by " + by)
-        return await self._drive(state, agent, on_event)
+        return await self._drive(state, records, agent, on_event)
 
     async def submit_tool_outputs(self, run_id: str, outputs: dict[str, str], **options: Any) -> RunView:
         """Answer a `client_tool` pause: one output for each pending call id."""
@@ -251,11 +253,12 @@ class RunsService:
             info = await self.store.get_run(run_id)
             raise TetherError(f"run {run_id} is leased by {info.lease_owner if info else '?'}; it can be "
                               "resumed once that lease expires")
-        state = fold(run_id, await self.store.load(run_id))
+        records = await self.store.load(run_id)
+        state = fold(run_id, records)
         if state.status != "running":
             await self.store.release_lease(run_id, self.owner)
-            return await self.get(run_id)
-        return await self._drive(state, self.agent_for(state.agent), on_event)  # type: ignore[arg-type]
+            return _view(state, records)
+        return await self._drive(state, records, self.agent_for(state.agent), on_event)  # type: ignore[arg-type]
 
     async def resume_expired(self) -> list[RunView]:
         out = []
@@ -319,6 +322,13 @@ class RunsService:
                 raise ConfigError(f"tool {spec.name!r} changed since the run started (schema {spec.schema_hash} "
                                   f"→ {live[spec.name]}); restore it, or fork the run with the new agent")
         return agent
+
+
+def _view(s: RunState, records: list[Record]) -> RunView:
+    pending = list(s.pause.items) if s.pause else []
+    return RunView(s.run_id, s.status, s.output, s.structured, s.error, pending,
+                   s.pause.pause_id if s.pause else None, s.usage, s.cost_usd, s.thread_id, s.agent,
+                   s.messages, records)
 
 
 def _check_action(item: PendingItem, action: Action, payload: Any) -> None:
