@@ -1,0 +1,104 @@
+"""Model references → models.
+
+    openai:NAME            OpenAI's API (key from OPENAI_API_KEY); priced from genai-prices
+    anthropic:NAME         not available yet
+    replay:PATH            a recorded cassette (reads a file: refused where files are not allowed)
+    scripted:MODULE:ATTR   a ScriptedModel, or a function or list to make one from
+    anything else          a name for the OpenAI-compatible backend at OPENAI_BASE_URL (or OpenAI
+                           itself when only OPENAI_API_KEY is set), e.g. Ollama's `qwen2.5:7b`
+
+Nothing here imports an SDK; models import theirs on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+from tether.domain.errors import ConfigError
+from tether.domain.protocols import Model
+
+PREFIXES = ("openai:", "anthropic:", "replay:", "scripted:")
+
+
+def resolve_model(ref: str, *, allow_files: bool = True) -> Model:
+    """The model a reference names. Raises ConfigError saying what to change."""
+    ref = (ref or "").strip()
+    if not ref:
+        raise ConfigError("no model given: use openai:NAME, an OpenAI-compatible model name, "
+                          "scripted:MODULE:ATTR or replay:PATH")
+    prefix, _, rest = ref.partition(":")
+    if prefix + ":" in PREFIXES and not rest:
+        raise ConfigError(f"model reference {ref!r} names no model after '{prefix}:'")
+    if prefix == "openai":
+        return _openai(rest, ref)
+    if prefix == "anthropic":
+        raise ConfigError("anthropic models are not available yet; use openai:NAME or an "
+                          "OpenAI-compatible server")
+    if prefix == "replay":
+        return _replay(rest, ref, allow_files)
+    if prefix == "scripted":
+        return _scripted(rest, ref)
+    return _compatible(ref)
+
+
+def _openai(name: str, ref: str) -> Model:
+    from tether.adapters.models.openai_compat import OpenAIModel
+
+    key = os.environ.get("OPENAI_API_KEY")
+    if not key:
+        raise ConfigError(f"model {ref!r} needs an OpenAI API key: set OPENAI_API_KEY")
+    return OpenAIModel(name, base_url=None, api_key=key, ref=ref, priced=True)
+
+
+def _compatible(name: str) -> Model:
+    from tether.adapters.models.openai_compat import OpenAIModel, is_openai_endpoint
+
+    base_url = os.environ.get("OPENAI_BASE_URL") or None
+    key = os.environ.get("OPENAI_API_KEY") or None
+    if base_url is None and key is None:
+        raise ConfigError(f"no model backend configured for {name!r}: set OPENAI_BASE_URL (e.g. "
+                          "http://localhost:11434/v1 for Ollama) or OPENAI_API_KEY, or use a "
+                          "scripted:/replay: model")
+    # Billed only when the call really goes to OpenAI; a local model named like a hosted one is not.
+    return OpenAIModel(name, base_url=base_url, api_key=key or "not-needed", ref=name,
+                       priced=is_openai_endpoint(base_url))
+
+
+def _replay(path: str, ref: str, allow_files: bool) -> Model:
+    if not allow_files:
+        raise ConfigError(f"model {ref!r} reads a file, and file references are refused here "
+                          "(the server must be configured to allow them)")
+    from tether.adapters.models.replay import ReplayModel, read_cassette
+
+    return ReplayModel(read_cassette(path), ref=ref)
+
+
+def _scripted(target: str, ref: str) -> Model:
+    from tether.adapters.models.scripted import ScriptedModel
+
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"{ref!r} should be scripted:MODULE:ATTR (e.g. scripted:mytests.models:script)")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"scripted model {ref!r}: cannot import module {module_name!r}: {e}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(f"scripted model {ref!r}: module {module_name!r} has no attribute "
+                              f"{attr!r}") from None
+    if isinstance(obj, ScriptedModel):
+        return obj
+    if callable(obj) and not isinstance(obj, type):
+        return ScriptedModel(obj, ref=ref)
+    if isinstance(obj, list | tuple):
+        return ScriptedModel(list(obj), ref=ref)
+    if isinstance(obj, Model):
+        return obj
+    raise ConfigError(f"scripted model {ref!r}: {module_name}.{attr} is a {type(obj).__name__}; give a "
+                      "ScriptedModel, a function of the request, or a list of responses")
