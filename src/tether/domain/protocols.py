@@ -46,7 +46,7 @@ class Tool(Protocol):
 class Store(Protocol):
     """The run log and the run index. Appends are ordered per run; `sync` waits for commit."""
 
-    async def create_run(self, record: Record, *, owner: str | None) -> None:
+    async def create_run(self, record: Record, *, owner: str | None, lease_ttl_s: float = 30.0) -> None:
         """Insert the run (from its `run_started` record) and that record, optionally leased."""
         ...
 

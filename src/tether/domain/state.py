@@ -41,7 +41,7 @@ class CallState:
     @property
     def text(self) -> str:
         """What the model sees for this call."""
-        return self.result if self.error is None else f"Error: {self.error}"
+        return f"Error: {self.error}" if self.error is not None else (self.result or "")
 
 
 @dataclass(slots=True)

@@ -242,7 +242,8 @@ class Executor:
             return self._tool_done(state, c, error=error, duration=time.perf_counter() - started)
 
     def _tool_done(self, state: RunState, c: CallState, *, result: str | None = None,
-                   error: str | None = None, duration: float = 0.0) -> None:
+                   error: str | None = None, duration: float = 0.0) -> PendingItem | None:
+        """Record the call's outcome; nothing is left pending."""
         self._record(state, ToolFinished(c.step, c.call.id, c.call.name, result, error, duration))
         return None
 

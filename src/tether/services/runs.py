@@ -8,6 +8,7 @@ comes back as a `RunView` value with its pending items, never as an exception.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 import socket
 import threading
@@ -89,7 +90,7 @@ class RunsService:
         run_id = new_id("run")
         first = Record(run_id, 1, time.time(),
                        RunStarted(agent.snapshot(), history + new, thread_id, None, dict(metadata or {})))
-        await self.store.create_run(first, owner=self.owner)
+        await self.store.create_run(first, owner=self.owner, lease_ttl_s=self.lease_ttl_s)
         state = RunState(run_id)
         state.apply(first)
         if on_event is not None:
@@ -152,7 +153,7 @@ class RunsService:
         return _view(fold(run_id, records), records)
 
     async def list(self, *, limit: int = 50, status: str | None = None,
-                   thread_id: str | None = None) -> list[RunInfo]:
+                   thread_id: str | None = None) -> builtins.list[RunInfo]:
         return await self.store.list_runs(limit=limit, status=status, thread_id=thread_id)
 
     # -- answer a pause --------------------------------------------------------------------------
@@ -260,7 +261,7 @@ class RunsService:
             return _view(state, records)
         return await self._drive(state, records, self.agent_for(state.agent), on_event)  # type: ignore[arg-type]
 
-    async def resume_expired(self) -> list[RunView]:
+    async def resume_expired(self) -> builtins.list[RunView]:
         out = []
         for run_id in await self.store.expired_runs():
             try:

@@ -55,7 +55,7 @@ class ScriptedModel:
                        on_delta: Callable[[str], None] | None = None) -> ModelResponse:
         self.calls += 1
         if self._fn is not None:
-            out = await self._fn(request) if self._is_async else self._fn(request)
+            out = await self._fn(request) if self._is_async else self._fn(request)  # type: ignore[misc]
         else:
             assert self._list is not None
             if not self._list:

@@ -15,7 +15,7 @@ class MemoryStore:
         self._logs: dict[str, list[Record]] = {}
         self._runs: dict[str, RunInfo] = {}
 
-    async def create_run(self, record: Record, *, owner: str | None) -> None:
+    async def create_run(self, record: Record, *, owner: str | None, lease_ttl_s: float = 30.0) -> None:
         info = info_from_start(record, time.time())
         if info.thread_id is not None:
             for other in self._runs.values():
@@ -25,7 +25,7 @@ class MemoryStore:
         self._logs[record.run_id] = []
         self._write(record)
         if owner is not None:
-            info.lease_owner, info.lease_expires = owner, time.time() + 30.0
+            info.lease_owner, info.lease_expires = owner, time.time() + lease_ttl_s
 
     def append(self, records: Sequence[Record]) -> None:
         for r in records:

@@ -1,0 +1,1 @@
+"""Example agents that ship with Tether. `tether demo` runs the florist one, offline."""

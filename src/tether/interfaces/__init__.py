@@ -1,0 +1,1 @@
+"""Interfaces: the CLI (and later the HTTP server and web page). Each goes through the runs service."""

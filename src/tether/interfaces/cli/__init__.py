@@ -1,0 +1,1 @@
+"""The `tether` command line (typer + rich); the entry point is `tether.interfaces.cli.app:main`."""

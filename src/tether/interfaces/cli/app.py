@@ -1,0 +1,402 @@
+"""The `tether` command: run agents, watch their steps live, and look at, answer, cancel, resume and
+replay recorded runs. Everything goes through the runs service; runs live in the default store
+(the SQLite file in $TETHER_HOME, or $TETHER_DATABASE_URL).
+
+Exit codes: 0 completed (or done), 1 failed / cancelled / incomplete, 2 a usage mistake (bad file,
+unknown run, no model configured, ...), 3 paused and waiting for an answer, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shlex
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from tether.domain.errors import TetherError
+from tether.domain.records import ACTIVE, TERMINAL
+from tether.interfaces.cli.render import (
+    STATUS_STYLE,
+    RunPrinter,
+    fmt_time,
+    how_to_answer,
+    pending_text,
+    run_to_dict,
+    runs_table,
+)
+
+if TYPE_CHECKING:
+    from tether.services.agents import Agent
+    from tether.services.runs import RunsService, RunView
+
+T = TypeVar("T")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PAUSED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+SOFT = not console.is_terminal  # piped output keeps each line whole (grep-able)
+if SOFT and "COLUMNS" not in os.environ:
+    console.width = 200  # tables in a pipe: wide enough that nothing is squeezed
+
+app = typer.Typer(
+    name="tether",
+    help="Tether runs tool-using AI agents as durable runs you can stop, look inside, change and "
+         "continue.\n\n"
+         "Start with `tether demo` (offline, no API key), then `tether runs show RUN_ID`.\n\n"
+         "Runs are stored in $TETHER_HOME/tether.db (default ~/.local/share/tether), or in "
+         "$TETHER_DATABASE_URL.",
+    epilog="Exit codes: 0 completed, 1 failed or cancelled, 2 a usage mistake, 3 paused (waiting for an "
+           "answer).",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+runs_app = typer.Typer(
+    help="Look at, answer, cancel, resume, replay and export recorded runs.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(runs_app, name="runs")
+
+
+# -- plumbing -----------------------------------------------------------------------------------
+
+
+class UsageMistake(TetherError):
+    """A mistake in how the command was called (shown as `error: …`, exit 2)."""
+
+
+def _service_call(fn: Callable[[RunsService], Awaitable[T]]) -> T:
+    """Open the default runs service, run `fn` with it on an event loop, and close the store."""
+    from tether.services.runs import open_service, run_blocking
+
+    async def go() -> T:
+        service = open_service()
+        try:
+            return await fn(service)
+        finally:
+            close = getattr(service.store, "close", None)
+            if close is not None:
+                result = close()
+                if inspect.isawaitable(result):
+                    await result
+
+    return run_blocking(go())
+
+
+def _load_agent(path: Path, model: str | None) -> Agent:
+    from tether.services.agents import load_agent_file
+
+    agent = load_agent_file(path)
+    if model:
+        agent = agent.with_model(model)
+    _ = agent.model  # resolve it now: a missing key or cassette is a usage mistake, before any run starts
+    return agent
+
+
+def _exit_code(view: RunView) -> int:
+    if view.status == "completed":
+        return EXIT_OK
+    if view.status == "paused":
+        return EXIT_PAUSED
+    if view.status in TERMINAL:
+        return EXIT_FAILED
+    return EXIT_OK  # queued / running: another worker took it over and advances it
+
+
+def _after(view: RunView, *, how_to_see: bool = True, listed: bool = True) -> int:
+    """Say where the run stands and how to go on; return the exit code.
+
+    `listed`: the live view already showed the pending items of a pause."""
+    if view.status == "paused":
+        console.print(Text.assemble(("run ", ""), (view.id, "bold"), (" is paused", "bold magenta"),
+                                    (" and waits for an answer" + ("." if listed else ":"), "")),
+                      soft_wrap=SOFT)
+        if not listed:
+            for item in view.pending:
+                console.print(pending_text(item), soft_wrap=SOFT)
+        console.print("answer it with:")
+        for line in how_to_answer(view.id, view.pending):
+            console.print(Text("  " + line, style="bold"), soft_wrap=SOFT)
+    elif view.status in ACTIVE:
+        console.print(f"run {view.id} is {view.status}: another worker is advancing it; "
+                      f"follow it with `tether runs show {view.id}`", soft_wrap=SOFT)
+    if how_to_see and view.status != "paused":
+        console.print(Text(f"see the whole run: tether runs show {view.id}", style="dim"), soft_wrap=SOFT)
+    return _exit_code(view)
+
+
+def _live_run(start: Callable[[RunsService, Callable[[Any], None]], Awaitable[RunView]], *,
+              quiet: bool = False, existing: str | None = None) -> RunView:
+    """Start a run, or continue the `existing` one, with a live view of its steps (none when `quiet`)."""
+    printer = RunPrinter(console, live=not quiet)
+
+    def on_event(event: Any) -> None:
+        if not quiet:
+            printer.on_event(event)
+        elif event.record is not None:
+            printer.run_id = event.record.run_id
+
+    async def go(service: RunsService) -> RunView:
+        if existing is not None:
+            before = await service.get(existing)
+            printer.load(before.records)
+            printer.note = Text.assemble(("continuing run ", "dim"), (existing, "bold"),
+                                         (f" ({before.status}, {len(before.steps)} steps so far)", "dim"))
+        return await start(service, on_event)
+
+    try:
+        with printer:  # the spinner, in a terminal
+            return _service_call(go)
+    except KeyboardInterrupt:
+        if printer.run_id:
+            err_console.print(f"interrupted. Run {printer.run_id} is kept; continue it with "
+                              f"`tether runs resume {printer.run_id}` (once its lease expires, if it was not "
+                              "released), or cancel it with `tether runs cancel`.", soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+# -- tether run / demo --------------------------------------------------------------------------
+
+
+@app.command("run")
+def run_cmd(
+    agent_file: Annotated[Path, typer.Argument(help="The agent file (TOML: name, model, instructions, tools, "
+                                                    "[limits]).", show_default=False)],
+    task: Annotated[str, typer.Argument(help="What to ask the agent.", show_default=False)],
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m",
+        help="Use this model instead of the file's: openai:NAME, an OpenAI-compatible name such as "
+             "qwen2.5:7b (with OPENAI_BASE_URL), replay:CASSETTE or scripted:MODULE:ATTR.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the finished run as JSON instead of the live "
+                                                         "view.")] = False,
+) -> None:
+    """Run an agent on a task, showing each step as it happens.
+
+    Exits 0 when the run completes, 1 when it fails or is cancelled, 3 when it pauses (the run id and
+    the commands that answer it are printed).
+
+    Example: `tether run agent.toml "What do tulips cost?" --model openai:gpt-4o-mini`
+    """
+    agent = _load_agent(agent_file, model)
+    view = _live_run(lambda service, on_event: service.start(agent, task, on_event=on_event), quiet=as_json)
+    if as_json:
+        _print_json(run_to_dict(view))
+        raise typer.Exit(_exit_code(view))
+    raise typer.Exit(_after(view))
+
+
+@app.command("demo")
+def demo_cmd(
+    task: Annotated[str | None, typer.Option("--task", help="Ask the florist something else, e.g. \"What do "
+                                                            "tulips cost, and what should I charge for a 20% "
+                                                            "profit?\"")] = None,
+) -> None:
+    """Run the florist example offline: a price lookup tool, the calculator, and an answer.
+
+    The model is a deterministic offline stand-in (no API key, no network) that reads the tool
+    results it gets, so every step is real Tether machinery: the run is recorded and can be shown,
+    replayed and exported like any other.
+    """
+    import tether.examples.florist as florist
+
+    agent_file = florist.AGENT_FILE
+    question = task or florist.TASK
+    console.print(Text("Tether demo: the florist agent", style="bold"))
+    console.print(Text.assemble(
+        ("This runs an ", ""), ("offline scripted model", "bold yellow"),
+        (" (tether.examples.florist.offline_model): a deterministic stand-in that reads its tool results. "
+         "No API key, no network.", "")), soft_wrap=SOFT)
+    console.print("To run the same agent on a real model:", soft_wrap=SOFT)
+    console.print(Text(f"  tether run {shlex.quote(str(agent_file))} {shlex.quote(question)} "
+                       "--model openai:gpt-4o-mini", style="bold"), soft_wrap=SOFT)
+    console.print(Text("  (needs OPENAI_API_KEY; for Ollama set OPENAI_BASE_URL=http://localhost:11434/v1 "
+                       "and use --model qwen2.5:7b)", style="dim"), soft_wrap=SOFT)
+    console.print()
+    agent = _load_agent(agent_file, None)
+    view = _live_run(lambda service, on_event: service.start(agent, question, on_event=on_event))
+    console.print()
+    code = _after(view, how_to_see=False)
+    console.print(Text.assemble(("see the whole run:  ", ""), (f"tether runs show {view.id}", "bold")),
+                  soft_wrap=SOFT)
+    console.print(Text.assemble(("replay it:          ", ""), (f"tether runs replay {view.id}", "bold")),
+                  soft_wrap=SOFT)
+    console.print(Text.assemble(("list your runs:     ", ""), ("tether runs list", "bold")), soft_wrap=SOFT)
+    raise typer.Exit(code)
+
+
+# -- tether runs … ------------------------------------------------------------------------------
+
+STATUSES = ("queued", "running", "paused", "completed", "failed", "cancelled", "incomplete")
+
+
+@runs_app.command("list")
+def list_cmd(
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many runs, newest first.")] = 20,
+    status: Annotated[str | None, typer.Option("--status", "-s", help=f"Only runs with this status: "
+                                                                      f"{', '.join(STATUSES)}.")] = None,
+) -> None:
+    """List recent runs: id, status, agent, model, tokens, cost, created, output."""
+    if status is not None and status not in STATUSES:
+        raise UsageMistake(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
+    runs = _service_call(lambda service: service.list(limit=limit, status=status))
+    if not runs:
+        console.print("no runs" + (f" with status {status}" if status else "") +
+                      " yet. Try `tether demo`.")
+        return
+    console.print(runs_table(runs, console.width))
+
+
+@runs_app.command("show")
+def show_cmd(
+    run_id: Annotated[str, typer.Argument(help="The run's id (run_…).", show_default=False)],
+    full: Annotated[bool, typer.Option("--full", help="Show long texts, arguments and results in "
+                                                      "full.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run and its steps as JSON.")] = False,
+) -> None:
+    """Show a run's log: every step with its model text, tool calls and arguments, results, errors,
+    tokens, cost and timing; pauses and decisions; the final status and answer."""
+    view = _service_call(lambda service: service.get(run_id))
+    if as_json:
+        _print_json(run_to_dict(view))
+        return
+    printer = RunPrinter(console, limit=None if full else 500, show_times=True)
+    printer.all(view.records)
+    if view.records:
+        console.print(Text(f"created {fmt_time(view.records[0].ts)}", style="dim"))
+    if view.status == "paused":
+        console.print("answer it with:")
+        for line in how_to_answer(view.id, view.pending):
+            console.print(Text("  " + line, style="bold"), soft_wrap=SOFT)
+    elif view.status in ACTIVE:
+        console.print(Text.assemble(("status ", ""), (view.status, STATUS_STYLE.get(view.status, ""))))
+
+
+@runs_app.command("cancel")
+def cancel_cmd(run_id: Annotated[str, typer.Argument(help="The run to cancel.", show_default=False)]) -> None:
+    """Cancel a run that is queued, running or paused (pending tool calls get a "cancelled" result)."""
+    view = _service_call(lambda service: service.cancel(run_id, by="cli"))
+    console.print(Text.assemble(("run ", ""), (view.id, "bold"), (" is ", ""),
+                                (view.status, STATUS_STYLE.get(view.status, ""))))
+    raise typer.Exit(EXIT_OK if view.status == "cancelled" else _exit_code(view))
+
+
+@runs_app.command("resume")
+def resume_cmd(run_id: Annotated[str, typer.Argument(help="The run to resume.", show_default=False)]) -> None:
+    """Resume a run whose owner is gone (its lease expired, e.g. after a crash) from its log.
+
+    Completed tool calls are never run again; a call that was started but not known to have finished
+    pauses the run as **uncertain** (answer it with `tether runs answer`)."""
+    async def resume(service: RunsService, on_event: Callable[[Any], None]) -> RunView:
+        before = await service.get(run_id)
+        if before.status in TERMINAL:
+            raise UsageMistake(f"run {run_id} already finished ({before.status}); there is nothing to "
+                               f"resume. `tether runs show {run_id}` shows it")
+        if before.status == "paused":
+            raise UsageMistake(f"run {run_id} is paused, not interrupted: answer its pause instead:\n  "
+                               + "\n  ".join(how_to_answer(run_id, before.pending)))
+        return await service.resume(run_id, on_event=on_event)
+
+    view = _live_run(resume, existing=run_id)
+    raise typer.Exit(_after(view))
+
+
+@runs_app.command("answer")
+def answer_cmd(
+    run_id: Annotated[str, typer.Argument(help="The paused run.", show_default=False)],
+    call_id: Annotated[str, typer.Argument(help="The pending item: a tool call's id (call_…).",
+                                           show_default=False)],
+    rerun: Annotated[bool, typer.Option("--rerun", help="Run the uncertain call again.")] = False,
+    supply: Annotated[str | None, typer.Option("--supply", metavar="TEXT",
+                                               help="Don't run the call: use TEXT as its result.")] = None,
+    abort: Annotated[bool, typer.Option("--abort", help="Abort the run (it ends cancelled).")] = False,
+    go_on: Annotated[bool, typer.Option("--continue", help="Go on (for breakpoint, approval and budget "
+                                                           "pauses).")] = False,
+) -> None:
+    """Answer a paused run's pending item, then continue the run with a live view.
+
+    For an **uncertain** call (started before a crash, not known to have finished): --rerun, --supply
+    TEXT or --abort. For a client tool: --supply OUTPUT."""
+    chosen = [name for name, on in (("rerun", rerun), ("supply", supply is not None), ("abort", abort),
+                                    ("continue", go_on)) if on]
+    if len(chosen) != 1:
+        raise UsageMistake("give exactly one of --rerun, --supply TEXT, --abort (or --continue)"
+                           + (f"; got {', '.join('--' + c for c in chosen)}" if chosen else ""))
+    action = chosen[0]
+    view = _live_run(lambda service, on_event: service.resolve_uncertain(
+        run_id, call_id, action, supply, by="cli", on_event=on_event), existing=run_id)  # type: ignore[arg-type]
+    raise typer.Exit(_after(view))
+
+
+@runs_app.command("replay")
+def replay_cmd(
+    run_id: Annotated[str, typer.Argument(help="The run to replay.", show_default=False)],
+    full: Annotated[bool, typer.Option("--full", help="Serve tool results from the log too (nothing is "
+                                                      "called for real).")] = False,
+) -> None:
+    """Run a recorded run again as a new run, from its recorded model responses (tools run live,
+    unless --full). A request that differs from the recording fails with "diverged at step N"."""
+    view = _service_call(lambda service: service.replay(run_id, full=full))
+    console.print(Text.assemble(("replayed ", ""), (run_id, "bold"), (" as ", ""), (view.id, "bold"),
+                                (" (full)" if full else " (model replay, tools live)", "dim")))
+    RunPrinter(console).all(view.records)
+    raise typer.Exit(_after(view))
+
+
+@runs_app.command("cassette")
+def cassette_cmd(
+    run_id: Annotated[str, typer.Argument(help="The run to export.", show_default=False)],
+    path: Annotated[Path, typer.Argument(help="Where to write the cassette (JSON lines).",
+                                         show_default=False)],
+) -> None:
+    """Export a run's model responses as a cassette file, to replay with --model replay:PATH.
+
+    A cassette holds responses only: never headers, keys or other secrets."""
+    from tether.adapters.models.replay import write_cassette
+
+    view = _service_call(lambda service: service.get(run_id))
+    try:
+        n = write_cassette(path, view.records, source=run_id)
+    except OSError as e:
+        raise UsageMistake(f"cannot write {path}: {e.strerror}") from None
+    console.print(f"wrote {n} model call{'s' if n != 1 else ''} of {run_id} to {path}")
+    agent = view.agent
+    where = agent.agent_ref[5:] if agent is not None and agent.agent_ref and \
+        agent.agent_ref.startswith("file:") else "AGENT_FILE"
+    console.print(Text(f'replay it with: tether run {where} "SAME TASK" --model replay:{path}', style="dim"),
+                  soft_wrap=SOFT)
+
+
+# -- entry point --------------------------------------------------------------------------------
+
+
+def fail(message: str) -> NoReturn:
+    err_console.print(Text.assemble(("error: ", "bold red"), (message, "red")), soft_wrap=True)
+    raise SystemExit(EXIT_USAGE)
+
+
+def main() -> None:
+    try:
+        app()
+    except TetherError as e:
+        fail(str(e) or type(e).__name__)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,624 @@
+"""The SQL store (SQLite and Postgres) against the run contract, and against MemoryStore."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from pg import postgres, postgres_url  # noqa: F401  (fixtures)
+from tether.adapters.store.memory import MemoryStore
+from tether.adapters.store.migrations import LATEST, SchemaError
+from tether.adapters.store.sql import INFO_COLUMNS, SqlStore, default_url, open_store, tether_home
+from tether.domain.agents import AgentSnapshot, Limits, ToolSpec
+from tether.domain.errors import ConfigError, RunNotFound, StoreConflict
+from tether.domain.ids import new_id
+from tether.domain.messages import ImagePart, Message, RefusalPart, TextPart, ToolCall
+from tether.domain.models import ModelResponse
+from tether.domain.records import (
+    Decision,
+    Finished,
+    ForkOrigin,
+    ModelCalled,
+    Paused,
+    PendingItem,
+    Record,
+    RunStarted,
+    ToolFinished,
+    ToolStarted,
+)
+from tether.domain.runs import RunInfo
+from tether.domain.usage import Usage
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'tether.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[SqlStore]:
+    s = SqlStore(store_url)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+# -- building records -------------------------------------------------------------------------
+
+
+def agent(name: str = "tester") -> AgentSnapshot:
+    return AgentSnapshot(
+        name=name,
+        model="scripted:test",
+        instructions="Be brief.",
+        limits=Limits(max_steps=5, on_max_steps="finish"),
+        tools=[ToolSpec("add", "Add two numbers.", {"type": "object", "properties": {}}, "sha256:abc")],
+        output_schema={"type": "object"},
+        agent_ref="tests.agents:adder",
+        breakpoints=[{"stop": "before_tool", "tool": "add"}],
+        settings={"temperature": 0.0},
+    )
+
+
+class Run:
+    """Makes the records of one run, numbering them."""
+
+    def __init__(self, thread_id: str | None = None, fork: ForkOrigin | None = None) -> None:
+        self.id = new_id("run")
+        self.seq = 0
+        self.first = self.record(
+            RunStarted(
+                agent(), [Message.system("sys"), Message.user("2+3?")], thread_id, fork, {"k": [1, "x"]}
+            )
+        )
+
+    def record(self, payload: object) -> Record:
+        self.seq += 1
+        return Record(self.id, self.seq, time.time(), payload)  # type: ignore[arg-type]
+
+    def model(
+        self,
+        tokens: tuple[int, int] = (10, 5),
+        cost: float | None = 0.001,
+        text: str | None = None,
+        calls: list[ToolCall] | None = None,
+    ) -> Record:
+        response = ModelResponse(
+            text, list(calls or []), "tool_calls" if calls else "stop", Usage(*tokens, 2)
+        )
+        return self.record(ModelCalled(self.seq, "fp-" + str(self.seq), response, cost, 0.25))
+
+    def pause(self, pause_id: str = "pause_1") -> Record:
+        return self.record(
+            Paused(pause_id, [PendingItem("call_1", "approval", "call_1", "add", '{"a":1}', "ok?")])
+        )
+
+    def decision(self, pause_id: str = "pause_1") -> Record:
+        return self.record(Decision(pause_id, "call_1", "approve", {"why": "fine"}, "alice"))
+
+    def finish(self, output: str = "5") -> Record:
+        return self.record(Finished("completed", output, {"answer": 5}, None, Usage(10, 5), 0.002))
+
+
+def every_kind(run: Run) -> list[Record]:
+    call = ToolCall("call_1", "add", '{"a": 2, "b": 3}', provider_id="prov-1")
+    return [
+        run.model(calls=[call]),
+        run.record(ToolStarted(2, "call_1", "add", '{"a": 2, "b": 3}', attempt=1)),
+        run.record(ToolFinished(2, "call_1", "add", result="5", duration_s=0.01)),
+        run.record(ToolFinished(2, "call_1", "add", error="boom", reused=True)),
+        run.pause(),
+        run.decision(),
+        run.record(ModelCalled(3, "fp3", ModelResponse("5", [], "stop", Usage(1, 1), refusal=None,
+                                                       model_name="m-1"), None, final=True, rejected="bad")),
+        run.record(RunStarted(agent(), [
+            Message("user", [TextPart("look"), ImagePart("https://x/y.png", "low"), RefusalPart("no")]),
+            Message.assistant(None, [call]), Message.tool("call_1", "add", "5")])),
+        run.finish(),
+    ]  # fmt: skip
+
+
+# -- the log ----------------------------------------------------------------------------------
+
+
+async def test_round_trip_of_every_record_kind(store: SqlStore) -> None:
+    run = Run(thread_id="thread_1", fork=ForkOrigin("run_parent", 3))
+    await store.create_run(run.first, owner=None)
+    records = every_kind(run)
+    for r in records:
+        store.append([r])
+    await store.sync()
+    assert await store.load(run.id) == [run.first, *records]
+    assert await store.load("run_unknown") == []
+
+
+async def test_a_taken_seq_is_a_conflict(store: SqlStore) -> None:
+    run = Run()
+    await store.create_run(run.first, owner="a")
+    second = run.model()
+    store.append([second])
+    await store.sync()
+    store.append([dataclasses.replace(second, payload=run.finish().payload)])
+    with pytest.raises(StoreConflict, match=run.id):
+        await store.sync()
+    # The run is broken here until it is loaded again; its log is unchanged.
+    with pytest.raises(StoreConflict, match="load the run again"):
+        store.append([run.finish()])
+    assert await store.load(run.id) == [run.first, second]
+    store.append([Record(run.id, 3, time.time(), run.finish().payload)])
+    await store.sync()
+    assert len(await store.load(run.id)) == 3
+
+
+async def test_two_writers_of_one_seq_conflict_on_the_primary_key(store_url: str) -> None:
+    a, b = SqlStore(store_url), SqlStore(store_url)
+    try:
+        run = Run()
+        await b.create_run(run.first, owner="b")  # b remembers the run at seq 1
+        a.append([run.model()])
+        await a.sync()
+        b.append([Record(run.id, 2, time.time(), run.finish().payload)])
+        with pytest.raises(StoreConflict, match=run.id):
+            await b.sync()
+        assert [r.kind for r in await a.load(run.id)] == ["run_started", "model_call"]
+        assert (await b.get_run(run.id)).last_seq == 2  # type: ignore[union-attr]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_gap_in_seq_is_a_conflict_and_unknown_runs_are_not_found(store: SqlStore) -> None:
+    run = Run()
+    await store.create_run(run.first, owner=None)
+    store.append([Record(run.id, 5, time.time(), run.finish().payload)])
+    with pytest.raises(StoreConflict, match="record 5 conflicts with the log"):
+        await store.sync()
+    store.append([Record("run_nope", 2, time.time(), run.finish().payload)])
+    with pytest.raises(RunNotFound, match="run_nope"):
+        await store.sync()
+
+
+async def test_grouped_commit_of_many_runs(store: SqlStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = [Run() for _ in range(40)]
+    for run in runs:
+        await store.create_run(run.first, owner=None)
+    writes = []
+    real_write = store._write
+    monkeypatch.setattr(store, "_write", lambda batch: (writes.append(len(batch.groups)), real_write(batch)))
+    expected = {}
+    for run in runs:  # all within one event-loop iteration: no await in between
+        records = [run.model(), run.record(ToolStarted(2, "c", "t", "{}")),
+                   run.record(ToolFinished(2, "c", "t", "ok")), run.finish()]  # fmt: skip
+        for r in records:
+            store.append([r])
+        expected[run.id] = [run.first, *records]
+    await store.sync()
+    assert writes == [40]  # one transaction for all of them
+    for run in runs:
+        assert await store.load(run.id) == expected[run.id]
+        info = await store.get_run(run.id)
+        assert info is not None and info.status == "completed" and info.last_seq == 5
+
+
+async def test_a_conflict_in_a_group_loses_only_that_runs_records(store: SqlStore) -> None:
+    good, bad = Run(), Run()
+    for run in (good, bad):
+        await store.create_run(run.first, owner=None)
+    store.append([good.model()])
+    store.append([Record(bad.id, 1, time.time(), bad.finish().payload)])  # seq 1 is taken
+    store.append([good.finish()])
+    with pytest.raises(StoreConflict, match=bad.id):
+        await store.sync()
+    assert [r.kind for r in await store.load(good.id)] == ["run_started", "model_call", "finished"]
+    assert [r.kind for r in await store.load(bad.id)] == ["run_started"]
+
+
+async def test_appends_flush_by_themselves_at_the_end_of_the_loop_iteration(
+    store: SqlStore, store_url: str
+) -> None:
+    run = Run()
+    await store.create_run(run.first, owner=None)
+    store.append([run.model()])
+    for _ in range(20):  # no sync: the scheduled flush commits
+        await asyncio.sleep(0.01)
+    other = SqlStore(store_url)
+    try:
+        assert len(await other.load(run.id)) == 2
+    finally:
+        await other.close()
+
+
+async def test_many_concurrent_writers(store: SqlStore) -> None:
+    runs = [Run() for _ in range(12)]
+    for run in runs:
+        await store.create_run(run.first, owner=None)
+    expected: dict[str, list[Record]] = {run.id: [run.first] for run in runs}
+
+    async def drive(run: Run, n: int) -> None:
+        for step in range(25):
+            records = [run.model(), run.record(ToolStarted(step, "c", "t", "{}"))]
+            store.append(records[:1])
+            store.append(records[1:])
+            if (step + n) % 3 == 0:
+                await store.sync()  # as before a non-idempotent tool
+            else:
+                await asyncio.sleep(0)
+            finished = run.record(ToolFinished(step, "c", "t", "ok"))
+            store.append([finished])
+            expected[run.id] += [*records, finished]
+            if step % 5 == n % 5:
+                await store.get_run(run.id)  # other statements wait for pending appends
+        finish = run.finish()
+        store.append([finish])
+        expected[run.id].append(finish)
+        await store.sync()
+
+    await asyncio.gather(*(drive(run, n) for n, run in enumerate(runs)))
+    await store.sync()
+    for run in runs:
+        assert await store.load(run.id) == expected[run.id]
+        info = await store.get_run(run.id)
+        assert info is not None and info.status == "completed" and info.last_seq == run.seq
+
+
+def test_append_without_an_event_loop_commits_at_once(store_url: str) -> None:
+    store = SqlStore(store_url)
+    run = Run()
+    asyncio.run(store.create_run(run.first, owner=None))
+    store.append([run.model()])
+    store.append([run.finish()])
+    with pytest.raises(StoreConflict):
+        store.append([Record(run.id, 2, time.time(), run.finish().payload)])
+    fresh = SqlStore(store_url)
+    assert [r.seq for r in asyncio.run(fresh.load(run.id))] == [1, 2, 3]
+    asyncio.run(fresh.close())
+    asyncio.run(store.close())
+
+
+# -- the run index ----------------------------------------------------------------------------
+
+
+def without_lease(info: RunInfo | None) -> RunInfo | None:
+    return None if info is None else dataclasses.replace(info, lease_owner=None, lease_expires=None)
+
+
+async def test_run_rows_follow_the_log_like_the_memory_store(store: SqlStore) -> None:
+    memory = MemoryStore()
+    run = Run(thread_id="thread_rows")
+    for s in (store, memory):
+        await s.create_run(run.first, owner="me")
+    assert without_lease(await store.get_run(run.id)) == without_lease(await memory.get_run(run.id))
+    info = await store.get_run(run.id)
+    assert info is not None and info.status == "queued" and info.lease_owner == "me"
+    assert info.lease_expires is not None and info.lease_expires > time.time() + 20
+
+    steps = [
+        [run.model((100, 20), 0.5)],
+        [run.model((50, 10), None), run.pause("pause_9")],
+        [run.decision("pause_9")],
+        [run.model((1, 1), 0.25)],
+        [run.finish("the answer")],
+    ]
+    expected_status = ["running", "paused", "queued", "running", "completed"]
+    for records, status in zip(steps, expected_status, strict=True):
+        for s in (store, memory):
+            s.append(records)
+        await store.sync()
+        got = await store.get_run(run.id)
+        assert got is not None and got.status == status
+        assert without_lease(got) == without_lease(await memory.get_run(run.id))
+        if status == "paused":
+            assert got.pause_id == "pause_9"
+            assert [r.id for r in await store.list_runs(status="paused")] == [run.id]
+    final = await store.get_run(run.id)
+    assert final is not None
+    assert (final.input_tokens, final.output_tokens) == (151, 31)
+    assert final.cost_usd == 0.002 and final.output == "the answer" and final.pause_id is None
+    assert final.agent_name == "tester" and final.model == "scripted:test" and final.last_seq == 7
+    assert await store.get_run("run_missing") is None
+
+
+async def test_list_runs_newest_first_with_filters(store: SqlStore) -> None:
+    runs = [Run(thread_id="thread_a" if i % 2 else None) for i in range(5)]
+    for run in runs:
+        await store.create_run(run.first, owner=None)
+        store.append([run.finish()])  # finished: thread_a may start another
+    running = Run()
+    await store.create_run(running.first, owner=None)
+    ids = [r.id for r in runs] + [running.id]
+    assert [r.id for r in await store.list_runs()] == ids[::-1]
+    assert [r.id for r in await store.list_runs(limit=2)] == ids[::-1][:2]
+    assert [r.id for r in await store.list_runs(thread_id="thread_a")] == [runs[3].id, runs[1].id]
+    assert [r.id for r in await store.list_runs(status="queued")] == [running.id]
+    assert [r.id for r in await store.list_runs(status="completed", thread_id="thread_a", limit=1)] == [
+        runs[3].id
+    ]
+
+
+async def test_one_active_run_per_thread(store: SqlStore) -> None:
+    first = Run(thread_id="thread_busy")
+    await store.create_run(first.first, owner=None)
+    second = Run(thread_id="thread_busy")
+    with pytest.raises(StoreConflict, match=rf"thread thread_busy already has an active run \({first.id}\)"):
+        await store.create_run(second.first, owner=None)
+    assert await store.get_run(second.id) is None and await store.load(second.id) == []
+    await store.create_run(Run(thread_id="thread_other").first, owner=None)  # other threads are free
+    await store.create_run(Run().first, owner=None)  # and so are runs without a thread
+    await store.create_run(Run().first, owner=None)
+
+    store.append([first.pause()])  # paused is still active
+    with pytest.raises(StoreConflict, match="thread_busy"):
+        await store.create_run(Run(thread_id="thread_busy").first, owner=None)
+    store.append([first.decision(), first.finish()])
+    await store.create_run(second.first, owner=None)  # the first is done: the thread is free
+    with pytest.raises(StoreConflict, match="already exists"):
+        await store.create_run(second.first, owner=None)
+
+
+# -- leases -----------------------------------------------------------------------------------
+
+
+async def test_leases(store: SqlStore) -> None:
+    run = Run()
+    await store.create_run(run.first, owner=None)
+    assert await store.acquire_lease(run.id, "A", 30)
+    assert not await store.acquire_lease(run.id, "B", 30)
+    assert await store.acquire_lease(run.id, "A", 30)  # the holder may take it again
+    assert await store.renew_lease(run.id, "A", 30)
+    assert not await store.renew_lease(run.id, "B", 30)
+    await store.release_lease(run.id, "B")  # not B's: nothing happens
+    info = await store.get_run(run.id)
+    assert info is not None and info.lease_owner == "A"
+
+    assert await store.acquire_lease(run.id, "A", 0.05)
+    await asyncio.sleep(0.1)  # A's lease expires
+    assert await store.acquire_lease(run.id, "B", 30)
+    assert not await store.renew_lease(run.id, "A", 30)
+    await store.release_lease(run.id, "B")
+    info = await store.get_run(run.id)
+    assert info is not None and (info.lease_owner, info.lease_expires) == (None, None)
+    assert await store.acquire_lease(run.id, "A", 30)
+
+    for call in (store.acquire_lease("run_x", "A", 1), store.renew_lease("run_x", "A", 1),
+                 store.release_lease("run_x", "A")):  # fmt: skip
+        with pytest.raises(RunNotFound):
+            await call
+
+
+async def test_create_run_with_an_owner_holds_the_lease(store: SqlStore) -> None:
+    run = Run()
+    await store.create_run(run.first, owner="A")
+    assert not await store.acquire_lease(run.id, "B", 30)
+    assert await store.acquire_lease(run.id, "A", 30)
+
+
+async def test_expired_runs(store: SqlStore) -> None:
+    never, held, lapsed, paused, done = Run(), Run(), Run(), Run(), Run()
+    await store.create_run(never.first, owner=None)
+    await store.create_run(held.first, owner="A")
+    await store.create_run(lapsed.first, owner=None)
+    await store.acquire_lease(lapsed.id, "A", 0.01)
+    store.append([lapsed.model()])  # running
+    await store.create_run(paused.first, owner=None)
+    store.append([paused.pause()])
+    await store.create_run(done.first, owner=None)
+    store.append([done.finish()])
+    await asyncio.sleep(0.05)
+    assert sorted(await store.expired_runs()) == sorted([never.id, lapsed.id])
+
+
+# -- decisions --------------------------------------------------------------------------------
+
+
+async def test_decide_is_compare_and_set(store: SqlStore) -> None:
+    run = Run()
+    await store.create_run(run.first, owner=None)
+    model, pause = run.model(), run.pause("pause_1")
+    store.append([model, pause])
+    assert not await store.decide(
+        run.id, "pause_other", [Record(run.id, 4, time.time(), Decision("pause_other", "i", "continue"))]
+    )
+    first = run.decision("pause_1")
+    assert await store.decide(run.id, "pause_1", [first])
+    info = await store.get_run(run.id)
+    assert info is not None and (info.status, info.pause_id, info.last_seq) == ("queued", None, 4)
+    late = Record(run.id, 4, time.time(), Decision("pause_1", "call_1", "deny", by="bob"))
+    assert not await store.decide(run.id, "pause_1", [late])
+    assert await store.load(run.id) == [run.first, model, pause, first]  # nothing of the loser's
+    # The run goes on from the decision.
+    store.append([run.model(), run.finish()])
+    await store.sync()
+    info = await store.get_run(run.id)
+    assert info is not None and (info.status, info.last_seq) == ("completed", 6)
+    with pytest.raises(RunNotFound):
+        await store.decide("run_gone", "pause_1", [late])
+
+
+async def test_decide_between_two_stores(store_url: str) -> None:
+    a, b = SqlStore(store_url), SqlStore(store_url)
+    try:
+        run = Run()
+        await a.create_run(run.first, owner=None)
+        a.append([run.pause("p")])
+        await a.sync()
+        decision = run.decision("p")
+        results = await asyncio.gather(a.decide(run.id, "p", [decision]), b.decide(run.id, "p", [decision]))
+        assert sorted(results) == [False, True]
+        # a's memory of the row was refreshed by whichever decision won.
+        a.append([run.finish()])
+        await a.sync()
+        assert [r.seq for r in await b.load(run.id)] == [1, 2, 3, 4]
+    finally:
+        await a.close()
+        await b.close()
+
+
+DECIDER = textwrap.dedent(
+    """
+    import asyncio, json, sys, time
+    from tether.adapters.store.sql import SqlStore
+    from tether.domain.records import Decision, Record
+
+    url, start, who, *runs = sys.argv[1:]
+
+    async def main():
+        store = SqlStore(url)
+        results = []
+        at = float(start)
+        for run_id in runs:
+            while time.time() < at:
+                time.sleep(0.0005)
+            record = Record(run_id, 3, time.time(), Decision("pause_1", "call_1", "continue", by=who))
+            results.append(await store.decide(run_id, "pause_1", [record]))
+            at += 0.3  # the next race starts together too
+        await store.close()
+        print(json.dumps(results))
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_two_processes_race_to_decide(store_url: str) -> None:
+    store = SqlStore(store_url)
+    runs = [Run() for _ in range(3)]
+    for run in runs:
+        await store.create_run(run.first, owner=None)
+        store.append([run.pause("pause_1")])
+    await store.close()
+    start = time.time() + 2.5  # both processes import and connect before then
+    procs = [
+        subprocess.Popen([sys.executable, "-c", DECIDER, store_url, str(start), who, *(r.id for r in runs)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for who in ("p1", "p2")
+    ]  # fmt: skip
+    outputs = []
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        outputs.append(json.loads(out))
+    for i in range(len(runs)):
+        assert sorted(o[i] for o in outputs) == [False, True]  # exactly one wins each race
+    check = SqlStore(store_url)
+    try:
+        for run in runs:
+            log = await check.load(run.id)
+            assert [r.kind for r in log] == ["run_started", "paused", "decision"]
+            info = await check.get_run(run.id)
+            assert info is not None and info.status == "queued"
+    finally:
+        await check.close()
+
+
+# -- durability and schema --------------------------------------------------------------------
+
+
+async def test_records_survive_a_reopen(store_url: str) -> None:
+    store = SqlStore(store_url)
+    run = Run()
+    await store.create_run(run.first, owner="A")
+    records = every_kind(run)
+    store.append(records)
+    await store.sync()
+    await store.close()
+    with pytest.raises(Exception, match="closed"):
+        store.append([run.finish()])
+    again = SqlStore(store_url)
+    try:
+        assert await again.load(run.id) == [run.first, *records]
+        info = await again.get_run(run.id)
+        assert info is not None and info.status == "completed" and info.last_seq == len(records) + 1
+    finally:
+        await again.close()
+
+
+def _engine(url: str) -> sa.Engine:
+    return sa.create_engine(url, poolclass=sa.NullPool)
+
+
+async def test_schema_version_is_recorded_and_a_newer_schema_is_refused(store_url: str) -> None:
+    await SqlStore(store_url).close()
+    await SqlStore(store_url).close()  # opening an up-to-date database changes nothing
+    engine = _engine(store_url)
+    with engine.begin() as conn:
+        assert conn.execute(sa.text("SELECT version FROM schema_version")).scalars().all() == [LATEST]
+        conn.execute(sa.text("INSERT INTO schema_version (version, applied_at) VALUES (:v, 0)"),
+                     {"v": LATEST + 1})  # fmt: skip
+    engine.dispose()
+    with pytest.raises(SchemaError, match=f"schema version {LATEST + 1}, newer than this Tether"):
+        SqlStore(store_url)
+
+
+def test_sqlite_settings(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "t.db"  # folders are created on first use
+    for mode, number in (("NORMAL", 1), ("FULL", 2)):
+        store = SqlStore(f"sqlite:///{path}", synchronous=mode)  # type: ignore[arg-type]
+        raw = store._raw
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert raw.execute("PRAGMA synchronous").fetchone()[0] == number
+        assert raw.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
+        asyncio.run(store.close())
+    with pytest.raises(ConfigError, match="synchronous"):
+        SqlStore(f"sqlite:///{path}", synchronous="OFF")  # type: ignore[arg-type]
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT count(*) FROM runs").fetchone() == (0,)
+    db.close()
+
+
+def test_info_columns_are_the_run_info_fields() -> None:
+    assert tuple(f.name for f in dataclasses.fields(RunInfo)) == INFO_COLUMNS
+
+
+# -- where the store lives --------------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    for name in ("TETHER_DATABASE_URL", "TETHER_HOME", "XDG_DATA_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    yield monkeypatch
+
+
+def test_default_url_and_open_store(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.setenv("HOME", str(tmp_path / "home"))
+    assert tether_home() == tmp_path / "home" / ".local" / "share" / "tether"
+    clean_env.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert tether_home() == tmp_path / "xdg" / "tether"
+    clean_env.setenv("TETHER_HOME", str(tmp_path / "th"))
+    assert default_url() == f"sqlite:///{tmp_path / 'th' / 'tether.db'}"
+    assert not (tmp_path / "th").exists()
+    store = open_store()
+    assert isinstance(store, SqlStore)
+    asyncio.run(store.close())
+    assert (tmp_path / "th" / "tether.db").exists()  # created on first use
+
+    assert isinstance(open_store("memory://"), MemoryStore)
+    clean_env.setenv("TETHER_DATABASE_URL", "memory://")
+    assert default_url() == "memory://"
+    assert isinstance(open_store(), MemoryStore)
+    clean_env.setenv("TETHER_DATABASE_URL", f"sqlite:///{tmp_path / 'env.db'}")
+    asyncio.run(open_store().close())  # type: ignore[union-attr]
+    assert (tmp_path / "env.db").exists()
+    with pytest.raises(ConfigError):
+        open_store("mysql://nope/db")
