@@ -56,9 +56,11 @@ def update_info(info: RunInfo, record: Record) -> None:
             info.status = "running"
     elif isinstance(p, Paused):
         info.status, info.pause_id = "paused", p.pause_id
+        info.lease_owner = info.lease_expires = None  # a paused run holds no lease
     elif isinstance(p, Decision):
         info.status, info.pause_id = "queued", None
     elif isinstance(p, Finished):
         info.status, info.pause_id = p.status, None
+        info.lease_owner = info.lease_expires = None
         info.output = p.output if p.output is not None else p.error
         info.cost_usd = p.cost_usd

@@ -23,7 +23,7 @@ from tether.domain.events import Event
 from tether.domain.ids import new_id
 from tether.domain.messages import Message
 from tether.domain.protocols import Store
-from tether.domain.records import Action, Decision, PendingItem, Record, RunStarted
+from tether.domain.records import TERMINAL, Action, Decision, PendingItem, Record, RunStarted
 from tether.domain.runs import RunInfo
 from tether.domain.state import RunState, fold
 from tether.domain.steps import Step, steps_of
@@ -83,6 +83,7 @@ class RunsService:
     async def start(self, agent: Agent, task: str | Sequence[Message], *, thread_id: str | None = None,
                     metadata: dict[str, Any] | None = None,
                     on_event: Callable[[Event], None] | None = None, register: bool = True) -> RunView:
+        _ = agent.model  # resolve the model reference now: a bad one fails before a run exists
         if register:
             self.register(agent)
         new = [Message.user(task)] if isinstance(task, str) else list(task)
@@ -136,7 +137,8 @@ class RunsService:
             heartbeat.cancel()
             self._active.pop(state.run_id, None)
             await self.store.sync()
-            await self.store.release_lease(state.run_id, self.owner)
+            if state.status not in ("paused", *TERMINAL):  # a pause or the end released it already
+                await self.store.release_lease(state.run_id, self.owner)
         return _view(state, records)
 
     async def _heartbeat(self, run_id: str) -> None:
@@ -272,7 +274,8 @@ class RunsService:
 
     # -- replay ----------------------------------------------------------------------------------
 
-    async def replay(self, run_id: str, *, full: bool = False, agent: Agent | None = None) -> RunView:
+    async def replay(self, run_id: str, *, full: bool = False, agent: Agent | None = None,
+                     on_event: Callable[[Event], None] | None = None) -> RunView:
         """Run `run_id` again as a new run from its recorded model responses.
 
         With `full=True` tool results come from the log too, so nothing is called for real.
@@ -294,7 +297,7 @@ class RunsService:
         model = ReplayModel(from_records(records), ref=f"replay:{run_id}")
         return await self.start(agent.with_model(model, tools), state.messages[: state.input_count],
                                 metadata={"replay_of": run_id, "replay": "full" if full else "model"},
-                                register=False)
+                                on_event=on_event, register=False)
 
     # -- finding an agent again ------------------------------------------------------------------
 

@@ -138,7 +138,11 @@ _INFO_SELECT = [runs_table.c[name] for name in INFO_COLUMNS]
 _SQLITE_INSERT = "INSERT INTO records (run_id, seq, kind, v, ts, payload) VALUES (?, ?, ?, ?, ?, ?)"
 _SQLITE_UPDATE = (
     "UPDATE runs SET status = ?, updated_at = ?, pause_id = ?, last_seq = ?, input_tokens = ?, "
-    "output_tokens = ?, cost_usd = ?, output = ?, active = ? WHERE id = ? AND last_seq = ?"
+    "output_tokens = ?, cost_usd = ?, output = ?, active = ?, "
+    # A pause or the end gives the lease back in the same commit: a paused run holds nothing.
+    "lease_owner = CASE WHEN ? THEN NULL ELSE lease_owner END, "
+    "lease_expires = CASE WHEN ? THEN NULL ELSE lease_expires END "
+    "WHERE id = ? AND last_seq = ?"
 )
 _SQLITE_SELECT = f"SELECT {', '.join(INFO_COLUMNS)} FROM runs WHERE id = ?"
 
@@ -157,12 +161,19 @@ def _info_values(info: RunInfo) -> dict[str, Any]:
 
 
 def _update_values(info: RunInfo) -> dict[str, Any]:
-    return {
+    values = {
         "status": info.status, "updated_at": info.updated_at, "pause_id": info.pause_id,
         "last_seq": info.last_seq, "input_tokens": info.input_tokens, "output_tokens": info.output_tokens,
         "cost_usd": info.cost_usd, "output": info.output,
         "active": True if info.status in ACTIVE else None,
     }  # fmt: skip
+    if _releases_lease(info):
+        values["lease_owner"] = values["lease_expires"] = None
+    return values
+
+
+def _releases_lease(info: RunInfo) -> bool:
+    return info.status == "paused" or info.status in TERMINAL
 
 
 # -- flush bookkeeping -----------------------------------------------------------------------------
@@ -573,17 +584,23 @@ class SqlStore:
                 raw.execute(_SQLITE_INSERT, rows[0])
             elif rows:
                 raw.executemany(_SQLITE_INSERT, rows)
-            for info, prev in updates:
-                cur = raw.execute(
-                    _SQLITE_UPDATE,
-                    (info.status, info.updated_at, info.pause_id, info.last_seq, info.input_tokens,
-                     info.output_tokens, info.cost_usd, info.output, 1 if info.status in ACTIVE else None,
-                     info.id, prev),
-                )  # fmt: skip
-                if cur.rowcount != 1:
-                    raise _RunFailed(
-                        info.id, StoreConflict(f"run {info.id}: its row changed under this writer")
-                    )
+            params = [
+                (info.status, info.updated_at, info.pause_id, info.last_seq, info.input_tokens,
+                 info.output_tokens, info.cost_usd, info.output, 1 if info.status in ACTIVE else None,
+                 _releases_lease(info), _releases_lease(info), info.id, prev)
+                for info, prev in updates
+            ]  # fmt: skip
+            if len(params) == 1:
+                changed = raw.execute(_SQLITE_UPDATE, params[0]).rowcount
+            else:
+                changed = raw.executemany(_SQLITE_UPDATE, params).rowcount
+            if changed != len(params):  # some run's row moved under this writer: name it
+                for info, _ in updates:
+                    row = raw.execute("SELECT last_seq FROM runs WHERE id = ?", (info.id,)).fetchone()
+                    if row is None or row[0] != info.last_seq:
+                        raise _RunFailed(
+                            info.id, StoreConflict(f"run {info.id}: its row changed under this writer")
+                        )
             raw.execute("COMMIT")
         except BaseException:
             if raw.in_transaction:
@@ -669,8 +686,8 @@ class SqlStore:
         def op(conn: sa.Connection) -> None:
             try:
                 with self._tx(conn, write=True):
-                    conn.execute(runs_table.insert().values(**_info_values(info)))
-                    conn.execute(records_table.insert().values(**row))
+                    conn.execute(runs_table.insert(), _info_values(info))  # no .values(): compiled once
+                    conn.execute(records_table.insert(), row)
             except sa_exc.IntegrityError as e:
                 raise self._create_conflict(conn, info) from e
 
