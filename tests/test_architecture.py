@@ -21,3 +21,10 @@ def test_import_tether_loads_no_sdk_database_pricing_or_cli_library():
                                      check=True).stdout)
     heavy = {"openai", "httpx2", "sqlalchemy", "genai_prices", "typer", "rich", "pydantic", "jsonschema"}
     assert not heavy & {m.split(".")[0] for m in mods}
+
+
+def test_lint_and_types_are_clean():
+    bin_dir = __import__("pathlib").Path(sys.executable).parent
+    for cmd in (["ruff", "check", "src", "tests"], ["mypy", "src/tether"]):
+        out = subprocess.run([str(bin_dir / cmd[0]), *cmd[1:]], capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr

@@ -21,7 +21,7 @@ from tether.services.runs import RunsService  # noqa: E402
 
 def test_two_processes_racing_to_continue_a_paused_run_exactly_one_wins(tmp_path):
     url = f"sqlite:///{tmp_path / 'runs.db'}"
-    for attempt in range(3):  # three races, each on a fresh paused run
+    for _ in range(3):  # three races, each on a fresh paused run
         run = asyncio.run(RunsService(SqlStore(url)).start(agent, "weather?"))
         assert run.status == "paused"
         at = time.time() + 1.5  # both children are up and waiting by then

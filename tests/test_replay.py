@@ -110,7 +110,7 @@ async def test_replay_is_exhausted_cleanly(service, tmp_path):
 def test_cassettes_are_versioned_and_damage_is_reported(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("not json\n")
-    with pytest.raises(ConfigError, match="damaged|not a Tether cassette"):
+    with pytest.raises(ConfigError, match=r"damaged|not a Tether cassette"):
         read_cassette(bad)
     newer = tmp_path / "newer.jsonl"
     newer.write_text(json.dumps({"format": "tether-cassette", "version": 99}) + "\n")

@@ -622,3 +622,15 @@ def test_default_url_and_open_store(clean_env: pytest.MonkeyPatch, tmp_path: Pat
     assert (tmp_path / "env.db").exists()
     with pytest.raises(ConfigError):
         open_store("mysql://nope/db")
+
+
+def test_open_store_reads_synchronous_mode_from_the_environment(tmp_path, monkeypatch):
+    from tether.adapters.store.sql import open_store
+    from tether.domain.errors import ConfigError
+
+    monkeypatch.setenv("TETHER_SQLITE_SYNCHRONOUS", "full")
+    store = open_store(f"sqlite:///{tmp_path / 'f.db'}")
+    assert store._raw.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    monkeypatch.setenv("TETHER_SQLITE_SYNCHRONOUS", "sometimes")
+    with pytest.raises(ConfigError, match="NORMAL or FULL"):
+        open_store(f"sqlite:///{tmp_path / 'g.db'}")

@@ -75,11 +75,18 @@ def default_url() -> str:
 
 
 def open_store(url: str | None = None) -> SqlStore | MemoryStore:
-    """The store at `url` (default: `default_url()`); `memory://` gives a `MemoryStore`."""
+    """The store at `url` (default: `default_url()`); `memory://` gives a `MemoryStore`.
+
+    `TETHER_SQLITE_SYNCHRONOUS=FULL` makes SQLite commits survive power loss, not only a killed
+    process (the default, NORMAL).
+    """
     url = url or default_url()
     if url.startswith("memory://"):
         return MemoryStore()
-    return SqlStore(url)
+    mode = os.environ.get("TETHER_SQLITE_SYNCHRONOUS", "NORMAL")
+    if mode.upper() not in ("NORMAL", "FULL"):
+        raise ConfigError(f"TETHER_SQLITE_SYNCHRONOUS must be NORMAL or FULL, not {mode!r}")
+    return SqlStore(url, synchronous=mode.upper())  # type: ignore[arg-type]
 
 
 def _normalise_url(url: str) -> str:
