@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
-import sys
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from tether.adapters.importing import import_attr
 from tether.domain.agents import AgentSnapshot, Limits, ToolSpec
 from tether.domain.errors import ConfigError
 from tether.domain.protocols import Model, Tool
@@ -179,26 +178,6 @@ def _resolve_tool(t: Any, base_dir: Path | None) -> Tool:
     if callable(t):
         return FunctionTool(t)
     raise ConfigError(f"{t!r} is not a tool: give a function, a tool, a built-in name or 'module:function'")
-
-
-def import_attr(path: str, base_dir: Path | None = None) -> Any:
-    """Import 'module:attr' (modules next to an agent file are found too)."""
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"{path!r} is not a 'module:attribute' path")
-    if base_dir is not None and str(base_dir) not in sys.path:
-        sys.path.insert(0, str(base_dir))
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigError(f"cannot import module {module_name!r} (for {path!r}): {e}") from None
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ConfigError(f"module {module_name!r} has no attribute {attr!r}") from None
-    return obj
 
 
 def _schema_of(output_schema: Any) -> dict[str, Any] | None:

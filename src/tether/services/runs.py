@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from tether.adapters.importing import import_attr
 from tether.domain.agents import AgentSnapshot
 from tether.domain.errors import AlreadyResumed, ConfigError, RunNotFound, StoreConflict, TetherError
 from tether.domain.events import Event
@@ -29,7 +30,7 @@ from tether.domain.state import RunState, fold
 from tether.domain.steps import Step, steps_of
 from tether.domain.usage import Usage
 from tether.engine.executor import Executor
-from tether.services.agents import Agent, import_attr, load_agent_file
+from tether.services.agents import Agent, load_agent_file
 
 T = TypeVar("T")
 LEASE_TTL_S = 30.0

@@ -12,10 +12,9 @@ Nothing here imports an SDK; models import theirs on first use.
 
 from __future__ import annotations
 
-import importlib
 import os
-from typing import Any
 
+from tether.adapters.importing import import_attr
 from tether.domain.errors import ConfigError
 from tether.domain.protocols import Model
 
@@ -78,20 +77,9 @@ def _replay(path: str, ref: str, allow_files: bool) -> Model:
 def _scripted(target: str, ref: str) -> Model:
     from tether.adapters.models.scripted import ScriptedModel
 
-    module_name, _, attr = target.partition(":")
-    if not module_name or not attr:
+    if ":" not in target:
         raise ConfigError(f"{ref!r} should be scripted:MODULE:ATTR (e.g. scripted:mytests.models:script)")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigError(f"scripted model {ref!r}: cannot import module {module_name!r}: {e}") from None
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ConfigError(f"scripted model {ref!r}: module {module_name!r} has no attribute "
-                              f"{attr!r}") from None
+    obj = import_attr(target, what=f"scripted model {ref!r}")
     if isinstance(obj, ScriptedModel):
         return obj
     if callable(obj) and not isinstance(obj, type):
@@ -100,5 +88,5 @@ def _scripted(target: str, ref: str) -> Model:
         return ScriptedModel(list(obj), ref=ref)
     if isinstance(obj, Model):
         return obj
-    raise ConfigError(f"scripted model {ref!r}: {module_name}.{attr} is a {type(obj).__name__}; give a "
+    raise ConfigError(f"scripted model {ref!r}: {target} is a {type(obj).__name__}; give a "
                       "ScriptedModel, a function of the request, or a list of responses")
