@@ -18,7 +18,7 @@ async def main() -> None:
     call_id, label = view.pending[0].id, sys.argv[4]
     await asyncio.sleep(max(0.0, float(sys.argv[3]) - time.time()))
     try:
-        done = await service.submit_tool_outputs(sys.argv[2], {call_id: label})
+        done = await service.submit_tool_outputs(sys.argv[2], {call_id: label}, pause_id=view.pause_id)
         print("won", done.status, done.output, flush=True)
     except AlreadyResumed as e:
         print("lost", e, flush=True)

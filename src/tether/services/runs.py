@@ -200,14 +200,19 @@ class RunsService:
             return await self._abort(state, agent, "aborted by " + by)
         return await self._drive(state, records, agent, on_event)
 
-    async def submit_tool_outputs(self, run_id: str, outputs: dict[str, str], **options: Any) -> RunView:
-        """Answer a `client_tool` pause: one output for each pending call id."""
-        view = await self.get(run_id)
-        if not view.paused or any(i.reason != "client_tool" for i in view.pending):
-            raise TetherError(f"run {run_id} is not waiting for tool outputs (it is {view.status})")
-        assert view.pause_id is not None
-        return await self.decide(run_id, view.pause_id, {k: ("supply", v) for k, v in outputs.items()},
-                                 **options)
+    async def submit_tool_outputs(self, run_id: str, outputs: dict[str, str], *, pause_id: str | None = None,
+                                  **options: Any) -> RunView:
+        """Answer a `client_tool` pause: one output for each pending call id.
+
+        Give the `pause_id` you saw, so that an answer racing another one is told `AlreadyResumed`.
+        """
+        if pause_id is None:
+            view = await self.get(run_id)
+            if not view.paused or any(i.reason != "client_tool" for i in view.pending):
+                raise TetherError(f"run {run_id} is not waiting for tool outputs (it is {view.status})")
+            pause_id = view.pause_id
+        assert pause_id is not None
+        return await self.decide(run_id, pause_id, {k: ("supply", v) for k, v in outputs.items()}, **options)
 
     async def resolve_uncertain(self, run_id: str, call_id: str, action: Action, result: str | None = None,
                                 **options: Any) -> RunView:
