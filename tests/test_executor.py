@@ -256,7 +256,7 @@ async def test_max_steps(service, policy):
     agent = Agent("t", model, tools=[add], limits=Limits(max_steps=3, on_max_steps=policy))
     run = await service.start(agent, "go")
     if policy == "fail":
-        assert run.status == "failed" and "max_steps (3)" in run.error
+        assert run.status == "failed" and "max_steps (3 model calls)" in run.error
         assert model.calls == 3
     else:
         assert run.status == "completed" and run.output == "best effort answer"

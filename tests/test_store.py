@@ -562,7 +562,8 @@ async def test_schema_version_is_recorded_and_a_newer_schema_is_refused(store_ur
     await SqlStore(store_url).close()  # opening an up-to-date database changes nothing
     engine = _engine(store_url)
     with engine.begin() as conn:
-        assert conn.execute(sa.text("SELECT version FROM schema_version")).scalars().all() == [LATEST]
+        versions = conn.execute(sa.text("SELECT version FROM schema_version ORDER BY version")).scalars().all()
+        assert versions == list(range(1, LATEST + 1))
         conn.execute(sa.text("INSERT INTO schema_version (version, applied_at) VALUES (:v, 0)"),
                      {"v": LATEST + 1})  # fmt: skip
     engine.dispose()
@@ -634,3 +635,22 @@ def test_open_store_reads_synchronous_mode_from_the_environment(tmp_path, monkey
     monkeypatch.setenv("TETHER_SQLITE_SYNCHRONOUS", "sometimes")
     with pytest.raises(ConfigError, match="NORMAL or FULL"):
         open_store(f"sqlite:///{tmp_path / 'g.db'}")
+
+
+async def test_breakpoints_set_on_a_run_are_kept_beside_it(store_url: str) -> None:
+    from tether.domain.errors import RunNotFound
+
+    store = SqlStore(store_url)
+    try:
+        run = Run()
+        await store.create_run(run.first, owner=None)
+        assert await store.get_breakpoints(run.id) is None
+        bps = [{"id": "bp_1", "stop": "before_tool", "tool": "delete_*", "condition": None, "once": False}]
+        await store.set_breakpoints(run.id, bps)
+        assert await store.get_breakpoints(run.id) == bps
+        await store.set_breakpoints(run.id, None)
+        assert await store.get_breakpoints(run.id) is None
+        with pytest.raises(RunNotFound):
+            await store.set_breakpoints("run_nope", [])
+    finally:
+        await store.close()

@@ -5,15 +5,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-MaxStepsPolicy = Literal["fail", "finish"]
+BudgetPolicy = Literal["pause", "finish", "fail"]
+BUDGETS = ("max_steps", "max_tokens", "max_cost_usd", "max_wall_s")
 
 
 @dataclass(slots=True)
 class Limits:
-    """Per-run limits. `max_steps` counts model calls."""
+    """Per-run budgets, each with what to do when it is reached.
+
+    `max_steps` counts model calls; `max_wall_s` excludes time spent paused. A policy is
+    `pause` (raise the limit and continue), `finish` (one last model call without tools, that
+    must answer) or `fail`.
+    """
 
     max_steps: int = 20
-    on_max_steps: MaxStepsPolicy = "fail"
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None
+    max_wall_s: float | None = None
+    on_max_steps: BudgetPolicy = "pause"
+    on_max_tokens: BudgetPolicy = "pause"
+    on_max_cost_usd: BudgetPolicy = "pause"
+    on_max_wall_s: BudgetPolicy = "pause"
     max_parallel_tools: int = 8
     max_output_retries: int = 2  # corrections asked for when the answer fails `output_schema`
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
@@ -72,3 +72,45 @@ class Message:
     @classmethod
     def tool(cls, call_id: str, name: str, text: str) -> Message:
         return cls("tool", [TextPart(text)], tool_call_id=call_id, name=name)
+
+
+def message_to_dict(m: Message) -> dict[str, Any]:
+    """A message as plain JSON data (for edits, decisions and the debugger)."""
+    out: dict[str, Any] = {"role": m.role, "content": [_part_to_dict(p) for p in m.content]}
+    if m.tool_calls:
+        out["tool_calls"] = [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in m.tool_calls]
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    if m.name is not None:
+        out["name"] = m.name
+    return out
+
+
+def message_from_dict(d: dict[str, Any]) -> Message:
+    """The inverse of `message_to_dict`; `content` may also be a plain string."""
+    content = d.get("content") or []
+    parts: list[ContentPart] = [TextPart(content)] if isinstance(content, str) else [
+        _part_from_dict(p) for p in content
+    ]
+    calls = [ToolCall(c["id"], c["name"], c.get("arguments") or "{}", c.get("provider_id"))
+             for c in d.get("tool_calls") or []]
+    return Message(d["role"], parts, calls, d.get("tool_call_id"), d.get("name"))
+
+
+def _part_to_dict(p: ContentPart) -> dict[str, Any]:
+    if isinstance(p, TextPart):
+        return {"type": "text", "text": p.text}
+    if isinstance(p, ImagePart):
+        return {"type": "image_url", "url": p.url, "detail": p.detail}
+    return {"type": "refusal", "refusal": p.refusal}
+
+
+def _part_from_dict(d: dict[str, Any]) -> ContentPart:
+    kind = d.get("type", "text")
+    if kind == "text":
+        return TextPart(d["text"])
+    if kind == "image_url":
+        return ImagePart(d["url"], d.get("detail", "auto"))
+    if kind == "refusal":
+        return RefusalPart(d["refusal"])
+    raise ValueError(f"unknown content part type {kind!r}")

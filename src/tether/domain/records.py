@@ -77,12 +77,20 @@ class ToolFinished:
 
 @dataclass(slots=True)
 class PendingItem:
-    id: str  # unique within the pause; for a tool call, its call id
+    id: str  # unique within the pause; for a tool call, its call id; else "STOP:STEP"
     reason: PauseReason
     call_id: str | None = None
     name: str | None = None
     arguments: str | None = None
     detail: str = ""
+    stop: str | None = None  # where in the loop: before_tool, after_model, on_budget, ...
+    step: int | None = None
+    breakpoint_id: str | None = None  # the breakpoint that hit, if one did
+
+    @property
+    def key(self) -> str:
+        """Names this stop of this step or call: once answered, it does not stop the run again."""
+        return f"{self.stop or self.reason}:{self.id}"
 
 
 @dataclass(slots=True)

@@ -7,16 +7,19 @@ re-reads the log; resuming folds the stored records into a fresh state. Nothing 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from tether.domain.agents import AgentSnapshot
-from tether.domain.messages import Message, TextPart, ToolCall
+from tether.domain.agents import AgentSnapshot, Limits
+from tether.domain.messages import Message, TextPart, ToolCall, message_from_dict
 from tether.domain.records import (
     Decision,
     Finished,
     ForkOrigin,
     ModelCalled,
     Paused,
+    PendingItem,
     Record,
     RunStarted,
     RunStatus,
@@ -66,6 +69,13 @@ class RunState:
     output: str | None = None
     structured: object = None
     error: str | None = None
+    limits: Limits = field(default_factory=Limits)  # the agent's, as raised by answers to budget pauses
+    passed: set[str] = field(default_factory=set)  # PendingItem.key of every stop answered: it won't stop again
+    stepping: bool = False  # a "step" answer: the very next stop pauses
+    approved: set[str] = field(default_factory=set)  # call ids a person approved
+    breakpoint_hits: dict[str, int] = field(default_factory=dict)
+    paused_s: float = 0.0  # time spent paused, which wall-time budgets do not count
+    paused_at: float | None = None
     _hash: object = None  # running sha256 over `messages`, for request fingerprints
 
     # -- the fold -------------------------------------------------------------------------------
@@ -84,6 +94,7 @@ class RunState:
             self._close_batch_if_done()
         elif isinstance(p, RunStarted):
             self.agent, self.thread_id, self.fork = p.agent, p.thread_id, p.fork
+            self.limits = replace(p.agent.limits)
             self.started_at = record.ts
             self.status = "running"
             self._hash = hashlib.sha256()
@@ -92,7 +103,14 @@ class RunState:
             self.input_count = len(p.input)
         elif isinstance(p, Paused):
             self.pause, self.decisions, self.status = p, [], "paused"
+            self.stepping, self.paused_at = False, record.ts
+            for item in p.items:
+                if item.breakpoint_id is not None:
+                    self.breakpoint_hits[item.breakpoint_id] = self.breakpoint_hits.get(item.breakpoint_id, 0) + 1
         elif isinstance(p, Decision):
+            if self.paused_at is not None:
+                self.paused_s += record.ts - self.paused_at
+                self.paused_at = None
             self._on_decision(p)
         elif isinstance(p, Finished):
             self.status, self.output, self.structured, self.error = p.status, p.output, p.structured, p.error
@@ -111,18 +129,92 @@ class RunState:
         self.last_step = p.step + len(r.tool_calls)
 
     def _on_decision(self, d: Decision) -> None:
-        self.decisions.append(d)
-        if d.action in ("supply", "skip"):
-            c = self.call(d.item_id)
-            c.result, c.error, c.done = str(d.payload), None, True
-        elif d.action == "abort":
-            self.status = "running"  # the executor finishes it as cancelled, closing open calls
-        elif d.action == "rerun":
+        """Apply one answer. A fork's edits (pause id "fork") apply with no pause to answer."""
+        item = self._item(d)
+        if item is not None:
+            self.passed.add(item.key)
+        a, payload = d.action, d.payload if isinstance(d.payload, dict) else {}
+        if a in ("supply", "skip"):
+            self._set_result(d.item_id, result=_text(d.payload))
+        elif a == "deny":
+            reason = d.payload if isinstance(d.payload, str) else payload.get("message")
+            self._set_result(d.item_id, error=f"a person denied this call: {reason or 'no reason given'}")
+        elif a == "rerun":
             self.call(d.item_id).started = False
+        elif a == "abort":
+            self.status = "running"  # the executor finishes it as cancelled, closing open calls
+        elif a == "step":
+            self.stepping = True
+        elif a == "approve":
+            self.approved.add(d.item_id)
+            if "arguments" in payload:
+                self._set_arguments(d.item_id, payload["arguments"])
+        elif a == "continue" and "limits" in payload:
+            for name, value in payload["limits"].items():
+                setattr(self.limits, name, value)
+        elif a == "edit":
+            self._edit(item.stop if item is not None else payload.get("stop"), d.item_id, payload)
+        if d.pause_id == "fork":
+            return
+        self.decisions.append(d)
         assert self.pause is not None
         if len(self.decisions) >= len(self.pause.items):
             self.pause, self.status = None, "running"
             self._close_batch_if_done()
+
+    def _item(self, d: Decision) -> PendingItem | None:
+        if self.pause is None or d.pause_id != self.pause.pause_id:
+            return None
+        return next((i for i in self.pause.items if i.id == d.item_id), None)
+
+    def _edit(self, stop: str | None, item_id: str, payload: dict[str, Any]) -> None:
+        """Change what is pending; the run's history changes from here on."""
+        if "messages" in payload:  # before_model: the conversation the next request sends
+            self.messages = [message_from_dict(m) for m in payload["messages"]]
+            self._rehash()
+        elif "response" in payload:  # after_model: the response, before its tool calls run
+            r = payload["response"]
+            calls = [ToolCall(c["id"], c["name"], c.get("arguments") or "{}") for c in r.get("tool_calls", [])]
+            step = self.last_step - len(self.batch)  # the model call's own step
+            self.messages[-1] = Message.assistant(r.get("text"), calls)
+            self.batch = [CallState(step + 1 + i, c) for i, c in enumerate(calls)]
+            self.last_step = step + len(calls)
+            self._rehash()
+        elif "arguments" in payload:  # before_tool: one call's arguments
+            self._set_arguments(item_id, payload["arguments"])
+        elif "result" in payload:  # after_tool / on_error: a result before the model sees it
+            self._set_result(item_id, result=_text(payload["result"]))
+        elif "output" in payload:  # before_finish: the answer
+            self.messages[-1] = Message.assistant(_text(payload["output"]))
+            self._rehash()
+        else:
+            raise ValueError(f"an edit at {stop} needs messages, response, arguments, result or output")
+
+    def _set_result(self, call_id: str, *, result: str | None = None, error: str | None = None) -> None:
+        c = self.call(call_id)
+        c.result, c.error, c.done = result, error, True
+
+    def _set_arguments(self, call_id: str, arguments: Any) -> None:
+        c = self.call(call_id)
+        text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+        new = ToolCall(c.call.id, c.call.name, text, c.call.provider_id)
+        # A new object, also in the assistant message: the recorded response stays as it was.
+        for m in reversed(self.messages):
+            if m.role == "assistant" and any(x.id == new.id for x in m.tool_calls):
+                m.tool_calls = [new if x.id == new.id else x for x in m.tool_calls]
+                break
+        c.call = new
+        self._rehash()
+
+    def _rehash(self) -> None:
+        messages, self.messages = self.messages, []
+        self._hash = hashlib.sha256()
+        for m in messages:
+            self._add_message(m)
+
+    def elapsed_s(self, now: float) -> float:
+        """Wall time the run has been active, not counting pauses."""
+        return now - self.started_at - self.paused_s
 
     def _close_batch_if_done(self) -> None:
         # Tool results join the conversation in call order, once the whole batch is answered,
@@ -176,3 +268,7 @@ def fold(run_id: str, records: list[Record]) -> RunState:
     return state
 
 
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)

@@ -13,9 +13,10 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from tether.domain.breakpoints import Breakpoint, Stop
 from tether.domain.errors import ModelError, ReplayDiverged
 from tether.domain.events import Event
 from tether.domain.ids import new_id
@@ -51,9 +52,11 @@ class Executor:
         tools: Mapping[str, Tool],
         on_event: Callable[[Event], None] | None = None,
         log: list[Record] | None = None,
+        breakpoints: Sequence[Breakpoint] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store, self.model, self.tools = store, model, tools
+        self.breakpoints = list(breakpoints)
         self.on_event, self.clock = on_event, clock
         self.log = log  # when given, every appended record is added to it too
         self._tool_limits = {
@@ -82,6 +85,8 @@ class Executor:
                     await self._tool_calls(state)
                 elif _needs_model(state):
                     await self._model_call(state)
+                elif item := self._stop(state, "before_finish", state.last_step, output=state.final_text()):
+                    await self._pause(state, [item])
                 else:
                     self._finish(state, "completed")
         except ModelError as e:
@@ -94,19 +99,34 @@ class Executor:
     async def _model_call(self, state: RunState) -> None:
         agent = state.agent
         assert agent is not None
-        limits = agent.limits
+        limits, step = state.limits, state.next_step
         final = False
-        if state.model_calls >= limits.max_steps:
-            already_final = state.model_calls > limits.max_steps
-            if limits.on_max_steps == "fail" or already_final:
-                self._finish(state, "failed", error=f"the run reached max_steps ({limits.max_steps})")
+        if (over := self._over_budget(state)) is not None and f"on_budget:on_budget:{step}" not in state.passed:
+            budget, detail = over
+            policy = getattr(limits, f"on_{budget}")
+            if policy == "pause" or self._stop(state, "on_budget", step, budget=budget):
+                await self._pause(state, [PendingItem(f"on_budget:{step}", "budget", detail=detail,
+                                                      stop="on_budget", step=step)])
                 return
-            final = True
+            if policy == "fail":
+                self._finish(state, "failed", error=detail)
+                return
+            final = True  # "finish": one last call without tools, that must answer
+        if item := self._stop(state, "before_model", step):
+            await self._pause(state, [item])
+            return
 
         request = self._request(state, final)
         started = time.perf_counter()
         on_delta = self._delta_sink(state.run_id) if self.on_event is not None else None
-        response = await self.model.complete(request, on_delta)
+        try:
+            response = await self.model.complete(request, on_delta)
+        except ModelError as e:
+            if isinstance(e, ReplayDiverged) or not (item := self._stop(state, "on_error", step, error=str(e))):
+                raise
+            item.detail = f"the model call failed: {e}; continue to try it again"
+            await self._pause(state, [item])
+            return
         duration = time.perf_counter() - started
 
         calls = [] if final else [
@@ -119,15 +139,29 @@ class Executor:
             problem = check_output(response.text, agent.output_schema)
             if problem is not None:
                 if state.output_rejections >= limits.max_output_retries:
-                    self._record(state, ModelCalled(state.next_step, request.fingerprint, response,
+                    self._record(state, ModelCalled(step, request.fingerprint, response,
                                                     self.model.cost_usd(response), duration, final=final))
                     self._finish(state, "failed", error=f"the answer did not match the output schema: {problem}")
                     return
                 rejected = (f"Your answer does not match the required JSON schema: {problem}. "
                             "Reply again with only a JSON value that matches the schema.")
-        self._record(state, ModelCalled(state.next_step, request.fingerprint, response,
-                                        self.model.cost_usd(response), duration, rejected=rejected,
-                                        final=final))
+        self._record(state, ModelCalled(step, request.fingerprint, response, self.model.cost_usd(response),
+                                        duration, rejected=rejected, final=final))
+        if item := self._stop(state, "after_model", step, output=response.text):
+            await self._pause(state, [item])
+
+    def _over_budget(self, state: RunState) -> tuple[str, str] | None:
+        """The first budget the run has used up, and a sentence saying so."""
+        lim = state.limits
+        if state.model_calls >= lim.max_steps:
+            return "max_steps", f"the run reached max_steps ({lim.max_steps} model calls)"
+        if lim.max_tokens is not None and state.usage.total_tokens >= lim.max_tokens:
+            return "max_tokens", f"the run used {state.usage.total_tokens} tokens (max_tokens {lim.max_tokens})"
+        if lim.max_cost_usd is not None and state.cost_usd is not None and state.cost_usd >= lim.max_cost_usd:
+            return "max_cost_usd", f"the run cost ${state.cost_usd:.6f} (max_cost_usd {lim.max_cost_usd})"
+        if lim.max_wall_s is not None and (spent := state.elapsed_s(self.clock())) >= lim.max_wall_s:
+            return "max_wall_s", f"the run has been active {spent:.1f} s (max_wall_s {lim.max_wall_s})"
+        return None
 
     def _request(self, state: RunState, final: bool) -> ModelRequest:
         agent = state.agent
@@ -168,7 +202,7 @@ class Executor:
             if item is not None:
                 pending.append(item)
         else:
-            gate = asyncio.Semaphore(agent.limits.max_parallel_tools)
+            gate = asyncio.Semaphore(state.limits.max_parallel_tools)
 
             async def bounded(c: CallState) -> PendingItem | None:
                 async with gate:
@@ -176,8 +210,7 @@ class Executor:
 
             pending = [i for i in await asyncio.gather(*(bounded(c) for c in todo)) if i is not None]
         if pending:
-            self._record(state, Paused(new_id("pause"), pending))
-            await self.store.sync()
+            await self._pause(state, pending)
 
     async def _tool_call(self, state: RunState, c: CallState) -> PendingItem | None:
         call = c.call
@@ -198,13 +231,19 @@ class Executor:
             return self._tool_done(state, c, error=str(e))
         if tool.kind == "client":
             return PendingItem(call.id, "client_tool", call.id, call.name, call.arguments,
-                               "the client runs this tool and submits its output")
+                               "the client runs this tool and submits its output", step=c.step)
         policy = tool.policy
+        if policy.requires_approval and call.id not in state.approved and not c.started:
+            return PendingItem(call.id, "approval", call.id, call.name, call.arguments,
+                               "this tool needs a person's approval: approve, deny, or approve with other arguments",
+                               stop="before_tool", step=c.step)
+        if not c.started and (item := self._stop(state, "before_tool", c.step, call, args=args)):
+            return item
         if c.started and not policy.idempotent:
             # Started before a crash and never finished: it may or may not have taken effect.
             return PendingItem(call.id, "uncertain", call.id, call.name, call.arguments,
                                "started before an interruption and not known to have finished; "
-                               "rerun it, supply its result, or abort")
+                               "rerun it, supply its result, or abort", stop="on_uncertain", step=c.step)
         attempt = c.attempts + 1
         limit = self._tool_limits.get(call.name)
         while True:
@@ -224,7 +263,7 @@ class Executor:
                     # The call goes on in a thread we cannot stop: whether it takes effect is unknown.
                     return PendingItem(call.id, "uncertain", call.id, call.name, call.arguments,
                                        f"timed out after {policy.timeout_s:g}s and may still be running; "
-                                       "rerun it, supply its result, or abort")
+                                       "rerun it, supply its result, or abort", stop="on_uncertain", step=c.step)
                 error = f"the tool timed out after {policy.timeout_s:g}s"
             except ToolError as e:
                 error = str(e) or type(e).__name__
@@ -233,19 +272,63 @@ class Executor:
             except Exception as e:  # a tool's bug is the model's information, not the run's crash
                 error = f"{type(e).__name__}: {e}"
             else:
-                return self._tool_done(state, c, result=_render(value, policy.max_result_chars),
-                                       duration=time.perf_counter() - started)
+                result = _render(value, policy.max_result_chars)
+                self._tool_done(state, c, result=result, duration=time.perf_counter() - started)
+                return self._stop(state, "after_tool", c.step, call, args=args, result=result)
             if policy.retryable and attempt <= policy.max_retries:
                 await asyncio.sleep(min(0.1 * 2 ** (attempt - 1), 2.0))
                 attempt += 1
                 continue
-            return self._tool_done(state, c, error=error, duration=time.perf_counter() - started)
+            self._tool_done(state, c, error=error, duration=time.perf_counter() - started)
+            return self._stop(state, "on_error", c.step, call, args=args, error=error)
 
     def _tool_done(self, state: RunState, c: CallState, *, result: str | None = None,
                    error: str | None = None, duration: float = 0.0) -> PendingItem | None:
         """Record the call's outcome; nothing is left pending."""
         self._record(state, ToolFinished(c.step, c.call.id, c.call.name, result, error, duration))
         return None
+
+    # -- stops ----------------------------------------------------------------------------------
+
+    def _stop(self, state: RunState, stop: Stop, step: int, call: ToolCall | None = None,
+              **values: Any) -> PendingItem | None:
+        """A pending item if the run must pause at this stop (a breakpoint hit, or stepping)."""
+        if not self.breakpoints and not state.stepping:
+            return None  # the common case costs one test
+        item_id = call.id if call is not None else f"{stop}:{step}"
+        if f"{stop}:{item_id}" in state.passed:
+            return None  # answered already: continuing goes past it
+        hit = None
+        context: dict[str, Any] | None = None
+        for bp in self.breakpoints:
+            if bp.stop != stop or (bp.once and state.breakpoint_hits.get(bp.id)):
+                continue
+            if context is None:
+                context = self._context(state, step, call, values)
+            if bp.matches(stop, context):
+                hit = bp
+                break
+        if hit is None and not state.stepping:
+            return None
+        detail = f"breakpoint {hit.spec()}" if hit is not None else "stepped here"
+        return PendingItem(item_id, "breakpoint", call.id if call else None, call.name if call else None,
+                           call.arguments if call else None, detail, stop, step, hit.id if hit else None)
+
+    def _context(self, state: RunState, step: int, call: ToolCall | None, values: dict[str, Any]) -> dict[str, Any]:
+        """The names a breakpoint condition can use at this stop (see CONDITION_NAMES)."""
+        ctx: dict[str, Any] = {
+            "step": step,
+            "run": {"steps": state.last_step, "tokens": state.usage.total_tokens, "cost_usd": state.cost_usd,
+                    "elapsed_s": state.elapsed_s(self.clock())},
+            **values,
+        }
+        if call is not None:
+            ctx["tool"] = call.name
+        return ctx
+
+    async def _pause(self, state: RunState, items: list[PendingItem]) -> None:
+        self._record(state, Paused(new_id("pause"), items))
+        await self.store.sync()
 
     # -- the end --------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.adapters.importing import import_attr
-from tether.domain.agents import AgentSnapshot, Limits, ToolSpec
+from tether.domain.agents import BUDGETS, AgentSnapshot, Limits, ToolSpec
 from tether.domain.errors import ConfigError
 from tether.domain.protocols import Model, Tool
 
@@ -159,8 +159,10 @@ def _limits(path: Path, table: Any) -> Limits:
     if not isinstance(table, dict) or set(table) - names:
         raise ConfigError(f"{path}: [limits] takes {sorted(names)}")
     limits = Limits(**table)
-    if limits.on_max_steps not in ("fail", "finish"):
-        raise ConfigError(f"{path}: limits.on_max_steps must be \"fail\" or \"finish\"")
+    for budget in BUDGETS:
+        policy = getattr(limits, f"on_{budget}")
+        if policy not in ("pause", "finish", "fail"):
+            raise ConfigError(f"{path}: limits.on_{budget} must be \"pause\", \"finish\" or \"fail\", not {policy!r}")
     return limits
 
 

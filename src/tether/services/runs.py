@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import json
 import os
 import socket
 import threading
@@ -19,10 +20,13 @@ from typing import Any, TypeVar
 
 from tether.adapters.importing import import_attr
 from tether.domain.agents import AgentSnapshot
+from tether.domain.breakpoints import Breakpoint, parse_breakpoint, unknown_paths, uses_cost
 from tether.domain.errors import AlreadyResumed, ConfigError, RunNotFound, StoreConflict, TetherError
 from tether.domain.events import Event
+from tether.domain.fork import later_side_effects, reused_prefix
 from tether.domain.ids import new_id
-from tether.domain.messages import Message
+from tether.domain.messages import Message, message_from_dict, message_to_dict
+from tether.domain.models import ModelResponse
 from tether.domain.protocols import Store
 from tether.domain.records import TERMINAL, Action, Decision, PendingItem, Record, RunStarted
 from tether.domain.runs import RunInfo
@@ -82,16 +86,26 @@ class RunsService:
     # -- create and advance ---------------------------------------------------------------------
 
     async def start(self, agent: Agent, task: str | Sequence[Message], *, thread_id: str | None = None,
-                    metadata: dict[str, Any] | None = None,
+                    metadata: dict[str, Any] | None = None, breakpoints: Sequence[str | Breakpoint] = (),
                     on_event: Callable[[Event], None] | None = None, register: bool = True) -> RunView:
-        _ = agent.model  # resolve the model reference now: a bad one fails before a run exists
+        """Start a run and advance it until it pauses or finishes.
+
+        `breakpoints` (e.g. "before_tool:delete_*", "after_model if run.cost_usd > 0.2") join the
+        agent's own for this run.
+        """
+        model = agent.model  # resolve the model reference now: a bad one fails before a run exists
+        snapshot = agent.snapshot()
+        snapshot.breakpoints += [bp.to_dict() for bp in _parse_all(breakpoints, start=len(snapshot.breakpoints))]
+        if snapshot.limits.max_cost_usd is not None and model.cost_usd(ModelResponse()) is None:
+            raise ConfigError(f"max_cost_usd is set, but the price of model {agent.model_ref!r} is unknown here, "
+                              "so the budget could never be checked; remove it, or use a model with known prices")
         if register:
             self.register(agent)
         new = [Message.user(task)] if isinstance(task, str) else list(task)
         history = await self._thread_history(thread_id) if thread_id else []
         run_id = new_id("run")
         first = Record(run_id, 1, time.time(),
-                       RunStarted(agent.snapshot(), history + new, thread_id, None, dict(metadata or {})))
+                       RunStarted(snapshot, history + new, thread_id, None, dict(metadata or {})))
         await self.store.create_run(first, owner=self.owner, lease_ttl_s=self.lease_ttl_s)
         state = RunState(run_id)
         state.apply(first)
@@ -129,7 +143,7 @@ class RunsService:
         needs no re-read of the store.
         """
         executor = Executor(store=self.store, model=agent.model, tools=agent.tools, on_event=on_event,
-                            log=records)
+                            log=records, breakpoints=await self._breakpoints_of(state))
         self._active[state.run_id] = executor
         heartbeat = asyncio.create_task(self._heartbeat(state.run_id))
         try:
@@ -278,6 +292,123 @@ class RunsService:
                 continue  # another process took it first
         return out
 
+    # -- the debugger: breakpoints, and answering a pause ----------------------------------------
+
+    async def _breakpoints_of(self, state: RunState) -> builtins.list[Breakpoint]:
+        stored = await self.store.get_breakpoints(state.run_id)
+        assert state.agent is not None
+        return [Breakpoint.from_dict(d) for d in (state.agent.breakpoints if stored is None else stored)]
+
+    async def breakpoints(self, run_id: str) -> builtins.list[Breakpoint]:
+        """The run's breakpoints now (the agent's, as changed on this run), with their hit counts."""
+        state = fold(run_id, await self._records(run_id))
+        bps = await self._breakpoints_of(state)
+        for bp in bps:
+            bp.hits = state.breakpoint_hits.get(bp.id, 0)
+        return bps
+
+    async def add_breakpoint(self, run_id: str, spec: str | Breakpoint, *, once: bool = False
+                             ) -> tuple[Breakpoint, builtins.list[str]]:
+        """Add a breakpoint to a run, running or paused; returns it and any warnings about it.
+
+        A running run in this process picks it up at its next stop; in another process, when it
+        next resumes.
+        """
+        bps = await self.breakpoints(run_id)
+        used = {b.id for b in bps}
+        n = len(bps) + 1
+        while f"bp_{n}" in used:
+            n += 1
+        bp = spec if isinstance(spec, Breakpoint) else parse_breakpoint(spec, id=f"bp_{n}", once=once)
+        state = fold(run_id, await self._records(run_id))
+        await self._set_breakpoints(run_id, [*bps, bp])
+        return bp, _warnings(bp, state.cost_usd is None)
+
+    async def remove_breakpoint(self, run_id: str, breakpoint_id: str) -> None:
+        bps = await self.breakpoints(run_id)
+        if breakpoint_id not in {b.id for b in bps}:
+            raise TetherError(f"run {run_id} has no breakpoint {breakpoint_id!r}; it has "
+                              f"{[b.id + ' ' + b.spec() for b in bps] or 'none'}")
+        await self._set_breakpoints(run_id, [b for b in bps if b.id != breakpoint_id])
+
+    async def _set_breakpoints(self, run_id: str, bps: builtins.list[Breakpoint]) -> None:
+        await self.store.set_breakpoints(run_id, [b.to_dict() for b in bps])
+        executor = self._active.get(run_id)
+        if executor is not None:
+            executor.breakpoints = bps
+
+    async def answer(self, run_id: str, answers: dict[str, tuple[Action, Any]] | None = None, *,
+                     default: Action = "continue", pause_id: str | None = None, by: str = "api",
+                     on_event: Callable[[Event], None] | None = None) -> RunView:
+        """Answer the run's pause: `answers` for some items, `default` for the rest, then go on.
+
+        Actions: continue, step (pause again at the very next stop), edit (payload: the new
+        value), skip (payload: the result to use instead of calling the tool), approve (payload:
+        None or {"arguments": ...}), deny (payload: the message the model sees), supply, rerun,
+        abort.
+        """
+        view = await self.get(run_id)
+        if pause_id is not None and view.pause_id != pause_id:
+            raise AlreadyResumed(f"run {run_id} is not paused at {pause_id} (it is {view.status}); "
+                                 "someone else answered that pause")
+        if view.pause_id is None:
+            raise TetherError(f"run {run_id} is not paused (it is {view.status}); there is nothing to answer")
+        full: dict[str, tuple[Action, Any]] = {}
+        for item in view.pending:
+            action, payload = (answers or {}).get(item.id, (default, None))
+            if action == "edit":
+                payload = edit_payload(item, payload, view)
+            full[item.id] = (action, payload)
+        return await self.decide(run_id, view.pause_id, full, by=by, on_event=on_event)
+
+    async def fork(self, run_id: str, step: int, edits: dict[str, Any] | None = None, *,
+                   on_event: Callable[[Event], None] | None = None) -> RunView:
+        """A new run that reuses steps < `step` of `run_id` without calling anything, applies
+        `edits` at `step`, and continues live.
+
+        Edits at a model step: {"messages": [...]} (the conversation it is sent). At a tool step:
+        {"arguments": {...}} (call it with these) or {"result": "..."} (use this, do not call).
+        The new run's `metadata["fork_warnings"]` lists side effects the parent already made at
+        or after `step`, which the fork may make again.
+        """
+        parent = await self._records(run_id)
+        parent_state = fold(run_id, parent)
+        if not 1 <= step <= parent_state.last_step + 1:
+            raise TetherError(f"run {run_id} has steps 1..{parent_state.last_step}; fork at one of them "
+                              f"(or at {parent_state.last_step + 1} to go on from its end)")
+        assert parent_state.agent is not None
+        agent = self.agent_for(parent_state.agent)
+        thread_id = new_id("thread") if parent_state.thread_id else None  # a fork of a thread's run: a new thread
+        fork_id = new_id("run")
+        records = reused_prefix(parent, step, fork_id, time.time(), thread_id)
+        idempotent = {name for name, t in agent.tools.items() if t.policy.idempotent}
+        warnings = later_side_effects(parent, step, idempotent)
+        first = records[0].payload
+        assert isinstance(first, RunStarted)
+        first.metadata["fork_warnings"] = warnings
+        state = RunState(fork_id)
+        for r in records:
+            state.apply(r)
+        if edits:
+            records.append(Record(fork_id, state.last_seq + 1, time.time(), _fork_edit(state, step, edits)))
+            state.apply(records[-1])
+        await self.store.create_run(records[0], owner=self.owner, lease_ttl_s=self.lease_ttl_s)
+        self.store.append(records[1:])
+        await self.store.sync()
+        if on_event is not None:
+            for r in records:
+                on_event(Event(fork_id, "record", r))
+        if state.status != "running":  # the parent's log ended paused or finished before `step`
+            await self.store.release_lease(fork_id, self.owner)
+            return _view(state, records)
+        return await self._drive(state, records, agent, on_event)
+
+    async def _records(self, run_id: str) -> builtins.list[Record]:
+        records = await self.store.load(run_id)
+        if not records:
+            raise RunNotFound(f"no run {run_id!r}; `tether runs list` shows the runs there are")
+        return records
+
     # -- replay ----------------------------------------------------------------------------------
 
     async def replay(self, run_id: str, *, full: bool = False, agent: Agent | None = None,
@@ -334,6 +465,86 @@ class RunsService:
         return agent
 
 
+def _parse_all(specs: Sequence[str | Breakpoint], start: int) -> list[Breakpoint]:
+    return [b if isinstance(b, Breakpoint) else parse_breakpoint(b, id=f"bp_{start + i + 1}")
+            for i, b in enumerate(specs)]
+
+
+def _warnings(bp: Breakpoint, cost_unknown: bool) -> list[str]:
+    out = []
+    if bp.condition:
+        for path in unknown_paths(bp.condition, bp.stop):
+            out.append(f"{path} has no value at {bp.stop}, so this condition is never true there")
+        if cost_unknown and uses_cost(bp.condition):
+            out.append("this run's cost is unknown (its model has no known price): comparisons with "
+                       "run.cost_usd are false")
+    return out
+
+
+def _fork_edit(state: RunState, step: int, edits: dict[str, Any]) -> Any:
+    """The decision that applies a fork's edits at `step` (pause id "fork": no pause to answer)."""
+    call = next((c for c in state.batch if c.step == step), None)
+    if call is not None:
+        if "result" in edits:
+            return Decision("fork", call.call.id, "skip", edits["result"], "fork")
+        if "arguments" in edits:
+            return Decision("fork", call.call.id, "edit", {"arguments": _json_object(edits["arguments"])}, "fork")
+    elif "messages" in edits:
+        _ = [message_from_dict(m) for m in edits["messages"]]  # fail now on a bad message, not in the fold
+        return Decision("fork", f"before_model:{step}", "edit", {"messages": edits["messages"]}, "fork")
+    where = "a tool step: give arguments or result" if call is not None else "a model step: give messages"
+    raise TetherError(f"step {step} is {where} (got {sorted(edits)})")
+
+
+def _json_object(value: Any) -> str:
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except ValueError as e:
+            raise TetherError(f"the arguments are not valid JSON: {e}") from None
+    else:
+        parsed = value
+    if not isinstance(parsed, dict):
+        raise TetherError("the arguments must be a JSON object, e.g. {\"expression\": \"2 * 3\"}")
+    return json.dumps(parsed, ensure_ascii=False)
+
+
+def edit_payload(item: PendingItem, new: Any, view: RunView) -> dict[str, Any]:
+    """Check an edit of what `item` holds pending, and record it with the old value."""
+    stop = item.stop
+    if stop == "before_model":
+        msgs = new.get("messages", new) if isinstance(new, dict) else new
+        if not isinstance(msgs, list):
+            raise TetherError("at before_model, edit the messages: a JSON list of {role, content} objects")
+        try:
+            _ = [message_from_dict(m) for m in msgs]
+        except (KeyError, TypeError, ValueError) as e:
+            raise TetherError(f"a message is malformed ({e}); each is {{\"role\": ..., \"content\": ...}}") from None
+        return {"messages": msgs, "old": [message_to_dict(m) for m in view.messages]}
+    if stop in ("before_tool",) or item.reason == "approval":
+        return {"arguments": _json_object(new.get("arguments", new) if isinstance(new, dict) else new),
+                "old": item.arguments}
+    if stop in ("after_tool", "on_error") and item.call_id is not None:
+        old = next((s.result or s.error for s in view.steps if s.call_id == item.call_id), None)
+        return {"result": new.get("result", new) if isinstance(new, dict) and "result" in new else _as_text(new),
+                "old": old}
+    if stop == "after_model":
+        if not isinstance(new, dict):
+            raise TetherError('at after_model, edit the response: {"text": ..., "tool_calls": [{"name", "arguments"}]}')
+        calls = [{"id": c.get("id") or new_id("call"), "name": c["name"],
+                  "arguments": _json_object(c.get("arguments", {}))} for c in new.get("tool_calls", [])]
+        last = view.messages[-1]
+        return {"response": {"text": new.get("text"), "tool_calls": calls}, "old": message_to_dict(last)}
+    if stop == "before_finish":
+        return {"output": _as_text(new.get("output", new) if isinstance(new, dict) else new),
+                "old": view.messages[-1].text if view.messages else None}
+    raise TetherError(f"there is nothing to edit at {stop or item.reason}")
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
 def _view(s: RunState, records: list[Record]) -> RunView:
     pending = list(s.pause.items) if s.pause else []
     return RunView(s.run_id, s.status, s.output, s.structured, s.error, pending,
@@ -342,11 +553,17 @@ def _view(s: RunState, records: list[Record]) -> RunView:
 
 
 def _check_action(item: PendingItem, action: Action, payload: Any) -> None:
+    tool_stop = item.call_id is not None
     allowed: dict[str, set[str]] = {
         "client_tool": {"supply", "abort"},
         "uncertain": {"rerun", "supply", "abort", "continue"},
+        "approval": {"approve", "deny", "skip", "abort"},
+        "budget": {"continue", "step", "abort"},
+        "breakpoint": {"continue", "step", "edit", "abort"} | ({"skip"} if item.stop == "before_tool" else set()),
     }
     ok = allowed.get(item.reason, {"continue", "abort"})
+    if not tool_stop:
+        ok = ok - {"skip", "supply", "rerun"}
     if action not in ok:
         raise TetherError(f"{action!r} does not answer a {item.reason} item; use one of {sorted(ok)}")
     if action == "supply" and payload is None:

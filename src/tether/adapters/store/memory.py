@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
-from tether.domain.errors import StoreConflict
+from tether.domain.errors import RunNotFound, StoreConflict
 from tether.domain.records import ACTIVE, Record
 from tether.domain.runs import RunInfo, info_from_start, update_info
 
@@ -14,6 +15,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._logs: dict[str, list[Record]] = {}
         self._runs: dict[str, RunInfo] = {}
+        self._breakpoints: dict[str, list[dict[str, Any]] | None] = {}
 
     async def create_run(self, record: Record, *, owner: str | None, lease_ttl_s: float = 30.0) -> None:
         info = info_from_start(record, time.time())
@@ -92,6 +94,14 @@ class MemoryStore:
             for r in self._runs.values()
             if r.status in ("queued", "running") and (r.lease_owner is None or (r.lease_expires or 0) < now)
         ]
+
+    async def set_breakpoints(self, run_id: str, breakpoints: list[dict[str, Any]] | None) -> None:
+        if run_id not in self._runs:
+            raise RunNotFound(f"no run {run_id!r}")
+        self._breakpoints[run_id] = breakpoints
+
+    async def get_breakpoints(self, run_id: str) -> list[dict[str, Any]] | None:
+        return self._breakpoints.get(run_id)
 
     async def close(self) -> None:
         return None

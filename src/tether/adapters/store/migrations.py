@@ -56,6 +56,13 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             )""",
         ],
     ),
+    (
+        2,
+        [
+            # Breakpoints set on a run after it started (a JSON list); NULL means the agent's.
+            "ALTER TABLE runs ADD COLUMN breakpoints TEXT",
+        ],
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sqlite3
 import threading
@@ -760,6 +761,28 @@ class SqlStore:
                 return [RunInfo(*row) for row in conn.execute(query)]
 
         return await self._call(op)
+
+    # -- breakpoints set on a run ---------------------------------------------------------------
+
+    async def set_breakpoints(self, run_id: str, breakpoints: list[dict[str, Any]] | None) -> None:
+        data = None if breakpoints is None else json.dumps(breakpoints)
+
+        def op(conn: sa.Connection) -> None:
+            with self._tx(conn, write=True):
+                done = conn.execute(sa.text("UPDATE runs SET breakpoints = :b WHERE id = :id"),
+                                    {"b": data, "id": run_id}).rowcount
+                if done != 1:
+                    raise RunNotFound(f"no run {run_id!r}")
+
+        await self._call(op)
+
+    async def get_breakpoints(self, run_id: str) -> list[dict[str, Any]] | None:
+        def op(conn: sa.Connection) -> Any:
+            with self._tx(conn, write=False):
+                return conn.execute(sa.text("SELECT breakpoints FROM runs WHERE id = :id"), {"id": run_id}).scalar()
+
+        data = await self._call(op)
+        return None if data is None else json.loads(data)  # type: ignore[no-any-return]
 
     # -- leases ---------------------------------------------------------------------------------
 

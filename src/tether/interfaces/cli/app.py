@@ -26,6 +26,8 @@ from tether.domain.records import ACTIVE, TERMINAL
 from tether.interfaces.cli.render import (
     STATUS_STYLE,
     RunPrinter,
+    diff_header,
+    diff_table,
     fmt_time,
     how_to_answer,
     pending_text,
@@ -357,6 +359,37 @@ def replay_cmd(
                                 (" (full)" if full else " (model replay, tools live)", "dim")))
     RunPrinter(console).all(view.records)
     raise typer.Exit(_after(view))
+
+
+@runs_app.command("diff")
+def diff_cmd(
+    run_a: Annotated[str, typer.Argument(help="The first run (A).", show_default=False)],
+    run_b: Annotated[str, typer.Argument(help="The second run (B).", show_default=False)],
+    full: Annotated[bool, typer.Option("--full", help="Show long texts, arguments and results in "
+                                                      "full.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the diff as JSON.")] = False,
+) -> None:
+    """Compare two runs step by step: the first step where they diverge, then their steps side by side.
+
+    Model steps differ when their request (fingerprint) or their answer differs; tool steps when the
+    tool, its arguments or its result differ. Steps a fork or a full replay copied from a parent run
+    are marked **reused**: their cost is shown but not counted as spent by that run.
+
+    Example: `tether runs diff run_A run_B` (then `tether runs show` either of them)."""
+    from dataclasses import asdict
+
+    from tether.domain.diff import diff_runs
+
+    async def both(service: RunsService) -> tuple[RunView, RunView]:
+        return await service.get(run_a), await service.get(run_b)
+
+    a, b = _service_call(both)
+    diff = diff_runs(a.records, b.records)
+    if as_json:
+        _print_json({"run_a": a.id, "run_b": b.id, **asdict(diff)})
+        return
+    console.print(diff_header(diff), soft_wrap=SOFT)
+    console.print(diff_table(diff, a.id, b.id, limit=None if full else 200))
 
 
 @runs_app.command("cassette")

@@ -15,6 +15,7 @@ from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 
+from tether.domain.diff import DiffRow, RunDiff, StepSummary, Totals
 from tether.domain.events import Event
 from tether.domain.records import (
     Decision,
@@ -427,3 +428,102 @@ def _step_dict(s: Step) -> dict[str, Any]:
     d["tool_calls"] = [{"id": i, "name": n, "arguments": a} for i, n, a in s.tool_calls]
     return {k: v for k, v in d.items() if v not in (None, [], "")}
 
+
+
+# -- diff of two runs ---------------------------------------------------------------------------
+
+DIFF_MARK = "bold red"  # the parts of a step that differ from the other run's
+
+
+def diff_header(diff: RunDiff) -> Text:
+    """"runs diverge at step 3: tool result differs", or "no divergence: the runs took the same steps"."""
+    if diff.first_divergence is None:
+        return Text.assemble(("no divergence", "bold green"), (f": {diff.reason}", ""))
+    return Text.assemble(("runs diverge at step ", "bold"), (str(diff.first_divergence), "bold red"),
+                         (": ", "bold"), (diff.reason, "red"))
+
+
+def diff_table(diff: RunDiff, run_a: str, run_b: str, *, limit: int | None = 200) -> Table:
+    """Both runs' steps side by side (step | A | B): what differs in red, each step's cost marked
+    live or reused, and each side's totals with live cost apart from reused cost."""
+    table = Table(header_style="bold", show_lines=True, expand=False)
+    table.add_column("step", justify="right", no_wrap=True)
+    for label, run_id, status in (("A", run_a, diff.status_a), ("B", run_b, diff.status_b)):
+        table.add_column(Text.assemble((f"{label} ", "bold"), (run_id, "bold"),
+                                       (f"  {status or 'not finished'}", STATUS_STYLE.get(status or "", "dim"))),
+                         overflow="fold", ratio=1)
+    for row in diff.rows:
+        step = Text(str(row.step), style="" if row.same else "bold red")
+        if not row.same:
+            step.append(" ≠")
+            if row.step == diff.first_divergence:
+                step.append("\nfirst", style="red")
+        table.add_row(step, _diff_cell(row.a, row, limit), _diff_cell(row.b, row, limit))
+    table.add_row(Text("total", style="bold"), _totals_cell(diff.totals_a), _totals_cell(diff.totals_b))
+    return table
+
+
+def _diff_cell(s: StepSummary | None, row: DiffRow, limit: int | None) -> Text:
+    if s is None:
+        return Text("(no such step)", style=DIFF_MARK)
+    marked = set(row.differs)
+
+    def mark(part: str, style: str = "") -> str:
+        return DIFF_MARK if part in marked or "type" in marked else style
+
+    kind = ("model ", "cyan") if s.type == "model" else ("tool ", "magenta")
+    cell = Text.assemble((kind[0], mark("type", kind[1])))
+    if s.type == "model":
+        if s.tool_calls:
+            cell.append("→ ", style="dim")
+            for i, (name, args) in enumerate(s.tool_calls):
+                if i:
+                    cell.append(", ")
+                call = call_text(name, args, limit)
+                if "tool_calls" in marked:
+                    call.stylize(DIFF_MARK)
+                cell.append_text(call)
+            if s.text:
+                cell.append("\n“" + one_line(s.text, limit) + "”", style=mark("text", "dim"))
+        elif s.text is not None:
+            cell.append("answer: ", style="green")
+            cell.append(one_line(s.text, limit), style=mark("text"))
+        else:
+            cell.append("(no text and no tool calls)", style=mark("text", "dim"))
+        if "fingerprint" in marked and s.fingerprint:
+            cell.append(f"\nrequest {s.fingerprint[:12]}", style=DIFF_MARK)
+        meta = f"\n{fmt_tokens(s.usage)} · {fmt_cost(s.cost_usd)} · {fmt_duration(s.duration_s)}"
+    else:
+        cell.append(s.name or "?", style=mark("name", "bold"))
+        cell.append("(")
+        cell.append(one_line(s.arguments or "", limit), style=mark("arguments", "yellow"))
+        cell.append(")")
+        if s.status == "failed":
+            cell.append(" → error: ", style=mark("result", "red"))
+            cell.append(one_line(s.error, limit), style=mark("result", "red"))
+        elif s.status == "completed":
+            cell.append(" → ", style="dim")
+            cell.append(one_line(s.result, limit), style=mark("result", "green"))
+            if s.supplied_by:
+                cell.append(f"  (supplied by {s.supplied_by})", style="yellow")
+        elif s.status == "in_progress":
+            cell.append("  … started, not finished", style=mark("result", "yellow"))
+        else:
+            cell.append("  … not run yet", style=mark("result", "yellow"))
+        meta = f"\n{fmt_duration(s.duration_s)}" if s.status in ("completed", "failed") else "\n"
+    cell.append(meta, style="dim")
+    cell.append(" · reused" if s.reused else " · live", style="dim" if s.reused else "")
+    return cell
+
+
+def _totals_cell(t: Totals) -> Text:
+    cell = Text.assemble(("live:   ", "bold"),
+                         (f"{t.live_steps} step{'s' if t.live_steps != 1 else ''} · {t.live_tokens:,} tokens"
+                          f" · {fmt_cost(t.live_cost_usd)}", ""))
+    if t.reused_steps:
+        cell.append("\nreused: ", style="dim bold")
+        cell.append(f"{t.reused_steps} step{'s' if t.reused_steps != 1 else ''} · {t.reused_tokens:,} tokens · "
+                    f"{fmt_cost(t.reused_cost_usd)} (spent by the parent run, not this one)", style="dim")
+    else:
+        cell.append("\nreused: none", style="dim")
+    return cell
