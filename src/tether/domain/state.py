@@ -84,6 +84,7 @@ class RunState:
         self.last_seq = record.seq
         p = record.payload
         if isinstance(p, ModelCalled):
+            self.close_batch()
             self._on_model(p)
         elif isinstance(p, ToolStarted):
             c = self.call(p.call_id)
@@ -91,7 +92,6 @@ class RunState:
         elif isinstance(p, ToolFinished):
             c = self.call(p.call_id)
             c.result, c.error, c.done = p.result, p.error, True
-            self._close_batch_if_done()
         elif isinstance(p, RunStarted):
             self.agent, self.thread_id, self.fork = p.agent, p.thread_id, p.fork
             self.limits = replace(p.agent.limits)
@@ -113,6 +113,7 @@ class RunState:
                 self.paused_at = None
             self._on_decision(p)
         elif isinstance(p, Finished):
+            self.close_batch()
             self.status, self.output, self.structured, self.error = p.status, p.output, p.structured, p.error
 
     def _on_model(self, p: ModelCalled) -> None:
@@ -160,7 +161,7 @@ class RunState:
         assert self.pause is not None
         if len(self.decisions) >= len(self.pause.items):
             self.pause, self.status = None, "running"
-            self._close_batch_if_done()
+            self.close_batch()
 
     def _item(self, d: Decision) -> PendingItem | None:
         if self.pause is None or d.pause_id != self.pause.pause_id:
@@ -216,9 +217,10 @@ class RunState:
         """Wall time the run has been active, not counting pauses."""
         return now - self.started_at - self.paused_s
 
-    def _close_batch_if_done(self) -> None:
-        # Tool results join the conversation in call order, once the whole batch is answered,
-        # so the history (and its fingerprint) does not depend on which call finished first.
+    def close_batch(self) -> None:
+        """Tool results join the conversation in call order once the whole batch is answered and
+        nothing is paused on it (an `after_tool` stop can still edit a result), so the history and
+        its fingerprint do not depend on which call finished first."""
         if self.batch and all(c.done for c in self.batch) and self.pause is None:
             for c in self.batch:
                 self._add_message(Message.tool(c.call.id, c.call.name, c.text))
@@ -265,6 +267,7 @@ def fold(run_id: str, records: list[Record]) -> RunState:
     state = RunState(run_id)
     for r in records:
         state.apply(r)
+    state.close_batch()
     return state
 
 

@@ -211,6 +211,8 @@ class Executor:
             pending = [i for i in await asyncio.gather(*(bounded(c) for c in todo)) if i is not None]
         if pending:
             await self._pause(state, pending)
+        else:
+            state.close_batch()
 
     async def _tool_call(self, state: RunState, c: CallState) -> PendingItem | None:
         call = c.call

@@ -27,7 +27,7 @@ from tether.domain.fork import later_side_effects, reused_prefix
 from tether.domain.ids import new_id
 from tether.domain.messages import Message, message_from_dict, message_to_dict
 from tether.domain.models import ModelResponse
-from tether.domain.protocols import Store
+from tether.domain.protocols import Model, Store
 from tether.domain.records import TERMINAL, Action, Decision, PendingItem, Record, RunStarted
 from tether.domain.runs import RunInfo
 from tether.domain.state import RunState, fold
@@ -321,8 +321,9 @@ class RunsService:
             n += 1
         bp = spec if isinstance(spec, Breakpoint) else parse_breakpoint(spec, id=f"bp_{n}", once=once)
         state = fold(run_id, await self._records(run_id))
+        assert state.agent is not None
         await self._set_breakpoints(run_id, [*bps, bp])
-        return bp, _warnings(bp, state.cost_usd is None)
+        return bp, breakpoint_warnings(bp, self.agent_for(state.agent).model)
 
     async def remove_breakpoint(self, run_id: str, breakpoint_id: str) -> None:
         bps = await self.breakpoints(run_id)
@@ -386,9 +387,7 @@ class RunsService:
         first = records[0].payload
         assert isinstance(first, RunStarted)
         first.metadata["fork_warnings"] = warnings
-        state = RunState(fork_id)
-        for r in records:
-            state.apply(r)
+        state = fold(fork_id, records)
         if edits:
             records.append(Record(fork_id, state.last_seq + 1, time.time(), _fork_edit(state, step, edits)))
             state.apply(records[-1])
@@ -470,7 +469,10 @@ def _parse_all(specs: Sequence[str | Breakpoint], start: int) -> list[Breakpoint
             for i, b in enumerate(specs)]
 
 
-def _warnings(bp: Breakpoint, cost_unknown: bool) -> list[str]:
+def breakpoint_warnings(bp: Breakpoint, model: Model) -> list[str]:
+    """Why a breakpoint's condition may never be true: names with no value at its stop, or a
+    comparison with the cost of a model whose price is unknown."""
+    cost_unknown = model.cost_usd(ModelResponse()) is None
     out = []
     if bp.condition:
         for path in unknown_paths(bp.condition, bp.stop):

@@ -1,0 +1,359 @@
+"""Breakpoints, stepping, edits, approvals, budgets and forks, through the runs service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tether.adapters.models.scripted import ScriptedModel, call_tool, calls, reply
+from tether.adapters.store.memory import MemoryStore
+from tether.adapters.tools.function import tool
+from tether.domain.agents import Limits
+from tether.domain.breakpoints import BreakpointError
+from tether.domain.errors import AlreadyResumed, ConfigError, TetherError
+from tether.domain.models import ModelRequest
+from tether.domain.records import Decision, ModelCalled, ToolFinished
+from tether.domain.usage import Usage
+from tether.services.agents import Agent
+from tether.services.runs import RunsService
+
+pytestmark = pytest.mark.anyio
+
+seen_args: list[dict] = []
+
+
+@tool
+async def add(a: int, b: int) -> int:
+    """Add two integers."""
+    seen_args.append({"a": a, "b": b})
+    return a + b
+
+
+def adder(k: int = 2):
+    """Asks for add(n, 1) while fewer than k results; then answers with the last result."""
+
+    def script(request: ModelRequest):
+        results = [m.text for m in request.messages if m.role == "tool"]
+        if len(results) < k:
+            return call_tool("add", {"a": len(results), "b": 1}, usage=Usage(100, 10))
+        return reply(f"result {results[-1]}", usage=Usage(100, 10))
+
+    return script
+
+
+class Recorder:
+    """Wraps a script and keeps every request the model got."""
+
+    def __init__(self, script):
+        self.script, self.requests = script, []
+
+    def __call__(self, request):
+        self.requests.append(request)
+        return self.script(request)
+
+
+@pytest.fixture
+def service() -> RunsService:
+    seen_args.clear()
+    return RunsService(MemoryStore())
+
+
+def agent(script, **kw) -> Agent:
+    return Agent("dbg", ScriptedModel(script), tools=kw.pop("tools", [add]), **kw)
+
+
+async def test_every_stop_can_pause_and_continue(service):
+    stops = ["before_model", "after_model", "before_tool", "after_tool", "before_finish"]
+    run = await service.start(agent(adder(1)), "go", breakpoints=stops)
+    seen = []
+    while run.status == "paused":
+        (item,) = run.pending
+        seen.append((item.stop, item.step))
+        run = await service.answer(run.id)
+    assert run.status == "completed" and run.output == "result 1"
+    assert seen == [("before_model", 1), ("after_model", 1), ("before_tool", 2), ("after_tool", 2),
+                    ("before_model", 3), ("after_model", 3), ("before_finish", 3)]
+
+
+async def test_tool_glob_and_condition_filters(service):
+    @tool
+    async def delete_file(path: str) -> str:
+        """Delete a file."""
+        return "deleted"
+
+    script = Recorder(lambda r: calls([("delete_file", {"path": "/tmp/a"}), ("delete_file", {"path": "/etc/x"}),
+                                      ("add", {"a": 1, "b": 1})]) if len(r.messages) == 1 else reply("ok"))
+    run = await service.start(agent(script, tools=[delete_file, add]), "go",
+                              breakpoints=['before_tool:delete_* if matches(args.path, "^/etc")'])
+    # only the /etc call stops; the other calls of the batch finish meanwhile
+    assert [(i.name, json.loads(i.arguments)["path"]) for i in run.pending] == [("delete_file", "/etc/x")]
+    done = {s.arguments: s.result for s in run.steps if s.type == "tool"}
+    assert done['{"path": "/tmp/a"}'] == "deleted" and done['{"a": 1, "b": 1}'] == "2"
+    run = await service.answer(run.id)
+    assert run.status == "completed"
+
+
+async def test_step_conditions(service):
+    run = await service.start(agent(adder(3)), "go", breakpoints=["before_tool:add if step >= 4"])
+    assert run.pending[0].step == 4
+    run = await service.answer(run.id)
+    assert run.pending[0].step == 6  # "always": it stops again
+    run = await service.answer(run.id)
+    assert run.status == "completed"
+
+
+async def test_a_once_breakpoint_hits_once_and_counts_hits(service):
+    from tether.domain.breakpoints import parse_breakpoint
+
+    run = await service.start(agent(adder(3)), "go",
+                              breakpoints=[parse_breakpoint("before_tool:add", id="bp_1", once=True)])
+    assert run.pending[0].breakpoint_id == "bp_1"
+    run = await service.answer(run.id)
+    assert run.status == "completed"
+    (bp,) = await service.breakpoints(run.id)
+    assert bp.hits == 1
+
+
+async def test_unknown_cost_makes_cost_conditions_false_and_warns(service):
+    class Unpriced(ScriptedModel):
+        def cost_usd(self, response):
+            return None
+
+    unpriced = Agent("dbg", Unpriced(adder(1)), tools=[add])
+    run = await service.start(unpriced, "go", breakpoints=["after_model if run.cost_usd > -1"])
+    assert run.status == "completed"  # never true: the cost is unknown
+    paused = await service.start(unpriced, "go", breakpoints=["before_model"])
+    _, warnings = await service.add_breakpoint(paused.id, "after_model if run.cost_usd > 0.1")
+    assert any("cost is unknown" in w for w in warnings)
+    _, warnings = await service.add_breakpoint(paused.id, "before_tool if result == 'x'")
+    assert any("result has no value at before_tool" in w for w in warnings)
+
+
+async def test_bad_breakpoints_are_refused_when_set(service):
+    with pytest.raises(BreakpointError, match="column"):
+        await service.start(agent(adder(1)), "go", breakpoints=["after_model if run.cost_usd >"])
+    with pytest.raises(BreakpointError, match="before_tool"):
+        await service.start(agent(adder(1)), "go", breakpoints=["befor_tool"])
+    assert await service.list() == []
+
+
+async def test_step_goes_to_the_very_next_stop(service):
+    run = await service.start(agent(adder(1)), "go", breakpoints=["before_model if step == 1"])
+    stops = []
+    while run.status == "paused":
+        stops.append(run.pending[0].stop)
+        run = await service.answer(run.id, default="step")
+    assert stops == ["before_model", "after_model", "before_tool", "after_tool", "before_model",
+                     "after_model", "before_finish"]
+
+
+async def test_breakpoints_can_be_added_and_removed_while_paused(service):
+    run = await service.start(agent(adder(2)), "go", breakpoints=["before_model if step == 1"])
+    bp, _ = await service.add_breakpoint(run.id, "before_tool:add")
+    run = await service.answer(run.id)
+    assert run.pending[0].stop == "before_tool" and run.pending[0].breakpoint_id == bp.id
+    await service.remove_breakpoint(run.id, bp.id)
+    run = await service.answer(run.id)
+    assert run.status == "completed"
+    with pytest.raises(TetherError, match="has no breakpoint"):
+        await service.remove_breakpoint(run.id, "bp_99")
+
+
+async def test_a_breakpoint_added_while_running_is_picked_up_at_the_next_stop(service):
+    gate = asyncio.Event()
+
+    @tool
+    async def wait() -> str:
+        """Wait for the gate."""
+        await gate.wait()
+        return "opened"
+
+    ag = agent(lambda r: reply("done") if any(m.role == "tool" for m in r.messages) else call_tool("wait"),
+               tools=[wait])
+    task = asyncio.create_task(service.start(ag, "go"))
+    await asyncio.sleep(0.05)
+    (run_id,) = service._active
+    await service.add_breakpoint(run_id, "before_finish")
+    gate.set()
+    run = await task
+    assert run.status == "paused" and run.pending[0].stop == "before_finish"
+
+
+async def test_edit_arguments_reach_the_tool(service):
+    run = await service.start(agent(adder(1)), "go", breakpoints=["before_tool:add"])
+    assert json.loads(run.pending[0].arguments) == {"a": 0, "b": 1}
+    run = await service.answer(run.id, {run.pending[0].id: ("edit", {"a": 40, "b": 2})})
+    assert seen_args == [{"a": 40, "b": 2}]
+    assert run.output == "result 42"
+    edit = next(r.payload for r in run.records if isinstance(r.payload, Decision))
+    assert edit.action == "edit" and edit.payload["old"] == '{"a": 0, "b": 1}'
+    assert json.loads(edit.payload["arguments"]) == {"a": 40, "b": 2}
+
+
+async def test_an_edited_result_is_what_the_model_sees_next(service):
+    script = Recorder(adder(1))
+    run = await service.start(agent(script), "go", breakpoints=["after_tool:add"])
+    run = await service.answer(run.id, {run.pending[0].id: ("edit", "1000")})
+    assert [m.text for m in script.requests[-1].messages if m.role == "tool"] == ["1000"]
+    assert run.output == "result 1000"
+
+
+async def test_edit_the_model_response_and_the_next_request(service):
+    script = Recorder(adder(1))
+    run = await service.start(agent(script), "go", breakpoints=["after_model if step == 1"])
+    new = {"text": None, "tool_calls": [{"name": "add", "arguments": {"a": 5, "b": 5}}]}
+    run = await service.answer(run.id, {run.pending[0].id: ("edit", new)})
+    assert seen_args == [{"a": 5, "b": 5}] and run.output == "result 10"
+
+    run = await service.start(agent(script), "go", breakpoints=["before_model if step == 1"])
+    msgs = [{"role": "user", "content": "a different question"}]
+    run = await service.answer(run.id, {run.pending[0].id: ("edit", msgs)})
+    assert script.requests[-2].messages[-1].text == "a different question"
+
+
+async def test_edit_the_final_answer(service):
+    run = await service.start(agent(adder(1)), "go", breakpoints=["before_finish"])
+    run = await service.answer(run.id, {run.pending[0].id: ("edit", "a better answer")})
+    assert run.status == "completed" and run.output == "a better answer"
+
+
+async def test_skip_a_tool_call_by_supplying_its_result(service):
+    run = await service.start(agent(adder(1)), "go", breakpoints=["before_tool:add"])
+    run = await service.answer(run.id, {run.pending[0].id: ("skip", "77")})
+    assert seen_args == [] and run.output == "result 77"
+    assert run.steps[1].result == "77"
+
+
+async def test_abort_cancels_with_a_valid_history(service):
+    run = await service.start(agent(adder(1)), "go", breakpoints=["before_tool:add"])
+    run = await service.answer(run.id, default="abort")
+    assert run.status == "cancelled" and seen_args == []
+    assert [m.role for m in run.messages] == ["user", "assistant", "tool"]
+
+
+async def test_racing_answers_one_wins(service):
+    run = await service.start(agent(adder(1)), "go", breakpoints=["before_tool:add"])
+    pause = run.pause_id
+    await service.answer(run.id, pause_id=pause)
+    with pytest.raises(AlreadyResumed):
+        await service.answer(run.id, pause_id=pause)
+
+
+async def test_approvals(service):
+    @tool(requires_approval=True)
+    async def send_email(to: str) -> str:
+        """Send an email."""
+        seen_args.append({"to": to})
+        return f"sent to {to}"
+
+    def script(r):
+        results = [m.text for m in r.messages if m.role == "tool"]
+        return reply(results[0]) if results else call_tool("send_email", {"to": "boss@example.com"})
+
+    run = await service.start(agent(script, tools=[send_email]), "go")
+    assert run.pending[0].reason == "approval"
+    approved = await service.answer(run.id, {run.pending[0].id: ("approve", None)})
+    assert approved.output == "sent to boss@example.com"
+
+    run = await service.start(agent(script, tools=[send_email]), "go")
+    edited = await service.answer(run.id, {run.pending[0].id: ("approve", {"arguments": {"to": "me@example.com"}})})
+    assert edited.output == "sent to me@example.com"
+
+    run = await service.start(agent(script, tools=[send_email]), "go")
+    denied = await service.answer(run.id, {run.pending[0].id: ("deny", "not on a Sunday")})
+    assert denied.output == "Error: a person denied this call: not on a Sunday"
+    assert seen_args == [{"to": "boss@example.com"}, {"to": "me@example.com"}]
+    with pytest.raises(TetherError, match="does not answer a approval"):
+        run = await service.start(agent(script, tools=[send_email]), "go")
+        await service.answer(run.id, default="continue")
+
+
+@pytest.mark.parametrize("budget", ["max_steps", "max_tokens", "max_cost_usd"])
+async def test_budgets_pause_by_default_and_continue_when_raised(service, budget):
+    limit = {"max_steps": 2, "max_tokens": 200, "max_cost_usd": 0.0002}[budget]
+    model = ScriptedModel(adder(4), input_price_per_mtok=1.0, output_price_per_mtok=1.0)
+    ag = Agent("dbg", model, tools=[add], limits=Limits(**{budget: limit}))
+    run = await service.start(ag, "go")
+    assert run.status == "paused" and run.pending[0].reason == "budget"
+    assert budget in run.pending[0].detail
+    run = await service.answer(run.id, {run.pending[0].id: ("continue", {"limits": {budget: limit * 100}})})
+    assert run.status == "completed" and run.output == "result 4"
+
+
+async def test_budget_policies_finish_and_fail(service):
+    def script(r):
+        return reply("forced answer") if not r.tools else call_tool("add", {"a": 1, "b": 1}, usage=Usage(100, 10))
+
+    finish = await service.start(Agent("x", ScriptedModel(script), tools=[add],
+                                       limits=Limits(max_tokens=250, on_max_tokens="finish")), "go")
+    assert finish.status == "completed" and finish.output == "forced answer"
+    fail = await service.start(Agent("x", ScriptedModel(script), tools=[add],
+                                     limits=Limits(max_tokens=250, on_max_tokens="fail")), "go")
+    assert fail.status == "failed" and "max_tokens" in fail.error
+
+
+async def test_wall_time_budget_does_not_count_time_paused(service):
+    run = await service.start(agent(adder(1), limits=Limits(max_wall_s=0.3)), "go", breakpoints=["before_tool"])
+    await asyncio.sleep(0.5)  # a person thinking: not the run's time
+    run = await service.answer(run.id)
+    assert run.status == "completed"
+
+
+async def test_a_cost_budget_on_an_unpriced_model_is_refused(service):
+    class Unpriced(ScriptedModel):
+        def cost_usd(self, response):
+            return None
+
+    with pytest.raises(ConfigError, match="price of model"):
+        await service.start(Agent("x", Unpriced(adder(1)), limits=Limits(max_cost_usd=1.0)), "go")
+
+
+async def test_fork_reuses_earlier_steps_without_calling_anything(service):
+    model = ScriptedModel(adder(3))
+    parent = await service.start(Agent("dbg", model, tools=[add]), "go")
+    assert parent.output == "result 3" and model.calls == 4 and len(seen_args) == 3
+    calls_before = model.calls
+    seen_args.clear()
+    # step 6 is the last add call: give it another result, without calling it
+    fork = await service.fork(parent.id, 6, {"result": "10"})
+    assert fork.status == "completed" and fork.output == "result 10"
+    assert model.calls - calls_before == 1 and seen_args == []  # only step 7 (the answer) is live
+    first = fork.records[0].payload
+    assert first.fork.parent_run_id == parent.id and first.fork.at_step == 6
+    reused = [r.payload.step for r in fork.records
+              if isinstance(r.payload, ModelCalled | ToolFinished) and r.payload.reused]
+    assert reused == [1, 2, 3, 4, 5]
+    assert first.metadata["fork_warnings"] == ['step 6: add({"a": 2, "b": 1})']  # the parent's step 6 happened
+
+    # edited arguments at step 4: that call runs live with them, and everything after it too
+    fork2 = await service.fork(parent.id, 4, {"arguments": {"a": 7, "b": 7}})
+    assert seen_args == [{"a": 7, "b": 7}, {"a": 2, "b": 1}] and fork2.output == "result 3"
+    assert [s.result for s in fork2.steps if s.type == "tool"] == ["1", "14", "3"]
+
+
+async def test_fork_at_a_model_step_with_edited_messages(service):
+    script = Recorder(adder(1))
+    parent = await service.start(agent(script), "go")
+    n = len(script.requests)
+    fork = await service.fork(parent.id, 3, {"messages": [{"role": "user", "content": "start over"}]})
+    assert [m.text for m in script.requests[n].messages] == ["start over"]  # the first live request
+    assert fork.status == "completed"
+    with pytest.raises(TetherError, match=r"steps 1\.\.3"):
+        await service.fork(parent.id, 9)
+
+
+async def test_pause_in_one_service_continue_in_another(service):
+    run = await service.start(agent(adder(1), ref="test_debug:shared_agent"), "go", breakpoints=["before_tool"])
+    other = RunsService(service.store)  # a second process, sharing the store
+    done = await other.answer(run.id)
+    assert done.status == "completed" and done.output == "result 1"
+
+
+shared_agent = agent(adder(1), ref="test_debug:shared_agent")
+
+
+async def test_runs_without_breakpoints_take_no_pause(service):
+    run = await service.start(agent(adder(5)), "go")
+    assert run.status == "completed" and not any(r.kind == "paused" for r in run.records)
