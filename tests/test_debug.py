@@ -357,3 +357,43 @@ shared_agent = agent(adder(1), ref="test_debug:shared_agent")
 async def test_runs_without_breakpoints_take_no_pause(service):
     run = await service.start(agent(adder(5)), "go")
     assert run.status == "completed" and not any(r.kind == "paused" for r in run.records)
+
+
+async def test_agent_file_breakpoints(tmp_path):
+    from tether.services.agents import load_agent_file
+
+    (tmp_path / "agent.toml").write_text(
+        'model = "scripted:x:y"\ntools = ["calculator"]\n[[breakpoints]]\nspec = "before_tool:calc*"\n'
+        '[[breakpoints]]\nspec = "after_model if output == \'done\'"\nonce = true\n'
+    )
+    agent_ = load_agent_file(tmp_path / "agent.toml")
+    assert [(b.id, b.spec(), b.once) for b in agent_.breakpoints] == [
+        ("bp_1", "before_tool:calc*", False), ("bp_2", "after_model if output == 'done'", True)]
+    (tmp_path / "bad.toml").write_text('model = "m"\nbreakpoints = ["before_tool:x", "before_tool if (("]\n')
+    with pytest.raises(ConfigError, match="breakpoint 2"):
+        load_agent_file(tmp_path / "bad.toml")
+
+
+async def test_a_breakpoint_set_by_another_process_is_picked_up_while_running():
+    store = MemoryStore()
+    owner = RunsService(store, lease_ttl_s=0.15)  # heartbeat every 50 ms
+    gate = asyncio.Event()
+
+    @tool
+    async def slow() -> str:
+        """Wait for the gate."""
+        await gate.wait()
+        return "opened"
+
+    ag = agent(lambda r: reply("done") if any(m.role == "tool" for m in r.messages) else call_tool("slow"),
+               tools=[slow])
+    task = asyncio.create_task(owner.start(ag, "go"))
+    await asyncio.sleep(0.05)
+    (run_id,) = owner._active
+    other = RunsService(store)  # another process: it cannot reach the executor, only the store
+    other.register(ag)
+    await other.add_breakpoint(run_id, "before_finish")
+    await asyncio.sleep(0.2)  # a heartbeat passes
+    gate.set()
+    run = await task
+    assert run.status == "paused" and run.pending[0].stop == "before_finish"

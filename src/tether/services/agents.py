@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 from tether.adapters.importing import import_attr
 from tether.domain.agents import BUDGETS, AgentSnapshot, Limits, ToolSpec
+from tether.domain.breakpoints import Breakpoint, BreakpointError, parse_breakpoint
 from tether.domain.errors import ConfigError
 from tether.domain.protocols import Model, Tool
 
@@ -36,6 +37,7 @@ class Agent:
         limits: Limits | None = None,
         output_schema: Any = None,
         settings: Mapping[str, Any] | None = None,
+        breakpoints: Iterable[str | Breakpoint] = (),
         ref: str | None = None,
         file_hash: str | None = None,
         base_dir: Path | None = None,
@@ -50,6 +52,8 @@ class Agent:
         self.limits = limits or Limits()
         self.output_schema = _schema_of(output_schema)
         self.settings = dict(settings or {})
+        self.breakpoints = [b if isinstance(b, Breakpoint) else parse_breakpoint(b, id=f"bp_{i}")
+                            for i, b in enumerate(breakpoints, 1)]
         self.ref, self.file_hash = ref, file_hash
         self.tools: dict[str, Tool] = {}
         self._specs: list[ToolSpec] | None = None
@@ -77,15 +81,16 @@ class Agent:
                 for t in self.tools.values()
             ]
         specs = list(self._specs)
-        return AgentSnapshot(self.name, self.model_ref, self.instructions, self.limits, specs,
-                             self.output_schema, self.ref, self.file_hash, [], self.settings)
+        return AgentSnapshot(self.name, self.model_ref, self.instructions, replace(self.limits), specs,
+                             self.output_schema, self.ref, self.file_hash,
+                             [b.to_dict() for b in self.breakpoints], self.settings)
 
     def with_model(self, model: str | Model, tools: Iterable[Any] | None = None) -> Agent:
         """The same agent on another model (and optionally other tools), e.g. for a replay."""
         return Agent(self.name, model, instructions=self.instructions,
                      tools=self.tools.values() if tools is None else tools, limits=self.limits,
-                     output_schema=self.output_schema, settings=self.settings, ref=self.ref,
-                     file_hash=self.file_hash)
+                     output_schema=self.output_schema, settings=self.settings, breakpoints=self.breakpoints,
+                     ref=self.ref, file_hash=self.file_hash)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Agent:
@@ -135,8 +140,6 @@ def load_agent_file(path: str | Path) -> Agent:
         raise ConfigError(f"{p}: no `model`; add e.g. model = \"openai:gpt-4o-mini\"")
     if data.get("mcp_servers"):
         raise ConfigError(f"{p}: [mcp_servers] are not supported by this version of Tether yet")
-    if data.get("breakpoints"):
-        raise ConfigError(f"{p}: [[breakpoints]] are not supported by this version of Tether yet")
     tools = data.get("tools", [])
     if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
         raise ConfigError(f"{p}: `tools` must be a list of names, e.g. [\"calculator\", \"mytools:lookup\"]")
@@ -148,10 +151,28 @@ def load_agent_file(path: str | Path) -> Agent:
         limits=_limits(p, data.get("limits", {})),
         output_schema=data.get("output_schema"),
         settings=data.get("settings", {}),
+        breakpoints=_breakpoints(p, data.get("breakpoints", [])),
         ref=f"file:{p.resolve()}",
         file_hash=hashlib.sha256(raw).hexdigest()[:16],
         base_dir=p.resolve().parent,
     )
+
+
+def _breakpoints(path: Path, entries: Any) -> list[Breakpoint]:
+    """`breakpoints = ["before_tool:delete_*"]`, or `[[breakpoints]]` tables with `spec` and `once`."""
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: breakpoints must be a list of specs or [[breakpoints]] tables")
+    out = []
+    for i, entry in enumerate(entries, 1):
+        spec, once = (entry, False) if isinstance(entry, str) else (entry.get("spec"), entry.get("once", False))
+        if not isinstance(spec, str) or (isinstance(entry, dict) and set(entry) - {"spec", "once"}):
+            raise ConfigError(f"{path}: breakpoint {i} needs `spec = \"STOP[:TOOL_GLOB] [if CONDITION]\"` "
+                              "and optionally `once = true`")
+        try:
+            out.append(parse_breakpoint(spec, id=f"bp_{i}", once=bool(once)))
+        except BreakpointError as e:
+            raise ConfigError(f"{path}: breakpoint {i}: {e}") from None
+    return out
 
 
 def _limits(path: Path, table: Any) -> Limits:

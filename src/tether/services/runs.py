@@ -157,9 +157,16 @@ class RunsService:
         return _view(state, records)
 
     async def _heartbeat(self, run_id: str) -> None:
+        """Keep the lease, and pick up breakpoints another process set on this run meanwhile."""
+        seen = await self.store.get_breakpoints(run_id)
         while True:
             await asyncio.sleep(self.lease_ttl_s / 3)
             await self.store.renew_lease(run_id, self.owner, self.lease_ttl_s)
+            stored = await self.store.get_breakpoints(run_id)
+            executor = self._active.get(run_id)
+            if stored != seen and stored is not None and executor is not None:
+                executor.breakpoints = [Breakpoint.from_dict(d) for d in stored]
+            seen = stored
 
     # -- look ------------------------------------------------------------------------------------
 
