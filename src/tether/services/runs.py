@@ -194,8 +194,8 @@ class RunsService:
             raise RunNotFound(f"no run {run_id!r}")
         state = fold(run_id, records)
         if state.pause is None or state.pause.pause_id != pause_id:
-            raise AlreadyResumed(f"run {run_id} is not paused at {pause_id} (it is {state.status}); "
-                                 "someone else answered that pause, or it never existed")
+            raise AlreadyResumed(f"run {run_id} was already resumed from pause {pause_id} (it is "
+                                 f"{state.status} now), or that pause never existed")
         items = {i.id: i for i in state.pause.items}
         missing, extra = set(items) - set(answers), set(answers) - set(items)
         if missing or extra:
@@ -357,8 +357,8 @@ class RunsService:
         """
         view = await self.get(run_id)
         if pause_id is not None and view.pause_id != pause_id:
-            raise AlreadyResumed(f"run {run_id} is not paused at {pause_id} (it is {view.status}); "
-                                 "someone else answered that pause")
+            raise AlreadyResumed(f"run {run_id} was already resumed from pause {pause_id} (it is "
+                                 f"{view.status} now)")
         if view.pause_id is None:
             raise TetherError(f"run {run_id} is not paused (it is {view.status}); there is nothing to answer")
         full: dict[str, tuple[Action, Any]] = {}
