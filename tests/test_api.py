@@ -99,3 +99,29 @@ def test_a_bad_model_reference_fails_before_a_run_exists(monkeypatch):
     with pytest.raises(tether.ConfigError, match="OPENAI_BASE_URL"):
         Agent("x", "qwen2.5:7b").run_sync("hi")
     assert asyncio.run(tether.open_service().list()) == []
+
+
+def test_tool_policies_in_agent_files(tmp_path):
+    (tmp_path / "slowtools.py").write_text(
+        "import asyncio\nasync def nap(s: float) -> str:\n    '''Sleep.'''\n    await asyncio.sleep(s)\n"
+        "    return 'rested'\n"
+    )
+    (tmp_path / "agent.toml").write_text(
+        'model = "scripted:x:y"\ntools = ["slowtools:nap", "calculator"]\n'
+        "[policies.nap]\ntimeout_s = 0.05\nmax_result_chars = 10\n"
+    )
+    agent = tether.load_agent_file(tmp_path / "agent.toml")
+    assert agent.tools["nap"].policy.timeout_s == 0.05 and agent.tools["nap"].policy.max_result_chars == 10
+    assert agent.tools["calculator"].policy.timeout_s == 5  # untouched
+    model = ScriptedModel([call_tool("nap", {"s": 1}), reply("done")])
+    run = Agent("x", model, tools=agent.tools.values()).run_sync("go")
+    assert run.steps[1].error == "the tool timed out after 0.05s"
+    for bad, message in [
+        ("[policies.nap]\ntimeout = 1\n", "[policies.nap] takes"),
+        ("[policies.nap]\nretryable = true\n", "only if it is idempotent"),
+        ("[policies.ghost]\ntimeout_s = 1\n", "'ghost', which is not one of the agent's tools"),
+    ]:
+        (tmp_path / "bad.toml").write_text('model = "m"\ntools = ["slowtools:nap"]\n' + bad)
+        with pytest.raises(tether.ConfigError) as e:
+            tether.load_agent_file(tmp_path / "bad.toml")
+        assert message in str(e.value)

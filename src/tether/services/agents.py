@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -14,9 +15,10 @@ from tether.domain.agents import BUDGETS, AgentSnapshot, Limits, ToolSpec
 from tether.domain.breakpoints import Breakpoint, BreakpointError, parse_breakpoint
 from tether.domain.errors import ConfigError
 from tether.domain.protocols import Model, Tool
+from tether.domain.tools import ToolPolicy
 
 AGENT_FILE_KEYS = {"name", "model", "instructions", "tools", "limits", "settings", "output_schema",
-                   "breakpoints", "mcp_servers"}
+                   "breakpoints", "mcp_servers", "policies"}
 
 
 class Agent:
@@ -38,6 +40,7 @@ class Agent:
         output_schema: Any = None,
         settings: Mapping[str, Any] | None = None,
         breakpoints: Iterable[str | Breakpoint] = (),
+        policies: Mapping[str, ToolPolicy] | None = None,
         ref: str | None = None,
         file_hash: str | None = None,
         base_dir: Path | None = None,
@@ -62,6 +65,11 @@ class Agent:
             if resolved.name in self.tools:
                 raise ConfigError(f"agent {name!r} has two tools named {resolved.name!r}")
             self.tools[resolved.name] = resolved
+        for tool_name, policy in (policies or {}).items():
+            if tool_name not in self.tools:
+                raise ConfigError(f"a policy is given for {tool_name!r}, which is not one of the agent's tools "
+                                  f"({', '.join(self.tools) or 'none'})")
+            self.tools[tool_name] = with_policy(self.tools[tool_name], policy)
 
     @property
     def model(self) -> Model:
@@ -149,6 +157,7 @@ def load_agent_file(path: str | Path) -> Agent:
         instructions=str(data.get("instructions", "")),
         tools=tools,
         limits=_limits(p, data.get("limits", {})),
+        policies=_policies(p, data.get("policies", {})),
         output_schema=data.get("output_schema"),
         settings=data.get("settings", {}),
         breakpoints=_breakpoints(p, data.get("breakpoints", [])),
@@ -173,6 +182,27 @@ def _breakpoints(path: Path, entries: Any) -> list[Breakpoint]:
         except BreakpointError as e:
             raise ConfigError(f"{path}: breakpoint {i}: {e}") from None
     return out
+
+
+def _policies(path: Path, tables: Any) -> dict[str, ToolPolicy]:
+    """`[policies.NAME]` tables: ToolPolicy fields for the tool NAME."""
+    names = {f.name for f in fields(ToolPolicy)}
+    out = {}
+    for tool_name, table in (tables or {}).items():
+        if not isinstance(table, dict) or set(table) - names:
+            raise ConfigError(f"{path}: [policies.{tool_name}] takes {sorted(names)}")
+        try:
+            out[tool_name] = ToolPolicy(**table)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{path}: [policies.{tool_name}]: {e}") from None
+    return out
+
+
+def with_policy(tool: Tool, policy: ToolPolicy) -> Tool:
+    """The same tool under another policy (a copy: a tool object may be shared by other agents)."""
+    changed = copy.copy(tool)
+    changed.policy = policy
+    return changed
 
 
 def _limits(path: Path, table: Any) -> Limits:
