@@ -193,8 +193,6 @@ class Executor:
 
     async def _tool_calls(self, state: RunState) -> None:
         """Run every open call of the batch in parallel; pause if any needs an answer from outside."""
-        agent = state.agent
-        assert agent is not None
         todo = [c for c in state.batch if not c.done]
         pending: list[PendingItem] = []
         if len(todo) == 1:
