@@ -41,6 +41,7 @@ class Agent:
         settings: Mapping[str, Any] | None = None,
         breakpoints: Iterable[str | Breakpoint] = (),
         policies: Mapping[str, ToolPolicy] | None = None,
+        mcp_servers: Iterable[Any] = (),
         ref: str | None = None,
         file_hash: str | None = None,
         base_dir: Path | None = None,
@@ -65,7 +66,13 @@ class Agent:
             if resolved.name in self.tools:
                 raise ConfigError(f"agent {name!r} has two tools named {resolved.name!r}")
             self.tools[resolved.name] = resolved
-        for tool_name, policy in (policies or {}).items():
+        self._base_dir = base_dir  # an agent file's folder: its module:attr paths are found there
+        self.mcp_servers = list(mcp_servers)  # McpServerConfig: their tools join at run start
+        self._mcp: list[Any] | None = None
+        self._policies = dict(policies or {})
+        for tool_name, policy in self._policies.items():
+            if tool_name not in self.tools and any(tool_name.startswith(c.name) for c in self.mcp_servers):
+                continue  # an MCP tool's policy applies when its server lists it
             if tool_name not in self.tools:
                 raise ConfigError(f"a policy is given for {tool_name!r}, which is not one of the agent's tools "
                                   f"({', '.join(self.tools) or 'none'})")
@@ -76,7 +83,7 @@ class Agent:
         if self._model is None:
             from tether.adapters.models.refs import resolve_model
 
-            self._model = resolve_model(self.model_ref)
+            self._model = resolve_model(self.model_ref, base_dir=self._base_dir)
         return self._model
 
     def snapshot(self) -> AgentSnapshot:
@@ -92,6 +99,32 @@ class Agent:
         return AgentSnapshot(self.name, self.model_ref, self.instructions, replace(self.limits), specs,
                              self.output_schema, self.ref, self.file_hash,
                              [b.to_dict() for b in self.breakpoints], self.settings)
+
+    async def open_tools(self) -> None:
+        """List the MCP servers' tools (connecting, or reconnecting, as needed)."""
+        if not self.mcp_servers:
+            return
+        from tether.adapters.tools.mcp import open_mcp_tools
+
+        if self._mcp is None:
+            tools, self._mcp = await open_mcp_tools(self.mcp_servers)
+        else:
+            tools = [t for server in self._mcp for t in await server.list_tools()]
+        for name in [n for n, t in self.tools.items() if t.kind == "mcp"]:
+            del self.tools[name]
+        for t in tools:
+            if t.name in self.tools:
+                raise ConfigError(f"MCP tool {t.name!r} collides with another tool of agent {self.name!r}")
+            policy = self._policies.get(t.name)
+            self.tools[t.name] = with_policy(t, policy) if policy is not None else t
+        self._specs = None
+
+    async def close_tools(self) -> None:
+        """Close MCP sessions (a paused run holds none); the next call or listing reconnects."""
+        if self._mcp:
+            from tether.adapters.tools.mcp import close_mcp_servers
+
+            await close_mcp_servers(self._mcp)
 
     def with_model(self, model: str | Model, tools: Iterable[Any] | None = None) -> Agent:
         """The same agent on another model (and optionally other tools), e.g. for a replay."""
@@ -146,8 +179,6 @@ def load_agent_file(path: str | Path) -> Agent:
         raise ConfigError(f"{p}: unknown keys {sorted(unknown)}; an agent file has {sorted(AGENT_FILE_KEYS)}")
     if "model" not in data:
         raise ConfigError(f"{p}: no `model`; add e.g. model = \"openai:gpt-4o-mini\"")
-    if data.get("mcp_servers"):
-        raise ConfigError(f"{p}: [mcp_servers] are not supported by this version of Tether yet")
     tools = data.get("tools", [])
     if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
         raise ConfigError(f"{p}: `tools` must be a list of names, e.g. [\"calculator\", \"mytools:lookup\"]")
@@ -158,6 +189,7 @@ def load_agent_file(path: str | Path) -> Agent:
         tools=tools,
         limits=_limits(p, data.get("limits", {})),
         policies=_policies(p, data.get("policies", {})),
+        mcp_servers=_mcp_servers(p, data.get("mcp_servers", {})),
         output_schema=data.get("output_schema"),
         settings=data.get("settings", {}),
         breakpoints=_breakpoints(p, data.get("breakpoints", [])),
@@ -182,6 +214,20 @@ def _breakpoints(path: Path, entries: Any) -> list[Breakpoint]:
         except BreakpointError as e:
             raise ConfigError(f"{path}: breakpoint {i}: {e}") from None
     return out
+
+
+def _mcp_servers(path: Path, tables: Any) -> list[Any]:
+    """`[mcp_servers.NAME]` tables: `command`/`args`/`env` (stdio) or `url` (streamable HTTP)."""
+    if not tables:
+        return []
+    try:
+        from tether.adapters.tools.mcp import configs_from_tables
+    except ImportError:
+        raise ConfigError(f"{path}: MCP servers need the mcp package: pip install 'tether[mcp]'") from None
+    try:
+        return configs_from_tables(tables)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def _policies(path: Path, tables: Any) -> dict[str, ToolPolicy]:

@@ -94,6 +94,7 @@ class RunsService:
         agent's own for this run.
         """
         model = agent.model  # resolve the model reference now: a bad one fails before a run exists
+        await agent.open_tools()  # MCP servers: their tools are listed at run start
         snapshot = agent.snapshot()
         snapshot.breakpoints += [bp.to_dict() for bp in _parse_all(breakpoints, start=len(snapshot.breakpoints))]
         if snapshot.limits.max_cost_usd is not None and model.cost_usd(ModelResponse()) is None:
@@ -122,7 +123,7 @@ class RunsService:
                 raise RunNotFound(f"thread {thread_id} has no runs; start one with an agent first")
             latest = fold(runs[0].id, await self.store.load(runs[0].id))
             assert latest.agent is not None
-            agent = self.agent_for(latest.agent)
+            agent = await self.agent_for(latest.agent)
         return await self.start(agent, task, thread_id=thread_id, **options)
 
     async def _thread_history(self, thread_id: str) -> list[Message]:
@@ -151,6 +152,7 @@ class RunsService:
         finally:
             heartbeat.cancel()
             self._active.pop(state.run_id, None)
+            await agent.close_tools()  # MCP sessions close when the run pauses or ends
             await self.store.sync()
             if state.status not in ("paused", *TERMINAL):  # a pause or the end released it already
                 await self.store.release_lease(state.run_id, self.owner)
@@ -201,7 +203,7 @@ class RunsService:
         if missing or extra:
             raise TetherError(f"pause {pause_id} of run {run_id} needs an answer for exactly these items: "
                               f"{sorted(items)} (missing {sorted(missing)}, unknown {sorted(extra)})")
-        agent = self.agent_for(state.agent)  # type: ignore[arg-type]  # before deciding: fail, change nothing
+        agent = await self.agent_for(state.agent)  # type: ignore[arg-type]  # before deciding: fail, change nothing
         decisions = []
         for item_id, (action, payload) in answers.items():
             _check_action(items[item_id], action, payload)
@@ -266,7 +268,7 @@ class RunsService:
             raise TetherError(f"run {run_id} is being advanced by {info.lease_owner}; cancel it there, or "
                               "wait for its lease to expire")
         state = fold(run_id, await self.store.load(run_id))
-        return await self._abort(state, self.agent_for(state.agent), f"cancelled by {by}")  # type: ignore[arg-type]
+        return await self._abort(state, await self.agent_for(state.agent), f"cancelled by {by}")  # type: ignore[arg-type]
 
     async def _abort(self, state: RunState, agent: Agent, reason: str) -> RunView:
         executor = Executor(store=self.store, model=agent.model, tools=agent.tools)
@@ -288,7 +290,7 @@ class RunsService:
         if state.status != "running":
             await self.store.release_lease(run_id, self.owner)
             return _view(state, records)
-        return await self._drive(state, records, self.agent_for(state.agent), on_event)  # type: ignore[arg-type]
+        return await self._drive(state, records, await self.agent_for(state.agent), on_event)  # type: ignore[arg-type]
 
     async def resume_expired(self) -> builtins.list[RunView]:
         out = []
@@ -330,7 +332,7 @@ class RunsService:
         state = fold(run_id, await self._records(run_id))
         assert state.agent is not None
         await self._set_breakpoints(run_id, [*bps, bp])
-        return bp, breakpoint_warnings(bp, self.agent_for(state.agent).model)
+        return bp, breakpoint_warnings(bp, (await self.agent_for(state.agent)).model)
 
     async def remove_breakpoint(self, run_id: str, breakpoint_id: str) -> None:
         bps = await self.breakpoints(run_id)
@@ -385,7 +387,7 @@ class RunsService:
             raise TetherError(f"run {run_id} has steps 1..{parent_state.last_step}; fork at one of them "
                               f"(or at {parent_state.last_step + 1} to go on from its end)")
         assert parent_state.agent is not None
-        agent = self.agent_for(parent_state.agent)
+        agent = await self.agent_for(parent_state.agent)
         thread_id = new_id("thread") if parent_state.thread_id else None  # a fork of a thread's run: a new thread
         fork_id = new_id("run")
         records = reused_prefix(parent, step, fork_id, time.time(), thread_id)
@@ -432,7 +434,7 @@ class RunsService:
             raise RunNotFound(f"no run {run_id!r}")
         state = fold(run_id, records)
         assert state.agent is not None
-        agent = agent or self.agent_for(state.agent)
+        agent = agent or await self.agent_for(state.agent)
         tools = None
         if full:
             results = recorded_results(records)
@@ -444,7 +446,7 @@ class RunsService:
 
     # -- finding an agent again ------------------------------------------------------------------
 
-    def agent_for(self, snapshot: AgentSnapshot) -> Agent:
+    async def agent_for(self, snapshot: AgentSnapshot) -> Agent:
         """The live agent for a recorded snapshot; its tools must match what the run recorded."""
         agent = self._agents.get(snapshot.agent_ref or snapshot.name)
         if agent is None and snapshot.agent_ref:
@@ -461,6 +463,7 @@ class RunsService:
                 f"cannot find agent {snapshot.name!r} again: it was defined in code without a ref. "
                 "Give it ref='module:attr' (or use an agent file), or register it with service.register(agent)"
             )
+        await agent.open_tools()  # MCP servers list their tools again: a changed server shows below
         live = {s.name: s.schema_hash for s in agent.snapshot().tools}
         for spec in snapshot.tools:
             if spec.name not in live:

@@ -13,6 +13,7 @@ Nothing here imports an SDK; models import theirs on first use.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from tether.adapters.importing import import_attr
 from tether.domain.errors import ConfigError
@@ -21,7 +22,7 @@ from tether.domain.protocols import Model
 PREFIXES = ("openai:", "anthropic:", "replay:", "scripted:")
 
 
-def resolve_model(ref: str, *, allow_files: bool = True) -> Model:
+def resolve_model(ref: str, *, allow_files: bool = True, base_dir: Path | None = None) -> Model:
     """The model a reference names. Raises ConfigError saying what to change."""
     ref = (ref or "").strip()
     if not ref:
@@ -38,7 +39,7 @@ def resolve_model(ref: str, *, allow_files: bool = True) -> Model:
     if prefix == "replay":
         return _replay(rest, ref, allow_files)
     if prefix == "scripted":
-        return _scripted(rest, ref)
+        return _scripted(rest, ref, base_dir)
     return _compatible(ref)
 
 
@@ -74,12 +75,12 @@ def _replay(path: str, ref: str, allow_files: bool) -> Model:
     return ReplayModel(read_cassette(path), ref=ref)
 
 
-def _scripted(target: str, ref: str) -> Model:
+def _scripted(target: str, ref: str, base_dir: Path | None = None) -> Model:
     from tether.adapters.models.scripted import ScriptedModel
 
     if ":" not in target:
         raise ConfigError(f"{ref!r} should be scripted:MODULE:ATTR (e.g. scripted:mytests.models:script)")
-    obj = import_attr(target, what=f"scripted model {ref!r}")
+    obj = import_attr(target, base_dir, what=f"scripted model {ref!r}")
     if isinstance(obj, ScriptedModel):
         return obj
     if callable(obj) and not isinstance(obj, type):
