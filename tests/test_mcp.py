@@ -448,3 +448,29 @@ def test_an_agent_file_with_an_mcp_server_runs_pauses_and_resumes_with_the_same_
         await first.agent_for(run.agent)  # listing again works after the sessions closed
 
     asyncio.run(main())
+
+
+async def test_an_agent_run_over_http_survives_a_server_crash_as_a_tool_error(http_url):
+    """Mid-run, the stdio server crashes: the model sees a tool error, and its next call reconnects."""
+    web = McpServerConfig("web", url=http_url)
+    tools, servers = await open_mcp_tools([toy(), web])
+    try:
+        def script(request: ModelRequest):
+            results = [m.text for m in request.messages if m.role == "tool"]
+            if not results:
+                return call_tool("web__add", {"a": 2, "b": 3})
+            if len(results) == 1:
+                return call_tool("toy__crash", {})
+            if len(results) == 2:
+                return call_tool("toy__add", {"a": 40, "b": 2})
+            return reply(" | ".join(results))
+
+        agent = tether.Agent("a", ScriptedModel(script), tools=tools)
+        run = await RunsService(MemoryStore()).start(agent, "add, crash, add")
+        assert run.status == "completed", run
+        http_result, crash, after = run.output.split(" | ")
+        assert http_result == "5"
+        assert crash.startswith("Error: MCP server 'toy' crashed") and "restarted on the next call" in crash
+        assert after == "42"
+    finally:
+        await close_mcp_servers(servers)

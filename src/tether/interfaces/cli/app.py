@@ -1,6 +1,6 @@
 """The `tether` command: run agents, watch their steps live, and look at, answer, cancel, resume and
-replay recorded runs. Everything goes through the runs service; runs live in the default store
-(the SQLite file in $TETHER_HOME, or $TETHER_DATABASE_URL).
+replay recorded runs, and debug them (`--break`, `tether debug`). Everything goes through the runs
+service; runs live in the default store (the SQLite file in $TETHER_HOME, or $TETHER_DATABASE_URL).
 
 Exit codes: 0 completed (or done), 1 failed / cancelled / incomplete, 2 a usage mistake (bad file,
 unknown run, no model configured, ...), 3 paused and waiting for an answer, 130 interrupted.
@@ -65,7 +65,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 runs_app = typer.Typer(
-    help="Look at, answer, cancel, resume, replay and export recorded runs.",
+    help="Look at, answer, cancel, resume, replay, fork and export recorded runs, and set their breakpoints.",
     no_args_is_help=True,
     rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -132,6 +132,7 @@ def _after(view: RunView, *, how_to_see: bool = True, listed: bool = True) -> in
         console.print("answer it with:")
         for line in how_to_answer(view.id, view.pending):
             console.print(Text("  " + line, style="bold"), soft_wrap=SOFT)
+        console.print(Text.assemble(("or debug it:  ", ""), (f"tether debug {view.id}", "bold")), soft_wrap=SOFT)
     elif view.status in ACTIVE:
         console.print(f"run {view.id} is {view.status}: another worker is advancing it; "
                       f"follow it with `tether runs show {view.id}`", soft_wrap=SOFT)
@@ -141,11 +142,15 @@ def _after(view: RunView, *, how_to_see: bool = True, listed: bool = True) -> in
 
 
 def _live_run(start: Callable[[RunsService, Callable[[Any], None]], Awaitable[RunView]], *,
-              quiet: bool = False, existing: str | None = None) -> RunView:
-    """Start a run, or continue the `existing` one, with a live view of its steps (none when `quiet`)."""
+              quiet: bool = False, existing: str | None = None, show_pauses: bool = True) -> RunView:
+    """Start a run, or continue the `existing` one, with a live view of its steps (none when `quiet`).
+
+    `show_pauses=False`: a pause is not listed (the debugger that opens next shows it)."""
     printer = RunPrinter(console, live=not quiet)
 
     def on_event(event: Any) -> None:
+        if not show_pauses and event.record is not None and event.record.kind == "paused":
+            return
         if not quiet:
             printer.on_event(event)
         elif event.record is not None:
@@ -170,6 +175,59 @@ def _live_run(start: Callable[[RunsService, Callable[[Any], None]], Awaitable[Ru
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
+DEBUGGABLE = frozenset({"breakpoint", "approval", "budget"})  # pauses the debugger opens on by itself
+
+
+def _check_breaks(specs: list[str] | None) -> list[str]:
+    """Parse `--break` specs before anything runs (a bad one is `error: …`, exit 2); warn about names
+    a condition uses that never have a value at its stop."""
+    from tether.domain.breakpoints import parse_breakpoint, unknown_paths
+
+    out = []
+    for i, spec in enumerate(specs or []):
+        bp = parse_breakpoint(spec, id=f"bp_{i + 1}")
+        for path in unknown_paths(bp.condition, bp.stop) if bp.condition else []:
+            err_console.print(Text(f"warning: --break {spec!r}: {path} has no value at {bp.stop}, so this "
+                                   "condition is never true there", style="yellow"), soft_wrap=True)
+        out.append(spec)
+    return out
+
+
+def _debug(view: RunView, agent: Agent | None = None) -> RunView:
+    """The debugger REPL on a paused run, until it ends, is detached or the input ends."""
+    from tether.interfaces.cli.debugger import Debugger
+
+    async def go(service: RunsService) -> RunView:
+        if agent is not None:
+            service.register(agent)  # e.g. with a --model override, which the agent file does not say
+        return await Debugger(service, await service.get(view.id), console=console).run()
+
+    try:
+        return _service_call(go)
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted. Run {view.id} is kept; look at it with `tether runs show {view.id}`, "
+                          f"debug it again with `tether debug {view.id}` once it is paused, or continue it "
+                          "with `tether runs resume` once its lease expires.", soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _maybe_debug(view: RunView, agent: Agent | None, no_debug: bool) -> tuple[RunView, bool]:
+    """Open the debugger when the run paused on a breakpoint, an approval or a budget."""
+    if no_debug or not view.paused or not any(i.reason in DEBUGGABLE for i in view.pending):
+        return view, False
+    console.print()
+    return _debug(view, agent), True
+
+
+def _after_debug(view: RunView) -> int:
+    """After the debugger: the exit code of where the run stands (it said itself how it ended)."""
+    if view.status in TERMINAL:
+        console.print(Text(f"see the whole run: tether runs show {view.id}", style="dim"), soft_wrap=SOFT)
+    elif view.status != "paused":
+        return _after(view)
+    return _exit_code(view)
+
+
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
@@ -187,21 +245,32 @@ def run_cmd(
         help="Use this model instead of the file's: openai:NAME, an OpenAI-compatible name such as "
              "qwen2.5:7b (with OPENAI_BASE_URL), replay:CASSETTE or scripted:MODULE:ATTR.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the finished run as JSON instead of the live "
-                                                         "view.")] = False,
+                                                         "view (never opens the debugger).")] = False,
+    breaks: Annotated[list[str] | None, typer.Option(
+        "--break", "-b", metavar="SPEC",
+        help="Pause at this breakpoint: STOP[:TOOL_GLOB] [if CONDITION], e.g. 'before_tool:delete_*' or "
+             "'after_model if run.cost_usd > 0.1'. Repeatable.")] = None,
+    no_debug: Annotated[bool, typer.Option("--no-debug", help="When the run pauses, don't open the debugger: "
+                                                              "exit 3 and leave it paused.")] = False,
 ) -> None:
     """Run an agent on a task, showing each step as it happens.
 
-    Exits 0 when the run completes, 1 when it fails or is cancelled, 3 when it pauses (the run id and
-    the commands that answer it are printed).
+    When the run pauses on a breakpoint, an approval or a budget, the debugger opens (`help` at its
+    prompt lists the commands; without a terminal it reads commands from stdin), unless --no-debug.
+    Exits 0 when the run completes, 1 when it fails or is cancelled, 3 when it is left paused (the
+    run id and the commands that answer it are printed).
 
-    Example: `tether run agent.toml "What do tulips cost?" --model openai:gpt-4o-mini`
+    Example: `tether run agent.toml "What do tulips cost?" --model openai:gpt-4o-mini --break after_tool`
     """
+    specs = _check_breaks(breaks)
     agent = _load_agent(agent_file, model)
-    view = _live_run(lambda service, on_event: service.start(agent, task, on_event=on_event), quiet=as_json)
+    view = _live_run(lambda service, on_event: service.start(agent, task, breakpoints=specs, on_event=on_event),
+                     quiet=as_json, show_pauses=no_debug)
     if as_json:
         _print_json(run_to_dict(view))
         raise typer.Exit(_exit_code(view))
-    raise typer.Exit(_after(view))
+    view, debugged = _maybe_debug(view, agent, no_debug)
+    raise typer.Exit(_after_debug(view) if debugged else _after(view, listed=no_debug))
 
 
 @app.command("demo")
@@ -209,8 +278,16 @@ def demo_cmd(
     task: Annotated[str | None, typer.Option("--task", help="Ask the florist something else, e.g. \"What do "
                                                             "tulips cost, and what should I charge for a 20% "
                                                             "profit?\"")] = None,
+    breaks: Annotated[list[str] | None, typer.Option(
+        "--break", "-b", metavar="SPEC",
+        help="Pause at this breakpoint and open the debugger, e.g. before_tool:calculator. Repeatable.")] = None,
+    no_debug: Annotated[bool, typer.Option("--no-debug", help="When the run pauses, don't open the debugger: "
+                                                              "exit 3 and leave it paused.")] = False,
 ) -> None:
     """Run the florist example offline: a price lookup tool, the calculator, and an answer.
+
+    Try `tether demo --break before_tool:calculator`: the run stops before the calculator runs;
+    `p` shows its arguments, `edit {"expression": "2.40 * 1.30"}` changes them, `c` goes on.
 
     The model is a deterministic offline stand-in (no API key, no network) that reads the tool
     results it gets, so every step is real Tether machinery: the run is recorded and can be shown,
@@ -218,6 +295,7 @@ def demo_cmd(
     """
     import tether.examples.florist as florist
 
+    specs = _check_breaks(breaks)
     agent_file = florist.AGENT_FILE
     question = task or florist.TASK
     console.print(Text("Tether demo: the florist agent", style="bold"))
@@ -232,15 +310,44 @@ def demo_cmd(
                        "and use --model qwen2.5:7b)", style="dim"), soft_wrap=SOFT)
     console.print()
     agent = _load_agent(agent_file, None)
-    view = _live_run(lambda service, on_event: service.start(agent, question, on_event=on_event))
+    view = _live_run(lambda service, on_event: service.start(agent, question, breakpoints=specs,
+                                                             on_event=on_event), show_pauses=no_debug)
+    view, debugged = _maybe_debug(view, agent, no_debug)
     console.print()
-    code = _after(view, how_to_see=False)
+    if debugged and view.status in ("paused", *TERMINAL):
+        code = _exit_code(view)
+    else:
+        code = _after(view, how_to_see=False, listed=no_debug)
     console.print(Text.assemble(("see the whole run:  ", ""), (f"tether runs show {view.id}", "bold")),
                   soft_wrap=SOFT)
     console.print(Text.assemble(("replay it:          ", ""), (f"tether runs replay {view.id}", "bold")),
                   soft_wrap=SOFT)
     console.print(Text.assemble(("list your runs:     ", ""), ("tether runs list", "bold")), soft_wrap=SOFT)
     raise typer.Exit(code)
+
+
+@app.command("debug")
+def debug_cmd(run_id: Annotated[str, typer.Argument(help="The paused run (run_…).", show_default=False)]) -> None:
+    """Attach the debugger to a paused run, from any process (`help` at its prompt lists the commands).
+
+    Without a terminal, commands are read from stdin: `printf 'p\\nc\\n' | tether debug RUN_ID`.
+    Exits like `tether run`: 0 when the run completes, 1 when it fails or is aborted, 3 when it is left
+    paused (`detach`, or end of input). A run that already finished is only described (exit 0 or 1 by
+    its status); one that is running or queued elsewhere cannot be attached to (exit 2).
+    """
+    view = _service_call(lambda service: service.get(run_id))
+    if view.status in TERMINAL:
+        console.print(Text.assemble(("run ", ""), (view.id, "bold"), (" already finished: ", ""),
+                                    (view.status, STATUS_STYLE.get(view.status, "")),
+                                    ("; there is nothing to debug. ", ""),
+                                    (f"`tether runs show {view.id}` shows it; `tether runs fork {view.id} STEP` "
+                                     "runs it again from a step.", "dim")), soft_wrap=SOFT)
+        raise typer.Exit(_exit_code(view))
+    if not view.paused:
+        raise UsageMistake(f"run {run_id} is {view.status}, not paused: another process is advancing it. "
+                           f"Follow it with `tether runs show {run_id}`; add a breakpoint to stop it with "
+                           f"`tether runs break {run_id} SPEC`, or cancel it")
+    raise typer.Exit(_after_debug(_debug(view)))
 
 
 # -- tether runs … ------------------------------------------------------------------------------
@@ -286,6 +393,7 @@ def show_cmd(
         console.print("answer it with:")
         for line in how_to_answer(view.id, view.pending):
             console.print(Text("  " + line, style="bold"), soft_wrap=SOFT)
+        console.print(Text.assemble(("or debug it:  ", ""), (f"tether debug {view.id}", "bold")), soft_wrap=SOFT)
     elif view.status in ACTIVE:
         console.print(Text.assemble(("status ", ""), (view.status, STATUS_STYLE.get(view.status, ""))))
 
@@ -344,6 +452,80 @@ def answer_cmd(
     view = _live_run(lambda service, on_event: service.resolve_uncertain(
         run_id, call_id, action, supply, by="cli", on_event=on_event), existing=run_id)  # type: ignore[arg-type]
     raise typer.Exit(_after(view))
+
+
+@runs_app.command("break")
+def break_cmd(
+    run_id: Annotated[str, typer.Argument(help="The run (running or paused).", show_default=False)],
+    spec: Annotated[str | None, typer.Argument(help="STOP[:TOOL_GLOB] [if CONDITION]; without it, list the "
+                                                    "run's breakpoints.", show_default=False)] = None,
+    once: Annotated[bool, typer.Option("--once", help="A one-shot breakpoint.")] = False,
+) -> None:
+    """Add a breakpoint to a run (or list them, with their hit counts). A run advancing in another
+    process picks it up at its next stop."""
+    if spec is None:
+        bps = _service_call(lambda service: service.breakpoints(run_id))
+        if not bps:
+            console.print(f"run {run_id} has no breakpoints")
+        for bp in bps:
+            console.print(Text.assemble((f"{bp.id}  ", "bold"), (bp.spec(), ""), (f"   hits {bp.hits}", "dim"),
+                                        ("  once" if bp.once else "", "dim")), soft_wrap=SOFT)
+        return
+    bp, warnings = _service_call(lambda service: service.add_breakpoint(run_id, spec, once=once))
+    console.print(Text.assemble(("breakpoint ", ""), (bp.id, "bold"), (" added to ", ""), (run_id, "bold"),
+                                (": ", ""), (bp.spec(), "bold")), soft_wrap=SOFT)
+    for w in warnings:
+        err_console.print(Text(f"warning: {w}", style="yellow"), soft_wrap=True)
+
+
+@runs_app.command("clear")
+def clear_cmd(
+    run_id: Annotated[str, typer.Argument(help="The run.", show_default=False)],
+    breakpoint_id: Annotated[str, typer.Argument(help="The breakpoint: its id (bp_2) or number (2).",
+                                                 show_default=False)],
+) -> None:
+    """Remove a breakpoint from a run."""
+    bp_id = f"bp_{breakpoint_id}" if breakpoint_id.isdigit() else breakpoint_id
+    _service_call(lambda service: service.remove_breakpoint(run_id, bp_id))
+    console.print(Text.assemble(("breakpoint ", ""), (bp_id, "bold"), (" removed from ", ""), (run_id, "bold")),
+                  soft_wrap=SOFT)
+
+
+@runs_app.command("fork")
+def fork_cmd(
+    run_id: Annotated[str, typer.Argument(help="The run to fork.", show_default=False)],
+    step: Annotated[int, typer.Argument(help="The step to fork at: steps before it are reused.",
+                                        show_default=False)],
+    edit: Annotated[str | None, typer.Option(
+        "--edit", metavar="JSON",
+        help='The edits at STEP: {"result": "…"} or {"arguments": {…}} at a tool step, {"messages": […]} at a '
+             "model step.")] = None,
+    no_debug: Annotated[bool, typer.Option("--no-debug", help="When the fork pauses, don't open the debugger."
+                                           )] = False,
+) -> None:
+    """A new run that reuses the steps before STEP from RUN_ID's log (no model or tool call is made for
+    them), applies the edits at STEP and goes on live.
+
+    Example: `tether runs fork run_… 4 --edit '{"result": "9.99"}'`"""
+    edits = None
+    if edit is not None:
+        try:
+            edits = json.loads(edit)
+        except ValueError as e:
+            raise UsageMistake(f"--edit is not valid JSON: {e}") from None
+        if not isinstance(edits, dict):
+            raise UsageMistake('--edit takes a JSON object: {"result": "…"}, {"arguments": {…}} or {"messages": […]}')
+    view = _live_run(lambda service, on_event: service.fork(run_id, step, edits, on_event=on_event),
+                     show_pauses=no_debug)
+    first = view.records[0].payload if view.records else None
+    warnings = getattr(first, "metadata", {}).get("fork_warnings", [])
+    if warnings:
+        err_console.print(Text("warning: the parent already made these calls, which the fork may make again:",
+                               style="yellow"), soft_wrap=True)
+        for w in warnings:
+            err_console.print(Text(f"  {w}", style="yellow"), soft_wrap=True)
+    view, debugged = _maybe_debug(view, None, no_debug)
+    raise typer.Exit(_after_debug(view) if debugged else _after(view, listed=no_debug))
 
 
 @runs_app.command("replay")
