@@ -397,3 +397,39 @@ async def test_a_breakpoint_set_by_another_process_is_picked_up_while_running():
     gate.set()
     run = await task
     assert run.status == "paused" and run.pending[0].stop == "before_finish"
+
+
+async def test_steps_show_edits_and_a_failing_listener_does_not_stop_the_run(service):
+    def broken_listener(event):
+        raise RuntimeError("a buggy live view")
+
+    run = await service.start(agent(adder(1)), "go", breakpoints=["after_model if step == 1"],
+                              on_event=broken_listener)
+    new = {"text": "let me add", "tool_calls": [{"name": "add", "arguments": {"a": 20, "b": 1}}]}
+    run = await service.answer(run.id, {run.pending[0].id: ("edit", new)}, on_event=broken_listener)
+    assert run.status == "completed" and run.output == "result 21"
+    model_step, tool_step = run.steps[0], run.steps[1]
+    assert model_step.text == "let me add" and model_step.tool_calls[0][1] == "add"
+    assert json.loads(tool_step.arguments) == {"a": 20, "b": 1} and tool_step.result == "21"
+
+    run = await service.start(agent(adder(1)), "go", breakpoints=["before_tool"])
+    run = await service.answer(run.id, {run.pending[0].id: ("edit", {"a": 5, "b": 5})})
+    assert json.loads(run.steps[1].arguments) == {"a": 5, "b": 5}  # what ran, not what was first asked
+
+
+async def test_raised_limits_are_checked(service):
+    run = await service.start(agent(adder(3), limits=Limits(max_steps=1)), "go")
+    with pytest.raises(TetherError, match="not a budget"):
+        await service.answer(run.id, {run.pending[0].id: ("continue", {"limits": {"max_stepz": 5}})})
+    with pytest.raises(TetherError, match="positive number"):
+        await service.answer(run.id, {run.pending[0].id: ("continue", {"limits": {"max_steps": -1}})})
+    assert (await service.get(run.id)).status == "paused"  # nothing was written
+
+
+async def test_a_run_continued_elsewhere_keeps_the_model_it_started_with(service):
+    other_model = ScriptedModel(adder(1), ref="scripted:other")
+    started_with = agent(adder(1), ref="test_debug:shared_agent").with_model(other_model)
+    run = await service.start(started_with, "go", breakpoints=["before_tool"])
+    fresh = RunsService(service.store)
+    found = await fresh.agent_for(run.agent)
+    assert found.model_ref == "scripted:other"

@@ -110,7 +110,7 @@ def test_pause_in_one_process_and_debug_it_in_another(cli):
     assert added.returncode == 0, added.all
     assert "bp_2" in added.stdout
 
-    commands = ["w", "s", "w", "p result", "b", "cl 2", "tb before_finish", "b", "cl bp_2", "b",
+    commands = ["w", "s", "w", "p result", "b", "cl 2", "tb before_finish", "b", "cl bp_3", "b",
                 "frobnicate", "edit {bad", "p step 99", "item 5", "help", "c"]
     proc = cli("debug", run_id, stdin="\n".join(commands) + "\n")
     assert proc.returncode == 0, proc.all
@@ -129,12 +129,13 @@ def test_pause_in_one_process_and_debug_it_in_another(cli):
     assert "bp_1" in listed and "before_tool:price_lookup" in listed and "hits 1" in listed
     assert "bp_2" in listed and "after_model if step == 3" in listed
     assert "bp_2 removed" in answer_of("cl 2", out)
-    assert "bp_2 added: before_finish (once)" in answer_of("tb before_finish", out)  # ids are reused
+    assert "bp_3 added: before_finish (once)" in answer_of("tb before_finish", out)  # numbers are not reused
     second_listing = out.split(PROMPT + "b\n")[2].split(PROMPT)[0]
-    assert "bp_2   before_finish" in second_listing and "once" in second_listing
-    assert "bp_2 removed" in answer_of("cl bp_2", out)
+    assert "bp_3   before_finish" in second_listing and "once" in second_listing
+    assert "bp_2" not in second_listing
+    assert "bp_3 removed" in answer_of("cl bp_3", out)
     last_listing = out.split(PROMPT + "b\n")[-1].split(PROMPT)[0]
-    assert "bp_1" in last_listing and "bp_2" not in last_listing
+    assert "bp_1" in last_listing and "bp_2" not in last_listing and "bp_3" not in last_listing
 
     assert "error: unknown command 'frobnicate'" in answer_of("frobnicate", out)
     assert "error:" in answer_of("edit {bad", out) and "not valid JSON" in answer_of("edit {bad", out)

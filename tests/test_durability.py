@@ -6,7 +6,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).parent / "crash"
@@ -24,13 +23,18 @@ def test_two_processes_racing_to_continue_a_paused_run_exactly_one_wins(tmp_path
     for _ in range(3):  # three races, each on a fresh paused run
         run = asyncio.run(RunsService(SqlStore(url)).start(agent, "weather?"))
         assert run.status == "paused"
-        at = time.time() + 1.5  # both children are up and waiting by then
         env = {**os.environ, "PYTHONPATH": str(HERE)}
         children = [
-            subprocess.Popen([sys.executable, str(HERE / "race_child.py"), url, run.id, str(at), label],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            subprocess.Popen([sys.executable, str(HERE / "race_child.py"), url, run.id, label], env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for label in ("sunny", "rainy")
         ]
+        for c in children:
+            assert c.stdout is not None and c.stdout.readline().strip() == "ready"
+        for c in children:  # go: as close together as two writes can be
+            assert c.stdin is not None
+            c.stdin.write("go\n")
+            c.stdin.flush()
         outs = [c.communicate(timeout=60) for c in children]
         results = [o.strip() for o, _ in outs]
         assert all(c.returncode == 0 for c in children), [e for _, e in outs]

@@ -1,8 +1,7 @@
-"""Submit the tool output of the paused run argv[2] at wall-clock time argv[3]; print who won."""
+"""Look at the paused run argv[2], say "ready", and on "go" (stdin) submit its tool output."""
 
 import asyncio
 import sys
-import time
 
 from race_agent import agent
 
@@ -15,8 +14,9 @@ async def main() -> None:
     service = RunsService(SqlStore(sys.argv[1]))
     service.register(agent)
     view = await service.get(sys.argv[2])
-    call_id, label = view.pending[0].id, sys.argv[4]
-    await asyncio.sleep(max(0.0, float(sys.argv[3]) - time.time()))
+    call_id, label = view.pending[0].id, sys.argv[3]
+    print("ready", flush=True)
+    sys.stdin.readline()  # both racers are loaded and waiting: the parent says go to both at once
     try:
         done = await service.submit_tool_outputs(sys.argv[2], {call_id: label}, pause_id=view.pause_id)
         print("won", done.status, done.output, flush=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -37,6 +38,8 @@ from tether.domain.records import (
 from tether.domain.state import CallState, RunState
 from tether.domain.tools import ToolContext, ToolError
 from tether.engine.output import check_output, parse_output
+
+log = logging.getLogger("tether.executor")
 
 FINAL_ANSWER_NOTE = (
     "You have reached the step limit for this task. Do not call tools; answer now with what you have."
@@ -185,9 +188,7 @@ class Executor:
         return [ToolSchema(t.name, t.description, t.parameters) for t in self.tools.values()]
 
     def _delta_sink(self, run_id: str) -> Callable[[str], None]:
-        emit = self.on_event
-        assert emit is not None
-        return lambda text: emit(Event(run_id, "delta", delta=text))
+        return lambda text: self._emit(Event(run_id, "delta", delta=text))
 
     # -- tool calls -----------------------------------------------------------------------------
 
@@ -351,8 +352,16 @@ class Executor:
         if self.log is not None:
             self.log.append(record)
         if self.on_event is not None:
-            self.on_event(Event(state.run_id, "record", record))
+            self._emit(Event(state.run_id, "record", record))
         return record
+
+    def _emit(self, event: Event) -> None:
+        """Tell listeners; a listener's failure is logged, never the run's."""
+        assert self.on_event is not None
+        try:
+            self.on_event(event)
+        except Exception:
+            log.exception("an event listener failed on %s of run %s", event.type, event.run_id)
 
 
 def _needs_model(state: RunState) -> bool:

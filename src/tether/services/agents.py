@@ -131,7 +131,7 @@ class Agent:
         return Agent(self.name, model, instructions=self.instructions,
                      tools=self.tools.values() if tools is None else tools, limits=self.limits,
                      output_schema=self.output_schema, settings=self.settings, breakpoints=self.breakpoints,
-                     ref=self.ref, file_hash=self.file_hash)
+                     mcp_servers=self.mcp_servers, ref=self.ref, file_hash=self.file_hash, base_dir=self._base_dir)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Agent:

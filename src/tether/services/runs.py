@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
+import logging
 import os
 import socket
 import threading
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tether.adapters.importing import import_attr
-from tether.domain.agents import AgentSnapshot
+from tether.domain.agents import BUDGETS, AgentSnapshot
 from tether.domain.breakpoints import Breakpoint, parse_breakpoint, unknown_paths, uses_cost
 from tether.domain.errors import AlreadyResumed, ConfigError, RunNotFound, StoreConflict, TetherError
 from tether.domain.events import Event
@@ -37,6 +38,7 @@ from tether.engine.executor import Executor
 from tether.services.agents import Agent, load_agent_file
 
 T = TypeVar("T")
+log = logging.getLogger("tether.runs")
 LEASE_TTL_S = 30.0
 
 
@@ -65,6 +67,12 @@ class RunView:
     @property
     def paused(self) -> bool:
         return self.status == "paused"
+
+    @property
+    def fork_warnings(self) -> list[str]:
+        """For a fork: the parent's non-idempotent calls at or after the fork step (done already)."""
+        first = self.records[0].payload if self.records else None
+        return list(first.metadata.get("fork_warnings", [])) if isinstance(first, RunStarted) else []
 
     def __repr__(self) -> str:
         what = self.output if self.status == "completed" else (self.error or [i.reason for i in self.pending])
@@ -110,8 +118,7 @@ class RunsService:
         await self.store.create_run(first, owner=self.owner, lease_ttl_s=self.lease_ttl_s)
         state = RunState(run_id)
         state.apply(first)
-        if on_event is not None:
-            on_event(Event(run_id, "record", first))
+        _emit(on_event, Event(run_id, "record", first))
         return await self._drive(state, [first], agent, on_event)
 
     async def continue_thread(self, thread_id: str, task: str | Sequence[Message], *,
@@ -215,8 +222,7 @@ class RunsService:
         for r in recs:
             state.apply(r)
             records.append(r)
-            if on_event is not None:
-                on_event(Event(run_id, "record", r))
+            _emit(on_event, Event(run_id, "record", r))
         if not await self.store.acquire_lease(run_id, self.owner, self.lease_ttl_s):
             return await self.get(run_id)  # another worker picked it up already; it will advance it
         if any(d.action == "abort" for d in decisions):
@@ -310,6 +316,9 @@ class RunsService:
 
     async def breakpoints(self, run_id: str) -> builtins.list[Breakpoint]:
         """The run's breakpoints now (the agent's, as changed on this run), with their hit counts."""
+        return [b for b in await self._all_breakpoints(run_id) if b.enabled]
+
+    async def _all_breakpoints(self, run_id: str) -> builtins.list[Breakpoint]:
         state = fold(run_id, await self._records(run_id))
         bps = await self._breakpoints_of(state)
         for bp in bps:
@@ -323,11 +332,8 @@ class RunsService:
         A running run in this process picks it up at its next stop; in another process, when it
         next resumes.
         """
-        bps = await self.breakpoints(run_id)
-        used = {b.id for b in bps}
-        n = len(bps) + 1
-        while f"bp_{n}" in used:
-            n += 1
+        bps = await self._all_breakpoints(run_id)  # cleared ones too: a number is never used twice
+        n = max([len(bps), *(int(b.id[3:]) for b in bps if b.id[3:].isdigit())]) + 1
         bp = spec if isinstance(spec, Breakpoint) else parse_breakpoint(spec, id=f"bp_{n}", once=once)
         state = fold(run_id, await self._records(run_id))
         assert state.agent is not None
@@ -335,11 +341,14 @@ class RunsService:
         return bp, breakpoint_warnings(bp, (await self.agent_for(state.agent)).model)
 
     async def remove_breakpoint(self, run_id: str, breakpoint_id: str) -> None:
-        bps = await self.breakpoints(run_id)
-        if breakpoint_id not in {b.id for b in bps}:
+        bps = await self._all_breakpoints(run_id)
+        if breakpoint_id not in {b.id for b in bps if b.enabled}:
             raise TetherError(f"run {run_id} has no breakpoint {breakpoint_id!r}; it has "
-                              f"{[b.id + ' ' + b.spec() for b in bps] or 'none'}")
-        await self._set_breakpoints(run_id, [b for b in bps if b.id != breakpoint_id])
+                              f"{[b.id + ' ' + b.spec() for b in bps if b.enabled] or 'none'}")
+        for b in bps:
+            if b.id == breakpoint_id:
+                b.enabled = False  # kept, disabled: its number is not given out again
+        await self._set_breakpoints(run_id, bps)
 
     async def _set_breakpoints(self, run_id: str, bps: builtins.list[Breakpoint]) -> None:
         await self.store.set_breakpoints(run_id, [b.to_dict() for b in bps])
@@ -403,9 +412,8 @@ class RunsService:
         await self.store.create_run(records[0], owner=self.owner, lease_ttl_s=self.lease_ttl_s)
         self.store.append(records[1:])
         await self.store.sync()
-        if on_event is not None:
-            for r in records:
-                on_event(Event(fork_id, "record", r))
+        for r in records:
+            _emit(on_event, Event(fork_id, "record", r))
         if state.status != "running":  # the parent's log ended paused or finished before `step`
             await self.store.release_lease(fork_id, self.owner)
             return _view(state, records)
@@ -463,6 +471,8 @@ class RunsService:
                 f"cannot find agent {snapshot.name!r} again: it was defined in code without a ref. "
                 "Give it ref='module:attr' (or use an agent file), or register it with service.register(agent)"
             )
+        if snapshot.model != agent.model_ref and not snapshot.model.startswith("replay:"):
+            agent = agent.with_model(snapshot.model)  # the run goes on with the model it started on
         await agent.open_tools()  # MCP servers list their tools again: a changed server shows below
         live = {s.name: s.schema_hash for s in agent.snapshot().tools}
         for spec in snapshot.tools:
@@ -472,6 +482,15 @@ class RunsService:
                 raise ConfigError(f"tool {spec.name!r} changed since the run started (schema {spec.schema_hash} "
                                   f"→ {live[spec.name]}); restore it, or fork the run with the new agent")
         return agent
+
+
+def _emit(on_event: Callable[[Event], None] | None, event: Event) -> None:
+    """Tell a listener; its failure is logged, never the run's (as in the executor)."""
+    if on_event is not None:
+        try:
+            on_event(event)
+        except Exception:
+            log.exception("an event listener failed on %s of run %s", event.type, event.run_id)
 
 
 def _parse_all(specs: Sequence[str | Breakpoint], start: int) -> list[Breakpoint]:
@@ -578,6 +597,12 @@ def _check_action(item: PendingItem, action: Action, payload: Any) -> None:
         ok = ok - {"skip", "supply", "rerun"}
     if action not in ok:
         raise TetherError(f"{action!r} does not answer a {item.reason} item; use one of {sorted(ok)}")
+    if item.reason == "budget" and isinstance(payload, dict) and "limits" in payload:
+        for name, value in payload["limits"].items():
+            if name not in BUDGETS:
+                raise TetherError(f"{name!r} is not a budget; raise one of {', '.join(BUDGETS)}")
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise TetherError(f"{name} must be a positive number, not {value!r}")
     if action == "supply" and payload is None:
         raise TetherError(f"'supply' needs the result to give {item.name or item.id}")
 
