@@ -125,3 +125,22 @@ def test_tool_policies_in_agent_files(tmp_path):
         with pytest.raises(tether.ConfigError) as e:
             tether.load_agent_file(tmp_path / "bad.toml")
         assert message in str(e.value)
+
+
+def test_built_in_tools_take_options_in_agent_files(tmp_path):
+    (tmp_path / "agent.toml").write_text(
+        'model = "scripted:x:y"\ntools = ["python", "calculator"]\n'
+        '[tool_options.python]\nbackend = "monty"\nwall_s = 3\n'
+    )
+    agent = tether.load_agent_file(tmp_path / "agent.toml")
+    assert "Monty" in agent.tools["python"].description
+    for bad, message in [
+        ('[tool_options.python]\nbackend = "docker"\n', 'not \'docker\''),
+        ("[tool_options.python]\nwall_seconds = 3\n", "bad options for the python tool"),
+        ('[tool_options.calculator]\nprecision = 3\n', "bad options for the calculator tool"),
+        ('[tool_options.search]\nx = 1\n', "not in `tools`"),
+    ]:
+        (tmp_path / "bad.toml").write_text('model = "m"\ntools = ["python", "calculator"]\n' + bad)
+        with pytest.raises(tether.ConfigError) as e:
+            tether.load_agent_file(tmp_path / "bad.toml")
+        assert message in str(e.value), str(e.value)

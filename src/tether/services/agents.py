@@ -18,7 +18,7 @@ from tether.domain.protocols import Model, Tool
 from tether.domain.tools import ToolPolicy
 
 AGENT_FILE_KEYS = {"name", "model", "instructions", "tools", "limits", "settings", "output_schema",
-                   "breakpoints", "mcp_servers", "policies"}
+                   "breakpoints", "mcp_servers", "policies", "tool_options"}
 
 
 class Agent:
@@ -182,6 +182,13 @@ def load_agent_file(path: str | Path) -> Agent:
     tools = data.get("tools", [])
     if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
         raise ConfigError(f"{p}: `tools` must be a list of names, e.g. [\"calculator\", \"mytools:lookup\"]")
+    options = data.get("tool_options", {})
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise ConfigError(f"{p}: [tool_options.NAME] tables configure built-in tools, e.g. backend = \"monty\"")
+    unknown_options = set(options) - set(tools)
+    if unknown_options:
+        raise ConfigError(f"{p}: [tool_options] for {sorted(unknown_options)}, which are not in `tools`")
+    tools = [builtin_with(t, options[t]) if t in options else t for t in tools]
     return Agent(
         name=str(data.get("name", p.stem)),
         model=str(data["model"]),
@@ -261,6 +268,15 @@ def _limits(path: Path, table: Any) -> Limits:
         if policy not in ("pause", "finish", "fail"):
             raise ConfigError(f"{path}: limits.on_{budget} must be \"pause\", \"finish\" or \"fail\", not {policy!r}")
     return limits
+
+
+def builtin_with(name: str, options: dict[str, Any]) -> Tool:
+    from tether.adapters.tools.builtins import builtin
+
+    if ":" in name:
+        raise ConfigError(f"[tool_options.{name}]: options are for built-in tools; configure your own "
+                          "function in code, or its policy with [policies.NAME]")
+    return builtin(name, options)  # type: ignore[no-any-return]
 
 
 def _resolve_tool(t: Any, base_dir: Path | None) -> Tool:

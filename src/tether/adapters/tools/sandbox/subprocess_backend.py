@@ -1,0 +1,850 @@
+"""Full CPython in a subprocess, inside bubblewrap namespaces, as an unprivileged user, with OS limits.
+
+One call, one fresh process tree:
+
+    (root only) unshare --mount            a private mount namespace that dies with the call
+      sh -c 'mount --bind WORKDIR STATE/work; exec setpriv --reuid U --regid G --clear-groups ...'
+        bwrap --unshare-all --unshare-user --disable-userns --die-with-parent --new-session
+              --ro-bind /usr --proc --dev --tmpfs /tmp (sized) --bind <working folder> /work ...
+          python3 -I -u -B -c RUNNER        sets rlimits, reads the code from stdin, runs it
+
+- **Isolation.** New user, pid, network, ipc, uts, cgroup and mount namespaces: no network (only
+  a loopback that is down), no other processes, no host files but a read-only /usr (+ the /lib
+  links), an empty /tmp and the run's working folder at /work. No /etc, no home, no repository.
+  `--disable-userns` stops the code from making nested user namespaces.
+- **Why a user of its own, as root.** The kernel ignores RLIMIT_NPROC for root, even inside a
+  user namespace, so a fork bomb run as root is not stopped. As root each call runs as a system
+  user from a small pool (`tether-sbx-0`, `tether-sbx-1`, ... created with `useradd --system` on
+  first use), leased with a lock file under `/run/tether-sandbox/leases`, one per concurrent call,
+  so one run's fork bomb only exhausts its own user's process count. Not root: the sandbox runs as
+  the current user, and RLIMIT_NPROC (counted per user namespace on Linux >= 5.14) applies.
+- **Why the bind through /run/tether-sandbox/work.** bubblewrap resolves bind sources with the
+  caller's rights, and the working folder usually lies below a folder the sandbox user cannot
+  enter (/root, a 0700 temporary folder). Root binds it onto that traversable mount point inside
+  the call's private mount namespace, which disappears with the call: nothing changes on the host.
+- **Limits.** In the child (the runner, before the code): RLIMIT_CPU, RLIMIT_AS, RLIMIT_NPROC,
+  RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0. In the parent: wall time (kills the process group;
+  `--die-with-parent` and the pid namespace take every sandbox process with it), output size
+  (stops the code once stdout+stderr pass the limit), and a 10 Hz watch over the sandbox's pid
+  namespace for the resident memory of all its processes together, the number of processes and
+  threads, and the growth of the working folder.
+- **The result.** The runner writes a one-line JSON envelope (value of the last expression, the
+  exception) to a pipe of its own, not to stdout, so nothing the code prints can pass for the
+  value. Code that deliberately writes to that pipe only misreports its own result; every limit
+  and exit status comes from what the parent observed, never from the envelope.
+
+Not done: a seccomp filter (the isolation relies on namespaces and an unprivileged user), and
+cgroups (the parent's watch bounds total memory instead, within a tenth of a second).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import functools
+import json
+import math
+import os
+import pwd
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, TypeVar
+
+from tether.adapters.tools.sandbox.tool import SandboxLimits, SandboxResult, _size, forced_unavailable
+
+WORK = "/work"  # the working folder, inside the sandbox
+DEFAULT_INTERPRETER = "/usr/bin/python3"
+INTERPRETER_ENV = "TETHER_SANDBOX_PYTHON"
+STATE_DIR_ENV = "TETHER_SANDBOX_STATE_DIR"
+POOL_SIZE_ENV = "TETHER_SANDBOX_USERS"
+DEFAULT_STATE_DIR = "/run/tether-sandbox"
+DEFAULT_POOL_SIZE = 8
+USER_PREFIX = "tether-sbx-"
+_SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_HOST_ENV = {"PATH": _SYSTEM_PATH, "LANG": "C.UTF-8"}
+_SANDBOX_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": WORK,
+    "TMPDIR": "/tmp",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "MPLBACKEND": "Agg",
+}
+_PROBE_OK = "tether-sandbox-ok"
+_WATCH_INTERVAL_S = 0.1
+_FOLDER_EVERY = 5  # check the working folder every 5th watch tick (0.5 s)
+_TRACEBACK_CHARS = 8000
+T = TypeVar("T")
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+# Runs inside the sandbox as `python3 -I -u -B -c RUNNER fd cpu mem nproc fsize nofile value_cap tb_cap`.
+# It reads the code from stdin, applies the limits to itself (soft = hard, so the code cannot raise
+# them), runs the code like a REPL cell and writes {"value", "error", "exit"} as one JSON line to fd.
+RUNNER = r'''
+import sys, os
+def _tether_main():
+    import ast, json, linecache, resource, traceback
+    fd, cpu, mem, nproc, fsize, nofile, vcap, tcap = (int(a) for a in sys.argv[1:9])
+    code = sys.stdin.buffer.read().decode("utf-8", "replace")
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.set_inheritable(fd, False)
+    for res, soft, hard in ((resource.RLIMIT_CPU, cpu, cpu + 1), (resource.RLIMIT_AS, mem, mem),
+                            (resource.RLIMIT_NPROC, nproc, nproc), (resource.RLIMIT_FSIZE, fsize, fsize),
+                            (resource.RLIMIT_NOFILE, nofile, nofile), (resource.RLIMIT_CORE, 0, 0)):
+        resource.setrlimit(res, (soft, hard))
+    sys.path.insert(0, os.getcwd())
+    linecache.cache["<code>"] = (len(code), None, code.splitlines(True), "<code>")
+    report = {}
+    env = {"__name__": "__main__", "__builtins__": __builtins__}
+    try:
+        tree = ast.parse(code, "<code>")
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)
+        exec(compile(tree, "<code>", "exec"), env)
+        if last is not None:
+            value = eval(compile(last, "<code>", "eval"), env)
+            if value is not None:
+                text = repr(value)
+                if len(text) > vcap:
+                    text = text[:vcap] + "... (%d more characters)" % (len(text) - vcap)
+                report["value"] = text
+    except SystemExit as e:
+        report["exit"] = e.code if isinstance(e.code, (int, type(None))) else str(e.code)
+    except BaseException as e:
+        tb = e.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename != "<code>":
+            tb = tb.tb_next
+        if isinstance(e, SyntaxError) or tb is None:
+            text = "".join(traceback.format_exception_only(type(e), e))
+        else:
+            text = "".join(traceback.format_exception(type(e), e, tb))
+        if len(text) > tcap:
+            text = "...\n" + text[-tcap:]
+        report["error"] = {"type": type(e).__name__, "text": text, "errno": getattr(e, "errno", None)}
+        del e, tb
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        pass
+    os.write(fd, (json.dumps(report) + "\n").encode())
+_tether_main()
+'''
+
+
+# -- what the machine offers --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Setup:
+    bwrap: str
+    interpreter: str  # as given (e.g. /usr/bin/python3)
+    as_root: bool
+    features: frozenset[str]  # bwrap options this version knows (--disable-userns, --size)
+    extra_ro: tuple[str, ...]  # interpreter prefix to bind when it is not under /usr
+    unshare: str = ""
+    setpriv: str = ""
+    mount: str = ""
+    sh: str = ""
+    useradd: str = ""
+
+
+def _which(name: str) -> str | None:
+    return shutil.which(name, path=os.environ.get("PATH", "") + os.pathsep + _SYSTEM_PATH)
+
+
+def _state_dir() -> Path:
+    return Path(os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+
+
+def _pool_size() -> int:
+    try:
+        return max(1, int(os.environ.get(POOL_SIZE_ENV) or DEFAULT_POOL_SIZE))
+    except ValueError:
+        return DEFAULT_POOL_SIZE
+
+
+def _interpreter(explicit: str | None) -> str:
+    return explicit or os.environ.get(INTERPRETER_ENV) or DEFAULT_INTERPRETER
+
+
+@functools.lru_cache(maxsize=8)
+def _bwrap_features(bwrap: str) -> frozenset[str]:
+    try:
+        out = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10, env=_HOST_ENV)
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+    text = out.stdout + out.stderr
+    return frozenset(opt for opt in ("--disable-userns", "--size", "--info-fd") if opt in text)
+
+
+def _setup(interpreter: str) -> _Setup | str:
+    """The tools this machine has, or why the sandbox cannot work here."""
+    if not sys.platform.startswith("linux"):
+        return "the subprocess sandbox needs Linux (bubblewrap and namespaces)"
+    bwrap = _which("bwrap")
+    if bwrap is None:
+        return ("bubblewrap is not installed (install it with `apt-get install bubblewrap`, or run "
+                "scripts/setup-system.sh)")
+    features = _bwrap_features(bwrap)
+    if "--info-fd" not in features:
+        return f"{bwrap} does not work or is too old (bubblewrap >= 0.5 is needed)"
+    for path, bad in (("/proc/sys/user/max_user_namespaces", "0"), ("/proc/sys/kernel/unprivileged_userns_clone", "0")):
+        with contextlib.suppress(OSError):
+            if Path(path).read_text().strip() == bad:
+                return f"user namespaces are disabled on this machine ({path} is {bad})"
+    if not os.path.isfile(interpreter) or not os.access(interpreter, os.X_OK):
+        return (f"there is no Python interpreter at {interpreter} for the sandbox (install it with `apt-get "
+                f"install python3`, or point {INTERPRETER_ENV} at one)")
+    real = os.path.realpath(interpreter)
+    extra: tuple[str, ...] = ()
+    if not real.startswith("/usr/"):
+        extra = (str(Path(real).parents[1]),)  # the install prefix, e.g. /opt/python3.12
+    as_root = os.geteuid() == 0
+    if not as_root:
+        return _Setup(bwrap, interpreter, False, features, extra)
+    tools = {name: _which(name) for name in ("unshare", "setpriv", "mount", "sh", "useradd")}
+    missing = [name for name, path in tools.items() if path is None]
+    if missing:
+        return (f"running as root, the sandbox needs {', '.join(missing)} (util-linux, passwd) to run the code "
+                "as an unprivileged user")
+    return _Setup(bwrap, interpreter, True, features, extra, unshare=tools["unshare"] or "",
+                  setpriv=tools["setpriv"] or "", mount=tools["mount"] or "", sh=tools["sh"] or "",
+                  useradd=tools["useradd"] or "")
+
+
+# -- the pool of sandbox users (root only) -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _User:
+    name: str
+    uid: int
+    gid: int
+
+
+def _prepare_state_dir() -> Path:
+    state = _state_dir()
+    for path, mode in ((state, 0o755), (state / "leases", 0o700), (state / "work", 0o755)):
+        path.mkdir(mode=mode, exist_ok=True)
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
+            raise RuntimeError(f"{path} must be a directory owned by root")
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.chmod(path, mode)
+    return state
+
+
+def _ensure_user(setup: _Setup, index: int) -> _User:
+    name = f"{USER_PREFIX}{index}"
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        lock = _state_dir() / "users.lock"
+        with open(lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # one useradd at a time (they lock /etc/passwd)
+            try:
+                pw = pwd.getpwnam(name)
+            except KeyError:
+                out = subprocess.run([setup.useradd, "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                                      "--shell", "/usr/sbin/nologin", "--user-group", "--comment",
+                                      "tether python sandbox", name],
+                                     capture_output=True, text=True, timeout=60, env=_HOST_ENV,
+                                     stdin=subprocess.DEVNULL)
+                if out.returncode != 0 and "already exists" not in out.stderr:
+                    raise RuntimeError(f"could not create the sandbox user {name}: {out.stderr.strip()}") from None
+                pw = pwd.getpwnam(name)
+    if pw.pw_uid == 0 or pw.pw_gid == 0:
+        raise RuntimeError(f"the sandbox user {name} must not be root")
+    return _User(name, pw.pw_uid, pw.pw_gid)
+
+
+def _try_lease(index: int) -> int | None:
+    fd = os.open(_state_dir() / "leases" / f"{index}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _kill_user_processes(uid: int) -> None:
+    """SIGKILL whatever still runs as a sandbox user (normally nothing: the pid namespace is gone)."""
+    for _ in range(50):
+        found = False
+        for pid in _pids():
+            try:
+                if os.stat(f"/proc/{pid}").st_uid != uid:
+                    continue
+            except OSError:
+                continue
+            if _task_stat(pid) is not None:  # alive (a zombie is only waiting for its parent)
+                found = True
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        if not found:
+            return
+        time.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def _lease_user(setup: _Setup) -> AsyncIterator[_User]:
+    """A sandbox user nobody else is using, for the duration of one call (across processes too)."""
+    await asyncio.to_thread(_prepare_state_dir)
+    size = _pool_size()
+    while True:
+        for index in range(size):
+            fd = _try_lease(index)
+            if fd is not None:
+                break
+        else:
+            await asyncio.sleep(0.05)
+            continue
+        break
+    try:
+        user = await asyncio.to_thread(_ensure_user, setup, index)
+        await asyncio.to_thread(_kill_user_processes, user.uid)
+        try:
+            yield user
+        finally:
+            await asyncio.to_thread(_kill_user_processes, user.uid)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _lease_user_blocking(setup: _Setup) -> Iterator[_User]:
+    _prepare_state_dir()
+    while True:
+        for index in range(_pool_size()):
+            fd = _try_lease(index)
+            if fd is not None:
+                try:
+                    yield _ensure_user(setup, index)
+                finally:
+                    os.close(fd)
+                return
+        time.sleep(0.05)
+
+
+# -- the working folder ---------------------------------------------------------------------------
+
+
+def _make_workdir(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    if path.is_symlink() or not path.is_dir():
+        raise RuntimeError(f"the working folder {path} is not a directory")
+
+
+def _chown_tree(path: Path, uid: int, gid: int) -> None:
+    """Give every entry of the working folder to this call's user (calls of a run may get different
+    users). Race-free against symlinks: fwalk with dir fds, never following links; and no sandbox of
+    this run is running (the caller holds the run's folder lock)."""
+    top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(top)
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.fchown(top, uid, gid)
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.fchmod(top, 0o700)
+        for _root, dirs, files, dfd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
+            for name in (*dirs, *files):
+                with contextlib.suppress(FileNotFoundError):
+                    est = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    if (est.st_uid, est.st_gid) != (uid, gid):
+                        os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
+    finally:
+        os.close(top)
+
+
+def _folder_usage(path: Path, max_entries: int) -> tuple[int, int]:
+    """(bytes on disk, entries) of the working folder, counting at most max_entries + 1 entries."""
+    total = entries = 0
+    try:
+        top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return 0, 0
+    try:
+        for _root, dirs, files, dfd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
+            for name in (*dirs, *files):
+                entries += 1
+                with contextlib.suppress(OSError):
+                    total += os.stat(name, dir_fd=dfd, follow_symlinks=False).st_blocks * 512
+                if entries > max_entries:
+                    return total, entries
+    finally:
+        os.close(top)
+    return total, entries
+
+
+@contextlib.asynccontextmanager
+async def _folder_lock(path: Path) -> AsyncIterator[None]:
+    """One call at a time per working folder (flock: across tasks and processes)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)
+
+
+# -- processes of one sandbox ---------------------------------------------------------------------
+
+
+def _pids() -> list[int]:
+    try:
+        return [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()]
+    except OSError:
+        return []
+
+
+def _task_stat(pid: int) -> tuple[int, int] | None:
+    """(threads, resident bytes) of a live process, None if it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2:].split()
+    try:
+        if fields[0] in (b"Z", b"X"):
+            return None
+        return int(fields[17]), int(fields[21]) * _PAGE  # fields 20 (num_threads) and 24 (rss, pages)
+    except (IndexError, ValueError):
+        return None
+
+
+def _ns_usage(ns_ino: int) -> tuple[list[int], int, int]:
+    """(pids, threads, resident bytes) of the live processes in the pid namespace `ns_ino`."""
+    pids: list[int] = []
+    threads = rss = 0
+    for pid in _pids():
+        try:
+            if os.stat(f"/proc/{pid}/ns/pid").st_ino != ns_ino:
+                continue
+        except OSError:
+            continue
+        usage = _task_stat(pid)
+        if usage is not None:
+            pids.append(pid)
+            threads += usage[0]
+            rss += usage[1]
+    return pids, threads, rss
+
+
+def _signal_ns(ns_ino: int) -> bool:
+    """SIGKILL every live process of the pid namespace; False if there was none."""
+    pids, _threads, _rss = _ns_usage(ns_ino)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return bool(pids)
+
+
+def _kill_ns(ns_ino: int) -> None:
+    for _ in range(50):
+        if not _signal_ns(ns_ino):
+            return
+        time.sleep(0.01)
+
+
+def _killpg(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+
+
+async def _read_fd(pipe: BinaryIO, cap: int) -> bytes:
+    """Everything written to the pipe, up to `cap` bytes."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    data = bytearray()
+    try:
+        while len(data) < cap:
+            chunk = await reader.read(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        transport.close()
+    return bytes(data[:cap])
+
+
+async def _read_info(pipe: BinaryIO) -> dict[str, object]:
+    """bubblewrap's --info-fd JSON (child pid, namespaces), read until complete."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    data = b""
+    try:
+        while len(data) < 65536:
+            chunk = await reader.read(4096)
+            if not chunk:
+                break
+            data += chunk
+            with contextlib.suppress(ValueError):
+                info = json.loads(data)
+                if isinstance(info, dict):
+                    return info
+    finally:
+        transport.close()
+    return {}
+
+
+# -- the backend ------------------------------------------------------------------------------------
+
+
+class SubprocessBackend:
+    """CPython (a system interpreter the sandbox user can read) in bubblewrap; see the module doc."""
+
+    name = "subprocess"
+
+    def __init__(self, interpreter: str | None = None) -> None:
+        self.interpreter = _interpreter(interpreter)
+
+    def unavailable(self) -> str | None:
+        return isolation_available(self.interpreter)
+
+    def describe(self, limits: SandboxLimits) -> str:
+        version = "Python 3"
+        match = re.search(r"python(\d+\.\d+)$", os.path.realpath(self.interpreter))
+        if match:
+            version = f"Python {match.group(1)}"
+        return (
+            f"Run Python code ({version}, full standard library) in a sandbox and get back what it printed "
+            "(stdout and stderr), the value of its last line if that is an expression (like a REPL), and any "
+            "error. Every call starts a fresh interpreter: variables do not carry over between calls, files do. "
+            f"The current directory, {WORK}, is this run's working folder: files written there are kept for "
+            "later calls of the same run (one folder shared by all calls of the run; a forked run does not "
+            "get a copy). Nothing else is writable except /tmp, which is emptied after every call; the rest "
+            "of the file system is read-only system files. No network access. Third-party packages: only "
+            "those installed system-wide, if any (no pip install). Limits per call: "
+            f"{limits.cpu_s:g} s of CPU time per process, {limits.wall_s:g} s of wall time, "
+            f"{limits.memory_mb} MB of memory, {limits.processes} processes and threads, "
+            f"{_size(limits.output_bytes)} of printed output (stdout and stderr together), files up to "
+            f"{limits.files_mb} MB each, and the working folder may grow by at most {limits.files_mb} MB "
+            f"or {limits.max_files} files."
+        )
+
+    async def run(self, code: str, workdir: Path, limits: SandboxLimits) -> SandboxResult:
+        setup = _setup(self.interpreter)
+        if isinstance(setup, str):
+            raise RuntimeError(setup)
+        await asyncio.to_thread(_make_workdir, workdir)
+        async with _folder_lock(workdir):
+            if not setup.as_root:
+                return await self._execute(setup, None, code, workdir, limits)
+            async with _lease_user(setup) as user:
+                await asyncio.to_thread(_chown_tree, workdir, user.uid, user.gid)
+                return await self._execute(setup, user, code, workdir, limits)
+
+    async def _execute(self, setup: _Setup, user: _User | None, code: str, workdir: Path,
+                       limits: SandboxLimits) -> SandboxResult:
+        files_bytes = limits.files_mb * 1024 * 1024
+        size0, entries0 = await asyncio.to_thread(_folder_usage, workdir, limits.max_files)
+        res_r, res_w = os.pipe()
+        info_r, info_w = os.pipe()
+        cpu = max(1, math.ceil(limits.cpu_s))  # RLIMIT_CPU counts whole seconds
+        inner = [setup.interpreter, "-I", "-u", "-B", "-c", RUNNER, str(res_w), str(cpu),
+                 str(limits.memory_mb * 1024 * 1024), str(limits.processes + 1), str(files_bytes), "256",
+                 str(limits.output_bytes), str(_TRACEBACK_CHARS)]
+        argv = _command(setup, user, str(workdir), info_w, files_bytes, inner)
+        started = time.monotonic()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, pass_fds=(res_w, info_w), env=_HOST_ENV, start_new_session=True)
+        except BaseException:
+            for fd in (res_r, res_w, info_r, info_w):
+                os.close(fd)
+            raise
+        os.close(res_w)
+        os.close(info_w)
+        res_pipe, info_pipe = os.fdopen(res_r, "rb", buffering=0), os.fdopen(info_r, "rb", buffering=0)
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+
+        stopped: list[str] = []  # why the parent stopped the code (first reason wins)
+        out, err = bytearray(), bytearray()
+        budget = [limits.output_bytes]
+        ns: list[int] = []
+
+        def stop(reason: str) -> None:
+            if not stopped:
+                stopped.append(reason)
+            _killpg(proc.pid)
+            if ns:
+                _signal_ns(ns[0])
+
+        async def feed() -> None:
+            with contextlib.suppress(OSError):  # the sandbox may die before reading it all
+                proc.stdin.write(code.encode("utf-8", "surrogateescape"))  # type: ignore[union-attr]
+                await proc.stdin.drain()  # type: ignore[union-attr]
+            with contextlib.suppress(OSError):
+                proc.stdin.close()  # type: ignore[union-attr]
+
+        async def pump(stream: asyncio.StreamReader, buf: bytearray) -> None:
+            while True:
+                chunk = await stream.read(65536)
+                if not chunk:
+                    return
+                take = min(len(chunk), budget[0])
+                buf += chunk[:take]
+                budget[0] -= take
+                if take < len(chunk):  # keep draining until EOF, so the pipe closes once the sandbox is dead
+                    stop(f"output truncated at {_size(limits.output_bytes)}: the code printed more than that "
+                         "(stdout and stderr together) and was stopped; print less, e.g. a summary or the "
+                         "first rows")
+
+        async def watch() -> None:
+            info = await asyncio.shield(info_task)
+            ino = info.get("pid-namespace")
+            if not isinstance(ino, int):
+                return
+            ns.append(ino)
+            tick = 0
+            while True:
+                _, threads, rss = await asyncio.to_thread(_ns_usage, ino)
+                if threads > limits.processes:  # the pid namespace's init counts as one
+                    stop(f"the code started too many processes or threads (limit {limits.processes}) and was "
+                         "stopped")
+                elif rss > limits.memory_mb * 1024 * 1024:
+                    stop(f"the code ran out of memory (limit {limits.memory_mb} MB for all its processes "
+                         "together) and was stopped")
+                tick += 1
+                if tick % _FOLDER_EVERY == 0:
+                    size, entries = await asyncio.to_thread(_folder_usage, workdir, limits.max_files)
+                    if size > max(files_bytes, size0) or entries > max(limits.max_files, entries0):
+                        stop(f"the working folder grew past {limits.files_mb} MB or {limits.max_files} files "
+                             "and the code was stopped; write less, or delete files you no longer need")
+                await asyncio.sleep(_WATCH_INTERVAL_S)
+
+        info_task = asyncio.ensure_future(_read_info(info_pipe))
+        result_task = asyncio.ensure_future(
+            _read_fd(res_pipe, 2 * limits.output_bytes + 4 * _TRACEBACK_CHARS + 65536))
+        tasks = [asyncio.ensure_future(feed()), asyncio.ensure_future(pump(proc.stdout, out)),
+                 asyncio.ensure_future(pump(proc.stderr, err)), result_task, info_task]
+        watcher = asyncio.ensure_future(watch())
+        exited = asyncio.ensure_future(proc.wait())  # done once it exited and its pipes closed
+        try:
+            try:
+                await asyncio.wait_for(asyncio.shield(exited), timeout=limits.wall_s)
+            except TimeoutError:
+                stop(f"the code was killed after {limits.wall_s:g} s of wall time (the limit)")
+            for _ in range(100):  # killed: the pid namespace goes with bwrap; make sure of it
+                try:
+                    await asyncio.wait_for(asyncio.shield(exited), timeout=0.2)
+                    break
+                except TimeoutError:
+                    _killpg(proc.pid)
+                    if ns:
+                        await asyncio.to_thread(_kill_ns, ns[0])
+        except BaseException:  # cancelled: the sandbox must not outlive the call
+            _killpg(proc.pid)
+            raise
+        finally:
+            exited.cancel()
+            watcher.cancel()
+            if ns:
+                await asyncio.to_thread(_kill_ns, ns[0])
+            _done, pending = await asyncio.wait([*tasks, watcher], timeout=5)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*tasks, watcher, return_exceptions=True)
+            res_pipe.close()
+            info_pipe.close()
+        envelope_raw = _outcome(result_task) or b""
+        info = _outcome(info_task) or {}
+        if not info and not stopped and not envelope_raw:
+            detail = bytes(err).decode("utf-8", "replace").strip()
+            raise RuntimeError(f"the sandbox could not start: {detail or f'exit status {proc.returncode}'}")
+        if not stopped:  # a last look at the folder, for growth between two ticks
+            size, entries = await asyncio.to_thread(_folder_usage, workdir, limits.max_files)
+            if size > max(files_bytes, size0) or entries > max(limits.max_files, entries0):
+                stopped.append(f"the working folder grew past {limits.files_mb} MB or {limits.max_files} files; "
+                               "delete files you no longer need")
+        result = SandboxResult(stdout=bytes(out).decode("utf-8", "replace"),
+                               stderr=bytes(err).decode("utf-8", "replace"),
+                               exit_code=proc.returncode, duration_s=time.monotonic() - started,
+                               user=user.name if user else None)
+        _classify(result, _envelope(envelope_raw), stopped, proc.returncode, limits)
+        return result
+
+
+def _command(setup: _Setup, user: _User | None, workdir: str, info_fd: int, files_bytes: int,
+             inner: list[str]) -> list[str]:
+    work_src = str(_state_dir() / "work") if user is not None else workdir
+    bw = [setup.bwrap, "--unshare-all", "--unshare-user"]
+    if "--disable-userns" in setup.features:
+        bw.append("--disable-userns")
+    bw += ["--die-with-parent", "--new-session", "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
+    for d in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(d):
+            bw += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            bw += ["--ro-bind", d, d]
+    for extra in setup.extra_ro:
+        bw += ["--ro-bind", extra, extra]
+    bw += ["--proc", "/proc", "--dev", "/dev"]
+    if "--size" in setup.features:
+        bw += ["--size", str(files_bytes)]
+    bw += ["--tmpfs", "/tmp", "--bind", work_src, WORK, "--remount-ro", "/", "--chdir", WORK, "--clearenv"]
+    for key, value in _SANDBOX_ENV.items():
+        bw += ["--setenv", key, value]
+    bw += ["--info-fd", str(info_fd), "--", *inner]
+    if user is None:
+        return bw
+    script = ('src=$1 dst=$2 mount=$3 setpriv=$4 uid=$5 gid=$6; shift 6; '
+              '"$mount" --bind "$src" "$dst" || exit 125; '
+              'exec "$setpriv" --reuid="$uid" --regid="$gid" --clear-groups --inh-caps=-all -- "$@"')
+    return [setup.unshare, "--mount", "--propagation", "private", "--", setup.sh, "-c", script, "tether-sandbox",
+            workdir, work_src, setup.mount, setup.setpriv, str(user.uid), str(user.gid), *bw]
+
+
+def _outcome(task: asyncio.Future[T]) -> T | None:
+    if task.cancelled() or task.exception() is not None:
+        return None
+    return task.result()
+
+
+def _envelope(raw: bytes) -> dict[str, object] | None:
+    for line in reversed(raw.decode("utf-8", "replace").splitlines()):
+        with contextlib.suppress(ValueError):
+            data = json.loads(line)
+            if isinstance(data, dict):
+                return data
+    return None
+
+
+def _classify(result: SandboxResult, env: dict[str, object] | None, stopped: list[str], code: int | None,
+              limits: SandboxLimits) -> None:
+    """Fill value / error / limit from the parent's observations first, the envelope second."""
+    error = env.get("error") if env else None
+    if isinstance(error, dict):
+        result.error = str(error.get("text") or error.get("type") or "error")
+    if env and isinstance(env.get("value"), str):
+        result.value = str(env["value"])
+    if stopped:
+        result.limit = stopped[0]
+        return
+    if isinstance(error, dict):
+        if error.get("type") == "MemoryError":
+            result.limit = f"the code ran out of memory (limit {limits.memory_mb} MB)"
+        elif error.get("errno") == errno.EFBIG:
+            result.limit = f"a file grew past the file size limit ({limits.files_mb} MB)"
+        elif (error.get("errno") == errno.EAGAIN and error.get("type") == "BlockingIOError") or (
+                error.get("type") == "RuntimeError" and "can't start new thread" in str(error.get("text"))):
+            result.limit = f"the code could not start another process or thread (limit {limits.processes})"
+        return
+    if env is not None and "exit" in env:
+        status = env["exit"]
+        if status not in (None, 0):
+            result.error = f"the code called sys.exit({status!r})"
+        return
+    if env is not None and code == 0:
+        return
+    sig = code - 128 if code is not None and code > 128 else None
+    if sig == signal.SIGXCPU or sig == signal.SIGKILL:
+        result.limit = (f"the code used more than {limits.cpu_s:g} s of CPU time (the limit) and was stopped"
+                        if sig == signal.SIGXCPU else
+                        f"the code was killed (it ran past the {limits.cpu_s:g} s CPU time limit or out of memory)")
+    elif sig == signal.SIGSEGV:
+        result.limit = ("the Python process crashed (segmentation fault), most likely from too deep recursion; "
+                        "do not raise sys.setrecursionlimit, use a loop instead")
+    elif sig == signal.SIGABRT:
+        result.limit = f"the Python process aborted, most likely out of memory (limit {limits.memory_mb} MB)"
+    elif sig == signal.SIGXFSZ:
+        result.limit = f"a file grew past the file size limit ({limits.files_mb} MB)"
+    elif sig is not None:
+        result.limit = f"the Python process was killed by signal {signal.Signals(sig).name}"
+    elif env is None and code not in (0, None):
+        result.error = f"the Python process exited with status {code} before the code finished"
+
+
+# -- is it safe here? --------------------------------------------------------------------------------
+
+
+def isolation_available(interpreter: str | None = None) -> str | None:
+    """None when the subprocess sandbox really isolates here, else why not (a sentence).
+
+    Checks bubblewrap, user namespaces and the interpreter, then starts one tiny sandbox (as
+    the sandbox user when root) and caches the answer for the process. `TETHER_SANDBOX_FORCE_UNAVAILABLE=1`
+    forces a refusal (for tests).
+    """
+    forced = forced_unavailable()
+    if forced:
+        return forced
+    return _probe(_interpreter(interpreter), os.geteuid())
+
+
+_PROBED: set[tuple[str, int]] = set()  # (interpreter, euid) that worked; failures are checked again
+
+
+def _probe(interpreter: str, euid: int) -> str | None:
+    if (interpreter, euid) in _PROBED:
+        return None
+    reason = _probe_once(interpreter)
+    if reason is None:
+        _PROBED.add((interpreter, euid))
+    return reason
+
+
+def _probe_once(interpreter: str) -> str | None:
+    setup = _setup(interpreter)
+    if isinstance(setup, str):
+        return setup
+    try:
+        with tempfile.TemporaryDirectory(prefix="tether-sandbox-probe-") as tmp:
+            if setup.as_root:
+                with _lease_user_blocking(setup) as user:
+                    os.chown(tmp, user.uid, user.gid)
+                    return _probe_run(setup, user, tmp)
+            return _probe_run(setup, None, tmp)
+    except Exception as e:
+        return f"the sandbox could not be prepared: {e}"
+
+
+def _probe_run(setup: _Setup, user: _User | None, workdir: str) -> str | None:
+    info_r, info_w = os.pipe()
+    inner = [setup.interpreter, "-I", "-c", f"print({_PROBE_OK!r})"]
+    try:
+        out = subprocess.run(_command(setup, user, workdir, info_w, 1024 * 1024, inner), capture_output=True,
+                             text=True, timeout=30, env=_HOST_ENV, pass_fds=(info_w,), stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"bubblewrap could not be started: {e}"
+    finally:
+        os.close(info_r)
+        os.close(info_w)
+    if out.returncode == 0 and out.stdout.strip() == _PROBE_OK:
+        return None
+    detail = (out.stderr.strip() or out.stdout.strip() or f"exit status {out.returncode}")[-500:]
+    who = f" as the unprivileged user {user.name}" if user else ""
+    if "Permission denied" in detail and "exec" in detail:
+        return f"the sandbox cannot run {setup.interpreter}{who} (is it readable by that user?): {detail}"
+    return f"bubblewrap cannot create a sandbox here{who} (are user namespaces allowed?): {detail}"

@@ -1,0 +1,430 @@
+"""The `python` tool: attacks are blocked or bounded with a clear tool error, the host and other runs
+are unaffected, normal use works, the Monty backend works within its limits, and without real
+isolation the tool refuses to run anything.
+
+The subprocess-backend tests need bubblewrap and user namespaces (`scripts/setup-system.sh`
+installs bubblewrap). Where isolation is not available they are skipped with the reason on a
+developer machine, and fail under CI (`CI=true`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tether.adapters.models.scripted import ScriptedModel, call_tool, reply
+from tether.adapters.store.memory import MemoryStore
+from tether.adapters.tools.builtins import builtin
+from tether.adapters.tools.sandbox import (
+    FORCE_UNAVAILABLE_ENV,
+    PythonTool,
+    SandboxLimits,
+    SubprocessBackend,
+    isolation_available,
+    python_tool,
+)
+from tether.domain.models import ModelRequest
+from tether.domain.tools import ToolContext, ToolError
+from tether.services.agents import Agent
+from tether.services.runs import RunsService
+
+pytestmark = pytest.mark.anyio
+
+REPO = Path(__file__).resolve().parents[1]
+ROOT = os.geteuid() == 0
+# Small limits keep the attack suite fast; the defaults are checked separately.
+FAST = {"cpu_s": 1, "wall_s": 3, "files_mb": 8, "max_files": 300}
+
+
+def require_isolation() -> None:
+    reason = isolation_available()
+    if reason:
+        message = (f"the python sandbox is not available here: {reason}. Install bubblewrap "
+                   "(scripts/setup-system.sh) and allow user namespaces to run these tests")
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TETHER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(FORCE_UNAVAILABLE_ENV, raising=False)
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def py(home: Path) -> PythonTool:
+    require_isolation()
+    return python_tool(**FAST)
+
+
+@pytest.fixture
+def monty(home: Path) -> PythonTool:
+    return python_tool("monty", **FAST)
+
+
+async def run(tool: PythonTool, code: str, run_id: str = "run-1", call_id: str = "call-1") -> str:
+    return await tool.call(tool.validate({"code": code}), ToolContext(run_id, call_id, 1))
+
+
+async def fails(tool: PythonTool, code: str, run_id: str = "run-1") -> str:
+    with pytest.raises(ToolError) as info:
+        await run(tool, code, run_id)
+    return str(info.value)
+
+
+async def assert_host_fine(tool: PythonTool) -> None:
+    """The test process can still start processes, and a new sandbox still works."""
+    assert subprocess.run(["true"], timeout=10).returncode == 0
+    assert await run(tool, "print('still here')", run_id="health-check") == "stdout:\nstill here"
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# -- normal use ------------------------------------------------------------------------------------
+
+
+async def test_prints_and_the_value_of_the_last_expression(py: PythonTool):
+    assert await run(py, "print('hi')\n1 + 2") == "stdout:\nhi\n\nvalue:\n3"
+    assert await run(py, "x = 1") == "(the code ran; it printed nothing and its last line has no value)"
+    assert await run(py, "import sys\nprint('oops', file=sys.stderr)\nNone") == "stderr:\noops"
+    assert await run(py, "[n * n for n in range(4)]") == "value:\n[0, 1, 4, 9]"
+
+
+async def test_the_standard_library_works(py: PythonTool):
+    code = ("import json, math, statistics, sqlite3, subprocess, hashlib\n"
+            "db = sqlite3.connect(':memory:')\n"
+            "db.execute('create table t (x)'); db.execute('insert into t values (2)')\n"
+            "out = subprocess.run(['echo', 'child'], capture_output=True, text=True).stdout.strip()\n"
+            "json.dumps([math.sqrt(16), statistics.mean([1, 2, 3]), db.execute('select x from t').fetchone()[0], out])")
+    assert await run(py, code) == "value:\n'[4.0, 2, 2, \"child\"]'"
+
+
+async def test_errors_come_back_as_a_tool_error_with_the_traceback_and_output(py: PythonTool):
+    message = await fails(py, "print('before')\n1 / 0")
+    assert message.startswith("the code raised an exception:\nTraceback")
+    assert 'File "<code>", line 2' in message and "ZeroDivisionError: division by zero" in message
+    assert "stdout:\nbefore" in message
+    assert "SyntaxError" in await fails(py, "def f(:")
+    assert await fails(py, "import sys; sys.exit(3)") == "the code called sys.exit(3)"
+    assert await run(py, "import sys; print('bye'); sys.exit(0)") == "stdout:\nbye"
+    assert "EOFError" in await fails(py, "input()")  # no standard input
+
+
+async def test_the_working_folder_persists_across_calls_of_a_run_and_only_that_run(py: PythonTool, home: Path):
+    assert await run(py, "import os\nopen('notes.txt', 'w').write('remember me')\nos.getcwd()") == "value:\n'/work'"
+    assert await run(py, "open('notes.txt').read()") == "value:\n'remember me'"
+    assert (home / "work" / "run-1" / "notes.txt").read_text() == "remember me"
+    # a module written in one call is importable in the next
+    await run(py, "open('helper.py', 'w').write('def twice(x):\\n    return 2 * x\\n')")
+    assert await run(py, "import helper\nhelper.twice(21)") == "value:\n42"
+    # variables do not survive: every call is a fresh interpreter
+    await run(py, "x = 5", run_id="run-2")
+    assert "NameError: name 'x' is not defined" in await fails(py, "x", run_id="run-2")
+    # another run has a folder of its own and cannot reach this one
+    assert "FileNotFoundError" in await fails(py, "open('notes.txt').read()", run_id="run-2")
+    assert "FileNotFoundError" in await fails(py, "open('../run-1/notes.txt').read()", run_id="run-2")
+    assert await run(py, "import os\nsorted(os.listdir('.'))", run_id="run-3") == "value:\n[]"
+
+
+async def test_calls_of_one_run_are_serialised_and_of_different_runs_concurrent(py: PythonTool):
+    code = ("import os, time\nopen('log', 'a').write('start ')\ntime.sleep(0.3)\nopen('log', 'a').write('end ')\n"
+            "os.getuid()")
+    started = time.monotonic()
+    same = await asyncio.gather(run(py, code, "same"), run(py, code, "same"))
+    assert await run(py, "open('log').read()", "same") == "value:\n'start end start end '"
+    assert time.monotonic() - started > 0.6
+    a, b = await asyncio.gather(py.run(code, "other-a"), py.run(code, "other-b"))
+    assert a.ok and b.ok
+    if ROOT:  # one unprivileged user per concurrent sandbox, so one run cannot starve another
+        assert a.user and b.user and a.user != b.user
+        assert a.user.startswith("tether-sbx-") and a.value != b.value and a.value != "0"
+    assert all(r.startswith("value:\n") for r in same)
+
+
+async def test_the_description_says_what_the_code_may_use(home: Path):
+    tool = builtin("python")
+    assert isinstance(tool, PythonTool) and tool.name == "python" and tool.backend.name == "subprocess"
+    assert tool.limits == SandboxLimits()
+    text = tool.description
+    for phrase in ("full standard library", "No network", "/work", "working folder", "forked run",
+                   "10 s of CPU time", "15 s of wall time", "256 MB of memory", "64 KB of printed output"):
+        assert phrase in text, phrase
+    assert tool.parameters["required"] == ["code"]
+    assert tool.policy.timeout_s is not None and tool.policy.timeout_s > tool.limits.wall_s
+    assert not tool.policy.idempotent
+    with pytest.raises(ToolError, match="'code' is required"):
+        tool.validate({})
+    with pytest.raises(ToolError, match="not a parameter"):
+        tool.validate({"code": "1", "timeout": 5})
+
+
+# -- the attack suite ------------------------------------------------------------------------------
+
+
+async def test_no_network(py: PythonTool):
+    with socket.socket() as server:  # a real listener on the host's loopback
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        code = ("import socket\nresults = []\n"
+                f"for target in [('127.0.0.1', {port}), ('1.1.1.1', 80), ('8.8.8.8', 53)]:\n"
+                "    try:\n        socket.create_connection(target, timeout=1)\n        results.append('connected')\n"
+                "    except OSError as e:\n        results.append(type(e).__name__)\n"
+                "try:\n    socket.getaddrinfo('example.com', 80)\n    results.append('resolved')\n"
+                "except OSError as e:\n    results.append(type(e).__name__)\nresults")
+        out = await run(py, code)
+    assert "connected" not in out and "resolved" not in out
+    assert "OSError" in out or "ConnectionRefusedError" in out or "gaierror" in out
+    message = await fails(py, "import urllib.request\nurllib.request.urlopen('http://example.com', timeout=2)")
+    assert "URLError" in message
+
+
+async def test_no_host_files_no_repository_no_other_runs(py: PythonTool, home: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    token = secrets.token_hex(16)
+    secret = tmp_path / "secret.txt"
+    secret.write_text(token)
+    (home / "work" / "someone-else").mkdir(parents=True)
+    (home / "work" / "someone-else" / "data.txt").write_text(token)
+    monkeypatch.setenv("TETHER_TEST_SECRET", token)  # the host's environment does not leak in either
+    attempts = {
+        "/etc/passwd": "open('/etc/passwd').read()",
+        "/etc/shadow": "open('/etc/shadow').read()",
+        "repository": f"open({str(REPO / 'pyproject.toml')!r}).read()",
+        "a host file": f"open({str(secret)!r}).read()",
+        "another run": "open('/work/../someone-else/data.txt').read()",
+        "via /proc": "open('/proc/1/root/etc/passwd').read()",
+        "__import__": f"__import__('builtins').open({str(secret)!r}).read()",
+        "__subclasses__": ("wrap = [c for c in object.__subclasses__() if c.__name__ == '_wrap_close'][0]\n"
+                           f"print(wrap.__init__.__globals__['popen']('cat {secret} 2>&1').read())"),
+        "a subprocess": f"import subprocess\nsubprocess.run(['cat', {str(secret)!r}], check=True)",
+        "the home folder": "import os\nos.listdir(os.path.expanduser('~root'))",
+    }
+    for what, code in attempts.items():
+        result = await py.run(code, "run-1")
+        text = result.render()
+        assert token not in text, what
+        assert "No such file" in text, (what, text)
+    listing = await run(py, "import os\nsorted(os.listdir('/'))")
+    assert listing == "value:\n['bin', 'dev', 'lib', 'lib64', 'proc', 'sbin', 'tmp', 'usr', 'work']" or (
+        "'etc'" not in listing and "'root'" not in listing and "'home'" not in listing)
+    assert token not in await run(py, "import os\ndict(os.environ)")
+    assert token not in await run(py, "import os\nprint(os.popen('env; ls -la /').read())")
+
+
+async def test_nothing_is_written_outside_the_working_folder(py: PythonTool, home: Path):
+    marker = f"escape-{secrets.token_hex(4)}"
+    for code in (f"open('/usr/{marker}', 'w')", f"open('/{marker}', 'w')", f"open('/proc/{marker}', 'w')",
+                 f"import os\nos.symlink('/usr', 'link')\nopen('link/{marker}', 'w')"):
+        message = await fails(py, code)
+        assert "Read-only file system" in message or "Permission denied" in message or "No such file" in message
+    # /tmp and '..' are inside the sandbox: writable, and gone after the call
+    assert await run(py, f"open('/tmp/{marker}', 'w').write('x')") == "value:\n1"
+    assert "FileNotFoundError" in await fails(py, f"open('/tmp/{marker}').read()")
+    assert not Path(f"/tmp/{marker}").exists() and not Path(f"/usr/{marker}").exists()
+    assert not Path(f"/{marker}").exists() and not (home / "work" / marker).exists()
+    # the symlink made in the folder points into the sandbox's /usr, read-only from the host's view too
+    assert (home / "work" / "run-1" / "link").is_symlink()
+
+
+async def test_a_fork_bomb_is_stopped_and_does_not_starve_other_runs(py: PythonTool):
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    quiet = "import time\ntime.sleep(0.5)\nsum(range(10))"
+    results = await asyncio.gather(fails(py, bomb, "bomb"), run(py, quiet, "neighbour"), return_exceptions=True)
+    assert isinstance(results[0], str) and "too many processes or threads (limit 32)" in results[0], results[0]
+    assert results[1] == "value:\n45"  # the other run ran at the same time, unaffected
+    await assert_host_fine(py)
+
+
+async def test_threads_count_towards_the_process_limit(py: PythonTool):
+    message = await fails(py, "import threading, time\nfor _ in range(100):\n"
+                              "    threading.Thread(target=time.sleep, args=(0.5,), daemon=True).start()")
+    assert "limit 32" in message
+
+
+async def test_a_memory_bomb_is_stopped_and_the_host_is_unaffected(py: PythonTool):
+    before = rss_mb()
+    message = await fails(py, "x = bytearray(10 ** 10)")
+    assert message.startswith("the code ran out of memory (limit 256 MB)") and "MemoryError" in message
+    message = await fails(py, "x = []\nwhile True:\n    x.append(bytearray(10 ** 6))")
+    assert message.startswith("the code ran out of memory (limit 256 MB)")
+    # many processes, each under its own limit, together over it: the parent's watch stops them
+    message = await fails(py, "import os, time\nfor _ in range(8):\n    if os.fork() == 0:\n"
+                              "        x = bytearray(200 * 2 ** 20)\n        time.sleep(5)\n        os._exit(0)\n"
+                              "time.sleep(5)")
+    assert message.startswith("the code ran out of memory (limit 256 MB for all its processes together)")
+    assert rss_mb() - before < 50
+    await assert_host_fine(py)
+
+
+async def test_an_infinite_loop_hits_the_cpu_limit(py: PythonTool):
+    started = time.monotonic()
+    assert await fails(py, "while True:\n    pass") == \
+        "the code used more than 1 s of CPU time (the limit) and was stopped"
+    assert time.monotonic() - started < 2.5
+
+
+async def test_sleeping_forever_hits_the_wall_time_limit(py: PythonTool):
+    started = time.monotonic()
+    message = await fails(py, "import time\nprint('going to sleep')\ntime.sleep(3600)")
+    assert message == "the code was killed after 3 s of wall time (the limit)\n\nstdout:\ngoing to sleep"
+    assert time.monotonic() - started < 4.5
+
+
+async def test_deep_recursion_is_bounded(py: PythonTool):
+    message = await fails(py, "def f(n):\n    return f(n + 1)\nf(0)")
+    assert "RecursionError: maximum recursion depth exceeded" in message
+    message = await fails(py, "import sys\nsys.setrecursionlimit(10 ** 8)\ndef f(n):\n    return f(n + 1)\nf(0)")
+    assert any(s in message for s in ("CPU time", "out of memory", "crashed", "MemoryError", "RecursionError"))
+    await assert_host_fine(py)
+
+
+async def test_gigantic_output_is_cut_and_stops_the_code(py: PythonTool):
+    for code in ("while True:\n    print('x' * 1000)", "import os\nos.system('yes')",
+                 "import sys\nwhile True:\n    sys.stderr.write('e' * 10000)"):
+        started = time.monotonic()
+        message = await fails(py, code)
+        assert message.startswith("output truncated at 64 KB: the code printed more than that")
+        assert len(message) < 64 * 1024 + 1000
+        assert time.monotonic() - started < 2.5  # stopped at once, not at the wall time limit
+    value = await run(py, "'x' * 10 ** 6")
+    assert value.endswith(f"... ({10 ** 6 + 2 - 64 * 1024} more characters)") and len(value) < 70_000
+
+
+async def test_files_are_bounded(py: PythonTool, home: Path):
+    message = await fails(py, "open('big.bin', 'wb').write(b'x' * (9 * 2 ** 20))")
+    assert message.startswith("a file grew past the file size limit (8 MB)")
+    message = await fails(py, "for i in range(400):\n    open(f'f{i}', 'w').close()")
+    assert "the working folder grew past 8 MB or 300 files" in message
+    # the folder can be cleaned up again, though it is over the limit now
+    assert await run(py, "import os\nfor f in os.listdir('.'):\n    os.remove(f)\nlen(os.listdir('.'))") == \
+        "value:\n0"
+
+
+async def test_background_processes_die_with_the_call(py: PythonTool, home: Path):
+    code = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+            "        while True:\n            open('/work/alive', 'a').write('.')\n            time.sleep(0.05)\n"
+            "    os._exit(0)\ntime.sleep(0.3)\nprint('main done')")
+    assert await run(py, code) == "stdout:\nmain done"
+    alive = home / "work" / "run-1" / "alive"
+    size = alive.stat().st_size
+    await asyncio.sleep(0.4)
+    assert alive.stat().st_size == size
+
+
+async def test_the_sandbox_cannot_signal_the_host_or_nest_namespaces(py: PythonTool):
+    out = await run(py, "import os, signal\nos.kill(1, signal.SIGKILL)\n"
+                        "print(os.getppid(), sorted(p for p in os.listdir('/proc') if p.isdigit())[:3])")
+    assert out.startswith("stdout:\n1 ['1', '2'")  # its own pid namespace: pid 1 is the sandbox's init
+    message = await run(py, "import subprocess\nsubprocess.run(['unshare', '--user', 'true']).returncode")
+    assert message.endswith("value:\n1")
+    await assert_host_fine(py)
+
+
+async def test_a_cancelled_call_kills_its_sandbox(py: PythonTool, home: Path):
+    task = asyncio.ensure_future(run(py, "import time\nwhile True:\n    open('/work/tick', 'a').write('.')\n"
+                                          "    time.sleep(0.05)", run_id="cancelled"))
+    tick = home / "work" / "cancelled" / "tick"
+    for _ in range(100):
+        if tick.exists():
+            break
+        await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    size = tick.stat().st_size
+    await asyncio.sleep(0.3)
+    assert tick.stat().st_size == size
+
+
+# -- isolation unavailable ----------------------------------------------------------------------------
+
+
+async def test_without_isolation_the_tool_refuses_and_runs_nothing(home: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv(FORCE_UNAVAILABLE_ENV, "1")
+    assert isolation_available() == f"isolation is switched off by {FORCE_UNAVAILABLE_ENV}=1"
+    for tool in (python_tool(), python_tool("monty")):
+        message = await fails(tool, "open('ran.txt', 'w').write('ran')")
+        assert message.startswith("the python tool cannot run code here: isolation is switched off by")
+        assert "never runs without a sandbox" in message
+        assert not (home / "work" / "run-1" / "ran.txt").exists()
+
+
+async def test_an_interpreter_the_sandbox_cannot_use_means_a_refusal(home: Path):
+    missing = PythonTool(SubprocessBackend(interpreter="/nonexistent/python3"))
+    assert missing.backend.unavailable() is not None
+    message = await fails(missing, "print(1)")
+    assert "there is no Python interpreter at /nonexistent/python3" in message
+    if ROOT and not os.path.realpath(sys.executable).startswith("/usr/"):
+        require_isolation()  # bubblewrap works; only the interpreter is out of the sandbox user's reach
+        private = PythonTool(SubprocessBackend(interpreter=sys.executable))  # e.g. under /root/.pyenv
+        message = await fails(private, "print(1)")
+        assert message.startswith("the python tool cannot run code here:") and "the code was not run" in message.lower()
+
+
+# -- the Monty backend -----------------------------------------------------------------------------------
+
+
+async def test_monty_basics_and_its_working_folder(monty: PythonTool, home: Path):
+    assert monty.backend.name == "monty" and "subset of Python" in monty.description
+    assert await run(monty, "print('hi')\n1 + 2") == "stdout:\nhi\n\nvalue:\n3"
+    assert await run(monty, "import json, math\njson.dumps({'r': math.sqrt(16)})") == "value:\n'{\"r\": 4.0}'"
+    assert await run(monty, "open('notes.txt', 'w').write('kept')") == "value:\n4"
+    assert await run(monty, "open('notes.txt').read()") == "value:\n'kept'"
+    assert (home / "work" / "run-1" / "notes.txt").read_text() == "kept"
+    assert "FileNotFoundError" in await fails(monty, "open('notes.txt').read()", run_id="run-2")
+    await run(monty, "x = 1", run_id="run-3")
+    assert "NameError" in await fails(monty, "x", run_id="run-3")
+    assert "ZeroDivisionError" in await fails(monty, "1 / 0")
+
+
+async def test_monty_blocks_and_bounds(monty: PythonTool):
+    assert "PermissionError" in await fails(monty, "open('/etc/passwd').read()")
+    assert "ModuleNotFoundError" in await fails(monty, "import socket")
+    assert "ModuleNotFoundError" in await fails(monty, "import subprocess")
+    assert "NameError" in await fails(monty, "__import__('os')")
+    assert "AttributeError" in await fails(monty, "().__class__.__subclasses__()")
+    assert (await fails(monty, "x = 'a' * 10 ** 9")).startswith("the code ran out of memory (limit 256 MB)")
+    started = time.monotonic()
+    assert (await fails(monty, "while True:\n    pass")).startswith(
+        "the code ran past the 1 s execution time limit and was stopped")
+    assert time.monotonic() - started < 3
+    message = await fails(monty, "for _ in range(1000):\n    print('x' * 1000)")
+    assert message.startswith("output truncated at 64 KB") and len(message) < 70_000
+    assert "RecursionError" in await fails(monty, "def f(n):\n    return f(n + 1)\nf(0)")
+    assert (await fails(monty, "open('big', 'w').write('x' * (9 * 2 ** 20))")).startswith(
+        "the code wrote more than 8 MB to files")
+
+
+# -- end to end ----------------------------------------------------------------------------------------------
+
+
+async def test_an_agent_runs_python_and_answers_with_the_result(home: Path):
+    require_isolation()
+
+    def script(request: ModelRequest):
+        results = [m.text for m in request.messages if m.role == "tool"]
+        if not results:
+            return call_tool("python", {"code": "import math\nprint('computing')\nmath.factorial(10)"})
+        return reply(f"The tool said: {results[-1]}")
+
+    agent = Agent("coder", ScriptedModel(script), tools=["python"])
+    result = await RunsService(MemoryStore()).start(agent, "What is 10 factorial?")
+    assert result.status == "completed"
+    assert result.output == "The tool said: stdout:\ncomputing\n\nvalue:\n3628800"
+    assert [s.type for s in result.steps] == ["model", "tool", "model"]
