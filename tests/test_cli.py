@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import subprocess
-import sys
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 
@@ -29,22 +26,6 @@ def roses_price() -> tuple[str, str]:
         row = next(r for r in csv.DictReader(f) if r["flower"] == "roses")
     price = row["market_price_usd_per_stem"]
     return price, str((Decimal(price) * Decimal("1.15")).quantize(Decimal("0.01"), rounding=ROUND_CEILING))
-
-
-@pytest.fixture
-def cli(tmp_path):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("COLUMNS", "FORCE_COLOR", "TETHER_DATABASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL")}
-    env["TETHER_HOME"] = str(tmp_path / "home")
-    env["NO_COLOR"] = "1"
-
-    def run(*args: str, cwd: Path | None = None, extra_env: dict[str, str] | None = None):
-        proc = subprocess.run([sys.executable, "-m", "tether.interfaces.cli.app", *args], capture_output=True,
-                              text=True, env={**env, **(extra_env or {})}, cwd=cwd or tmp_path, timeout=120)
-        proc.all = proc.stdout + proc.stderr  # type: ignore[attr-defined]
-        return proc
-
-    return run
 
 
 def run_id_in(text: str) -> str:

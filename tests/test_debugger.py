@@ -9,9 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
-import subprocess
 import sys
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
@@ -39,23 +37,6 @@ def roses() -> str:
 
 def cents(value: Decimal) -> str:
     return str(value.quantize(Decimal("0.01"), rounding=ROUND_CEILING))
-
-
-@pytest.fixture
-def cli(tmp_path):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("COLUMNS", "FORCE_COLOR", "TETHER_DATABASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL")}
-    env["TETHER_HOME"] = str(tmp_path / "home")
-    env["NO_COLOR"] = "1"
-
-    def run(*args: str, stdin: str = ""):
-        proc = subprocess.run([sys.executable, "-m", "tether.interfaces.cli.app", *args], input=stdin,
-                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
-        proc.all = proc.stdout + proc.stderr  # type: ignore[attr-defined]
-        assert "Traceback" not in proc.all, proc.all
-        return proc
-
-    return run
 
 
 def answer_of(cmd: str, out: str) -> str:
