@@ -10,6 +10,7 @@ Token usage is estimated (about 4 characters a token) so the demo shows plausibl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
@@ -68,6 +69,12 @@ def florist(request: ModelRequest) -> ModelResponse:
     match = _NUMBER.search(calc)
     if match is None:
         return _answer(request, f"{quoted} I could not read the calculator's result: {calc!r}")
+    # Quote the expression the calculator really got: a debugger edit may have changed it.
+    for m in request.messages:
+        for c in m.tool_calls:
+            if c.name == "calculator":
+                with contextlib.suppress(ValueError, AttributeError):
+                    expression = json.loads(c.arguments).get("expression", expression)
     exact = Decimal(match.group())
     cents = exact.quantize(Decimal("0.01"), rounding=ROUND_CEILING)
     how = f"calculator: {expression} = {calc}"
