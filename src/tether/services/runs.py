@@ -119,7 +119,7 @@ class RunsService:
         state = RunState(run_id)
         state.apply(first)
         _emit(on_event, Event(run_id, "record", first))
-        return await self._drive(state, [first], agent, on_event)
+        return await self._drive(state, [first], agent, on_event, fresh=True)
 
     async def continue_thread(self, thread_id: str, task: str | Sequence[Message], *,
                               agent: Agent | None = None, **options: Any) -> RunView:
@@ -144,16 +144,16 @@ class RunsService:
         return fold(latest.id, await self.store.load(latest.id)).messages
 
     async def _drive(self, state: RunState, records: list[Record], agent: Agent,
-                     on_event: Callable[[Event], None] | None = None) -> RunView:
+                     on_event: Callable[[Event], None] | None = None, *, fresh: bool = False) -> RunView:
         """Advance a leased run until it pauses or finishes, then give the lease back.
 
         `records` is the run's log so far; the executor extends it, so the view that comes back
         needs no re-read of the store.
         """
         executor = Executor(store=self.store, model=agent.model, tools=agent.tools, on_event=on_event,
-                            log=records, breakpoints=await self._breakpoints_of(state))
+                            log=records, breakpoints=await self._breakpoints_of(state, fresh=fresh))
         self._active[state.run_id] = executor
-        heartbeat = asyncio.create_task(self._heartbeat(state.run_id))
+        heartbeat = asyncio.create_task(self._heartbeat(state.run_id, executor.breakpoints))
         try:
             await executor.advance(state)
         finally:
@@ -165,17 +165,17 @@ class RunsService:
                 await self.store.release_lease(state.run_id, self.owner)
         return _view(state, records)
 
-    async def _heartbeat(self, run_id: str) -> None:
+    async def _heartbeat(self, run_id: str, breakpoints: builtins.list[Breakpoint]) -> None:
         """Keep the lease, and pick up breakpoints another process set on this run meanwhile."""
-        seen = await self.store.get_breakpoints(run_id)
+        seen = [b.to_dict() for b in breakpoints]
         while True:
             await asyncio.sleep(self.lease_ttl_s / 3)
             await self.store.renew_lease(run_id, self.owner, self.lease_ttl_s)
             stored = await self.store.get_breakpoints(run_id)
             executor = self._active.get(run_id)
-            if stored != seen and stored is not None and executor is not None:
+            if stored is not None and stored != seen and executor is not None:
                 executor.breakpoints = [Breakpoint.from_dict(d) for d in stored]
-            seen = stored
+                seen = stored
 
     # -- look ------------------------------------------------------------------------------------
 
@@ -309,8 +309,9 @@ class RunsService:
 
     # -- the debugger: breakpoints, and answering a pause ----------------------------------------
 
-    async def _breakpoints_of(self, state: RunState) -> builtins.list[Breakpoint]:
-        stored = await self.store.get_breakpoints(state.run_id)
+    async def _breakpoints_of(self, state: RunState, *, fresh: bool = False) -> builtins.list[Breakpoint]:
+        """The agent's breakpoints as changed on this run (a run just created has no changes yet)."""
+        stored = None if fresh else await self.store.get_breakpoints(state.run_id)
         assert state.agent is not None
         return [Breakpoint.from_dict(d) for d in (state.agent.breakpoints if stored is None else stored)]
 
