@@ -144,3 +144,32 @@ def test_built_in_tools_take_options_in_agent_files(tmp_path):
         with pytest.raises(tether.ConfigError) as e:
             tether.load_agent_file(tmp_path / "bad.toml")
         assert message in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[policies.calculator]\nidempotent = "no"\n', "idempotent must be true or false"),
+        ('[policies.calculator]\nrequires_approval = "false"\n', "requires_approval must be true or false"),
+        ("[policies.calculator]\nmax_result_chars = -1\n", "max_result_chars must be a whole number of at least 1"),
+        ('[policies.calculator]\ntimeout_s = "ten"\n', "timeout_s must be a positive number"),
+        ("[policies.calculator]\nmax_concurrency = 0\n", "max_concurrency must be a whole number of at least 1"),
+        ("[limits]\nmax_steps = -3\n", "max_steps must be a whole number of at least 1"),
+        ('[limits]\nmax_tokens = "x"\n', "max_tokens must be a positive number"),
+        ("[limits]\nmax_steps = 2.5\n", "max_steps must be a whole number"),
+        ("[limits]\nmax_parallel_tools = 0\n", "max_parallel_tools must be a whole number of at least 1"),
+        ('[limits]\non_max_steps = "explode"\n', 'on_max_steps must be "pause", "finish" or "fail"'),
+        ("policies = 3\n", "`policies` must be a table"),
+        ("settings = 3\n", "`settings` must be a table"),
+        ("breakpoints = [5]\n", "breakpoint 1 must be a spec string or a table"),
+        ("instructions = 5\n", "`instructions` must be a string"),
+        ('output_schema = {type = "nonsense"}\n', "output_schema is not a valid JSON schema"),
+        ('[tool_options.python]\nwall_s = "x"\n', "bad options for the python tool"),
+    ],
+)
+def test_agent_file_values_of_the_wrong_type_are_refused_when_loaded(tmp_path, text, message):
+    path = tmp_path / "agent.toml"
+    path.write_text('model = "scripted:x:y"\ntools = ["calculator", "python"]\n' + text)
+    with pytest.raises(tether.ConfigError) as e:
+        tether.load_agent_file(path)
+    assert message in str(e.value) and str(path) in str(e.value)

@@ -433,3 +433,30 @@ async def test_a_run_continued_elsewhere_keeps_the_model_it_started_with(service
     fresh = RunsService(service.store)
     found = await fresh.agent_for(run.agent)
     assert found.model_ref == "scripted:other"
+
+
+async def test_a_fork_with_edited_messages_resumes_with_the_same_conversation(service):
+    script = Recorder(adder(1))
+    parent = await service.start(agent(script, ref="test_debug:shared_agent"), "go")
+    fork = await service.fork(parent.id, 3, {"messages": [{"role": "user", "content": "hi"}]})
+    from tether.domain.state import fold
+
+    resumed = fold(fork.id, fork.records)  # what another process folds from the log
+    assert [(m.role, m.text) for m in resumed.messages] == [(m.role, m.text) for m in fork.messages]
+    assert [m.text for m in script.requests[-2].messages] == ["hi"]  # the parent's tool result is gone
+
+
+async def test_failures_change_nothing(service, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    unreachable = Agent("dbg", "qwen2.5:7b", tools=[add], ref="test_debug:shared_agent")
+    run = await service.start(agent(adder(1), ref="test_debug:shared_agent"), "go", breakpoints=["before_tool"])
+    fresh = RunsService(service.store)
+    fresh.register(unreachable)  # this process only knows the agent with a model it cannot reach
+    runs_before = len(await service.list())
+    with pytest.raises(ConfigError):
+        await fresh.fork(run.id, 2, {"result": "5"})
+    assert len(await service.list()) == runs_before  # no half-made fork
+    with pytest.raises(ConfigError):
+        await fresh.add_breakpoint(run.id, "after_model")
+    assert [b.spec() for b in await service.breakpoints(run.id)] == ["before_tool"]

@@ -29,6 +29,22 @@ class Limits:
     max_parallel_tools: int = 8
     max_output_retries: int = 2  # corrections asked for when the answer fails `output_schema`
 
+    def __post_init__(self) -> None:
+        """Refuse nonsense up front: a bad limit must not reach a stored run."""
+        for name, least in (("max_steps", 1), ("max_parallel_tools", 1), ("max_output_retries", 0)):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= least):
+                raise ValueError(f"{name} must be a whole number of at least {least}, not {value!r}")
+        for name in ("max_tokens", "max_cost_usd", "max_wall_s"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int | float) and not isinstance(value, bool)
+                                          and value > 0):
+                raise ValueError(f"{name} must be a positive number (or left out), not {value!r}")
+        for budget in BUDGETS:
+            policy = getattr(self, f"on_{budget}")
+            if policy not in ("pause", "finish", "fail"):
+                raise ValueError(f'on_{budget} must be "pause", "finish" or "fail", not {policy!r}')
+
 
 @dataclass(slots=True)
 class ToolSpec:

@@ -171,6 +171,7 @@ class RunState:
     def _edit(self, stop: str | None, item_id: str, payload: dict[str, Any]) -> None:
         """Change what is pending; the run's history changes from here on."""
         if "messages" in payload:  # before_model: the conversation the next request sends
+            self.close_batch()  # the results it replaces must not join it afterwards
             self.messages = [message_from_dict(m) for m in payload["messages"]]
             self._rehash()
         elif "response" in payload:  # after_model: the response, before its tool calls run

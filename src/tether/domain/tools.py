@@ -23,10 +23,22 @@ class ToolPolicy:
     requires_approval: bool = False
 
     def __post_init__(self) -> None:
+        for flag in ("idempotent", "retryable", "requires_approval"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be true or false, not {getattr(self, flag)!r}")
+        if self.timeout_s is not None and not (_is_number(self.timeout_s) and self.timeout_s > 0):
+            raise ValueError(f"timeout_s must be a positive number of seconds (or None), not {self.timeout_s!r}")
+        for name, least in (("max_retries", 0), ("max_result_chars", 1)):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= least):
+                raise ValueError(f"{name} must be a whole number of at least {least}, not {value!r}")
+        if self.max_concurrency is not None and not (
+            isinstance(self.max_concurrency, int) and not isinstance(self.max_concurrency, bool)
+            and self.max_concurrency >= 1
+        ):
+            raise ValueError(f"max_concurrency must be a whole number of at least 1, not {self.max_concurrency!r}")
         if self.retryable and not self.idempotent:
             raise ValueError("a tool can be retryable only if it is idempotent (idempotent=True)")
-        if self.timeout_s is not None and self.timeout_s <= 0:
-            raise ValueError("timeout_s must be positive, or None for no timeout")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +61,7 @@ class ToolContext:
 
 class ToolError(Exception):
     """Raised by a tool (or the tool layer) for an error the model should see as the result."""
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.adapters.importing import import_attr
-from tether.domain.agents import BUDGETS, AgentSnapshot, Limits, ToolSpec
+from tether.domain.agents import AgentSnapshot, Limits, ToolSpec
 from tether.domain.breakpoints import Breakpoint, BreakpointError, parse_breakpoint
 from tether.domain.errors import ConfigError
 from tether.domain.protocols import Model, Tool
@@ -179,6 +179,13 @@ def load_agent_file(path: str | Path) -> Agent:
         raise ConfigError(f"{p}: unknown keys {sorted(unknown)}; an agent file has {sorted(AGENT_FILE_KEYS)}")
     if "model" not in data:
         raise ConfigError(f"{p}: no `model`; add e.g. model = \"openai:gpt-4o-mini\"")
+    for key, kind in (("name", str), ("model", str), ("instructions", str), ("settings", dict),
+                      ("policies", dict), ("tool_options", dict), ("mcp_servers", dict), ("output_schema", dict),
+                      ("limits", dict), ("breakpoints", list), ("tools", list)):
+        if key in data and not isinstance(data[key], kind):
+            raise ConfigError(f"{p}: `{key}` must be a {_TOML_KINDS[kind]}, not {data[key]!r}")
+    if "output_schema" in data:
+        _check_schema(p, data["output_schema"])
     tools = data.get("tools", [])
     if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
         raise ConfigError(f"{p}: `tools` must be a list of names, e.g. [\"calculator\", \"mytools:lookup\"]")
@@ -188,7 +195,10 @@ def load_agent_file(path: str | Path) -> Agent:
     unknown_options = set(options) - set(tools)
     if unknown_options:
         raise ConfigError(f"{p}: [tool_options] for {sorted(unknown_options)}, which are not in `tools`")
-    tools = [builtin_with(t, options[t]) if t in options else t for t in tools]
+    try:
+        tools = [builtin_with(t, options[t]) if t in options else t for t in tools]
+    except ConfigError as e:
+        raise ConfigError(f"{p}: [tool_options]: {e}") from None
     return Agent(
         name=str(data.get("name", p.stem)),
         model=str(data["model"]),
@@ -212,6 +222,8 @@ def _breakpoints(path: Path, entries: Any) -> list[Breakpoint]:
         raise ConfigError(f"{path}: breakpoints must be a list of specs or [[breakpoints]] tables")
     out = []
     for i, entry in enumerate(entries, 1):
+        if not isinstance(entry, str | dict):
+            raise ConfigError(f"{path}: breakpoint {i} must be a spec string or a table, not {entry!r}")
         spec, once = (entry, False) if isinstance(entry, str) else (entry.get("spec"), entry.get("once", False))
         if not isinstance(spec, str) or (isinstance(entry, dict) and set(entry) - {"spec", "once"}):
             raise ConfigError(f"{path}: breakpoint {i} needs `spec = \"STOP[:TOOL_GLOB] [if CONDITION]\"` "
@@ -221,6 +233,18 @@ def _breakpoints(path: Path, entries: Any) -> list[Breakpoint]:
         except BreakpointError as e:
             raise ConfigError(f"{path}: breakpoint {i}: {e}") from None
     return out
+
+
+_TOML_KINDS = {str: "string", dict: "table", list: "list"}
+
+
+def _check_schema(path: Path, schema: dict[str, Any]) -> None:
+    import jsonschema
+
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as e:
+        raise ConfigError(f"{path}: output_schema is not a valid JSON schema: {e.message}") from None
 
 
 def _mcp_servers(path: Path, tables: Any) -> list[Any]:
@@ -262,12 +286,10 @@ def _limits(path: Path, table: Any) -> Limits:
     names = {f.name for f in fields(Limits)}
     if not isinstance(table, dict) or set(table) - names:
         raise ConfigError(f"{path}: [limits] takes {sorted(names)}")
-    limits = Limits(**table)
-    for budget in BUDGETS:
-        policy = getattr(limits, f"on_{budget}")
-        if policy not in ("pause", "finish", "fail"):
-            raise ConfigError(f"{path}: limits.on_{budget} must be \"pause\", \"finish\" or \"fail\", not {policy!r}")
-    return limits
+    try:
+        return Limits(**table)
+    except ValueError as e:
+        raise ConfigError(f"{path}: [limits]: {e}") from None
 
 
 def builtin_with(name: str, options: dict[str, Any]) -> Tool:

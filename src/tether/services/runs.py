@@ -287,16 +287,21 @@ class RunsService:
 
     async def resume(self, run_id: str, *, on_event: Callable[[Event], None] | None = None) -> RunView:
         """Take over a run whose owner is gone (its lease expired) and advance it from its log."""
+        records = await self._records(run_id)
+        state = fold(run_id, records)
+        assert state.agent is not None
+        agent = await self.agent_for(state.agent)
+        _ = agent.model  # a bad agent or model fails here, before the lease is taken
         if not await self.store.acquire_lease(run_id, self.owner, self.lease_ttl_s):
             info = await self.store.get_run(run_id)
             raise TetherError(f"run {run_id} is leased by {info.lease_owner if info else '?'}; it can be "
                               "resumed once that lease expires")
-        records = await self.store.load(run_id)
+        records = await self.store.load(run_id)  # again, under the lease: the log may have grown
         state = fold(run_id, records)
         if state.status != "running":
             await self.store.release_lease(run_id, self.owner)
             return _view(state, records)
-        return await self._drive(state, records, await self.agent_for(state.agent), on_event)  # type: ignore[arg-type]
+        return await self._drive(state, records, agent, on_event)
 
     async def resume_expired(self) -> builtins.list[RunView]:
         out = []
@@ -338,8 +343,9 @@ class RunsService:
         bp = spec if isinstance(spec, Breakpoint) else parse_breakpoint(spec, id=f"bp_{n}", once=once)
         state = fold(run_id, await self._records(run_id))
         assert state.agent is not None
+        warnings = breakpoint_warnings(bp, (await self.agent_for(state.agent)).model)  # fails before writing
         await self._set_breakpoints(run_id, [*bps, bp])
-        return bp, breakpoint_warnings(bp, (await self.agent_for(state.agent)).model)
+        return bp, warnings
 
     async def remove_breakpoint(self, run_id: str, breakpoint_id: str) -> None:
         bps = await self._all_breakpoints(run_id)
@@ -398,6 +404,7 @@ class RunsService:
                               f"(or at {parent_state.last_step + 1} to go on from its end)")
         assert parent_state.agent is not None
         agent = await self.agent_for(parent_state.agent)
+        _ = agent.model  # a model that cannot be reached fails here, before the fork exists
         thread_id = new_id("thread") if parent_state.thread_id else None  # a fork of a thread's run: a new thread
         fork_id = new_id("run")
         records = reused_prefix(parent, step, fork_id, time.time(), thread_id)

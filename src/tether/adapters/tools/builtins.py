@@ -46,5 +46,5 @@ def builtin(name: str, options: dict[str, Any] | None = None) -> Any:
                           "For your own function use 'module:function'.") from None
     try:
         return factory(**(options or {}))
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ConfigError(f"bad options for the {name} tool: {e}") from None

@@ -178,17 +178,17 @@ def _live_run(start: Callable[[RunsService, Callable[[Any], None]], Awaitable[Ru
 DEBUGGABLE = frozenset({"breakpoint", "approval", "budget"})  # pauses the debugger opens on by itself
 
 
-def _check_breaks(specs: list[str] | None) -> list[str]:
-    """Parse `--break` specs before anything runs (a bad one is `error: …`, exit 2); warn about names
-    a condition uses that never have a value at its stop."""
-    from tether.domain.breakpoints import parse_breakpoint, unknown_paths
+def _check_breaks(specs: list[str] | None, agent: Agent) -> list[str]:
+    """Parse `--break` specs before anything runs (a bad one is `error: …`, exit 2); warn about
+    conditions that can never be true (a name with no value at its stop, an unknown cost)."""
+    from tether.domain.breakpoints import parse_breakpoint
+    from tether.services.runs import breakpoint_warnings
 
     out = []
     for i, spec in enumerate(specs or []):
         bp = parse_breakpoint(spec, id=f"bp_{i + 1}")
-        for path in unknown_paths(bp.condition, bp.stop) if bp.condition else []:
-            err_console.print(Text(f"warning: --break {spec!r}: {path} has no value at {bp.stop}, so this "
-                                   "condition is never true there", style="yellow"), soft_wrap=True)
+        for warning in breakpoint_warnings(bp, agent.model):
+            err_console.print(Text(f"warning: --break {spec!r}: {warning}", style="yellow"), soft_wrap=True)
         out.append(spec)
     return out
 
@@ -262,8 +262,8 @@ def run_cmd(
 
     Example: `tether run agent.toml "What do tulips cost?" --model openai:gpt-4o-mini --break after_tool`
     """
-    specs = _check_breaks(breaks)
     agent = _load_agent(agent_file, model)
+    specs = _check_breaks(breaks, agent)
     view = _live_run(lambda service, on_event: service.start(agent, task, breakpoints=specs, on_event=on_event),
                      quiet=as_json, show_pauses=no_debug)
     if as_json:
@@ -295,7 +295,7 @@ def demo_cmd(
     """
     import tether.examples.florist as florist
 
-    specs = _check_breaks(breaks)
+    specs = _check_breaks(breaks, _load_agent(florist.AGENT_FILE, None))
     agent_file = florist.AGENT_FILE
     question = task or florist.TASK
     console.print(Text("Tether demo: the florist agent", style="bold"))
