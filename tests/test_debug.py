@@ -460,3 +460,13 @@ async def test_failures_change_nothing(service, monkeypatch):
     with pytest.raises(ConfigError):
         await fresh.add_breakpoint(run.id, "after_model")
     assert [b.spec() for b in await service.breakpoints(run.id)] == ["before_tool"]
+
+
+async def test_message_edits_are_checked(service):
+    run = await service.start(agent(adder(1)), "go", breakpoints=["before_model if step == 1"])
+    for bad in ([], [{"role": "bogus", "content": "x"}], "not a list"):
+        with pytest.raises(TetherError, match="message"):
+            await service.answer(run.id, {run.pending[0].id: ("edit", bad)})
+        with pytest.raises(TetherError, match="message"):
+            await service.fork(run.id, 1, {"messages": bad})
+    assert (await service.get(run.id)).status == "paused"

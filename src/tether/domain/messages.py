@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
+ROLES: tuple[str, ...] = ("system", "developer", "user", "assistant", "tool")
 
 
 @dataclass(slots=True)
@@ -88,6 +89,8 @@ def message_to_dict(m: Message) -> dict[str, Any]:
 
 def message_from_dict(d: dict[str, Any]) -> Message:
     """The inverse of `message_to_dict`; `content` may also be a plain string."""
+    if not isinstance(d, dict) or d.get("role") not in ROLES:
+        raise ValueError(f"a message is an object with a role ({', '.join(ROLES)}) and content, not {d!r}")
     content = d.get("content") or []
     parts: list[ContentPart] = [TextPart(content)] if isinstance(content, str) else [
         _part_from_dict(p) for p in content

@@ -272,7 +272,7 @@ class RunsService:
             return await self.decide(run_id, view.pause_id, {i.id: ("abort", None) for i in view.pending}, by=by)
         if not await self.store.acquire_lease(run_id, self.owner, self.lease_ttl_s):
             raise TetherError(f"run {run_id} is being advanced by {info.lease_owner}; cancel it there, or "
-                              "wait for its lease to expire")
+                              f"wait for its lease to expire{_lease_left(info)}")
         state = fold(run_id, await self.store.load(run_id))
         return await self._abort(state, await self.agent_for(state.agent), f"cancelled by {by}")  # type: ignore[arg-type]
 
@@ -295,7 +295,7 @@ class RunsService:
         if not await self.store.acquire_lease(run_id, self.owner, self.lease_ttl_s):
             info = await self.store.get_run(run_id)
             raise TetherError(f"run {run_id} is leased by {info.lease_owner if info else '?'}; it can be "
-                              "resumed once that lease expires")
+                              f"resumed once that lease expires{_lease_left(info)}")
         records = await self.store.load(run_id)  # again, under the lease: the log may have grown
         state = fold(run_id, records)
         if state.status != "running":
@@ -529,7 +529,7 @@ def _fork_edit(state: RunState, step: int, edits: dict[str, Any]) -> Any:
         if "arguments" in edits:
             return Decision("fork", call.call.id, "edit", {"arguments": _json_object(edits["arguments"])}, "fork")
     elif "messages" in edits:
-        _ = [message_from_dict(m) for m in edits["messages"]]  # fail now on a bad message, not in the fold
+        _check_messages(edits["messages"])  # fail now on a bad message, not in the fold
         return Decision("fork", f"before_model:{step}", "edit", {"messages": edits["messages"]}, "fork")
     where = "a tool step: give arguments or result" if call is not None else "a model step: give messages"
     raise TetherError(f"step {step} is {where} (got {sorted(edits)})")
@@ -553,12 +553,7 @@ def edit_payload(item: PendingItem, new: Any, view: RunView) -> dict[str, Any]:
     stop = item.stop
     if stop == "before_model":
         msgs = new.get("messages", new) if isinstance(new, dict) else new
-        if not isinstance(msgs, list):
-            raise TetherError("at before_model, edit the messages: a JSON list of {role, content} objects")
-        try:
-            _ = [message_from_dict(m) for m in msgs]
-        except (KeyError, TypeError, ValueError) as e:
-            raise TetherError(f"a message is malformed ({e}); each is {{\"role\": ..., \"content\": ...}}") from None
+        _check_messages(msgs)
         return {"messages": msgs, "old": [message_to_dict(m) for m in view.messages]}
     if stop in ("before_tool",) or item.reason == "approval":
         return {"arguments": _json_object(new.get("arguments", new) if isinstance(new, dict) else new),
@@ -578,6 +573,22 @@ def edit_payload(item: PendingItem, new: Any, view: RunView) -> dict[str, Any]:
         return {"output": _as_text(new.get("output", new) if isinstance(new, dict) else new),
                 "old": view.messages[-1].text if view.messages else None}
     raise TetherError(f"there is nothing to edit at {stop or item.reason}")
+
+
+def _lease_left(info: RunInfo | None) -> str:
+    if info is None or info.lease_expires is None:
+        return ""
+    return f" (in {max(0.0, info.lease_expires - time.time()):.0f} s, unless its owner renews it)"
+
+
+def _check_messages(msgs: Any) -> None:
+    if not isinstance(msgs, list) or not msgs:
+        raise TetherError("edit the messages as a non-empty JSON list of {\"role\": ..., \"content\": ...} objects")
+    try:
+        for m in msgs:
+            message_from_dict(m)
+    except (KeyError, TypeError, ValueError) as e:
+        raise TetherError(f"a message is malformed: {e}") from None
 
 
 def _as_text(value: Any) -> str:
