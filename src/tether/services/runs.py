@@ -247,8 +247,13 @@ class RunsService:
                                 **options: Any) -> RunView:
         """Answer an `uncertain` call: "rerun" it, "supply" its result, or "abort" the run."""
         view = await self.get(run_id)
-        if view.pause_id is None or call_id not in {i.id for i in view.pending}:
-            raise TetherError(f"run {run_id} has no uncertain call {call_id} pending")
+        item = next((i for i in view.pending if i.id == call_id), None)
+        if view.pause_id is None or item is None:
+            raise TetherError(f"run {run_id} has no uncertain call {call_id} pending (it is {view.status}); "
+                              "if you answered it already, it was already resumed")
+        if action in ("rerun", "supply") and item.reason not in ("uncertain", "client_tool"):
+            raise AlreadyResumed(f"run {run_id} was already resumed: call {call_id} now waits at {item.stop} "
+                                 f"({item.reason}), not for an answer about whether it ran")
         answers = {i.id: (action, result) if i.id == call_id else ("continue", None) for i in view.pending}
         return await self.decide(run_id, view.pause_id, answers, **options)
 
