@@ -566,3 +566,9 @@ def test_timing_sanity() -> None:
             fn()
         print(f"{name}: {(time.perf_counter() - start) / n * 1e6:.2f} µs")
     assert simple.evaluate(CTX) and mixed.evaluate(CTX) and bp.matches("before_tool", CTX)
+
+
+def test_a_condition_that_ends_too_early_is_reported_at_its_end():
+    with pytest.raises(BreakpointError) as e:
+        compile_condition("run.tokens >")
+    assert e.value.column == 13 and "ends too early" in str(e.value)

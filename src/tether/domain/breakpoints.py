@@ -524,6 +524,8 @@ def _compile(text: str) -> Condition:
         detail = exc.msg or "invalid syntax"
         if re.search(r"\bmatches\s*[\"'rR]", stripped):
             detail += "; write matches(text, regex), e.g. matches(args.path, r\"\\.env$\")"
+        if not exc.offset and detail == "invalid syntax":  # Python gives no position when the text ends too early
+            raise _condition_error(stripped, len(stripped) + 1, "the condition ends too early") from None
         column = compiler.column(exc.lineno or 1, 0) + max((exc.offset or 1) - 1, 0)
         raise _condition_error(stripped, min(column, len(stripped) + 1), detail) from None
     except (ValueError, RecursionError, MemoryError, OverflowError):
