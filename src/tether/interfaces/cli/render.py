@@ -107,6 +107,8 @@ class RunPrinter:
         self.show_answer = show_answer
         self.records: list[Record] = []
         self._printed: set[tuple[str | None, str, int]] = set()  # (call id, status, attempts) shown
+        self._paused_s = 0.0
+        self._paused_at: float | None = None
         self.run_id: str | None = None
         self.started_at: float | None = None
         self.finished: Finished | None = None
@@ -180,8 +182,12 @@ class RunPrinter:
             self._step(self._tool_step(p.call_id), r.ts)
             self._busy("waiting for the model…")
         elif isinstance(p, Paused):
+            self._paused_at = r.ts
             self._paused(p)
         elif isinstance(p, Decision):
+            if self._paused_at is not None:  # time waiting for an answer is not the run's time
+                self._paused_s += r.ts - self._paused_at
+                self._paused_at = None
             self._decision(p, r.ts)
         elif isinstance(p, Finished):
             self.finished = p
@@ -305,7 +311,9 @@ class RunPrinter:
     def _finished(self, f: Finished, ts: float) -> None:
         style = STATUS_STYLE.get(f.status, "")
         n = len(self._steps())
-        took = fmt_duration(ts - self.started_at) if self.started_at is not None else "—"
+        took = fmt_duration(ts - self.started_at - self._paused_s) if self.started_at is not None else "—"
+        if self._paused_s:
+            took += f" active, {fmt_duration(self._paused_s)} paused"
         line = Text.assemble(("■ ", style), (f.status, f"bold {style}"),
                              (f"  {n} step{'s' if n != 1 else ''} · {fmt_tokens(f.usage)} · cost "
                               f"{fmt_cost(f.cost_usd)} · {took}", "dim"))
