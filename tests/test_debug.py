@@ -470,3 +470,25 @@ async def test_message_edits_are_checked(service):
         with pytest.raises(TetherError, match="message"):
             await service.fork(run.id, 1, {"messages": bad})
     assert (await service.get(run.id)).status == "paused"
+
+
+async def test_cancel_a_run_another_process_is_advancing():
+    store = MemoryStore()
+    owner = RunsService(store, lease_ttl_s=0.3)  # heartbeat every 100 ms
+
+    @tool
+    async def slow() -> str:
+        """Take a while."""
+        await asyncio.sleep(0.4)
+        return "done"
+
+    ag = agent(lambda r: call_tool("slow"), tools=[slow], ref="test_debug:shared_agent")  # would loop for ever
+    task = asyncio.create_task(owner.start(ag, "go"))
+    await asyncio.sleep(0.1)
+    (run_id,) = owner._active
+    other = RunsService(store, lease_ttl_s=0.3)  # another process: it cannot take the lease
+    other.register(ag)
+    await other.cancel(run_id)  # returns within about a heartbeat and a second, cancelled or not yet
+    finished = await task  # the owner cancels at its next transition: after the slow call
+    assert finished.status == "cancelled" and "cancelled by api" in finished.error
+    assert [s.name for s in finished.steps if s.type == "tool"] == ["slow"]  # it did not go on calling

@@ -153,6 +153,8 @@ class RunsService:
         executor = Executor(store=self.store, model=agent.model, tools=agent.tools, on_event=on_event,
                             log=records, breakpoints=await self._breakpoints_of(state, fresh=fresh))
         self._active[state.run_id] = executor
+        if not fresh and (reason := await self.store.cancel_requested(state.run_id)) is not None:
+            executor.cancel(reason)  # asked while no one held it (its owner had died)
         heartbeat = asyncio.create_task(self._heartbeat(state.run_id, executor.breakpoints))
         try:
             await executor.advance(state)
@@ -176,6 +178,9 @@ class RunsService:
             if stored is not None and stored != seen and executor is not None:
                 executor.breakpoints = [Breakpoint.from_dict(d) for d in stored]
                 seen = stored
+            reason = await self.store.cancel_requested(run_id)
+            if reason is not None and executor is not None:
+                executor.cancel(reason)
 
     # -- look ------------------------------------------------------------------------------------
 
@@ -260,6 +265,9 @@ class RunsService:
     # -- stop and resume -------------------------------------------------------------------------
 
     async def cancel(self, run_id: str, *, by: str = "api") -> RunView:
+        """Cancel a run: paused (answers its pause with abort), running here, or running in another
+        process (which is asked, and cancels it at its next transition: the view that comes back
+        may still be running then)."""
         executor = self._active.get(run_id)
         if executor is not None:
             executor.cancel(f"cancelled by {by}")
@@ -276,8 +284,14 @@ class RunsService:
             assert view.pause_id is not None
             return await self.decide(run_id, view.pause_id, {i.id: ("abort", None) for i in view.pending}, by=by)
         if not await self.store.acquire_lease(run_id, self.owner, self.lease_ttl_s):
-            raise TetherError(f"run {run_id} is being advanced by {info.lease_owner}; cancel it there, or "
-                              f"wait for its lease to expire{_lease_left(info)}")
+            # Another process advances it: ask, and its heartbeat cancels it at the next transition.
+            # It ends at its next transition (a tool call in flight finishes first): like the Assistants
+            # API's "cancelling", the run may still show as running when this returns.
+            await self.store.request_cancel(run_id, f"cancelled by {by}")
+            deadline = time.monotonic() + self.lease_ttl_s / 3 + 1.0
+            while (view := await self.get(run_id)).status in ("queued", "running") and time.monotonic() < deadline:
+                await asyncio.sleep(min(0.2, self.lease_ttl_s / 10))
+            return view
         state = fold(run_id, await self.store.load(run_id))
         return await self._abort(state, await self.agent_for(state.agent), f"cancelled by {by}")  # type: ignore[arg-type]
 

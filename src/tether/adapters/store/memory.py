@@ -16,6 +16,7 @@ class MemoryStore:
         self._logs: dict[str, list[Record]] = {}
         self._runs: dict[str, RunInfo] = {}
         self._breakpoints: dict[str, list[dict[str, Any]] | None] = {}
+        self._cancels: dict[str, str] = {}
 
     async def create_run(self, record: Record, *, owner: str | None, lease_ttl_s: float = 30.0) -> None:
         info = info_from_start(record, time.time())
@@ -102,6 +103,14 @@ class MemoryStore:
 
     async def get_breakpoints(self, run_id: str) -> list[dict[str, Any]] | None:
         return self._breakpoints.get(run_id)
+
+    async def request_cancel(self, run_id: str, reason: str) -> None:
+        if run_id not in self._runs:
+            raise RunNotFound(f"no run {run_id!r}")
+        self._cancels[run_id] = reason
+
+    async def cancel_requested(self, run_id: str) -> str | None:
+        return self._cancels.get(run_id)
 
     async def close(self) -> None:
         return None

@@ -63,6 +63,13 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE runs ADD COLUMN breakpoints TEXT",
         ],
     ),
+    (
+        3,
+        [
+            # A cancel asked for by a process that does not hold the run: its owner's heartbeat acts on it.
+            "ALTER TABLE runs ADD COLUMN cancel_requested TEXT",
+        ],
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -784,6 +784,24 @@ class SqlStore:
         data = await self._call(op)
         return None if data is None else json.loads(data)  # type: ignore[no-any-return]
 
+    async def request_cancel(self, run_id: str, reason: str) -> None:
+        def op(conn: sa.Connection) -> None:
+            with self._tx(conn, write=True):
+                done = conn.execute(sa.text("UPDATE runs SET cancel_requested = :r WHERE id = :id"),
+                                    {"r": reason, "id": run_id}).rowcount
+                if done != 1:
+                    raise RunNotFound(f"no run {run_id!r}")
+
+        await self._call(op)
+
+    async def cancel_requested(self, run_id: str) -> str | None:
+        def op(conn: sa.Connection) -> Any:
+            with self._tx(conn, write=False):
+                return conn.execute(sa.text("SELECT cancel_requested FROM runs WHERE id = :id"),
+                                    {"id": run_id}).scalar()
+
+        return await self._call(op)  # type: ignore[no-any-return]
+
     # -- leases ---------------------------------------------------------------------------------
 
     async def acquire_lease(self, run_id: str, owner: str, ttl_s: float) -> bool:
