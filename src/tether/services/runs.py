@@ -9,74 +9,35 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import json
 import logging
 import os
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from tether.adapters.importing import import_attr
-from tether.domain.agents import BUDGETS, AgentSnapshot
-from tether.domain.breakpoints import Breakpoint, parse_breakpoint, unknown_paths, uses_cost
+from tether.domain.agents import AgentSnapshot
+from tether.domain.breakpoints import Breakpoint, parse_breakpoint
 from tether.domain.errors import AlreadyResumed, ConfigError, RunNotFound, StoreConflict, TetherError
 from tether.domain.events import Event
 from tether.domain.fork import later_side_effects, reused_prefix
 from tether.domain.ids import new_id
-from tether.domain.messages import Message, message_from_dict, message_to_dict
+from tether.domain.messages import Message
 from tether.domain.models import ModelResponse
-from tether.domain.protocols import Model, Store
-from tether.domain.records import TERMINAL, Action, Decision, PendingItem, Record, RunStarted
+from tether.domain.protocols import Store
+from tether.domain.records import TERMINAL, Action, Decision, Record, RunStarted
 from tether.domain.runs import RunInfo
 from tether.domain.state import RunState, fold
-from tether.domain.steps import Step, steps_of
-from tether.domain.usage import Usage
 from tether.engine.executor import Executor
 from tether.services.agents import Agent, load_agent_file
+from tether.services.answers import breakpoint_warnings, check_action, edit_payload, fork_edit
+from tether.services.views import RunView, view_of
 
 T = TypeVar("T")
 log = logging.getLogger("tether.runs")
 LEASE_TTL_S = 30.0
-
-
-@dataclass(slots=True)
-class RunView:
-    """A run as the user sees it: where it stands, its answer or its pending items."""
-
-    id: str
-    status: str
-    output: str | None
-    structured: Any
-    error: str | None
-    pending: list[PendingItem]
-    pause_id: str | None
-    usage: Usage
-    cost_usd: float | None
-    thread_id: str | None
-    agent: AgentSnapshot | None
-    messages: list[Message]
-    records: list[Record] = field(default_factory=list)
-
-    @property
-    def steps(self) -> list[Step]:
-        return steps_of(self.records)
-
-    @property
-    def paused(self) -> bool:
-        return self.status == "paused"
-
-    @property
-    def fork_warnings(self) -> list[str]:
-        """For a fork: the parent's non-idempotent calls at or after the fork step (done already)."""
-        first = self.records[0].payload if self.records else None
-        return list(first.metadata.get("fork_warnings", [])) if isinstance(first, RunStarted) else []
-
-    def __repr__(self) -> str:
-        what = self.output if self.status == "completed" else (self.error or [i.reason for i in self.pending])
-        return f"<Run {self.id} {self.status}: {what!r}>"
 
 
 class RunsService:
@@ -165,7 +126,7 @@ class RunsService:
             await self.store.sync()
             if state.status not in ("paused", *TERMINAL):  # a pause or the end released it already
                 await self.store.release_lease(state.run_id, self.owner)
-        return _view(state, records)
+        return view_of(state, records)
 
     async def _heartbeat(self, run_id: str, breakpoints: builtins.list[Breakpoint]) -> None:
         """Keep the lease, and pick up breakpoints another process set on this run meanwhile."""
@@ -188,7 +149,7 @@ class RunsService:
         records = await self.store.load(run_id)
         if not records:
             raise RunNotFound(f"no run {run_id!r}; `tether runs list` shows the runs there are")
-        return _view(fold(run_id, records), records)
+        return view_of(fold(run_id, records), records)
 
     async def list(self, *, limit: int = 50, status: str | None = None,
                    thread_id: str | None = None) -> builtins.list[RunInfo]:
@@ -218,7 +179,7 @@ class RunsService:
         agent = await self.agent_for(state.agent)  # type: ignore[arg-type]  # before deciding: fail, change nothing
         decisions = []
         for item_id, (action, payload) in answers.items():
-            _check_action(items[item_id], action, payload)
+            check_action(items[item_id], action, payload)
             decisions.append(Decision(pause_id, item_id, action, payload, by))
         seq = state.last_seq
         recs = [Record(run_id, seq + i + 1, time.time(), d) for i, d in enumerate(decisions)]
@@ -319,7 +280,7 @@ class RunsService:
         state = fold(run_id, records)
         if state.status != "running":
             await self.store.release_lease(run_id, self.owner)
-            return _view(state, records)
+            return view_of(state, records)
         return await self._drive(state, records, agent, on_event)
 
     async def resume_expired(self) -> builtins.list[RunView]:
@@ -434,7 +395,7 @@ class RunsService:
         first.metadata["fork_warnings"] = warnings
         state = fold(fork_id, records)
         if edits:
-            records.append(Record(fork_id, state.last_seq + 1, time.time(), _fork_edit(state, step, edits)))
+            records.append(Record(fork_id, state.last_seq + 1, time.time(), fork_edit(state, step, edits)))
             state.apply(records[-1])
         await self.store.create_run(records[0], owner=self.owner, lease_ttl_s=self.lease_ttl_s)
         self.store.append(records[1:])
@@ -443,7 +404,7 @@ class RunsService:
             _emit(on_event, Event(fork_id, "record", r))
         if state.status != "running":  # the parent's log ended paused or finished before `step`
             await self.store.release_lease(fork_id, self.owner)
-            return _view(state, records)
+            return view_of(state, records)
         return await self._drive(state, records, agent, on_event)
 
     async def _records(self, run_id: str) -> builtins.list[Record]:
@@ -525,127 +486,11 @@ def _parse_all(specs: Sequence[str | Breakpoint], start: int) -> list[Breakpoint
             for i, b in enumerate(specs)]
 
 
-def breakpoint_warnings(bp: Breakpoint, model: Model) -> list[str]:
-    """Why a breakpoint's condition may never be true: names with no value at its stop, or a
-    comparison with the cost of a model whose price is unknown."""
-    cost_unknown = model.cost_usd(ModelResponse()) is None
-    out = []
-    if bp.condition:
-        for path in unknown_paths(bp.condition, bp.stop):
-            out.append(f"{path} has no value at {bp.stop}, so this condition is never true there")
-        if cost_unknown and uses_cost(bp.condition):
-            out.append("this run's cost is unknown (its model has no known price): comparisons with "
-                       "run.cost_usd are false")
-    return out
-
-
-def _fork_edit(state: RunState, step: int, edits: dict[str, Any]) -> Any:
-    """The decision that applies a fork's edits at `step` (pause id "fork": no pause to answer)."""
-    call = next((c for c in state.batch if c.step == step), None)
-    if call is not None:
-        if "result" in edits:
-            return Decision("fork", call.call.id, "skip", edits["result"], "fork")
-        if "arguments" in edits:
-            return Decision("fork", call.call.id, "edit", {"arguments": _json_object(edits["arguments"])}, "fork")
-    elif "messages" in edits:
-        _check_messages(edits["messages"])  # fail now on a bad message, not in the fold
-        return Decision("fork", f"before_model:{step}", "edit", {"messages": edits["messages"]}, "fork")
-    where = "a tool step: give arguments or result" if call is not None else "a model step: give messages"
-    raise TetherError(f"step {step} is {where} (got {sorted(edits)})")
-
-
-def _json_object(value: Any) -> str:
-    if isinstance(value, str):
-        try:
-            parsed = json.loads(value)
-        except ValueError as e:
-            raise TetherError(f"the arguments are not valid JSON: {e}") from None
-    else:
-        parsed = value
-    if not isinstance(parsed, dict):
-        raise TetherError("the arguments must be a JSON object, e.g. {\"expression\": \"2 * 3\"}")
-    return json.dumps(parsed, ensure_ascii=False)
-
-
-def edit_payload(item: PendingItem, new: Any, view: RunView) -> dict[str, Any]:
-    """Check an edit of what `item` holds pending, and record it with the old value."""
-    stop = item.stop
-    if stop == "before_model":
-        msgs = new.get("messages", new) if isinstance(new, dict) else new
-        _check_messages(msgs)
-        return {"messages": msgs, "old": [message_to_dict(m) for m in view.messages]}
-    if stop in ("before_tool",) or item.reason == "approval":
-        return {"arguments": _json_object(new.get("arguments", new) if isinstance(new, dict) else new),
-                "old": item.arguments}
-    if stop in ("after_tool", "on_error") and item.call_id is not None:
-        old = next((s.result or s.error for s in view.steps if s.call_id == item.call_id), None)
-        return {"result": new.get("result", new) if isinstance(new, dict) and "result" in new else _as_text(new),
-                "old": old}
-    if stop == "after_model":
-        if not isinstance(new, dict):
-            raise TetherError('at after_model, edit the response: {"text": ..., "tool_calls": [{"name", "arguments"}]}')
-        calls = [{"id": c.get("id") or new_id("call"), "name": c["name"],
-                  "arguments": _json_object(c.get("arguments", {}))} for c in new.get("tool_calls", [])]
-        last = view.messages[-1]
-        return {"response": {"text": new.get("text"), "tool_calls": calls}, "old": message_to_dict(last)}
-    if stop == "before_finish":
-        return {"output": _as_text(new.get("output", new) if isinstance(new, dict) else new),
-                "old": view.messages[-1].text if view.messages else None}
-    raise TetherError(f"there is nothing to edit at {stop or item.reason}")
-
-
 def _lease_left(info: RunInfo | None) -> str:
     if info is None or info.lease_expires is None:
         return ""
     return f" (in {max(0.0, info.lease_expires - time.time()):.0f} s, unless its owner renews it)"
 
-
-def _check_messages(msgs: Any) -> None:
-    if not isinstance(msgs, list) or not msgs:
-        raise TetherError("edit the messages as a non-empty JSON list of {\"role\": ..., \"content\": ...} objects")
-    try:
-        for m in msgs:
-            message_from_dict(m)
-    except (KeyError, TypeError, ValueError) as e:
-        raise TetherError(f"a message is malformed: {e}") from None
-
-
-def _as_text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-
-def _view(s: RunState, records: list[Record]) -> RunView:
-    pending = list(s.pause.items) if s.pause else []
-    return RunView(s.run_id, s.status, s.output, s.structured, s.error, pending,
-                   s.pause.pause_id if s.pause else None, s.usage, s.cost_usd, s.thread_id, s.agent,
-                   s.messages, records)
-
-
-def _check_action(item: PendingItem, action: Action, payload: Any) -> None:
-    tool_stop = item.call_id is not None
-    allowed: dict[str, set[str]] = {
-        "client_tool": {"supply", "abort"},
-        "uncertain": {"rerun", "supply", "abort", "continue"},
-        "approval": {"approve", "deny", "skip", "abort"},
-        "budget": {"continue", "step", "abort"},
-        "breakpoint": {"continue", "step", "edit", "abort"} | ({"skip"} if item.stop == "before_tool" else set()),
-    }
-    ok = allowed.get(item.reason, {"continue", "abort"})
-    if not tool_stop:
-        ok = ok - {"skip", "supply", "rerun"}
-    if action not in ok:
-        raise TetherError(f"{action!r} does not answer a {item.reason} item; use one of {sorted(ok)}")
-    if item.reason == "budget" and isinstance(payload, dict) and "limits" in payload:
-        for name, value in payload["limits"].items():
-            if name not in BUDGETS:
-                raise TetherError(f"{name!r} is not a budget; raise one of {', '.join(BUDGETS)}")
-            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-                raise TetherError(f"{name} must be a positive number, not {value!r}")
-    if action == "supply" and payload is None:
-        raise TetherError(f"'supply' needs the result to give {item.name or item.id}")
-
-
-# -- the default service, and running without an event loop ------------------------------------
 
 _default: RunsService | None = None
 

@@ -182,7 +182,7 @@ def _check_breaks(specs: list[str] | None, agent: Agent) -> list[str]:
     """Parse `--break` specs before anything runs (a bad one is `error: …`, exit 2); warn about
     conditions that can never be true (a name with no value at its stop, an unknown cost)."""
     from tether.domain.breakpoints import parse_breakpoint
-    from tether.services.runs import breakpoint_warnings
+    from tether.services.answers import breakpoint_warnings
 
     out = []
     for i, spec in enumerate(specs or []):

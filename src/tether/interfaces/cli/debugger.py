@@ -569,7 +569,7 @@ class Debugger:
             self.block("staged: continue with the limits", limits)
             self.out(Text("c sends it and goes on; edit again to change it", style="dim"))
             return
-        from tether.services.runs import edit_payload
+        from tether.services.answers import edit_payload
 
         payload = edit_payload(item, new, self.view)  # fails early on a bad value; the service checks again
         self.staged[item.id] = ("edit", new)
