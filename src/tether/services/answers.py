@@ -19,6 +19,7 @@ from tether.services.views import RunView
 
 
 def check_action(item: PendingItem, action: Action, payload: Any) -> None:
+    """Refuse an action that does not fit the item (e.g. `skip` at a model stop) or a bad payload."""
     tool_stop = item.call_id is not None
     allowed: dict[str, set[str]] = {
         "client_tool": {"supply", "abort"},
