@@ -654,3 +654,19 @@ async def test_breakpoints_set_on_a_run_are_kept_beside_it(store_url: str) -> No
             await store.set_breakpoints("run_nope", [])
     finally:
         await store.close()
+
+
+async def test_a_cancel_request_is_kept_beside_the_run(store_url: str) -> None:
+    from tether.domain.errors import RunNotFound
+
+    store = SqlStore(store_url)
+    try:
+        run = Run()
+        await store.create_run(run.first, owner=None)
+        assert await store.cancel_requested(run.id) is None
+        await store.request_cancel(run.id, "cancelled by api")
+        assert await store.cancel_requested(run.id) == "cancelled by api"
+        with pytest.raises(RunNotFound):
+            await store.request_cancel("run_nope", "x")
+    finally:
+        await store.close()

@@ -154,6 +154,8 @@ _SQLITE_UPDATE = (
 )
 _SQLITE_SELECT = f"SELECT {', '.join(INFO_COLUMNS)} FROM runs WHERE id = ?"
 
+_CONTROL_COLUMNS = ("breakpoints", "cancel_requested")  # columns other processes set on a run
+
 Row = tuple[str, int, str, int, float, str]  # a records row, in RECORD_COLUMNS order
 
 
@@ -762,43 +764,39 @@ class SqlStore:
 
         return await self._call(op)
 
-    # -- breakpoints set on a run ---------------------------------------------------------------
+    # -- controls set on a run from outside: breakpoints, a cancel request -----------------------
 
     async def set_breakpoints(self, run_id: str, breakpoints: list[dict[str, Any]] | None) -> None:
-        data = None if breakpoints is None else json.dumps(breakpoints)
-
-        def op(conn: sa.Connection) -> None:
-            with self._tx(conn, write=True):
-                done = conn.execute(sa.text("UPDATE runs SET breakpoints = :b WHERE id = :id"),
-                                    {"b": data, "id": run_id}).rowcount
-                if done != 1:
-                    raise RunNotFound(f"no run {run_id!r}")
-
-        await self._call(op)
+        await self._set_control(run_id, "breakpoints", None if breakpoints is None else json.dumps(breakpoints))
 
     async def get_breakpoints(self, run_id: str) -> list[dict[str, Any]] | None:
-        def op(conn: sa.Connection) -> Any:
-            with self._tx(conn, write=False):
-                return conn.execute(sa.text("SELECT breakpoints FROM runs WHERE id = :id"), {"id": run_id}).scalar()
-
-        data = await self._call(op)
+        data = await self._get_control(run_id, "breakpoints")
         return None if data is None else json.loads(data)  # type: ignore[no-any-return]
 
     async def request_cancel(self, run_id: str, reason: str) -> None:
+        await self._set_control(run_id, "cancel_requested", reason)
+
+    async def cancel_requested(self, run_id: str) -> str | None:
+        return await self._get_control(run_id, "cancel_requested")
+
+    async def _set_control(self, run_id: str, column: str, value: str | None) -> None:
+        assert column in _CONTROL_COLUMNS  # a fixed name, never user input, spliced into the SQL
+
         def op(conn: sa.Connection) -> None:
             with self._tx(conn, write=True):
-                done = conn.execute(sa.text("UPDATE runs SET cancel_requested = :r WHERE id = :id"),
-                                    {"r": reason, "id": run_id}).rowcount
+                done = conn.execute(sa.text(f"UPDATE runs SET {column} = :v WHERE id = :id"),
+                                    {"v": value, "id": run_id}).rowcount
                 if done != 1:
                     raise RunNotFound(f"no run {run_id!r}")
 
         await self._call(op)
 
-    async def cancel_requested(self, run_id: str) -> str | None:
+    async def _get_control(self, run_id: str, column: str) -> str | None:
+        assert column in _CONTROL_COLUMNS
+
         def op(conn: sa.Connection) -> Any:
             with self._tx(conn, write=False):
-                return conn.execute(sa.text("SELECT cancel_requested FROM runs WHERE id = :id"),
-                                    {"id": run_id}).scalar()
+                return conn.execute(sa.text(f"SELECT {column} FROM runs WHERE id = :id"), {"id": run_id}).scalar()
 
         return await self._call(op)  # type: ignore[no-any-return]
 
