@@ -248,10 +248,6 @@ class RunState:
     def next_step(self) -> int:
         return self.last_step + 1
 
-    @property
-    def finished(self) -> bool:
-        return self.status in ("completed", "failed", "cancelled", "incomplete")
-
     def conversation_hash(self) -> hashlib._Hash:  # type: ignore[name-defined]
         return self._hash.copy()  # type: ignore[attr-defined]
 
