@@ -55,7 +55,7 @@ def time_server() -> McpServerConfig:
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
-    except (FileNotFoundError, IndexError):
+    except (OSError, IndexError):  # gone, or going: /proc/PID vanishes mid-read (ESRCH)
         return False
     return state != "Z"
 
