@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from tether.domain.models import ModelRequest, ModelResponse
+from tether.domain.objects import StoredObject
 from tether.domain.records import Record
 from tether.domain.runs import RunInfo
 from tether.domain.tools import ToolContext, ToolPolicy
@@ -93,3 +94,19 @@ class Store(Protocol):
     async def expired_runs(self) -> list[str]:
         """Active runs (queued/running) whose lease has expired or was never taken."""
         ...
+
+
+class ObjectStore(Protocol):
+    """The HTTP interface's documents (assistants, threads, messages, run settings), beside the runs."""
+
+    async def put_object(self, obj: StoredObject) -> None:
+        """Insert the object, or replace the one with its id."""
+        ...
+
+    async def get_object(self, object_id: str) -> StoredObject | None: ...
+
+    async def list_objects(self, kind: str, tenant: str, parent_id: str | None = None) -> list[StoredObject]:
+        """Every object of a kind (of one parent, if given), oldest first."""
+        ...
+
+    async def delete_object(self, object_id: str) -> bool: ...

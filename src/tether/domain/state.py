@@ -72,6 +72,7 @@ class RunState:
     limits: Limits = field(default_factory=Limits)  # the agent's, as raised by answers to budget pauses
     passed: set[str] = field(default_factory=set)  # PendingItem.key of every stop answered: it won't stop again
     stepping: bool = False  # a "step" answer: the very next stop pauses
+    aborted: str | None = None  # an "abort" answer (who gave it): the run ends cancelled
     approved: set[str] = field(default_factory=set)  # call ids a person approved
     breakpoint_hits: dict[str, int] = field(default_factory=dict)
     paused_s: float = 0.0  # time spent paused, which wall-time budgets do not count
@@ -143,7 +144,7 @@ class RunState:
         elif a == "rerun":
             self.call(d.item_id).started = False
         elif a == "abort":
-            self.status = "running"  # the executor finishes it as cancelled, closing open calls
+            self.aborted = f"aborted by {d.by}"  # the executor finishes it as cancelled, closing open calls
         elif a == "step":
             self.stepping = True
         elif a == "approve":

@@ -82,8 +82,8 @@ class Executor:
                                            agent.output_schema)
         try:
             while state.status == "running":
-                if self._cancelled is not None:
-                    self._finish(state, "cancelled", error=self._cancelled)
+                if self._cancelled is not None or state.aborted is not None:
+                    self._finish(state, "cancelled", error=self._cancelled or state.aborted)
                 elif state.batch:
                     await self._tool_calls(state)
                 elif _needs_model(state):

@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from tether.adapters.importing import import_attr
@@ -47,6 +47,8 @@ class RunsService:
         self.lease_ttl_s = lease_ttl_s
         self._agents: dict[str, Agent] = {}
         self._active: dict[str, Executor] = {}
+        # Agent refs "PREFIX:…" that an interface knows how to rebuild (e.g. the server's "api:RUN_ID").
+        self.resolvers: dict[str, Callable[[AgentSnapshot], Awaitable[Agent]]] = {}
 
     def register(self, agent: Agent) -> None:
         """Make an agent defined in code findable by runs that name it (by `ref`, else by name)."""
@@ -56,11 +58,15 @@ class RunsService:
 
     async def start(self, agent: Agent, task: str | Sequence[Message], *, thread_id: str | None = None,
                     metadata: dict[str, Any] | None = None, breakpoints: Sequence[str | Breakpoint] = (),
-                    on_event: Callable[[Event], None] | None = None, register: bool = True) -> RunView:
+                    on_event: Callable[[Event], None] | None = None, register: bool = True,
+                    history: Sequence[Message] | None = None, run_id: str | None = None,
+                    drive: bool = True) -> RunView:
         """Start a run and advance it until it pauses or finishes.
 
         `breakpoints` (e.g. "before_tool:delete_*", "after_model if run.cost_usd > 0.2") join the
-        agent's own for this run.
+        agent's own for this run. On a thread, the run starts from `history` when given, else from
+        the conversation of the thread's latest run. With `drive=False` the run is only created
+        (queued, leased to this service): `resume(run_id)` advances it.
         """
         model = agent.model  # resolve the model reference now: a bad one fails before a run exists
         await agent.open_tools()  # MCP servers: their tools are listed at run start
@@ -72,14 +78,20 @@ class RunsService:
         if register:
             self.register(agent)
         new = [Message.user(task)] if isinstance(task, str) else list(task)
-        history = await self._thread_history(thread_id) if thread_id else []
-        run_id = new_id("run")
+        if history is None:
+            history = await self._thread_history(thread_id) if thread_id else []
+        run_id = run_id or new_id("run")
         first = Record(run_id, 1, time.time(),
-                       RunStarted(snapshot, history + new, thread_id, None, dict(metadata or {})))
+                       RunStarted(snapshot, [*history, *new], thread_id, None, dict(metadata or {})))
         await self.store.create_run(first, owner=self.owner, lease_ttl_s=self.lease_ttl_s)
         state = RunState(run_id)
         state.apply(first)
         _emit(on_event, Event(run_id, "record", first))
+        if not drive:
+            await agent.close_tools()
+            view = view_of(state, [first])
+            view.status = "queued"  # created, not yet advanced
+            return view
         return await self._drive(state, [first], agent, on_event, fresh=True)
 
     async def continue_thread(self, thread_id: str, task: str | Sequence[Message], *,
@@ -158,11 +170,13 @@ class RunsService:
     # -- answer a pause --------------------------------------------------------------------------
 
     async def decide(self, run_id: str, pause_id: str, answers: dict[str, tuple[Action, Any]], *,
-                     by: str = "api", on_event: Callable[[Event], None] | None = None) -> RunView:
+                     by: str = "api", on_event: Callable[[Event], None] | None = None,
+                     drive: bool = True) -> RunView:
         """Answer every pending item of pause `pause_id`, then continue the run.
 
         `answers` maps item id → (action, payload). Of two racing answers to the same pause, one
-        wins; the other gets `AlreadyResumed`.
+        wins; the other gets `AlreadyResumed`. With `drive=False` the answer is only recorded (the
+        run is queued): `resume(run_id)` advances it.
         """
         records = await self.store.load(run_id)
         if not records:
@@ -189,11 +203,13 @@ class RunsService:
             state.apply(r)
             records.append(r)
             _emit(on_event, Event(run_id, "record", r))
+        if not drive:
+            view = view_of(state, records)
+            view.status = "queued"
+            return view
         if not await self.store.acquire_lease(run_id, self.owner, self.lease_ttl_s):
             return await self.get(run_id)  # another worker picked it up already; it will advance it
-        if any(d.action == "abort" for d in decisions):
-            return await self._abort(state, agent, "aborted by " + by)
-        return await self._drive(state, records, agent, on_event)
+        return await self._drive(state, records, agent, on_event)  # an "abort" answer ends it there
 
     async def submit_tool_outputs(self, run_id: str, outputs: dict[str, str], *, pause_id: str | None = None,
                                   **options: Any) -> RunView:
@@ -445,6 +461,9 @@ class RunsService:
     async def agent_for(self, snapshot: AgentSnapshot) -> Agent:
         """The live agent for a recorded snapshot; its tools must match what the run recorded."""
         agent = self._agents.get(snapshot.agent_ref or snapshot.name)
+        resolver = self.resolvers.get((snapshot.agent_ref or "").partition(":")[0])
+        if agent is None and resolver is not None:
+            agent = await resolver(snapshot)
         if agent is None and snapshot.agent_ref:
             ref = snapshot.agent_ref
             if ref.startswith("file:"):

@@ -39,6 +39,9 @@ def resolve_model(ref: str, *, allow_files: bool = True, base_dir: Path | None =
     if prefix == "replay":
         return _replay(rest, ref, allow_files)
     if prefix == "scripted":
+        if not allow_files:
+            raise ConfigError(f"model {ref!r} imports Python code, which is not allowed here "
+                              "(the server must be configured to allow file models)")
         return _scripted(rest, ref, base_dir)
     return _compatible(ref)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from tether.domain.errors import RunNotFound, StoreConflict
+from tether.domain.objects import StoredObject
 from tether.domain.records import ACTIVE, Record
 from tether.domain.runs import RunInfo, info_from_start, update_info
 
@@ -17,6 +19,7 @@ class MemoryStore:
         self._runs: dict[str, RunInfo] = {}
         self._breakpoints: dict[str, list[dict[str, Any]] | None] = {}
         self._cancels: dict[str, str] = {}
+        self._objects: dict[str, StoredObject] = {}
 
     async def create_run(self, record: Record, *, owner: str | None, lease_ttl_s: float = 30.0) -> None:
         info = info_from_start(record, time.time())
@@ -111,6 +114,20 @@ class MemoryStore:
 
     async def cancel_requested(self, run_id: str) -> str | None:
         return self._cancels.get(run_id)
+
+    async def put_object(self, obj: StoredObject) -> None:
+        self._objects[obj.id] = copy.deepcopy(obj)
+
+    async def get_object(self, object_id: str) -> StoredObject | None:
+        obj = self._objects.get(object_id)
+        return copy.deepcopy(obj) if obj is not None else None
+
+    async def list_objects(self, kind: str, tenant: str, parent_id: str | None = None) -> list[StoredObject]:
+        return [copy.deepcopy(o) for _, o in sorted(self._objects.items())
+                if o.kind == kind and o.tenant == tenant and (parent_id is None or o.parent_id == parent_id)]
+
+    async def delete_object(self, object_id: str) -> bool:
+        return self._objects.pop(object_id, None) is not None
 
     async def close(self) -> None:
         return None

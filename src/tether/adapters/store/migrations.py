@@ -70,6 +70,21 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE runs ADD COLUMN cancel_requested TEXT",
         ],
     ),
+    (
+        4,
+        [
+            # The HTTP interface's documents (assistants, threads, messages, run settings), by tenant.
+            """CREATE TABLE objects (
+                id VARCHAR(64) PRIMARY KEY,
+                kind VARCHAR(16) NOT NULL,
+                tenant VARCHAR(64) NOT NULL,
+                parent_id VARCHAR(64),
+                created_at DOUBLE PRECISION NOT NULL,
+                data TEXT NOT NULL
+            )""",
+            "CREATE INDEX objects_list ON objects (tenant, kind, parent_id, id)",
+        ],
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -39,6 +39,7 @@ from tether.adapters.store.memory import MemoryStore
 from tether.adapters.store.migrations import LATEST, check_version, current_version, migrate
 from tether.domain.codec import dump_payload, load_payload
 from tether.domain.errors import ConfigError, RunNotFound, StoreConflict, TetherError
+from tether.domain.objects import StoredObject
 from tether.domain.records import ACTIVE, TERMINAL, Record
 from tether.domain.runs import RunInfo, info_from_start, update_info
 
@@ -131,6 +132,17 @@ records_table = sa.Table(
     sa.Column("v", sa.Integer, nullable=False),
     sa.Column("ts", sa.Double, nullable=False),
     sa.Column("payload", sa.Text, nullable=False),
+)
+
+objects_table = sa.Table(
+    "objects",
+    _metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("parent_id", sa.String(64)),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
 )
 
 # The RunInfo fields, in RunInfo's order (a test checks they match the dataclass).
@@ -922,6 +934,49 @@ class SqlStore:
             self._infos[run_id] = info
         return True
 
+    # -- the HTTP interface's documents ----------------------------------------------------------
+
+    async def put_object(self, obj: StoredObject) -> None:
+        """Insert the object, or replace the one with its id."""
+        values = {"id": obj.id, "kind": obj.kind, "tenant": obj.tenant, "parent_id": obj.parent_id,
+                  "created_at": obj.created_at, "data": json.dumps(obj.data)}
+        t = objects_table
+
+        def op(conn: sa.Connection) -> None:
+            with self._tx(conn, write=True):
+                if conn.execute(t.update().where(t.c.id == obj.id).values(**values)).rowcount != 1:
+                    conn.execute(t.insert(), values)
+
+        await self._call(op)
+
+    async def get_object(self, object_id: str) -> StoredObject | None:
+        def op(conn: sa.Connection) -> Any:
+            with self._tx(conn, write=False):
+                return conn.execute(sa.select(objects_table).where(objects_table.c.id == object_id)).first()
+
+        row = await self._call(op)
+        return None if row is None else _object(row)
+
+    async def list_objects(self, kind: str, tenant: str, parent_id: str | None = None) -> list[StoredObject]:
+        """Every object of a kind (of one parent, if given), oldest first."""
+        t = objects_table
+        query = sa.select(t).where(t.c.tenant == tenant, t.c.kind == kind).order_by(t.c.id)
+        if parent_id is not None:
+            query = query.where(t.c.parent_id == parent_id)
+
+        def op(conn: sa.Connection) -> list[Any]:
+            with self._tx(conn, write=False):
+                return list(conn.execute(query))
+
+        return [_object(row) for row in await self._call(op)]
+
+    async def delete_object(self, object_id: str) -> bool:
+        def op(conn: sa.Connection) -> bool:
+            with self._tx(conn, write=True):
+                return bool(conn.execute(objects_table.delete().where(objects_table.c.id == object_id)).rowcount)
+
+        return await self._call(op)
+
     # -- closing --------------------------------------------------------------------------------
 
     async def close(self) -> None:
@@ -940,6 +995,10 @@ class SqlStore:
                 with self._db_lock:
                     self._conn.close()
             self._engine.dispose()
+
+
+def _object(row: Any) -> StoredObject:
+    return StoredObject(row.id, row.kind, row.tenant, row.created_at, json.loads(row.data), row.parent_id)
 
 
 def _read_core(conn: sa.Connection, run_id: str) -> RunInfo | None:

@@ -1,0 +1,24 @@
+"""Documents kept beside the runs for the HTTP interface: assistants, threads, messages, and the
+Assistants-API settings of each run.
+
+The runs themselves stay in the run log; these rows hold only what the log does not: objects
+that are not runs, what a client set on a run (its assistant, tools, metadata), and the
+messages a client added to a thread. Each row belongs to a tenant (an API key's hash).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ObjectKind = Literal["assistant", "thread", "message", "run"]
+
+
+@dataclass(slots=True)
+class StoredObject:
+    id: str
+    kind: ObjectKind
+    tenant: str
+    created_at: float
+    data: dict[str, Any] = field(default_factory=dict)
+    parent_id: str | None = None  # the thread of a message or a run
