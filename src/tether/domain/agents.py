@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 BudgetPolicy = Literal["pause", "finish", "fail"]
 BUDGETS = ("max_steps", "max_tokens", "max_cost_usd", "max_wall_s")
+HARD_LIMITS = ("max_prompt_tokens", "max_completion_tokens")  # reached: the run ends "incomplete"
 
 
 @dataclass(slots=True)
@@ -16,6 +17,10 @@ class Limits:
     `max_steps` counts model calls; `max_wall_s` excludes time spent paused. A policy is
     `pause` (raise the limit and continue), `finish` (one last model call without tools, that
     must answer) or `fail`.
+
+    `max_prompt_tokens` and `max_completion_tokens` are hard limits as the Assistants API defines
+    them: input (prompt) or output (completion) tokens summed over all the run's model calls. They
+    have no policy: a run that reaches one ends `incomplete`, with the limit's name as its error.
     """
 
     max_steps: int = 20
@@ -28,6 +33,8 @@ class Limits:
     on_max_wall_s: BudgetPolicy = "pause"
     max_parallel_tools: int = 8
     max_output_retries: int = 2  # corrections asked for when the answer fails `output_schema`
+    max_prompt_tokens: int | None = None  # hard: the run ends "incomplete" once it is reached
+    max_completion_tokens: int | None = None  # hard; also caps each request's max_completion_tokens
 
     def __post_init__(self) -> None:
         """Refuse nonsense up front: a bad limit must not reach a stored run."""
@@ -40,6 +47,10 @@ class Limits:
             if value is not None and not (isinstance(value, int | float) and not isinstance(value, bool)
                                           and value > 0):
                 raise ValueError(f"{name} must be a positive number (or left out), not {value!r}")
+        for name in HARD_LIMITS:
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+                raise ValueError(f"{name} must be a positive whole number (or left out), not {value!r}")
         for budget in BUDGETS:
             policy = getattr(self, f"on_{budget}")
             if policy not in ("pause", "finish", "fail"):

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from tether.domain.agents import Limits
 from tether.domain.breakpoints import Breakpoint, Stop
 from tether.domain.errors import ModelError, ReplayDiverged
 from tether.domain.events import Event
@@ -37,6 +38,7 @@ from tether.domain.records import (
 )
 from tether.domain.state import CallState, RunState
 from tether.domain.tools import ToolContext, ToolError
+from tether.domain.usage import Usage
 from tether.engine.output import check_output, parse_output
 
 log = logging.getLogger("tether.executor")
@@ -103,6 +105,9 @@ class Executor:
         agent = state.agent
         assert agent is not None
         limits, step = state.limits, state.next_step
+        if (reason := _token_limit(limits, state.usage)) is not None:
+            self._finish(state, "incomplete", error=reason)  # a hard limit: no call, no pause
+            return
         final = False
         if (over := self._over_budget(state)) is not None and f"on_budget:on_budget:{step}" not in state.passed:
             budget, detail = over
@@ -137,6 +142,11 @@ class Executor:
         ]
         response = ModelResponse(response.text, calls, response.finish_reason, response.usage,
                                  response.refusal, response.model_name)
+        if (reason := _incomplete_after(state, response)) is not None:
+            self._record(state, ModelCalled(step, request.fingerprint, response, self.model.cost_usd(response),
+                                            duration, final=final))
+            self._finish(state, "incomplete", error=reason)
+            return
         rejected = None
         if not calls and agent.output_schema is not None:
             problem = check_output(response.text, agent.output_schema)
@@ -176,10 +186,14 @@ class Executor:
         h = state.conversation_hash()
         h.update(self._static)
         h.update(b"final" if final else b"")
+        settings = agent.settings
+        if state.limits.max_completion_tokens is not None:
+            settings = _cap_completion(settings, state.limits.max_completion_tokens - state.usage.output_tokens)
+            h.update(json.dumps(settings, sort_keys=True, default=str).encode())  # only runs with the limit
         return ModelRequest(
             messages=messages,
             tools=[] if final else self._schemas(),
-            settings=agent.settings,
+            settings=settings,
             output_schema=agent.output_schema,
             fingerprint=h.hexdigest()[:32],
         )
@@ -362,6 +376,42 @@ class Executor:
             self.on_event(event)
         except Exception:
             log.exception("an event listener failed on %s of run %s", event.type, event.run_id)
+
+
+def _token_limit(limits: Limits, usage: Usage, *, over: bool = False) -> str | None:
+    """The hard token limit `usage` has reached (with `over`: gone past), by name."""
+    for name, used in (("max_prompt_tokens", usage.input_tokens), ("max_completion_tokens", usage.output_tokens)):
+        cap = getattr(limits, name)
+        if cap is not None and (used > cap if over else used >= cap):
+            return name
+    return None
+
+
+def _incomplete_after(state: RunState, response: ModelResponse) -> str | None:
+    """Why the run must end "incomplete" after this response, if it must.
+
+    Past a limit, or cut short by the completion limit ("length"). A response asking for tools
+    needs another model call, which a limit merely reached already forbids: its tools do not run.
+    """
+    usage = state.usage.copy()
+    usage.add(response.usage)
+    if (reason := _token_limit(state.limits, usage, over=not response.tool_calls)) is not None:
+        return reason
+    if response.finish_reason == "length" and state.limits.max_completion_tokens is not None:
+        return "max_completion_tokens"
+    return None
+
+
+def _cap_completion(settings: dict[str, Any], remaining: int) -> dict[str, Any]:
+    """The request settings with the completion tokens capped at what the run has left.
+
+    The cap goes in `max_completion_tokens`, or in `max_tokens` when the agent sets only that one:
+    OpenAI refuses a request that has both.
+    """
+    only_max_tokens = settings.get("max_tokens") is not None and settings.get("max_completion_tokens") is None
+    key = "max_tokens" if only_max_tokens else "max_completion_tokens"
+    current = settings.get(key)
+    return {**settings, key: remaining if current is None else min(remaining, current)}
 
 
 def _needs_model(state: RunState) -> bool:
