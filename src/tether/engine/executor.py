@@ -70,10 +70,17 @@ class Executor:
             if t.policy.max_concurrency
         }
         self._cancelled: str | None = None
+        self._model_call_task: asyncio.Future[ModelResponse] | None = None
 
     def cancel(self, reason: str = "cancelled") -> None:
-        """Ask the run to stop at its next transition; pending tool calls get synthetic results."""
+        """Ask the run to stop at its next transition; pending tool calls get synthetic results.
+
+        A model call in flight is interrupted (nothing of it is recorded); a tool call in flight
+        finishes first, so that its effect is known.
+        """
         self._cancelled = reason
+        if self._model_call_task is not None:
+            self._model_call_task.cancel()
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -128,13 +135,20 @@ class Executor:
         started = time.perf_counter()
         on_delta = self._delta_sink(state.run_id) if self.on_event is not None else None
         try:
-            response = await self.model.complete(request, on_delta)
+            self._model_call_task = asyncio.ensure_future(self.model.complete(request, on_delta))
+            response = await self._model_call_task
+        except asyncio.CancelledError:
+            if self._cancelled is None:
+                raise  # our own task is being cancelled (a shutdown): not a cancel of the run
+            return  # cancel() interrupted the call: the loop ends the run as cancelled
         except ModelError as e:
             if isinstance(e, ReplayDiverged) or not (item := self._stop(state, "on_error", step, error=str(e))):
                 raise
             item.detail = f"the model call failed: {e}; continue to try it again"
             await self._pause(state, [item])
             return
+        finally:
+            self._model_call_task = None
         duration = time.perf_counter() - started
 
         calls = [] if final else [

@@ -241,14 +241,15 @@ class RunsService:
 
     # -- stop and resume -------------------------------------------------------------------------
 
-    async def cancel(self, run_id: str, *, by: str = "api") -> RunView:
+    async def cancel(self, run_id: str, *, by: str = "api", wait: bool = True) -> RunView:
         """Cancel a run: paused (answers its pause with abort), running here, or running in another
         process (which is asked, and cancels it at its next transition: the view that comes back
-        may still be running then)."""
+        may still be running then). With `wait=False`, a run that is being advanced is only asked
+        to stop, and the view comes back at once."""
         executor = self._active.get(run_id)
         if executor is not None:
             executor.cancel(f"cancelled by {by}")
-            while run_id in self._active:
+            while wait and run_id in self._active:
                 await asyncio.sleep(0.005)
             return await self.get(run_id)
         info = await self.store.get_run(run_id)
@@ -265,7 +266,7 @@ class RunsService:
             # It ends at its next transition (a tool call in flight finishes first): like the Assistants
             # API's "cancelling", the run may still show as running when this returns.
             await self.store.request_cancel(run_id, f"cancelled by {by}")
-            deadline = time.monotonic() + self.lease_ttl_s / 3 + 1.0
+            deadline = time.monotonic() + (self.lease_ttl_s / 3 + 1.0 if wait else 0.0)
             while (view := await self.get(run_id)).status in ("queued", "running") and time.monotonic() < deadline:
                 await asyncio.sleep(min(0.2, self.lease_ttl_s / 10))
             return view
@@ -275,14 +276,18 @@ class RunsService:
     async def _abort(self, state: RunState, agent: Agent, reason: str) -> RunView:
         executor = Executor(store=self.store, model=agent.model, tools=agent.tools)
         executor.cancel(reason)
+        self._active[state.run_id] = executor
         try:
             await executor.advance(state)
         finally:
+            self._active.pop(state.run_id, None)
             await self.store.release_lease(state.run_id, self.owner)
         return await self.get(state.run_id)
 
     async def resume(self, run_id: str, *, on_event: Callable[[Event], None] | None = None) -> RunView:
         """Take over a run whose owner is gone (its lease expired) and advance it from its log."""
+        if run_id in self._active:
+            raise TetherError(f"run {run_id} is being advanced by this process already")
         records = await self._records(run_id)
         state = fold(run_id, records)
         assert state.agent is not None

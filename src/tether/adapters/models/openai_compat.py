@@ -28,7 +28,7 @@ OPENAI_API_URL = "https://api.openai.com/v1"
 
 # Request settings passed through to the server; any other key is Tether's own and not sent.
 ALLOWED_SETTINGS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "tool_choice",
-                    "parallel_tool_calls", "seed", "stop")
+                    "parallel_tool_calls", "seed", "stop", "response_format")
 _TOOLS_ONLY_SETTINGS = frozenset({"tool_choice", "parallel_tool_calls"})
 
 _FINISH: dict[str, FinishReason] = {
