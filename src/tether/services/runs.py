@@ -366,7 +366,7 @@ class RunsService:
 
     async def answer(self, run_id: str, answers: dict[str, tuple[Action, Any]] | None = None, *,
                      default: Action = "continue", pause_id: str | None = None, by: str = "api",
-                     on_event: Callable[[Event], None] | None = None) -> RunView:
+                     on_event: Callable[[Event], None] | None = None, drive: bool = True) -> RunView:
         """Answer the run's pause: `answers` for some items, `default` for the rest, then go on.
 
         Actions: continue, step (pause again at the very next stop), edit (payload: the new
@@ -386,10 +386,10 @@ class RunsService:
             if action == "edit":
                 payload = edit_payload(item, payload, view)
             full[item.id] = (action, payload)
-        return await self.decide(run_id, view.pause_id, full, by=by, on_event=on_event)
+        return await self.decide(run_id, view.pause_id, full, by=by, on_event=on_event, drive=drive)
 
     async def fork(self, run_id: str, step: int, edits: dict[str, Any] | None = None, *,
-                   on_event: Callable[[Event], None] | None = None) -> RunView:
+                   on_event: Callable[[Event], None] | None = None, drive: bool = True) -> RunView:
         """A new run that reuses steps < `step` of `run_id` without calling anything, applies
         `edits` at `step`, and continues live.
 
@@ -425,6 +425,9 @@ class RunsService:
             _emit(on_event, Event(fork_id, "record", r))
         if state.status != "running":  # the parent's log ended paused or finished before `step`
             await self.store.release_lease(fork_id, self.owner)
+            return view_of(state, records)
+        if not drive:
+            await agent.close_tools()
             return view_of(state, records)
         return await self._drive(state, records, agent, on_event)
 

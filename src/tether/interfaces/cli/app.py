@@ -598,6 +598,32 @@ def cassette_cmd(
                   soft_wrap=SOFT)
 
 
+@app.command("serve")
+def serve_command(
+    host: Annotated[str, typer.Option(help="Address to listen on; other than loopback needs TETHER_API_KEYS.")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    concurrency: Annotated[int, typer.Option(min=1, help="Runs advanced at once; more wait queued.")] = 16,
+    allow_file_models: Annotated[bool, typer.Option(
+        help="Accept model references that read files or import code (replay:, scripted:).")] = False,
+    mcp_config: Annotated[Path | None, typer.Option(
+        help="An mcpServers JSON file; assistants use its servers as tether_tools {type: mcp, server: NAME}.")
+    ] = None,
+    lease_ttl: Annotated[float, typer.Option(
+        help="Seconds a run's lease lasts unrenewed: how soon another server takes over a dead one's runs.")
+    ] = 30.0,
+) -> None:
+    """Serve OpenAI's Assistants API (and Tether's debug API) over HTTP; see docs/server.md.
+
+    API keys come from TETHER_API_KEYS (comma-separated; each key is a tenant). Bare model names go
+    to the OpenAI-compatible backend at OPENAI_BASE_URL.
+    """
+    from tether.interfaces.server.serve import serve
+
+    serve(host, port, concurrency=concurrency, allow_file_models=allow_file_models, mcp_config=mcp_config,
+          lease_ttl_s=lease_ttl)
+
+
 # -- entry point --------------------------------------------------------------------------------
 
 

@@ -1,0 +1,470 @@
+"""The HTTP server: OpenAI's Assistants API (v2) and Tether's debug API, over the runs service.
+
+`create_app(service, config)` builds the FastAPI app; `tether serve` runs it with uvicorn. Keys
+and tenants, OpenAI's error envelope, `x-request-id` and the poll hint are handled here once for
+every route; the routes themselves are thin (the behaviour is in `assistants.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+from fastapi import Body, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tether.domain.breakpoints import BreakpointError
+from tether.domain.codec import dump_payload
+from tether.domain.errors import AlreadyResumed, ConfigError, RunNotFound, TetherError
+from tether.domain.events import Event
+from tether.domain.ids import new_id
+from tether.domain.objects import StoredObject
+from tether.domain.records import TERMINAL, Record
+from tether.domain.steps import steps_of
+from tether.interfaces.server import schemas, wire
+from tether.interfaces.server.assistants import AssistantsApi, ServerConfig, tenant_of
+from tether.interfaces.server.errors import ApiError, envelope, not_found, validation_message
+from tether.interfaces.server.scheduler import Scheduler
+from tether.interfaces.server.streaming import DONE, AssistantStream, follow, sse
+from tether.interfaces.server.wire import RunLog
+from tether.services.runs import RunsService
+
+log = logging.getLogger("tether.server")
+
+Order = Annotated[Literal["asc", "desc"], Query()]
+Limit = Annotated[int, Query(ge=1, le=100)]
+Include = Annotated[list[str] | None, Query(alias="include[]")]
+
+
+def create_app(service: RunsService, config: ServerConfig | None = None) -> FastAPI:
+    config = config or ServerConfig()
+    api = AssistantsApi(service, config)
+    scheduler = Scheduler(service, concurrency=config.concurrency)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scheduler.start()  # also resumes the runs a dead server left (their leases expired)
+        yield
+        await scheduler.close()
+
+    app = FastAPI(title="Tether: Assistants API", version="2", lifespan=lifespan,
+                  description="OpenAI's Assistants API (v2) over Tether's durable runs, plus Tether's debug API.")
+    app.state.api, app.state.scheduler = api, scheduler
+
+    # -- keys, tenants, request ids ---------------------------------------------------------
+
+    keys = [k for k in config.api_keys if k]
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        request_id = new_id("req")
+        if request.url.path.startswith("/v1/"):
+            header = request.headers.get("authorization", "")
+            token = header[7:].strip() if header[:7].lower() == "bearer " else None
+            if keys:
+                match = next((k for k in keys if token is not None and hmac.compare_digest(k, token)), None)
+                if match is None:
+                    response: Response = _error_response(_auth_error(token), request)
+                    response.headers["x-request-id"] = request_id
+                    return response
+                request.state.tenant = tenant_of(match)
+            else:
+                request.state.tenant = tenant_of(None)
+        response = await call_next(request)
+        response.headers["x-request-id"] = request_id
+        if "/runs" in request.url.path:
+            response.headers["openai-poll-after-ms"] = str(config.poll_after_ms)
+        return response
+
+    # -- errors: always OpenAI's envelope -----------------------------------------------------
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError) -> Response:
+        return _error_response(e, request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError) -> Response:
+        message, param = validation_message(list(e.errors()))
+        return _error_response(ApiError(400, message, param=param), request)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> Response:
+        messages = {404: f"Invalid URL ({request.method} {request.url.path})",
+                    405: f"Method {request.method} is not allowed for {request.url.path}"}
+        message = messages.get(e.status_code, str(e.detail))
+        return _error_response(ApiError(e.status_code, message), request)
+
+    @app.exception_handler(ConfigError)
+    async def config_error(request: Request, e: ConfigError) -> Response:
+        return _error_response(ApiError(400, str(e)), request)
+
+    @app.exception_handler(RunNotFound)
+    async def run_not_found(request: Request, e: RunNotFound) -> Response:
+        return _error_response(ApiError(404, str(e)), request)
+
+    @app.exception_handler(AlreadyResumed)
+    async def already_resumed(request: Request, e: AlreadyResumed) -> Response:
+        return _error_response(ApiError(409, str(e), code="already_resumed"), request)
+
+    @app.exception_handler(TetherError)
+    async def tether_error(request: Request, e: TetherError) -> Response:
+        return _error_response(ApiError(400, str(e)), request)
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, e: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _error_response(ApiError(500, "The server had an error while processing your request. "
+                                             "The request id in x-request-id identifies it in the server's log.",
+                                        type="server_error"), request)
+
+    def tenant(request: Request) -> str:
+        return request.state.tenant  # type: ignore[no-any-return]
+
+    def cursor(after: str | None, before: str | None, limit: int, order: str) -> dict[str, Any]:
+        return {"after": after, "before": before, "limit": limit, "order": order}
+
+    # -- assistants ---------------------------------------------------------------------------
+
+    @app.post("/v1/assistants", tags=["assistants"])
+    async def create_assistant(request: Request, body: schemas.AssistantCreate) -> dict[str, Any]:
+        return await api.create_assistant(tenant(request), body)
+
+    @app.get("/v1/assistants", tags=["assistants"])
+    async def list_assistants(request: Request, after: str | None = None, before: str | None = None,
+                              limit: Limit = 20, order: Order = "desc") -> dict[str, Any]:
+        return await api.list_assistants(tenant(request), **cursor(after, before, limit, order))
+
+    @app.get("/v1/assistants/{assistant_id}", tags=["assistants"])
+    async def get_assistant(request: Request, assistant_id: str) -> dict[str, Any]:
+        return await api.assistant(tenant(request), assistant_id)
+
+    @app.post("/v1/assistants/{assistant_id}", tags=["assistants"])
+    async def update_assistant(request: Request, assistant_id: str, body: schemas.AssistantUpdate) -> dict[str, Any]:
+        return await api.update_assistant(tenant(request), assistant_id, body)
+
+    @app.delete("/v1/assistants/{assistant_id}", tags=["assistants"])
+    async def delete_assistant(request: Request, assistant_id: str) -> dict[str, Any]:
+        return await api.delete_assistant(tenant(request), assistant_id)
+
+    # -- threads ------------------------------------------------------------------------------
+
+    @app.post("/v1/threads", tags=["threads"])
+    async def create_thread(request: Request, body: Annotated[schemas.ThreadCreate | None, Body()] = None
+                            ) -> dict[str, Any]:
+        return await api.create_thread(tenant(request), body)
+
+    @app.get("/v1/threads/{thread_id}", tags=["threads"])
+    async def get_thread(request: Request, thread_id: str) -> dict[str, Any]:
+        return await api.thread(tenant(request), thread_id)
+
+    @app.post("/v1/threads/{thread_id}", tags=["threads"])
+    async def update_thread(request: Request, thread_id: str, body: schemas.ThreadUpdate) -> dict[str, Any]:
+        return await api.update_thread(tenant(request), thread_id, body)
+
+    @app.delete("/v1/threads/{thread_id}", tags=["threads"])
+    async def delete_thread(request: Request, thread_id: str) -> dict[str, Any]:
+        return await api.delete_thread(tenant(request), thread_id)
+
+    # -- messages -----------------------------------------------------------------------------
+
+    @app.post("/v1/threads/{thread_id}/messages", tags=["messages"])
+    async def create_message(request: Request, thread_id: str, body: schemas.MessageCreate) -> dict[str, Any]:
+        return await api.create_message(tenant(request), thread_id, body)
+
+    @app.get("/v1/threads/{thread_id}/messages", tags=["messages"])
+    async def list_messages(request: Request, thread_id: str, after: str | None = None, before: str | None = None,
+                            limit: Limit = 20, order: Order = "desc", run_id: str | None = None) -> dict[str, Any]:
+        return await api.list_messages(tenant(request), thread_id, run_id, **cursor(after, before, limit, order))
+
+    @app.get("/v1/threads/{thread_id}/messages/{message_id}", tags=["messages"])
+    async def get_message(request: Request, thread_id: str, message_id: str) -> dict[str, Any]:
+        return await api.message(tenant(request), thread_id, message_id)
+
+    @app.post("/v1/threads/{thread_id}/messages/{message_id}", tags=["messages"])
+    async def update_message(request: Request, thread_id: str, message_id: str,
+                             body: schemas.MetadataUpdate) -> dict[str, Any]:
+        return await api.update_message(tenant(request), thread_id, message_id, body)
+
+    @app.delete("/v1/threads/{thread_id}/messages/{message_id}", tags=["messages"])
+    async def delete_message(request: Request, thread_id: str, message_id: str) -> dict[str, Any]:
+        return await api.delete_message(tenant(request), thread_id, message_id)
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    async def started(run_id: str, thread_id: str, stream: bool | None, request: Request,
+                      prelude: list[str]) -> Any:
+        log_ = await api.run_log(tenant(request), thread_id, run_id)
+        if not stream:
+            scheduler.submit(run_id)
+            return await api.run_object(log_)
+        queue = scheduler.bus.subscribe(run_id)
+        queued = await api.run_object(log_)
+        prelude = [*prelude, sse("thread.run.created", queued), sse("thread.run.queued", queued)]
+        scheduler.submit(run_id)
+        return run_stream(log_, queue, prelude)
+
+    def run_stream(log_: RunLog, queue: asyncio.Queue[Event | None], prelude: list[str]) -> StreamingResponse:
+        stream = AssistantStream(log_, api.run_object)
+
+        async def load_since(seq: int) -> list[Record]:
+            return [r for r in await service.store.load(log_.id) if r.seq > seq]
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                for chunk in prelude:
+                    yield chunk
+                yield sse("thread.run.in_progress", log_.run())
+                async for item in follow(queue, load_since, lambda: stream.seen, keepalive_s=config.keepalive_s):
+                    if isinstance(item, str):
+                        yield item
+                    elif item.type == "delta" and item.delta:
+                        for chunk in stream.on_delta(item.delta):
+                            yield chunk
+                    elif item.record is not None:
+                        for chunk in await stream.on_record(item.record):
+                            yield chunk
+                    if stream.done:
+                        break
+                yield DONE
+            except Exception as e:  # the stream broke: tell the client in the envelope, then end
+                log.exception("the event stream of run %s failed", log_.id)
+                yield sse("error", envelope(f"the event stream failed: {type(e).__name__}", "server_error"))
+                yield DONE
+            finally:
+                scheduler.bus.unsubscribe(log_.id, queue)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+    @app.post("/v1/threads/{thread_id}/runs", tags=["runs"])
+    async def create_run(request: Request, thread_id: str, body: schemas.RunCreate,
+                         include: Include = None) -> Any:
+        _check_include(include)
+        run_id = await api.prepare_run(tenant(request), thread_id, body, additional=body.additional_messages or [],
+                                       additional_instructions=body.additional_instructions)
+        return await started(run_id, thread_id, body.stream, request, [])
+
+    @app.post("/v1/threads/runs", tags=["runs"])
+    async def create_thread_and_run(request: Request, body: schemas.ThreadAndRun) -> Any:
+        t = tenant(request)
+        await api._get(t, "assistant", body.assistant_id)  # before the thread is made
+        thread = await api.create_thread(t, body.thread)
+        try:
+            run_id = await api.prepare_run(t, thread["id"], body)
+        except BaseException:
+            await service.store.delete_object(thread["id"])  # type: ignore[attr-defined]
+            raise
+        return await started(run_id, thread["id"], body.stream, request, [sse("thread.created", thread)])
+
+    @app.get("/v1/threads/{thread_id}/runs", tags=["runs"])
+    async def list_runs(request: Request, thread_id: str, after: str | None = None, before: str | None = None,
+                        limit: Limit = 20, order: Order = "desc") -> dict[str, Any]:
+        return await api.list_runs(tenant(request), thread_id, **cursor(after, before, limit, order))
+
+    @app.get("/v1/threads/{thread_id}/runs/{run_id}", tags=["runs"])
+    async def get_run(request: Request, thread_id: str, run_id: str) -> dict[str, Any]:
+        return await api.run_object(await api.run_log(tenant(request), thread_id, run_id))
+
+    @app.post("/v1/threads/{thread_id}/runs/{run_id}", tags=["runs"])
+    async def update_run(request: Request, thread_id: str, run_id: str, body: schemas.MetadataUpdate
+                         ) -> dict[str, Any]:
+        log_ = await api.run_log(tenant(request), thread_id, run_id)
+        await api.update_run(log_, body)
+        return await api.run_object(log_)
+
+    @app.post("/v1/threads/{thread_id}/runs/{run_id}/cancel", tags=["runs"])
+    async def cancel_run(request: Request, thread_id: str, run_id: str) -> dict[str, Any]:
+        await api.cancel_run(await api.run_log(tenant(request), thread_id, run_id))
+        return await api.run_object(await api.run_log(tenant(request), thread_id, run_id))
+
+    @app.post("/v1/threads/{thread_id}/runs/{run_id}/submit_tool_outputs", tags=["runs"])
+    async def submit_tool_outputs(request: Request, thread_id: str, run_id: str,
+                                  body: schemas.SubmitToolOutputs) -> Any:
+        t = tenant(request)
+        before = await api.run_log(t, thread_id, run_id)
+        tool_step = next((s["id"] for s in before.run_steps() if s["status"] == "in_progress"), None)
+        await api.submit_tool_outputs(before, body)
+        log_ = await api.run_log(t, thread_id, run_id)
+        if not body.stream:
+            scheduler.submit(run_id)
+            return await api.run_object(log_)
+        queue = scheduler.bus.subscribe(run_id)
+        prelude = [sse("thread.run.queued", await api.run_object(log_))]
+        prelude += [sse("thread.run.step.completed", s) for s in log_.run_steps() if s["id"] == tool_step]
+        scheduler.submit(run_id)
+        return run_stream(log_, queue, prelude)
+
+    @app.get("/v1/threads/{thread_id}/runs/{run_id}/steps", tags=["runs"])
+    async def list_steps(request: Request, thread_id: str, run_id: str, after: str | None = None,
+                         before: str | None = None, limit: Limit = 20, order: Order = "desc",
+                         include: Include = None) -> dict[str, Any]:
+        _check_include(include)
+        log_ = await api.run_log(tenant(request), thread_id, run_id)
+        return await api.steps(log_, **cursor(after, before, limit, order))
+
+    @app.get("/v1/threads/{thread_id}/runs/{run_id}/steps/{step_id}", tags=["runs"])
+    async def get_step(request: Request, thread_id: str, run_id: str, step_id: str,
+                       include: Include = None) -> dict[str, Any]:
+        _check_include(include)
+        return await api.step(await api.run_log(tenant(request), thread_id, run_id), step_id)
+
+    # -- the debug API --------------------------------------------------------------------------
+
+    async def debug_run(request: Request, run_id: str) -> str:
+        """The run, if this tenant may debug it (its own API runs; on a keyless loopback server, any)."""
+        row = await service.store.get_object(run_id)  # type: ignore[attr-defined]
+        if row is not None and row.kind == "run" and row.tenant == tenant(request):
+            return run_id
+        if not keys and await service.store.get_run(run_id) is not None:
+            return run_id
+        raise not_found("run", run_id)
+
+    async def debug_view(run_id: str) -> dict[str, Any]:
+        view = await service.get(run_id)
+        bps = await service.breakpoints(run_id)
+        return {
+            "id": view.id, "object": "tether.run", "status": view.status, "thread_id": view.thread_id,
+            "pause_id": view.pause_id, "pending": [_plain(i) for i in view.pending],
+            "steps": [_plain(s) for s in steps_of(view.records)],
+            "breakpoints": [{"id": b.id, "spec": b.spec(), "once": b.once, "hits": b.hits} for b in bps],
+            "usage": {"input_tokens": view.usage.input_tokens, "output_tokens": view.usage.output_tokens},
+            "cost_usd": view.cost_usd, "output": view.output, "error": view.error,
+            "fork_warnings": view.fork_warnings,
+        }  # fmt: skip
+
+    @app.get("/v1/tether/runs/{run_id}", tags=["debug"])
+    async def debug_get(request: Request, run_id: str) -> dict[str, Any]:
+        return await debug_view(await debug_run(request, run_id))
+
+    @app.get("/v1/tether/runs/{run_id}/breakpoints", tags=["debug"])
+    async def debug_breakpoints(request: Request, run_id: str) -> dict[str, Any]:
+        return {"object": "list", "data": (await debug_view(await debug_run(request, run_id)))["breakpoints"]}
+
+    @app.post("/v1/tether/runs/{run_id}/breakpoints", tags=["debug"])
+    async def debug_add_breakpoint(request: Request, run_id: str, body: schemas.BreakpointCreate) -> dict[str, Any]:
+        await debug_run(request, run_id)
+        try:
+            bp, warnings = await service.add_breakpoint(run_id, body.spec, once=body.once)
+        except BreakpointError as e:
+            raise ApiError(400, f"Invalid value for 'spec': {e}", param="spec") from None
+        return {"id": bp.id, "spec": bp.spec(), "once": bp.once, "hits": 0, "warnings": warnings}
+
+    @app.delete("/v1/tether/runs/{run_id}/breakpoints/{breakpoint_id}", tags=["debug"])
+    async def debug_clear_breakpoint(request: Request, run_id: str, breakpoint_id: str) -> dict[str, Any]:
+        await debug_run(request, run_id)
+        await service.remove_breakpoint(run_id, breakpoint_id)
+        return {"id": breakpoint_id, "object": "tether.breakpoint.deleted", "deleted": True}
+
+    @app.post("/v1/tether/runs/{run_id}/answer", tags=["debug"])
+    async def debug_answer(request: Request, run_id: str, body: schemas.Answer) -> dict[str, Any]:
+        await debug_run(request, run_id)
+        view = await service.get(run_id)
+        if view.pause_id != body.pause_id:
+            raise AlreadyResumed(f"run {run_id} is not paused at {body.pause_id} (it is {view.status}"
+                                 + (f", paused at {view.pause_id}" if view.pause_id else "") + ")")
+        given = body.answers or {}
+        unknown = set(given) - {i.id for i in view.pending}
+        if unknown:
+            raise ApiError(400, f"Pause {body.pause_id} has no items {sorted(unknown)}; its items are "
+                                f"{[i.id for i in view.pending]}", param="answers")
+        answers = {i.id: (given[i.id].action, given[i.id].payload) if i.id in given else (body.action, body.payload)
+                   for i in view.pending}
+        await service.answer(run_id, answers, pause_id=body.pause_id, by="http", drive=False)  # type: ignore[arg-type]
+        scheduler.submit(run_id)
+        return await debug_view(run_id)
+
+    @app.post("/v1/tether/runs/{run_id}/fork", tags=["debug"])
+    async def debug_fork(request: Request, run_id: str, body: schemas.Fork) -> dict[str, Any]:
+        await debug_run(request, run_id)
+        view = await service.fork(run_id, body.step, body.edits, drive=False)
+        parent = await service.store.get_object(run_id)  # type: ignore[attr-defined]
+        if parent is not None and view.thread_id is not None:  # an API run's fork: a new thread, visible there
+            t = tenant(request)
+            await service.store.put_object(StoredObject(  # type: ignore[attr-defined]
+                view.thread_id, "thread", t, wire.now(),
+                {"metadata": {"forked_from": parent.parent_id or ""}, "tool_resources": {}}))
+            await service.store.put_object(StoredObject(  # type: ignore[attr-defined]
+                view.id, "run", t, wire.now(), dict(parent.data), view.thread_id))
+        if view.status not in TERMINAL and view.status != "paused":
+            scheduler.submit(view.id)
+        return await debug_view(view.id)
+
+    @app.get("/v1/tether/runs/{run_id}/events", tags=["debug"])
+    async def debug_events(request: Request, run_id: str, after: int | None = None) -> StreamingResponse:
+        """The run's records as SSE (`id:` = seq), then live ones; `Last-Event-ID` (or `after`) resumes."""
+        await debug_run(request, run_id)
+        last = request.headers.get("last-event-id")
+        start = int(last) if last and last.isdigit() else (after or 0)
+        queue = scheduler.bus.subscribe(run_id)
+        seen = [start]
+
+        async def load_since(seq: int) -> list[Record]:
+            return [r for r in await service.store.load(run_id) if r.seq > seq]
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                backlog = await load_since(start)
+                for r in backlog:
+                    seen[0] = r.seq
+                    yield _record_event(r)
+                if backlog and backlog[-1].kind == "finished":
+                    yield "event: end\ndata: {}\n\n"
+                    return
+                async for item in follow(queue, load_since, lambda: seen[0], keepalive_s=config.keepalive_s):
+                    if isinstance(item, str):
+                        yield item
+                    elif item.type == "delta":
+                        yield sse("delta", {"text": item.delta})
+                    elif item.record is not None and item.record.seq > seen[0]:
+                        seen[0] = item.record.seq
+                        yield _record_event(item.record)
+                        if item.record.kind == "finished":
+                            yield "event: end\ndata: {}\n\n"
+                            return
+            finally:
+                scheduler.bus.unsubscribe(run_id, queue)
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+    return app
+
+
+def _record_event(r: Record) -> str:
+    payload = json.loads(dump_payload(r.payload))
+    data = {"run_id": r.run_id, "seq": r.seq, "ts": r.ts, "kind": r.kind, "payload": payload}
+    return sse("record", data, str(r.seq))
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return json.loads(json.dumps(asdict(obj), default=str))  # type: ignore[no-any-return]
+
+
+def _check_include(include: list[str] | None) -> None:
+    for value in include or []:
+        if value != "step_details.tool_calls[*].file_search.results[*].content":
+            raise ApiError(400, f"Invalid value for 'include[]': {value!r} is not a known include", param="include[]")
+
+
+def _auth_error(token: str | None) -> ApiError:
+    if not token:
+        return ApiError(401, "You didn't provide an API key. You need to provide your API key in an Authorization "
+                             "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+    shown = token[:3] + "*" * 4 + token[-2:] if len(token) > 8 else "****"
+    return ApiError(401, f"Incorrect API key provided: {shown}. The server's keys are set with TETHER_API_KEYS.",
+                    code="invalid_api_key")
+
+
+def _error_response(e: ApiError, request: Request) -> JSONResponse:
+    headers = {}
+    if request.method == "POST" or e.status in (409, 429) or e.status >= 500:
+        headers["x-should-retry"] = "false"  # a retried POST could create a second run
+    return JSONResponse(e.body(), status_code=e.status, headers=headers)

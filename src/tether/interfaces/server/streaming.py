@@ -1,0 +1,172 @@
+"""Server-sent events: the Assistants stream of a run, and the debug API's stream of records.
+
+The Assistants stream is built the way the `openai` SDK's `AssistantEventHandler` needs it
+(shared/spec, section 4): a message is `created` with empty content before its deltas; deltas
+carry only new fragments; a tool step is `created` with no calls, then one delta per call; the
+stream ends at a state the client must act on (or a terminal one) with `event: done` /
+`data: [DONE]`. While a run waits (e.g. at a breakpoint) the stream sends keep-alive comments.
+Records come live from this process's bus and, for runs advanced elsewhere, from the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from tether.domain.events import Event
+from tether.domain.records import Finished, ModelCalled, Paused, Record, ToolFinished
+from tether.interfaces.server.wire import RunLog, message_id, step_ids
+
+DONE = "event: done\ndata: [DONE]\n\n"
+
+
+def sse(event: str, data: Any, event_id: str | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+class AssistantStream:
+    """Turns one run's records and text deltas into Assistants events."""
+
+    def __init__(self, log: RunLog, run_object: Callable[[RunLog], Awaitable[dict[str, Any]]]) -> None:
+        self.log = log
+        self.run_object = run_object
+        self.seen = log.records[-1].seq
+        self.message_step: int | None = None  # the model step whose message is streaming
+        self.open_tool_steps: set[str] = set()
+        self.done = False
+
+    async def on_record(self, record: Record) -> list[str]:
+        if record.seq <= self.seen:
+            return []
+        self.seen = record.seq
+        log = self.log
+        log.add(record)
+        p = record.payload
+        out: list[str] = []
+        if isinstance(p, ModelCalled):
+            out += self._message_events(p, final=True)
+            if p.response.tool_calls:
+                out += self._tool_step_created(p.step)
+        elif isinstance(p, ToolFinished):
+            out += self._close_tool_steps()
+        elif isinstance(p, Paused):
+            out += self._close_tool_steps()
+            if log.waits_for_client():
+                out.append(sse("thread.run.requires_action", await self.run_object(log)))
+                self.done = True
+        elif isinstance(p, Finished):
+            run = await self.run_object(log)
+            out += self._close_tool_steps()
+            event = {"completed": "thread.run.completed", "failed": "thread.run.failed",
+                     "cancelled": "thread.run.cancelled", "incomplete": "thread.run.incomplete"}[p.status]
+            out.append(sse(event, run))
+            self.done = True
+        return out
+
+    def on_delta(self, text: str) -> list[str]:
+        step = self.log.state.next_step
+        out = self._open_message(step)
+        mid = message_id(self.log.id, self.log.run_ts, step)
+        out.append(sse("thread.message.delta", {"id": mid, "object": "thread.message.delta", "delta": {
+            "content": [{"index": 0, "type": "text", "text": {"value": text, "annotations": []}}]}}))
+        return out
+
+    def _open_message(self, step: int) -> list[str]:
+        if self.message_step == step:
+            return []
+        self.message_step = step
+        log = self.log
+        mid = message_id(log.id, log.run_ts, step)
+        sid = step_ids(log.id, log.run_ts, step)[0]
+        now = int(time.time())
+        step_obj = {
+            "id": sid, "object": "thread.run.step", "created_at": now, "run_id": log.id,
+            "assistant_id": log.row.data.get("assistant_id"), "thread_id": log.row.parent_id,
+            "type": "message_creation", "status": "in_progress",
+            "step_details": {"type": "message_creation", "message_creation": {"message_id": mid}},
+            "cancelled_at": None, "completed_at": None, "expired_at": None, "failed_at": None,
+            "last_error": None, "metadata": {}, "usage": None,
+        }  # fmt: skip
+        message: dict[str, Any] = {
+            "id": mid, "object": "thread.message", "created_at": now, "thread_id": log.row.parent_id,
+            "role": "assistant", "content": [], "assistant_id": log.row.data.get("assistant_id"),
+            "run_id": log.id, "attachments": [], "metadata": {}, "status": "in_progress",
+            "completed_at": None, "incomplete_at": None, "incomplete_details": None,
+        }  # fmt: skip
+        return [sse("thread.run.step.created", step_obj), sse("thread.run.step.in_progress", step_obj),
+                sse("thread.message.created", message), sse("thread.message.in_progress", message)]
+
+    def _message_events(self, p: ModelCalled, *, final: bool) -> list[str]:
+        text = p.response.text
+        if not text:
+            return []
+        out = []
+        if self.message_step != p.step:  # not streamed (a model without deltas): the text in one delta
+            out += self._open_message(p.step)
+            mid = message_id(self.log.id, self.log.run_ts, p.step)
+            out.append(sse("thread.message.delta", {"id": mid, "object": "thread.message.delta", "delta": {
+                "content": [{"index": 0, "type": "text", "text": {"value": text, "annotations": []}}]}}))
+        mid = message_id(self.log.id, self.log.run_ts, p.step)
+        message = next((m for m in self.log.messages() if m["id"] == mid), None)
+        step = next((s for s in self.log.run_steps() if s["step_details"].get("message_creation", {})
+                     .get("message_id") == mid), None)
+        if message is not None:
+            out.append(sse("thread.message.completed", message))
+        if step is not None:
+            out.append(sse("thread.run.step.completed", step))
+        self.message_step = None
+        return out
+
+    def _tool_step_created(self, step: int) -> list[str]:
+        sid = step_ids(self.log.id, self.log.run_ts, step)[1]
+        obj = next((s for s in self.log.run_steps() if s["id"] == sid), None)
+        if obj is None:
+            return []
+        calls = obj["step_details"]["tool_calls"]
+        created = {**obj, "status": "in_progress", "completed_at": None,
+                   "step_details": {"type": "tool_calls", "tool_calls": []}}
+        out = [sse("thread.run.step.created", created), sse("thread.run.step.in_progress", created)]
+        for i, c in enumerate(calls):
+            delta = dict(c)
+            if c["type"] == "function":
+                delta = {**c, "function": {**c["function"], "output": None}}
+            out.append(sse("thread.run.step.delta", {"id": sid, "object": "thread.run.step.delta", "delta": {
+                "step_details": {"type": "tool_calls", "tool_calls": [{"index": i, **delta}]}}}))
+        self.open_tool_steps.add(sid)
+        return out
+
+    def _close_tool_steps(self) -> list[str]:
+        out = []
+        for s in self.log.run_steps():
+            if s["id"] in self.open_tool_steps and s["status"] != "in_progress":
+                self.open_tool_steps.discard(s["id"])
+                out.append(sse(f"thread.run.step.{s['status']}", s))
+        return out
+
+
+async def follow(queue: asyncio.Queue[Event | None], load_since: Callable[[int], Awaitable[list[Record]]],
+                 seen: Callable[[], int], *, keepalive_s: float, poll_s: float = 1.0,
+                 ) -> AsyncIterator[Event | str]:
+    """A run's events: live ones from `queue`; records it did not bring (the run is advanced by
+    another process) from the log; a keep-alive comment (": keep-alive") when nothing happens."""
+    quiet = 0.0
+    while True:
+        try:
+            event = await asyncio.wait_for(queue.get(), timeout=poll_s)
+        except TimeoutError:
+            event = None
+            quiet += poll_s
+        if event is not None:
+            quiet = 0.0
+            yield event
+            continue
+        for record in await load_since(seen()):
+            quiet = 0.0
+            yield Event(record.run_id, "record", record)
+        if quiet >= keepalive_s:
+            quiet = 0.0
+            yield ": keep-alive\n\n"
