@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from tether.interfaces.server.wire import CODE_INTERPRETER, RunLog
 from tether.services.agents import Agent
 from tether.services.runs import RunsService
 
+FINISHED_CACHE = 2000
 MAX_STEPS = 50  # model calls an API run may make before it fails (a plain client cannot answer a budget pause)
 
 
@@ -77,7 +79,8 @@ class AssistantsApi:
         self.service, self.config = service, config
         self.store: Any = service.store  # a Store that is also an ObjectStore
         service.resolvers["api"] = self._agent_of_snapshot
-        self._finished: dict[str, RunLog] = {}  # terminal runs never change: their logs are kept
+        self._finished: OrderedDict[str, RunLog] = OrderedDict()  # terminal runs never change: kept, the
+        # most recently used FINISHED_CACHE of them
 
     # -- objects of a tenant -------------------------------------------------------------------
 
@@ -247,6 +250,7 @@ class AssistantsApi:
     async def _log(self, row: StoredObject) -> RunLog:
         cached = self._finished.get(row.id)
         if cached is not None:
+            self._finished.move_to_end(row.id)
             cached.row = row  # its metadata may have changed
             return cached
         records = await self.service.store.load(row.id)
@@ -255,6 +259,8 @@ class AssistantsApi:
         log = RunLog(row, records, fold(row.id, records))
         if log.finished() is not None:
             self._finished[row.id] = log
+            if len(self._finished) > FINISHED_CACHE:
+                self._finished.popitem(last=False)
         return log
 
     async def run_log(self, tenant: str, thread_id: str, run_id: str) -> RunLog:
