@@ -339,6 +339,27 @@ def create_app(service: RunsService, config: ServerConfig | None = None) -> Fast
             "fork_warnings": view.fork_warnings,
         }  # fmt: skip
 
+    @app.get("/v1/tether/assistants/{assistant_id}/breakpoints", tags=["debug"])
+    async def assistant_breakpoints(request: Request, assistant_id: str) -> dict[str, Any]:
+        a = await api.assistant(tenant(request), assistant_id)
+        return {"object": "list", "data": [{"id": f"bp_{i}", "spec": spec}
+                                           for i, spec in enumerate(a["tether_breakpoints"], 1)]}
+
+    @app.post("/v1/tether/assistants/{assistant_id}/breakpoints", tags=["debug"])
+    async def assistant_add_breakpoint(request: Request, assistant_id: str,
+                                       body: schemas.BreakpointCreate) -> dict[str, Any]:
+        """A breakpoint for the assistant's next runs (a run's own are set on the run)."""
+        a = await api.assistant(tenant(request), assistant_id)
+        specs = [*a["tether_breakpoints"], body.spec]
+        await api.update_assistant(tenant(request), assistant_id,
+                                   schemas.AssistantUpdate(tether_breakpoints=specs))
+        return {"id": f"bp_{len(specs)}", "spec": body.spec}
+
+    @app.delete("/v1/tether/assistants/{assistant_id}/breakpoints", tags=["debug"])
+    async def assistant_clear_breakpoints(request: Request, assistant_id: str) -> dict[str, Any]:
+        await api.update_assistant(tenant(request), assistant_id, schemas.AssistantUpdate(tether_breakpoints=[]))
+        return {"object": "list", "data": []}
+
     @app.get("/v1/tether/runs/{run_id}", tags=["debug"])
     async def debug_get(request: Request, run_id: str) -> dict[str, Any]:
         return await debug_view(await debug_run(request, run_id))
