@@ -272,7 +272,11 @@ class AssistantsApi:
 
     async def run_object(self, log: RunLog) -> dict[str, Any]:
         info = await self.service.store.get_run(log.id)
-        queued = info is not None and info.status == "queued" and log.id not in self.service._active
+        # Queued until a worker takes it: one here, or another process holding a live lease on it.
+        advanced_elsewhere = (info is not None and info.lease_owner not in (None, self.service.owner)
+                              and (info.lease_expires or 0) > wire.now())
+        queued = (info is not None and info.status == "queued" and log.id not in self.service._active
+                  and not advanced_elsewhere)
         cancelling = (log.finished() is None and info is not None and info.status in ACTIVE
                       and await self.service.store.cancel_requested(log.id) is not None)
         return log.run(queued=queued, cancelling=cancelling)
