@@ -50,6 +50,10 @@ class RunsService:
         # Agent refs "PREFIX:…" that an interface knows how to rebuild (e.g. the server's "api:RUN_ID").
         self.resolvers: dict[str, Callable[[AgentSnapshot], Awaitable[Agent]]] = {}
 
+    def advancing(self, run_id: str) -> bool:
+        """Whether this process is advancing the run right now."""
+        return run_id in self._active
+
     def register(self, agent: Agent) -> None:
         """Make an agent defined in code findable by runs that name it (by `ref`, else by name)."""
         self._agents[agent.ref or agent.name] = agent

@@ -275,7 +275,7 @@ class AssistantsApi:
         # Queued until a worker takes it: one here, or another process holding a live lease on it.
         advanced_elsewhere = (info is not None and info.lease_owner not in (None, self.service.owner)
                               and (info.lease_expires or 0) > wire.now())
-        queued = (info is not None and info.status == "queued" and log.id not in self.service._active
+        queued = (info is not None and info.status == "queued" and not self.service.advancing(log.id)
                   and not advanced_elsewhere)
         cancelling = (log.finished() is None and info is not None and info.status in ACTIVE
                       and await self.service.store.cancel_requested(log.id) is not None)
