@@ -254,7 +254,7 @@ def create_app(service: RunsService, config: ServerConfig | None = None) -> Fast
     @app.post("/v1/threads/runs", tags=["runs"])
     async def create_thread_and_run(request: Request, body: schemas.ThreadAndRun) -> Any:
         t = tenant(request)
-        await api._get(t, "assistant", body.assistant_id)  # before the thread is made
+        await api.assistant(t, body.assistant_id)  # 404 before a thread is made
         thread = await api.create_thread(t, body.thread)
         try:
             run_id = await api.prepare_run(t, thread["id"], body)
