@@ -5,7 +5,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import signal
 import socket
+import threading
 from pathlib import Path
 
 from tether.domain.errors import ConfigError
@@ -66,4 +68,12 @@ def serve(host: str = "127.0.0.1", port: int = 8000, *, concurrency: int = 16, a
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per model call is noise
     app = create_app(service, config)
+    # uvicorn shuts down gracefully on SIGTERM, then raises it again (the default handler would end
+    # the process with -15): a graceful stop exits 0. Before uvicorn listens, SIGTERM just exits.
+    if threading.current_thread() is threading.main_thread():  # signals can only be set there
+        signal.signal(signal.SIGTERM, _exit_zero)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+
+
+def _exit_zero(signum: int, frame: object) -> None:
+    raise SystemExit(0)

@@ -162,6 +162,12 @@ async def follow(queue: asyncio.Queue[Event | None], load_since: Callable[[int],
             quiet += poll_s
         if event is not None:
             quiet = 0.0
+            if event.record is not None and event.record.seq > seen() + 1:
+                # Records written without a bus event (a decision from an HTTP answer, another
+                # process) come before this one: from the log, so none is skipped.
+                for record in await load_since(seen()):
+                    if record.seq < event.record.seq:
+                        yield Event(record.run_id, "record", record)
             yield event
             continue
         for record in await load_since(seen()):
