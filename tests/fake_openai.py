@@ -3,6 +3,7 @@
     with FakeOpenAI() as fake:
         fake.queue("hello", FakeReply(tool_calls=[FakeToolCall("add", {"a": 1})]))
         fake.fail_next(429, 1, {"retry-after": "2"})
+        fake.respond_with(lambda body: "echo: " + body["messages"][-1]["content"])  # when the queue is empty
         model = OpenAIModel("gpt-4o-mini", base_url=fake.base_url, api_key="k", ref="t", priced=False)
         ...
         fake.requests[-1]["messages"]     # the bodies received, in order
@@ -12,7 +13,13 @@ POST /v1/chat/completions answers from the queue of scripted replies, as JSON or
 `"stream": true`, as SSE chunks shaped like OpenAI's (a role delta, content deltas, tool-call
 deltas by index with the arguments in fragments, a chunk with the finish reason, a usage chunk
 when `stream_options.include_usage`, then `data: [DONE]`). GET /v1/models lists the model names
-seen. With nothing queued the server answers 400, so a test fails at once rather than retrying.
+seen. With nothing queued and no responder the server answers 400, so a test fails at once rather
+than retrying.
+
+A responder (`fake.respond_with(fn)`) answers whatever the queue does not: it is called with the
+request body (a dict) and returns a FakeReply or a string, so concurrent requests can be answered
+deterministically by their content. Scripted failures (`fail_next`) still come first. If it raises,
+the request is answered 400 with the exception's text.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -80,6 +88,7 @@ class FakeOpenAI:
         self.paths: list[str] = []
         self._replies: deque[FakeReply] = deque()
         self._failures: deque[_Failure] = deque()
+        self.responder: Callable[[dict[str, Any]], FakeReply | str] | None = None
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._server: ThreadingHTTPServer | None = None
@@ -134,6 +143,19 @@ class FakeOpenAI:
                                                message or f"fake failure {status}"))
         return self
 
+    def respond_with(self, fn: Callable[[dict[str, Any]], FakeReply | str] | None) -> FakeOpenAI:
+        """Answer requests the queue does not with `fn(request_body)` (None: back to answering 400)."""
+        with self._lock:
+            self.responder = fn
+        return self
+
+    def clear(self) -> FakeOpenAI:
+        """Drop the queued replies and scripted failures not used yet (the responder stays)."""
+        with self._lock:
+            self._replies.clear()
+            self._failures.clear()
+        return self
+
     @property
     def pending(self) -> int:
         with self._lock:
@@ -147,11 +169,20 @@ class FakeOpenAI:
             self.requests.append(body)
             self.request_headers.append(headers)
 
-    def _next(self) -> _Failure | FakeReply | None:
+    def _next(self, body: dict[str, Any] | None = None) -> _Failure | FakeReply | None:
         with self._lock:
             if self._failures:
                 return self._failures.popleft()
-            return self._replies.popleft() if self._replies else None
+            if self._replies:
+                return self._replies.popleft()
+            responder = self.responder
+        if responder is None:
+            return None
+        try:  # outside the lock: a responder may be slow, or look at self.requests
+            reply = responder(body if body is not None else {})
+        except Exception as exc:
+            return _Failure(400, {}, f"fake OpenAI server: the responder raised {type(exc).__name__}: {exc}")
+        return FakeReply(text=reply) if isinstance(reply, str) else reply
 
     def _call_id(self) -> str:
         return f"call_fake_{next(self._ids)}"
@@ -206,7 +237,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") != "/v1/chat/completions":
             self._error(404, f"no route {self.path}")
             return
-        item = self.fake._next()
+        item = self.fake._next(body)
         if item is None:
             self._error(400, "fake OpenAI server: no scripted reply left")
             return

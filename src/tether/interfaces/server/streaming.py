@@ -131,11 +131,18 @@ class AssistantStream:
                    "step_details": {"type": "tool_calls", "tool_calls": []}}
         out = [sse("thread.run.step.created", created), sse("thread.run.step.in_progress", created)]
         for i, c in enumerate(calls):
-            delta = dict(c)
+            # The SDK's handler reports a call's first delta as "created" and later ones as deltas:
+            # the call's id and name first, then its arguments (never repeating id or name).
             if c["type"] == "function":
-                delta = {**c, "function": {**c["function"], "output": None}}
-            out.append(sse("thread.run.step.delta", {"id": sid, "object": "thread.run.step.delta", "delta": {
-                "step_details": {"type": "tool_calls", "tool_calls": [{"index": i, **delta}]}}}))
+                head = {"id": c["id"], "type": "function",
+                        "function": {"name": c["function"]["name"], "arguments": "", "output": None}}
+                rest = {"type": "function", "function": {"arguments": c["function"]["arguments"]}}
+            else:
+                head = {"id": c["id"], "type": c["type"], c["type"]: {"input": "", "outputs": []}}
+                rest = {"type": c["type"], c["type"]: {"input": c[c["type"]]["input"]}}
+            for part in (head, rest):
+                out.append(sse("thread.run.step.delta", {"id": sid, "object": "thread.run.step.delta", "delta": {
+                    "step_details": {"type": "tool_calls", "tool_calls": [{"index": i, **part}]}}}))
         self.open_tool_steps.add(sid)
         return out
 

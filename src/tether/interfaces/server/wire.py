@@ -188,6 +188,8 @@ class RunLog:
         elif queued:
             status = "queued"
         started = next((r.ts for r in self.records[1:]), None)
+        if started is None and status == "in_progress":
+            started = self.row.created_at  # taken by a worker, nothing recorded yet
         end_ts = stamp(end[1]) if end is not None else None
         usage = None
         if end is not None or status == "requires_action":
