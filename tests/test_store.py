@@ -670,3 +670,28 @@ async def test_a_cancel_request_is_kept_beside_the_run(store_url: str) -> None:
             await store.request_cancel("run_nope", "x")
     finally:
         await store.close()
+
+
+async def test_objects_put_get_list_delete_by_tenant(store: SqlStore, store_url: str) -> None:
+    """The server's documents (assistants, threads, messages) live beside the runs, per tenant."""
+    from tether.domain.objects import StoredObject
+
+    await store.put_object(StoredObject("asst_2", "assistant", "t1", 2.0, {"name": "b", "tools": []}))
+    await store.put_object(StoredObject("asst_1", "assistant", "t1", 1.0, {"name": "a"}))
+    await store.put_object(StoredObject("asst_3", "assistant", "t2", 3.0, {"name": "other tenant"}))
+    await store.put_object(StoredObject("msg_1", "message", "t1", 4.0, {"role": "user"}, parent_id="thread_1"))
+    await store.put_object(StoredObject("msg_2", "message", "t1", 5.0, {"role": "user"}, parent_id="thread_2"))
+    assert [o.id for o in await store.list_objects("assistant", "t1")] == ["asst_1", "asst_2"]
+    assert [o.id for o in await store.list_objects("message", "t1", "thread_2")] == ["msg_2"]
+
+    await store.put_object(StoredObject("asst_2", "assistant", "t1", 2.0, {"name": "b2", "meta": {"k": "é"}}))
+    other = SqlStore(store_url)  # another process sees the same
+    try:
+        got = await other.get_object("asst_2")
+        assert got == StoredObject("asst_2", "assistant", "t1", 2.0, {"name": "b2", "meta": {"k": "é"}})
+        assert await other.delete_object("asst_2") is True
+        assert await other.delete_object("asst_2") is False
+    finally:
+        await other.close()
+    assert await store.get_object("asst_2") is None
+    assert await store.get_object("nope") is None
