@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from pg import postgres, postgres_url  # noqa: F401  (fixtures)
+
 ROOT = Path(__file__).resolve().parent.parent
 OLD_SDKS = ["1.109.1", "2.54.0"]
 TIMEOUT_S = 600
@@ -41,4 +43,17 @@ def test_sdk_suite_passes_with_older_openai(version: str) -> None:
         pytest.fail(f"openai=={version}: the suite did not finish within {TIMEOUT_S}s\n{out[-6000:]}")
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"openai=={version}: `{' '.join(cmd)}` exited {proc.returncode}\n{output[-12000:]}"
+    assert " passed" in proc.stdout, output[-4000:]
+
+
+@pytest.mark.postgres
+def test_sdk_suite_passes_on_postgres(request: pytest.FixtureRequest) -> None:
+    """The same suite with the server's store on Postgres (objects, runs and leases there)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "TETHER_DATABASE_URL")}
+    env["TETHER_SDK_DATABASE_URL"] = str(request.getfixturevalue("postgres_url"))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--confcutdir", "tests/sdk", "tests/sdk"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S,
+                          stdin=subprocess.DEVNULL)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"tests/sdk on Postgres exited {proc.returncode}\n{output[-12000:]}"
     assert " passed" in proc.stdout, output[-4000:]
