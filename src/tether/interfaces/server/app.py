@@ -160,6 +160,19 @@ def create_app(service: RunsService, config: ServerConfig | None = None) -> Fast
                             ) -> dict[str, Any]:
         return await api.create_thread(tenant(request), body)
 
+    # before /v1/threads/{thread_id}: that route would take POST /v1/threads/runs for a thread "runs"
+    @app.post("/v1/threads/runs", tags=["runs"])
+    async def create_thread_and_run(request: Request, body: schemas.ThreadAndRun) -> Any:
+        t = tenant(request)
+        await api.assistant(t, body.assistant_id)  # 404 before a thread is made
+        thread = await api.create_thread(t, body.thread)
+        try:
+            run_id = await api.prepare_run(t, thread["id"], body)
+        except BaseException:
+            await service.store.delete_object(thread["id"])  # type: ignore[attr-defined]
+            raise
+        return await started(run_id, thread["id"], body.stream, request, [sse("thread.created", thread)])
+
     @app.get("/v1/threads/{thread_id}", tags=["threads"])
     async def get_thread(request: Request, thread_id: str) -> dict[str, Any]:
         return await api.thread(tenant(request), thread_id)
@@ -250,18 +263,6 @@ def create_app(service: RunsService, config: ServerConfig | None = None) -> Fast
         run_id = await api.prepare_run(tenant(request), thread_id, body, additional=body.additional_messages or [],
                                        additional_instructions=body.additional_instructions)
         return await started(run_id, thread_id, body.stream, request, [])
-
-    @app.post("/v1/threads/runs", tags=["runs"])
-    async def create_thread_and_run(request: Request, body: schemas.ThreadAndRun) -> Any:
-        t = tenant(request)
-        await api.assistant(t, body.assistant_id)  # 404 before a thread is made
-        thread = await api.create_thread(t, body.thread)
-        try:
-            run_id = await api.prepare_run(t, thread["id"], body)
-        except BaseException:
-            await service.store.delete_object(thread["id"])  # type: ignore[attr-defined]
-            raise
-        return await started(run_id, thread["id"], body.stream, request, [sse("thread.created", thread)])
 
     @app.get("/v1/threads/{thread_id}/runs", tags=["runs"])
     async def list_runs(request: Request, thread_id: str, after: str | None = None, before: str | None = None,

@@ -36,6 +36,9 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     if not errors:
         return "The request is invalid.", None
     e = errors[0]
+    raw = tuple(e.get("loc", ()))
+    if raw and raw[-1] == "str" and isinstance(e.get("input"), list):  # `str | list[...]` sent a list:
+        e = next((o for o in errors[1:] if tuple(o.get("loc", ()))[:len(raw) - 1] == raw[:-1]), e)  # its error
     # pydantic adds union branches ("str", "list[ContentPart]", "function-after[...]") to the location
     loc = [str(x) for x in e.get("loc", ()) if isinstance(x, int) or (
         re.fullmatch(r"[a-z_][a-z0-9_\[\]]*", x) and x not in _NOT_FIELDS)]
@@ -46,11 +49,14 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
         return ("We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
                 "HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid "
                 "JSON.)"), None
+    if kind == "missing" and param is None:
+        return "The request body is missing: send a JSON object.", None
     if kind == "missing":
         return f"Missing required parameter: '{param}'.", param
-    if kind == "extra_forbidden":
-        return f"Unrecognized request argument supplied: {loc[-1] if loc else param}", param
-    if kind in ("model_type", "dict_type") and param is None:
+    if kind == "extra_forbidden":  # the key as sent, even one the filter above drops ("x-foo")
+        name = str(e["loc"][-1]) if e.get("loc") else param
+        return f"Unrecognized request argument supplied: {name}", param
+    if kind in ("model_type", "model_attributes_type", "dict_type") and param is None:
         return "The request body must be a JSON object.", None
     msg = msg.removeprefix("Value error, ")
     return (f"Invalid value for '{param}': {msg}." if param else f"Invalid request: {msg}."), param

@@ -38,6 +38,8 @@ class Body(BaseModel):
     @classmethod
     def _no_resources(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         for kind, resource in (value or {}).items():
+            if resource is not None and not isinstance(resource, dict):
+                raise ValueError(f"tool_resources.{kind} must be an object")
             if resource and any(resource.values()):
                 raise ValueError(f"tool_resources.{kind}: {NOT_SERVED}; remove the file ids")
         return value
