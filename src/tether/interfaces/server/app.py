@@ -455,7 +455,34 @@ def create_app(service: RunsService, config: ServerConfig | None = None) -> Fast
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, saying what the server really answers to a bad request: a 400 in OpenAI's
+    envelope (not FastAPI's 422)."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schemas_ = doc.setdefault("components", {}).setdefault("schemas", {})
+        schemas_.pop("HTTPValidationError", None)
+        schemas_.pop("ValidationError", None)
+        schemas_["Error"] = {"type": "object", "required": ["error"], "properties": {"error": {
+            "type": "object", "required": ["message", "type", "param", "code"],
+            "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                           "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+        error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        for path in doc.get("paths", {}).values():
+            for operation in path.values():
+                responses = operation.get("responses", {})
+                responses.pop("422", None)
+                responses["400"] = {"description": "Invalid request", **error}
+                responses["401"] = {"description": "Missing or wrong API key", **error}
+                responses["404"] = {"description": "Unknown id", **error}
+        app.openapi_schema = doc
+    return app.openapi_schema
 
 
 def _record_event(r: Record) -> str:

@@ -20,7 +20,7 @@ class Unsupported(ValueError):
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "temperature": false is an error, not 0.0
 
     def given(self) -> dict[str, Any]:
         """The fields the client sent (explicit nulls included), as plain data."""
