@@ -371,6 +371,34 @@ def test_tool_call_round_trip(client: openai.OpenAI, assistant: Any, script: Any
         assert got.model_dump() == s.model_dump()
 
 
+def test_server_tools_run_first_and_only_client_calls_are_required(client: openai.OpenAI, script: Any) -> None:
+    """A turn that mixes a server-side tool (tether_tools) and a client function: the server call
+    runs first, required_action lists only the client's, and the step shows both with outputs."""
+    a = client.beta.assistants.create(model=MODEL, tools=[WEATHER_TOOL],
+                                      extra_body={"tether_tools": [{"type": "calculator"}]})
+    assert [t.type for t in a.tools] == ["function"]  # the server's tools never join `tools`
+    assert (a.model_extra or {}).get("tether_tools") == [{"type": "calculator", "server": None, "options": None}]
+    a = client.beta.assistants.update(a.id, tools=a.tools)  # an SDK round trip of `tools` keeps them client-side
+    mk = script.add(script.marker("mix"),
+                    FakeReply(tool_calls=[FakeToolCall("calculator", {"expression": "6*7"}),
+                                          FakeToolCall("get_weather", {"city": "Oslo"})]),
+                    "42, and cold.")
+    t = new_thread(client, f"Compute and check the weather {mk}")
+    run = client.beta.threads.runs.create_and_poll(thread_id=t.id, assistant_id=a.id, poll_interval_ms=POLL)
+    assert run.status == "requires_action", run
+    (call,) = run.required_action.submit_tool_outputs.tool_calls
+    assert call.function.name == "get_weather"
+    (step,) = [s for s in client.beta.threads.runs.steps.list(run.id, thread_id=t.id).data if s.type == "tool_calls"]
+    outputs = {c.function.name: c.function.output for c in step.step_details.tool_calls}
+    assert outputs == {"calculator": "42", "get_weather": None}
+    run = client.beta.threads.runs.submit_tool_outputs_and_poll(
+        run_id=run.id, thread_id=t.id, tool_outputs=[{"tool_call_id": call.id, "output": "-3C"}],
+        poll_interval_ms=POLL)
+    assert run.status == "completed", run
+    tool_results = sorted(message_text(m["content"]) for m in chat_messages(script.requests(mk)[1], "tool"))
+    assert tool_results == ["-3C", "42"]
+
+
 def test_parallel_tool_calls(client: openai.OpenAI, script: Any) -> None:
     a = client.beta.assistants.create(model=MODEL, instructions="Use tools.", tools=[WEATHER_TOOL, TIME_TOOL])
     mk = script.add(script.marker("parallel"),
