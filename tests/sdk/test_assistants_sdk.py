@@ -399,6 +399,24 @@ def test_server_tools_run_first_and_only_client_calls_are_required(client: opena
     assert tool_results == ["-3C", "42"]
 
 
+def test_code_interpreter_runs_in_the_sandbox(client: openai.OpenAI, script: Any) -> None:
+    """{"type": "code_interpreter"} is served by Tether's sandboxed python tool, shown as such in steps."""
+    try:
+        a = client.beta.assistants.create(model=MODEL, tools=[{"type": "code_interpreter"}])
+    except openai.BadRequestError as e:  # no sandbox on this machine: refused, saying why
+        assert "code_interpreter is not available" in err_message(e)
+        pytest.skip(f"no sandbox here: {err_message(e)}")
+    mk = script.add(script.marker("ci"), FakeReply(tool_calls=[FakeToolCall("code_interpreter", {"code": "6*7"})]),
+                    "It is 42.")
+    t = new_thread(client, f"What is 6*7? {mk}")
+    run = client.beta.threads.runs.create_and_poll(thread_id=t.id, assistant_id=a.id, poll_interval_ms=POLL)
+    assert run.status == "completed", run
+    (step,) = [s for s in client.beta.threads.runs.steps.list(run.id, thread_id=t.id).data if s.type == "tool_calls"]
+    (call,) = step.step_details.tool_calls
+    assert call.type == "code_interpreter" and call.code_interpreter.input == "6*7"
+    assert "42" in call.code_interpreter.outputs[0].logs
+
+
 def test_parallel_tool_calls(client: openai.OpenAI, script: Any) -> None:
     a = client.beta.assistants.create(model=MODEL, instructions="Use tools.", tools=[WEATHER_TOOL, TIME_TOOL])
     mk = script.add(script.marker("parallel"),
