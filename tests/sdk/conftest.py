@@ -26,6 +26,7 @@ for _p in (HERE, HERE.parent):  # tests/sdk (server.py) and tests/ (fake_openai.
         sys.path.insert(0, str(_p))
 
 import openai  # noqa: E402
+from chat import last_user_text  # noqa: E402
 from server import TetherServer  # noqa: E402
 
 from fake_openai import FakeOpenAI, FakeReply  # noqa: E402
@@ -45,21 +46,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # -- the fake model's script: replies chosen by a marker found in the request's messages --
 
-def message_text(content: Any) -> str:
-    """The text of a chat message's content (a string or a list of parts)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") if isinstance(p, dict) and isinstance(p.get("text"), str) else ""
-                       for p in content)
-    return ""
 
 
-def last_user_text(body: dict[str, Any]) -> str:
-    for m in reversed(body.get("messages") or []):
-        if m.get("role") == "user":
-            return message_text(m.get("content"))
-    return ""
 
 
 class Script:

@@ -17,6 +17,7 @@ from typing import Any
 
 import openai
 import pytest
+from chat import last_user_text, message_text
 
 from fake_openai import FakeOpenAI, FakeReply, FakeToolCall
 
@@ -41,19 +42,8 @@ TIME_TOOL = {"type": "function", "function": {
 
 # -- helpers --
 
-def message_text(content: Any) -> str:
-    """The text of a chat-completions message's content (a string or a list of parts)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text", "") if isinstance(p, dict) and isinstance(p.get("text"), str) else ""
-                       for p in content)
-    return ""
 
 
-def last_user_text(body: dict[str, Any]) -> str:
-    users = [m for m in body.get("messages") or [] if m.get("role") == "user"]
-    return message_text(users[-1].get("content")) if users else ""
 
 
 def err_message(exc: openai.APIStatusError) -> str:

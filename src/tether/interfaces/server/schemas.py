@@ -34,6 +34,11 @@ class Body(BaseModel):
                 raise ValueError(f"metadata keys are at most 64 characters, {key[:20]!r}… is longer")
         return value
 
+    @field_validator("response_format", check_fields=False)
+    @classmethod
+    def _format(cls, value: Any) -> Any:
+        return check_response_format(value)
+
     @field_validator("tool_resources", check_fields=False)
     @classmethod
     def _no_resources(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -92,11 +97,6 @@ class AssistantFields(Body):
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
     tether_tools: list[TetherTool] | None = None
     tether_breakpoints: list[str] | None = None
-
-    @field_validator("response_format")
-    @classmethod
-    def _format(cls, value: Any) -> Any:
-        return check_response_format(value)
 
 
 class AssistantCreate(AssistantFields):
@@ -191,11 +191,6 @@ class RunFields(Body):
     stream: bool | None = None
     tether_tools: list[TetherTool] | None = None
     tether_breakpoints: list[str] | None = None
-
-    @field_validator("response_format")
-    @classmethod
-    def _format(cls, value: Any) -> Any:
-        return check_response_format(value)
 
 
 class RunCreate(RunFields):
