@@ -236,6 +236,29 @@ def test_breakpoint_edit_arguments_and_continue(client, http, script, calc_assis
     assert [s["type"] for s in final["steps"]] == ["model", "tool", "model"]
 
 
+def test_fork_over_http_gets_a_new_thread_with_the_whole_conversation(client, http, script, calc_assistant):
+    """Fork a finished API run at its tool step with another result: steps before it are reused (no
+    model call), and the fork's new thread shows the user's message and the fork's own answer."""
+    marker = script.add(calculator_then_echo("2+3"), "fork")
+    thread_id, run_id = start_run(client, calc_assistant.id, marker, "add these")
+    view = wait_paused(http, run_id)
+    assert answer(http, run_id, view["pause_id"]).status_code == 200
+    assert wait_run(client, thread_id, run_id, TERMINAL).status == "completed"
+    calls_before = len(script.requests(marker))
+
+    r = http.post(f"/tether/runs/{run_id}/fork", json={"step": 2, "edits": {"result": "500"}})
+    assert r.status_code == 200, r.text
+    fork = r.json()
+    assert fork["id"] != run_id and fork["thread_id"] not in (None, thread_id)
+    fork_run = wait_run(client, fork["thread_id"], fork["id"], TERMINAL)
+    assert fork_run.status == "completed", fork_run
+    assert len(script.requests(marker)) == calls_before + 1  # only the model call after the edit was made
+    messages = client.beta.threads.messages.list(thread_id=fork["thread_id"], order="asc").data
+    assert [(m.role, m.content[0].text.value) for m in messages] == [
+        ("user", f"add these {marker}"), ("assistant", "The answer is 500")]
+    assert client.beta.threads.retrieve(fork["thread_id"]).metadata["forked_from"].startswith(thread_id)
+
+
 def test_breakpoints_on_a_paused_run_and_cancel(client, http, script, calc_assistant):
     marker = script.add(calculator_then_echo("1+1"), "bp")
     thread_id, run_id = start_run(client, calc_assistant.id, marker)

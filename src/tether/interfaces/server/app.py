@@ -25,10 +25,9 @@ from tether.domain.codec import dump_payload
 from tether.domain.errors import AlreadyResumed, ConfigError, RunNotFound, TetherError
 from tether.domain.events import Event
 from tether.domain.ids import new_id
-from tether.domain.objects import StoredObject
 from tether.domain.records import TERMINAL, Record
 from tether.domain.steps import steps_of
-from tether.interfaces.server import schemas, wire
+from tether.interfaces.server import schemas
 from tether.interfaces.server.assistants import AssistantsApi, ServerConfig, tenant_of
 from tether.interfaces.server.errors import ApiError, envelope, not_found, validation_message
 from tether.interfaces.server.scheduler import Scheduler
@@ -405,15 +404,7 @@ def create_app(service: RunsService, config: ServerConfig | None = None) -> Fast
     @app.post("/v1/tether/runs/{run_id}/fork", tags=["debug"])
     async def debug_fork(request: Request, run_id: str, body: schemas.Fork) -> dict[str, Any]:
         await debug_run(request, run_id)
-        view = await service.fork(run_id, body.step, body.edits, drive=False)
-        parent = await service.store.get_object(run_id)  # type: ignore[attr-defined]
-        if parent is not None and view.thread_id is not None:  # an API run's fork: a new thread, visible there
-            t = tenant(request)
-            await service.store.put_object(StoredObject(  # type: ignore[attr-defined]
-                view.thread_id, "thread", t, wire.now(),
-                {"metadata": {"forked_from": parent.parent_id or ""}, "tool_resources": {}}))
-            await service.store.put_object(StoredObject(  # type: ignore[attr-defined]
-                view.id, "run", t, wire.now(), dict(parent.data), view.thread_id))
+        view = await api.fork(tenant(request), run_id, body.step, body.edits)
         if view.status not in TERMINAL and view.status != "paused":
             scheduler.submit(view.id)
         return await debug_view(view.id)

@@ -23,7 +23,7 @@ from tether.domain.errors import AlreadyResumed, ConfigError, StoreConflict, Tet
 from tether.domain.ids import new_id
 from tether.domain.messages import ContentPart, ImagePart, Message, TextPart
 from tether.domain.objects import StoredObject
-from tether.domain.records import ACTIVE
+from tether.domain.records import ACTIVE, RunStarted
 from tether.domain.state import fold
 from tether.interfaces.server import schemas, wire
 from tether.interfaces.server.errors import ApiError, bad_request, not_found
@@ -375,6 +375,27 @@ class AssistantsApi:
             if s["id"] == step_id:
                 return s
         raise not_found("run step", step_id)
+
+    async def fork(self, tenant: str, run_id: str, step: int, edits: dict[str, Any] | None) -> Any:
+        """Fork a run (see RunsService.fork). The fork of an API run gets a new thread that holds the
+        conversation the run started from, so the Assistants API shows it whole."""
+        parent = await self.store.get_object(run_id)
+        records = await self.service.store.load(run_id)
+        start = records[0].payload if records else None
+        inputs = [m for m in start.input if m.role in ("user", "assistant") and m.text] \
+            if isinstance(start, RunStarted) else []
+        ids = [new_id("msg") for _ in inputs]  # minted before the fork: they sort before its answers
+        view = await self.service.fork(run_id, step, edits, drive=False)
+        if parent is None or parent.kind != "run" or view.thread_id is None:
+            return view
+        now = wire.now()
+        await self.store.put_object(StoredObject(view.thread_id, "thread", tenant, now, {
+            "metadata": {"forked_from": f"{parent.parent_id}/{run_id}@{step}"}, "tool_resources": {}}))
+        for message_id, m in zip(ids, inputs, strict=True):
+            await self._put_message(tenant, view.thread_id, schemas.MessageCreate(role=m.role, content=m.text),  # type: ignore[arg-type]
+                                    message_id=message_id)
+        await self.store.put_object(StoredObject(view.id, "run", tenant, now, dict(parent.data), view.thread_id))
+        return view
 
     # -- agents --------------------------------------------------------------------------------
 
