@@ -429,8 +429,9 @@ def _cap_completion(settings: dict[str, Any], remaining: int) -> dict[str, Any]:
 
 
 def _needs_model(state: RunState) -> bool:
+    """A run answers at least once, even when its input ends with an assistant message."""
     last = state.last_message
-    return last is None or last.role != "assistant" or bool(last.tool_calls)
+    return state.model_calls == 0 or last is None or last.role != "assistant" or bool(last.tool_calls)
 
 
 async def _with_timeout(awaitable: Any, timeout_s: float | None) -> Any:

@@ -13,6 +13,7 @@ import http
 import os
 import re
 import sys
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -313,6 +314,11 @@ _HINTS = {
 # ---- the model --------------------------------------------------------------------------------
 
 
+# One SDK client per event loop and endpoint (base URL, key, timeout); a loop's clients go with it.
+_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str | None, float], Any]] = (
+    weakref.WeakKeyDictionary())
+
+
 class OpenAIModel:
     """A model behind an OpenAI-compatible chat-completions endpoint."""
 
@@ -352,19 +358,28 @@ class OpenAIModel:
         loop = asyncio.get_running_loop()
         if self._client is None or self._client_loop is not loop:
             # A client's connection pool belongs to one event loop; a new loop gets a new client.
-            # We hand the SDK a plain HTTP client: the SDK's own one closes itself from `__del__`
-            # on whatever loop is running then, which breaks once its first loop is gone.
-            from openai import AsyncOpenAI, DefaultAsyncHttpxClient
+            # Models on the same endpoint share one (a server makes a model per run, and a new client
+            # costs ~20 ms of certificate loading, on the event loop).
+            shared = _CLIENTS.setdefault(loop, {})
+            key = (self.base_url, self._key(), self.timeout_s)
+            if key not in shared:
+                # We hand the SDK a plain HTTP client: the SDK's own one closes itself from `__del__`
+                # on whatever loop is running then, which breaks once its first loop is gone.
+                from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
-            self._client = AsyncOpenAI(api_key=self._key(), base_url=self.base_url, max_retries=0,
-                                       timeout=self.timeout_s,
-                                       http_client=DefaultAsyncHttpxClient(timeout=self.timeout_s))
-            self._client_loop = loop
+                shared[key] = AsyncOpenAI(api_key=key[1], base_url=self.base_url, max_retries=0,
+                                          timeout=self.timeout_s,
+                                          http_client=DefaultAsyncHttpxClient(timeout=self.timeout_s))
+            self._client, self._client_loop = shared[key], loop
         return self._client
 
     async def aclose(self) -> None:
+        """Close this model's client (shared by the models on its endpoint in this event loop)."""
         if self._client is not None:
             client, self._client = self._client, None
+            for shared in _CLIENTS.values():
+                for key in [k for k, c in shared.items() if c is client]:
+                    del shared[key]
             with contextlib.suppress(RuntimeError):  # its event loop is gone
                 await client.close()
 
