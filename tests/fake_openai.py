@@ -194,6 +194,7 @@ def _fragments(text: str, size: int) -> list[str]:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    disable_nagle_algorithm = True  # headers and body go out at once, not 40 ms apart (delayed ACK)
     fake: FakeOpenAI
     protocol_version = "HTTP/1.1"
 
