@@ -332,6 +332,8 @@ def test_racing_answers_one_wins_the_other_gets_409(server, client, http, script
     assert run.status == "completed", run
     assert assistant_texts(client, thread_id) == ["The answer is 4"]  # continued once, not twice
     assert len(script.requests(marker)) == 2
+    bogus = answer(http, run_id, "pause_never_was")  # not "already resumed": that pause never existed
+    assert bogus.status_code == 400 and bogus.json()["error"]["param"] == "pause_id", bogus.text
 
 
 # -- 3. the SSE stream of records, resumed with Last-Event-ID ---------------------------------------------

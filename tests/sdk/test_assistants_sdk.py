@@ -367,7 +367,7 @@ def test_server_tools_run_first_and_only_client_calls_are_required(client: opena
     a = client.beta.assistants.create(model=MODEL, tools=[WEATHER_TOOL],
                                       extra_body={"tether_tools": [{"type": "calculator"}]})
     assert [t.type for t in a.tools] == ["function"]  # the server's tools never join `tools`
-    assert (a.model_extra or {}).get("tether_tools") == [{"type": "calculator", "server": None, "options": None}]
+    assert (a.model_extra or {}).get("tether_tools") == [{"type": "calculator"}]
     a = client.beta.assistants.update(a.id, tools=a.tools)  # an SDK round trip of `tools` keeps them client-side
     mk = script.add(script.marker("mix"),
                     FakeReply(tool_calls=[FakeToolCall("calculator", {"expression": "6*7"}),
@@ -638,11 +638,32 @@ def test_stream_model_failure_is_run_failed(client: openai.OpenAI, assistant: An
     run = handler.get_final_run()
     assert run.status == "failed"
     assert run.last_error is not None and run.last_error.code in ("server_error", "rate_limit_exceeded")
-    assert run.last_error.message
+    assert run.last_error.message and "http://" not in run.last_error.message  # the backend's address stays private
     assert run.failed_at is not None
     assert client.beta.threads.runs.retrieve(run.id, thread_id=t.id).status == "failed"
     # the thread is usable again
     client.beta.threads.messages.create(t.id, role="user", content="after the failure")
+
+
+def test_a_run_answers_even_after_an_assistant_message(client: openai.OpenAI, assistant: Any, script: Any) -> None:
+    """A thread ending with an assistant message (a prepared conversation, or "regenerate") still gets
+    a model call and a new answer."""
+    mk = script.add(script.marker("again"), "Hello again.", "Third answer.")
+    t = client.beta.threads.create(messages=[{"role": "user", "content": f"say hi {mk}"},
+                                             {"role": "assistant", "content": "hi"}])
+    run = client.beta.threads.runs.create_and_poll(thread_id=t.id, assistant_id=assistant.id, poll_interval_ms=POLL)
+    assert run.status == "completed" and run.usage is not None and run.usage.total_tokens > 0
+    run = client.beta.threads.runs.create_and_poll(thread_id=t.id, assistant_id=assistant.id, poll_interval_ms=POLL)
+    assert run.status == "completed"
+    assert texts(client, t.id) == [("user", f"say hi {mk}"), ("assistant", "hi"), ("assistant", "Hello again."),
+                                   ("assistant", "Third answer.")]
+
+
+def test_oversized_message_is_refused(client: openai.OpenAI) -> None:
+    t = client.beta.threads.create()
+    with pytest.raises(openai.BadRequestError) as e:
+        client.beta.threads.messages.create(t.id, role="user", content="x" * 256_001)
+    assert e.value.param == "content"
 
 
 def test_create_and_run_poll(client: openai.OpenAI, assistant: Any, script: Any) -> None:

@@ -25,7 +25,7 @@ from tether.domain.codec import dump_payload
 from tether.domain.errors import AlreadyResumed, ConfigError, RunNotFound, TetherError
 from tether.domain.events import Event
 from tether.domain.ids import new_id
-from tether.domain.records import TERMINAL, Record
+from tether.domain.records import TERMINAL, Paused, Record
 from tether.domain.steps import steps_of
 from tether.interfaces.server import schemas
 from tether.interfaces.server.assistants import AssistantsApi, ServerConfig, tenant_of
@@ -387,6 +387,10 @@ def create_app(service: RunsService, config: ServerConfig | None = None) -> Fast
     async def debug_answer(request: Request, run_id: str, body: schemas.Answer) -> dict[str, Any]:
         await debug_run(request, run_id)
         view = await service.get(run_id)
+        if view.pause_id != body.pause_id and not any(
+                isinstance(r.payload, Paused) and r.payload.pause_id == body.pause_id for r in view.records):
+            where = f"it is paused at {view.pause_id}" if view.pause_id else f"it is {view.status}"
+            raise ApiError(400, f"Run {run_id} has no pause {body.pause_id!r} ({where}).", param="pause_id")
         if view.pause_id != body.pause_id:
             raise AlreadyResumed(f"run {run_id} is not paused at {body.pause_id} (it is {view.status}"
                                  + (f", paused at {view.pause_id}" if view.pause_id else "") + ")")

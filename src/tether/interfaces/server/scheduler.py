@@ -69,7 +69,8 @@ class Scheduler:
     async def _advance(self, run_id: str) -> None:
         try:
             async with self._slots:
-                await self.service.resume(run_id, on_event=self.bus.publish)
+                view = await self.service.resume(run_id, on_event=self.bus.publish)
+            log.info("run %s: %s%s", run_id, view.status, f" ({view.error})" if view.error else "")
         except TetherError as e:
             log.info("run %s not advanced here: %s", run_id, e)
         except asyncio.CancelledError:
@@ -94,7 +95,7 @@ class Scheduler:
             await asyncio.sleep(self._recover_every_s)
 
     async def close(self, grace_s: float = 5.0) -> None:
-        """Stop: let runs in flight reach their next stop for `grace_s`, then interrupt them (their
+        """Stop: let runs in flight go on for `grace_s`, then interrupt them (their
         leases are released, so another server, or this one restarted, resumes them at once)."""
         self.closing = True
         if self._recovery is not None:

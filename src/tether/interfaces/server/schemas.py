@@ -24,7 +24,10 @@ class Body(BaseModel):
 
     def given(self) -> dict[str, Any]:
         """The fields the client sent (explicit nulls included), as plain data."""
-        return self.model_dump(mode="json", include=self.model_fields_set)
+        data = self.model_dump(mode="json", include=self.model_fields_set)
+        if data.get("tether_tools"):  # as the client wrote them, without the options it left out
+            data["tether_tools"] = [{k: v for k, v in t.items() if v is not None} for t in data["tether_tools"]]
+        return data
 
     @field_validator("metadata", check_fields=False)
     @classmethod
@@ -112,9 +115,12 @@ class ImageUrl(Body):
     detail: Literal["auto", "low", "high"] | None = None
 
 
+MAX_TEXT = 256_000  # characters of one message's text, as OpenAI allows
+
+
 class ContentPart(Body):
     type: Literal["text", "image_url", "image_file"]
-    text: str | None = None
+    text: Annotated[str, Field(max_length=MAX_TEXT)] | None = None
     image_url: ImageUrl | None = None
     image_file: dict[str, Any] | None = None
 
@@ -131,7 +137,8 @@ class ContentPart(Body):
 
 class MessageCreate(Body):
     role: Literal["user", "assistant"]
-    content: str | Annotated[list[ContentPart], Field(min_length=1)]
+    content: Annotated[str, Field(max_length=MAX_TEXT)] | Annotated[list[ContentPart], Field(min_length=1,
+                                                                                             max_length=100)]
     attachments: list[dict[str, Any]] | None = None
     metadata: Metadata | None = None
 

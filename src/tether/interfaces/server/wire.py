@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from typing import Any
 
@@ -198,7 +199,8 @@ class RunLog:
         last_error = None
         incomplete = None
         if end is not None and end[0].status == "failed":
-            message = end[0].error or "the run failed"
+            # The backend's address is the operator's business, not every tenant's.
+            message = re.sub(r"\bhttps?://\S+", "the model server", end[0].error or "the run failed")
             code = "rate_limit_exceeded" if "429" in message or "rate limit" in message.lower() else "server_error"
             last_error = {"code": code, "message": message}
         if end is not None and end[0].status == "incomplete":
