@@ -389,6 +389,25 @@ def test_server_tools_run_first_and_only_client_calls_are_required(client: opena
     assert tool_results == ["-3C", "42"]
 
 
+def test_stream_shows_a_server_tools_output_before_requires_action(client: openai.OpenAI, script: Any) -> None:
+    a = client.beta.assistants.create(model=MODEL, tools=[WEATHER_TOOL],
+                                      extra_body={"tether_tools": [{"type": "calculator"}]})
+    mk = script.add(script.marker("smix"),
+                    FakeReply(tool_calls=[FakeToolCall("calculator", {"expression": "6*7"}),
+                                          FakeToolCall("get_weather", {"city": "Oslo"})]))
+    t = new_thread(client, f"Compute and check the weather {mk}")
+    handler = Collector()
+    with client.beta.threads.runs.stream(thread_id=t.id, assistant_id=a.id, event_handler=handler) as stream:
+        stream.until_done()
+    assert handler.exceptions == []
+    run = handler.get_final_run()
+    assert run.status == "requires_action"
+    (step,) = [snap for snap in stream.get_final_run_steps() if snap.type == "tool_calls"]
+    outputs = {c.function.name: c.function.output for c in step.step_details.tool_calls}
+    assert outputs == {"calculator": "42", "get_weather": None}, outputs
+    client.beta.threads.runs.cancel(run.id, thread_id=t.id)
+
+
 def test_code_interpreter_runs_in_the_sandbox(client: openai.OpenAI, script: Any) -> None:
     """{"type": "code_interpreter"} is served by Tether's sandboxed python tool, shown as such in steps."""
     try:

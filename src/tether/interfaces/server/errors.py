@@ -37,8 +37,9 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
         return "The request is invalid.", None
     e = errors[0]
     raw = tuple(e.get("loc", ()))
-    if raw and raw[-1] in ("str", "constrained-str") and isinstance(e.get("input"), list):  # `str | list[...]` sent a list:
-        e = next((o for o in errors[1:] if tuple(o.get("loc", ()))[:len(raw) - 1] == raw[:-1]), e)  # its error
+    if raw and raw[-1] in ("str", "constrained-str") and isinstance(e.get("input"), list):
+        # `str | list[...]` was sent a list: the list's own error says what is wrong
+        e = next((o for o in errors[1:] if tuple(o.get("loc", ()))[:len(raw) - 1] == raw[:-1]), e)
     # pydantic adds union branches ("str", "list[ContentPart]", "function-after[...]") to the location
     loc = [str(x) for x in e.get("loc", ()) if isinstance(x, int) or (
         re.fullmatch(r"[a-z_][a-z0-9_\[\]]*", x) and x not in _NOT_FIELDS)]

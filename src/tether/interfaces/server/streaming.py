@@ -52,6 +52,7 @@ class AssistantStream:
             if p.response.tool_calls:
                 out += self._tool_step_created(p.step)
         elif isinstance(p, ToolFinished):
+            out += self._tool_output(p.call_id)
             out += self._close_tool_steps()
         elif isinstance(p, Paused):
             out += self._close_tool_steps()
@@ -145,6 +146,23 @@ class AssistantStream:
                     "step_details": {"type": "tool_calls", "tool_calls": [{"index": i, **part}]}}}))
         self.open_tool_steps.add(sid)
         return out
+
+    def _tool_output(self, call_id: str) -> list[str]:
+        """A server-run call's output as soon as it has one (its step may wait for the client's calls)."""
+        for s in self.log.run_steps():
+            if s["id"] not in self.open_tool_steps:
+                continue
+            for i, c in enumerate(s["step_details"]["tool_calls"]):
+                if c["id"] != call_id:
+                    continue
+                if c["type"] == "function":
+                    part = {"type": "function", "function": {"output": c["function"]["output"]}}
+                else:
+                    outputs = [{"index": j, **o} for j, o in enumerate(c[c["type"]]["outputs"])]
+                    part = {"type": c["type"], c["type"]: {"outputs": outputs}}
+                return [sse("thread.run.step.delta", {"id": s["id"], "object": "thread.run.step.delta", "delta": {
+                    "step_details": {"type": "tool_calls", "tool_calls": [{"index": i, **part}]}}})]
+        return []
 
     def _close_tool_steps(self) -> list[str]:
         out = []
