@@ -1,0 +1,179 @@
+"""Tether's debug API over HTTP: a run's pause and steps, breakpoints, answers, forks, and an SSE
+stream of its records that any process can join and resume with `Last-Event-ID`.
+
+The same runs service as the debugger in the terminal; every answer names the pause it answers,
+so of two racing clients one wins and the other gets 409 `already_resumed`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
+
+from tether.domain.breakpoints import BreakpointError
+from tether.domain.codec import dump_payload
+from tether.domain.errors import AlreadyResumed
+from tether.domain.records import TERMINAL, Paused, Record
+from tether.domain.steps import steps_of
+from tether.interfaces.server import schemas
+from tether.interfaces.server.assistants import AssistantsApi
+from tether.interfaces.server.errors import ApiError, not_found
+from tether.interfaces.server.scheduler import Scheduler
+from tether.interfaces.server.streaming import follow, sse
+
+
+def add_debug_routes(app: FastAPI, api: AssistantsApi, scheduler: Scheduler, *, keyless: bool) -> None:
+    service, config = api.service, api.config
+
+    def tenant(request: Request) -> str:
+        return request.state.tenant  # type: ignore[no-any-return]
+
+    async def debug_run(request: Request, run_id: str) -> str:
+        """The run, if this tenant may debug it (its own API runs; on a keyless loopback server, any)."""
+        row = await service.store.get_object(run_id)  # type: ignore[attr-defined]
+        if row is not None and row.kind == "run" and row.tenant == tenant(request):
+            return run_id
+        if keyless and await service.store.get_run(run_id) is not None:
+            return run_id
+        raise not_found("run", run_id)
+
+    async def debug_view(run_id: str) -> dict[str, Any]:
+        view = await service.get(run_id)
+        bps = await service.breakpoints(run_id)
+        return {
+            "id": view.id, "object": "tether.run", "status": view.status, "thread_id": view.thread_id,
+            "pause_id": view.pause_id, "pending": [_plain(i) for i in view.pending],
+            "steps": [_plain(s) for s in steps_of(view.records)],
+            "breakpoints": [{"id": b.id, "spec": b.spec(), "once": b.once, "hits": b.hits} for b in bps],
+            "usage": {"input_tokens": view.usage.input_tokens, "output_tokens": view.usage.output_tokens},
+            "cost_usd": view.cost_usd, "output": view.output, "error": view.error,
+            "fork_warnings": view.fork_warnings,
+        }  # fmt: skip
+
+    @app.get("/v1/tether/assistants/{assistant_id}/breakpoints", tags=["debug"])
+    async def assistant_breakpoints(request: Request, assistant_id: str) -> dict[str, Any]:
+        a = await api.assistant(tenant(request), assistant_id)
+        return {"object": "list", "data": [{"id": f"bp_{i}", "spec": spec}
+                                           for i, spec in enumerate(a["tether_breakpoints"], 1)]}
+
+    @app.post("/v1/tether/assistants/{assistant_id}/breakpoints", tags=["debug"])
+    async def assistant_add_breakpoint(request: Request, assistant_id: str,
+                                       body: schemas.BreakpointCreate) -> dict[str, Any]:
+        """A breakpoint for the assistant's next runs (a run's own are set on the run)."""
+        a = await api.assistant(tenant(request), assistant_id)
+        specs = [*a["tether_breakpoints"], body.spec]
+        await api.update_assistant(tenant(request), assistant_id,
+                                   schemas.AssistantUpdate(tether_breakpoints=specs))
+        return {"id": f"bp_{len(specs)}", "spec": body.spec}
+
+    @app.delete("/v1/tether/assistants/{assistant_id}/breakpoints", tags=["debug"])
+    async def assistant_clear_breakpoints(request: Request, assistant_id: str) -> dict[str, Any]:
+        await api.update_assistant(tenant(request), assistant_id, schemas.AssistantUpdate(tether_breakpoints=[]))
+        return {"object": "list", "data": []}
+
+    @app.get("/v1/tether/runs/{run_id}", tags=["debug"])
+    async def debug_get(request: Request, run_id: str) -> dict[str, Any]:
+        return await debug_view(await debug_run(request, run_id))
+
+    @app.get("/v1/tether/runs/{run_id}/breakpoints", tags=["debug"])
+    async def debug_breakpoints(request: Request, run_id: str) -> dict[str, Any]:
+        return {"object": "list", "data": (await debug_view(await debug_run(request, run_id)))["breakpoints"]}
+
+    @app.post("/v1/tether/runs/{run_id}/breakpoints", tags=["debug"])
+    async def debug_add_breakpoint(request: Request, run_id: str, body: schemas.BreakpointCreate) -> dict[str, Any]:
+        await debug_run(request, run_id)
+        try:
+            bp, warnings = await service.add_breakpoint(run_id, body.spec, once=body.once)
+        except BreakpointError as e:
+            raise ApiError(400, f"Invalid value for 'spec': {e}", param="spec") from None
+        return {"id": bp.id, "spec": bp.spec(), "once": bp.once, "hits": 0, "warnings": warnings}
+
+    @app.delete("/v1/tether/runs/{run_id}/breakpoints/{breakpoint_id}", tags=["debug"])
+    async def debug_clear_breakpoint(request: Request, run_id: str, breakpoint_id: str) -> dict[str, Any]:
+        await debug_run(request, run_id)
+        await service.remove_breakpoint(run_id, breakpoint_id)
+        return {"id": breakpoint_id, "object": "tether.breakpoint.deleted", "deleted": True}
+
+    @app.post("/v1/tether/runs/{run_id}/answer", tags=["debug"])
+    async def debug_answer(request: Request, run_id: str, body: schemas.Answer) -> dict[str, Any]:
+        await debug_run(request, run_id)
+        view = await service.get(run_id)
+        if view.pause_id != body.pause_id and not any(
+                isinstance(r.payload, Paused) and r.payload.pause_id == body.pause_id for r in view.records):
+            where = f"it is paused at {view.pause_id}" if view.pause_id else f"it is {view.status}"
+            raise ApiError(400, f"Run {run_id} has no pause {body.pause_id!r} ({where}).", param="pause_id")
+        if view.pause_id != body.pause_id:
+            raise AlreadyResumed(f"run {run_id} is not paused at {body.pause_id} (it is {view.status}"
+                                 + (f", paused at {view.pause_id}" if view.pause_id else "") + ")")
+        given = body.answers or {}
+        unknown = set(given) - {i.id for i in view.pending}
+        if unknown:
+            raise ApiError(400, f"Pause {body.pause_id} has no items {sorted(unknown)}; its items are "
+                                f"{[i.id for i in view.pending]}", param="answers")
+        answers = {i.id: (given[i.id].action, given[i.id].payload) if i.id in given else (body.action, body.payload)
+                   for i in view.pending}
+        await service.answer(run_id, answers, pause_id=body.pause_id, by="http", drive=False)  # type: ignore[arg-type]
+        scheduler.submit(run_id)
+        return await debug_view(run_id)
+
+    @app.post("/v1/tether/runs/{run_id}/fork", tags=["debug"])
+    async def debug_fork(request: Request, run_id: str, body: schemas.Fork) -> dict[str, Any]:
+        await debug_run(request, run_id)
+        view = await api.fork(tenant(request), run_id, body.step, body.edits)
+        if view.status not in TERMINAL and view.status != "paused":
+            scheduler.submit(view.id)
+        return await debug_view(view.id)
+
+    @app.get("/v1/tether/runs/{run_id}/events", tags=["debug"])
+    async def debug_events(request: Request, run_id: str, after: int | None = None) -> StreamingResponse:
+        """The run's records as SSE (`id:` = seq), then live ones; `Last-Event-ID` (or `after`) resumes."""
+        await debug_run(request, run_id)
+        last = request.headers.get("last-event-id")
+        start = int(last) if last and last.isdigit() else (after or 0)
+        queue = scheduler.bus.subscribe(run_id)
+        seen = [start]
+
+        async def load_since(seq: int) -> list[Record]:
+            return [r for r in await service.store.load(run_id) if r.seq > seq]
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                backlog = await load_since(start)
+                for r in backlog:
+                    seen[0] = r.seq
+                    yield _record_event(r)
+                if backlog and backlog[-1].kind == "finished":
+                    yield "event: end\ndata: {}\n\n"
+                    return
+                async for item in follow(queue, load_since, lambda: seen[0], keepalive_s=config.keepalive_s):
+                    if isinstance(item, str):
+                        yield item
+                    elif item.type == "delta":
+                        yield sse("delta", {"text": item.delta})
+                    elif item.record is not None and item.record.seq > seen[0]:
+                        seen[0] = item.record.seq
+                        yield _record_event(item.record)
+                        if item.record.kind == "finished":
+                            yield "event: end\ndata: {}\n\n"
+                            return
+            finally:
+                scheduler.bus.unsubscribe(run_id, queue)
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+def _record_event(r: Record) -> str:
+    payload = json.loads(dump_payload(r.payload))
+    data = {"run_id": r.run_id, "seq": r.seq, "ts": r.ts, "kind": r.kind, "payload": payload}
+    return sse("record", data, str(r.seq))
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(obj), default=str))  # type: ignore[no-any-return]
+
+
