@@ -106,7 +106,7 @@ def script(fake: FakeOpenAI) -> Script:
 def server(fake: FakeOpenAI, script: Script, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TetherServer]:
     home = tmp_path_factory.mktemp("serve-a")
     with TetherServer(model_base_url=fake.base_url, api_keys=[KEY], home=home,
-                      extra_args=["--lease-ttl", "3"]) as srv:
+                      extra_args=["--lease-ttl", "3"], extra_env={"TETHER_SSE_KEEPALIVE_S": "1"}) as srv:
         yield srv
         assert srv.running, f"the server died during the module\n{srv.output_tail()}"
 
@@ -334,6 +334,37 @@ def test_racing_answers_one_wins_the_other_gets_409(server, client, http, script
     assert len(script.requests(marker)) == 2
     bogus = answer(http, run_id, "pause_never_was")  # not "already resumed": that pause never existed
     assert bogus.status_code == 400 and bogus.json()["error"]["param"] == "pause_id", bogus.text
+
+
+def test_a_waiting_stream_sends_keep_alives_and_goes_on_after_an_answer(client, http, script, calc_assistant):
+    """A streamed run that stops at a breakpoint keeps its stream open with keep-alive comments; once
+    the pause is answered over the debug API, the same stream carries the run to its end."""
+    marker = script.add(calculator_then_echo("5*5"), "keepalive")
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": f"compute {marker}"}])
+    body = {"assistant_id": calc_assistant.id, "stream": True}
+    with http.stream("POST", f"/threads/{thread.id}/runs", json=body, headers={"OpenAI-Beta": "assistants=v2"},
+                     timeout=30) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = r.iter_lines()
+        seen: list[str] = []
+        run_id = None
+        for line in lines:
+            seen.append(line)
+            if line.startswith("data: {") and run_id is None:
+                run_id = json.loads(line[6:])["id"]
+            if line == ": keep-alive":
+                break
+        assert run_id is not None
+        view = wait_paused(http, run_id)
+        assert answer(http, run_id, view["pause_id"]).status_code == 200
+        for line in lines:
+            seen.append(line)
+            if line == "data: [DONE]":
+                break
+    events = [line[7:] for line in seen if line.startswith("event: ")]
+    assert events[:2] == ["thread.run.created", "thread.run.queued"]
+    assert "thread.run.completed" in events and events[-1] == "done", events
+    assert wait_run(client, thread.id, run_id, TERMINAL).status == "completed"
 
 
 # -- 3. the SSE stream of records, resumed with Last-Event-ID ---------------------------------------------

@@ -59,7 +59,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, *, concurrency: int = 16, a
         raise ConfigError("the server needs a store with objects (SQLite or Postgres)")
     service = RunsService(store, lease_ttl_s=lease_ttl_s)
     config = ServerConfig(api_keys=keys, allow_file_models=allow_file_models, concurrency=concurrency,
-                          mcp_servers=mcp_servers)
+                          mcp_servers=mcp_servers, keepalive_s=_seconds("TETHER_SSE_KEEPALIVE_S", 10.0))
     try:
         with socket.create_server((host, port), reuse_port=False) as probe:
             probe.close()
@@ -73,6 +73,17 @@ def serve(host: str = "127.0.0.1", port: int = 8000, *, concurrency: int = 16, a
     if threading.current_thread() is threading.main_thread():  # signals can only be set there
         signal.signal(signal.SIGTERM, _exit_zero)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+
+
+def _seconds(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    try:
+        seconds = float(value) if value else default
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, not {value!r}") from None
+    if seconds <= 0:
+        raise ConfigError(f"{name} must be positive, not {value!r}")
+    return seconds
 
 
 def _exit_zero(signum: int, frame: object) -> None:
