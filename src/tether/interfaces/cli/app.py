@@ -605,7 +605,8 @@ def serve_command(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
     concurrency: Annotated[int, typer.Option(min=1, help="Runs advanced at once; more wait queued.")] = 16,
     allow_file_models: Annotated[bool, typer.Option(
-        help="Accept model references that read files or import code (replay:, scripted:).")] = False,
+        "--allow-file-models", help="Accept model references that read files or import code (replay:, scripted:).")
+    ] = False,
     mcp_config: Annotated[Path | None, typer.Option(
         help="An mcpServers JSON file; assistants use its servers as tether_tools {type: mcp, server: NAME}.")
     ] = None,
