@@ -557,6 +557,33 @@ def test_sigterm_exits_zero_promptly(fake, script, tmp_path):
         srv.close()
 
 
+def test_sigterm_hands_runs_over_at_once(fake, script, tmp_path):
+    """A run still in a model call when the server stops is interrupted after the grace period and its
+    lease released: the next server resumes it at once, not after the lease's 30 s."""
+    replies = iter([FakeReply(text="never seen", delay_s=20.0)])
+    marker = script.add(lambda body: next(replies, "finished by the next server"), "handover")
+    first = TetherServer(model_base_url=fake.base_url, api_keys=[KEY], home=tmp_path).start()  # default 30 s leases
+    try:
+        c = sdk(first)
+        a = c.beta.assistants.create(model=MODEL)
+        thread_id, run_id = start_run(c, a.id, marker)
+        wait_for("the model call", lambda: script.requests(marker))
+        assert first.terminate(timeout_s=30) == 0, first.output_tail()
+    finally:
+        first.close()
+    began = time.monotonic()
+    second = TetherServer(model_base_url=fake.base_url, api_keys=[KEY], home=tmp_path,
+                          database_url=first.database_url).start()
+    try:
+        with sdk(second) as c2:
+            run = wait_run(c2, thread_id, run_id, TERMINAL, timeout_s=20)
+            assert run.status == "completed", run
+            assert time.monotonic() - began < 15
+            assert assistant_texts(c2, thread_id) == ["finished by the next server"]
+    finally:
+        second.close()
+
+
 # -- 6. two servers on one database ------------------------------------------------------------------------
 
 def test_two_servers_share_one_database(server, client, http, fake, script, calc_assistant):
