@@ -165,7 +165,7 @@ def create_app(service: RunsService, config: ServerConfig | None = None) -> Fast
         try:
             run_id = await api.prepare_run(t, thread["id"], body)
         except BaseException:
-            await service.store.delete_object(thread["id"])  # type: ignore[attr-defined]
+            await api.store.delete_object(thread["id"])
             raise
         return await started(run_id, thread["id"], body.stream, request, [sse("thread.created", thread)])
 

@@ -35,7 +35,7 @@ def add_debug_routes(app: FastAPI, api: AssistantsApi, scheduler: Scheduler, *, 
 
     async def debug_run(request: Request, run_id: str) -> str:
         """The run, if this tenant may debug it (its own API runs; on a keyless loopback server, any)."""
-        row = await service.store.get_object(run_id)  # type: ignore[attr-defined]
+        row = await api.store.get_object(run_id)
         if row is not None and row.kind == "run" and row.tenant == tenant(request):
             return run_id
         if keyless and await service.store.get_run(run_id) is not None:
