@@ -93,9 +93,7 @@ class RunsService:
         _emit(on_event, Event(run_id, "record", first))
         if not drive:
             await agent.close_tools()
-            view = view_of(state, [first])
-            view.status = "queued"  # created, not yet advanced
-            return view
+            return _queued(state, [first])
         return await self._drive(state, [first], agent, on_event, fresh=True)
 
     async def continue_thread(self, thread_id: str, task: str | Sequence[Message], *,
@@ -208,9 +206,7 @@ class RunsService:
             records.append(r)
             _emit(on_event, Event(run_id, "record", r))
         if not drive:
-            view = view_of(state, records)
-            view.status = "queued"
-            return view
+            return _queued(state, records)
         if not await self.store.acquire_lease(run_id, self.owner, self.lease_ttl_s):
             return await self.get(run_id)  # another worker picked it up already; it will advance it
         return await self._drive(state, records, agent, on_event)  # an "abort" answer ends it there
@@ -432,7 +428,7 @@ class RunsService:
             return view_of(state, records)
         if not drive:
             await agent.close_tools()
-            return view_of(state, records)
+            return _queued(state, records)
         return await self._drive(state, records, agent, on_event)
 
     async def _records(self, run_id: str) -> builtins.list[Record]:
@@ -510,6 +506,13 @@ def _emit(on_event: Callable[[Event], None] | None, event: Event) -> None:
             on_event(event)
         except Exception:
             log.exception("an event listener failed on %s of run %s", event.type, event.run_id)
+
+
+def _queued(state: RunState, records: list[Record]) -> RunView:
+    """The view of a run made or answered without advancing it: queued until `resume` takes it."""
+    view = view_of(state, records)
+    view.status = "queued"
+    return view
 
 
 def _parse_all(specs: Sequence[str | Breakpoint], start: int) -> list[Breakpoint]:

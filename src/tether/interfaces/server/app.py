@@ -22,13 +22,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tether.domain.errors import AlreadyResumed, ConfigError, RunNotFound, TetherError
 from tether.domain.events import Event
 from tether.domain.ids import new_id
-from tether.domain.records import Record
 from tether.interfaces.server import schemas
 from tether.interfaces.server.assistants import AssistantsApi, ServerConfig, tenant_of
 from tether.interfaces.server.debug import add_debug_routes
 from tether.interfaces.server.errors import ApiError, envelope, validation_message
 from tether.interfaces.server.scheduler import Scheduler
-from tether.interfaces.server.streaming import DONE, AssistantStream, follow, sse
+from tether.interfaces.server.streaming import DONE, AssistantStream, follow, log_after, sse
 from tether.interfaces.server.wire import RunLog
 from tether.services.runs import RunsService
 
@@ -207,30 +206,32 @@ def create_app(service: RunsService, config: ServerConfig | None = None) -> Fast
 
     # -- runs ---------------------------------------------------------------------------------
 
-    async def started(run_id: str, thread_id: str, stream: bool | None, request: Request,
-                      prelude: list[str]) -> Any:
-        log_ = await api.run_log(tenant(request), thread_id, run_id)
+    async def advance(log_: RunLog, stream: bool | None, prelude: Callable[[dict[str, Any]], list[str]]) -> Any:
+        """Hand the run to the scheduler; answer with the run, or with its event stream (`prelude(run)` first)."""
         if not stream:
-            scheduler.submit(run_id)
+            scheduler.submit(log_.id)
             return await api.run_object(log_)
-        queue = scheduler.bus.subscribe(run_id)
-        queued = await api.run_object(log_)
-        prelude = [*prelude, sse("thread.run.created", queued), sse("thread.run.queued", queued)]
-        scheduler.submit(run_id)
-        return run_stream(log_, queue, prelude)
+        queue = scheduler.bus.subscribe(log_.id)  # before it starts: no event is missed
+        events = prelude(await api.run_object(log_))
+        scheduler.submit(log_.id)
+        return run_stream(log_, queue, events)
+
+    async def started(run_id: str, thread_id: str, stream: bool | None, request: Request,
+                      first: list[str]) -> Any:
+        log_ = await api.run_log(tenant(request), thread_id, run_id)
+        return await advance(log_, stream, lambda run: [*first, sse("thread.run.created", run),
+                                                        sse("thread.run.queued", run)])
 
     def run_stream(log_: RunLog, queue: asyncio.Queue[Event | None], prelude: list[str]) -> StreamingResponse:
         stream = AssistantStream(log_, api.run_object)
-
-        async def load_since(seq: int) -> list[Record]:
-            return [r for r in await service.store.load(log_.id) if r.seq > seq]
 
         async def events() -> AsyncIterator[str]:
             try:
                 for chunk in prelude:
                     yield chunk
                 yield sse("thread.run.in_progress", log_.run())
-                async for item in follow(queue, load_since, lambda: stream.seen, keepalive_s=config.keepalive_s):
+                async for item in follow(queue, log_after(service.store, log_.id), lambda: stream.seen,
+                                         keepalive_s=config.keepalive_s):
                     if isinstance(item, str):
                         yield item
                     elif item.type == "delta" and item.delta:
@@ -289,14 +290,9 @@ def create_app(service: RunsService, config: ServerConfig | None = None) -> Fast
         tool_step = next((s["id"] for s in before.run_steps() if s["status"] == "in_progress"), None)
         await api.submit_tool_outputs(before, body)
         log_ = await api.run_log(t, thread_id, run_id)
-        if not body.stream:
-            scheduler.submit(run_id)
-            return await api.run_object(log_)
-        queue = scheduler.bus.subscribe(run_id)
-        prelude = [sse("thread.run.queued", await api.run_object(log_))]
-        prelude += [sse("thread.run.step.completed", s) for s in log_.run_steps() if s["id"] == tool_step]
-        scheduler.submit(run_id)
-        return run_stream(log_, queue, prelude)
+        # A new stream: the tool step its client answered completes in it, whole (not as a delta).
+        completed = [sse("thread.run.step.completed", s) for s in log_.run_steps() if s["id"] == tool_step]
+        return await advance(log_, body.stream, lambda run: [sse("thread.run.queued", run), *completed])
 
     @app.get("/v1/threads/{thread_id}/runs/{run_id}/steps", tags=["runs"])
     async def list_steps(request: Request, thread_id: str, run_id: str, after: str | None = None,

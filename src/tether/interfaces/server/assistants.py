@@ -12,7 +12,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from tether.adapters.models.refs import resolve_model
 from tether.adapters.tools.builtins import builtin
@@ -23,6 +23,7 @@ from tether.domain.errors import AlreadyResumed, ConfigError, StoreConflict, Tet
 from tether.domain.ids import new_id
 from tether.domain.messages import ContentPart, ImagePart, Message, TextPart
 from tether.domain.objects import StoredObject
+from tether.domain.protocols import ObjectStore
 from tether.domain.records import ACTIVE, RunStarted
 from tether.domain.state import fold
 from tether.interfaces.server import schemas, wire
@@ -77,7 +78,8 @@ def page(items: list[dict[str, Any]], *, after: str | None, before: str | None, 
 class AssistantsApi:
     def __init__(self, service: RunsService, config: ServerConfig) -> None:
         self.service, self.config = service, config
-        self.store: Any = service.store  # a Store that is also an ObjectStore
+        # The run store keeps the documents too (SqlStore and MemoryStore are both).
+        self.store = cast(ObjectStore, service.store)
         service.resolvers["api"] = self._agent_of_snapshot
         self._finished: OrderedDict[str, RunLog] = OrderedDict()  # terminal runs never change: kept, the
         # most recently used FINISHED_CACHE of them

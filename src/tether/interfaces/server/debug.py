@@ -24,7 +24,7 @@ from tether.interfaces.server import schemas
 from tether.interfaces.server.assistants import AssistantsApi
 from tether.interfaces.server.errors import ApiError, not_found
 from tether.interfaces.server.scheduler import Scheduler
-from tether.interfaces.server.streaming import follow, sse
+from tether.interfaces.server.streaming import follow, log_after, sse
 
 
 def add_debug_routes(app: FastAPI, api: AssistantsApi, scheduler: Scheduler, *, keyless: bool) -> None:
@@ -138,8 +138,7 @@ def add_debug_routes(app: FastAPI, api: AssistantsApi, scheduler: Scheduler, *, 
         queue = scheduler.bus.subscribe(run_id)
         seen = [start]
 
-        async def load_since(seq: int) -> list[Record]:
-            return [r for r in await service.store.load(run_id) if r.seq > seq]
+        load_since = log_after(service.store, run_id)
 
         async def events() -> AsyncIterator[str]:
             try:

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from tether.domain.events import Event
+from tether.domain.protocols import Store
 from tether.domain.records import Finished, ModelCalled, Paused, Record, ToolFinished
 from tether.interfaces.server.wire import RunLog, message_id, step_ids
 
@@ -48,7 +49,7 @@ class AssistantStream:
         p = record.payload
         out: list[str] = []
         if isinstance(p, ModelCalled):
-            out += self._message_events(p, final=True)
+            out += self._message_events(p)
             if p.response.tool_calls:
                 out += self._tool_step_created(p.step)
         elif isinstance(p, ToolFinished):
@@ -101,7 +102,7 @@ class AssistantStream:
         return [sse("thread.run.step.created", step_obj), sse("thread.run.step.in_progress", step_obj),
                 sse("thread.message.created", message), sse("thread.message.in_progress", message)]
 
-    def _message_events(self, p: ModelCalled, *, final: bool) -> list[str]:
+    def _message_events(self, p: ModelCalled) -> list[str]:
         text = p.response.text
         if not text:
             return []
@@ -171,6 +172,15 @@ class AssistantStream:
                 self.open_tool_steps.discard(s["id"])
                 out.append(sse(f"thread.run.step.{s['status']}", s))
         return out
+
+
+def log_after(store: Store, run_id: str) -> Callable[[int], Awaitable[list[Record]]]:
+    """Reads the run's records after a seq from the log (what `follow` did not get live)."""
+
+    async def load(seq: int) -> list[Record]:
+        return [r for r in await store.load(run_id) if r.seq > seq]
+
+    return load
 
 
 async def follow(queue: asyncio.Queue[Event | None], load_since: Callable[[int], Awaitable[list[Record]]],

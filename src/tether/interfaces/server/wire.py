@@ -74,6 +74,7 @@ class RunLog:
         assert isinstance(first.payload, RunStarted)
         self.run_ts = first.ts
         self.steps = steps_of(records)
+        self._run_steps: list[dict[str, Any]] | None = None  # derived once per state of the log
 
     @property
     def id(self) -> str:
@@ -84,6 +85,7 @@ class RunLog:
         self.records.append(record)
         self.state.apply(record)
         self.steps = steps_of(self.records)
+        self._run_steps = None
 
     def model_steps(self) -> list[tuple[Step, float]]:
         """Each model step with the time its answer was recorded."""
@@ -120,7 +122,12 @@ class RunLog:
         return max(numbers) if numbers else 0
 
     def run_steps(self) -> list[dict[str, Any]]:
-        """The run's steps as the API shows them, oldest first."""
+        """The run's steps as the API shows them, oldest first (do not change them: they are kept)."""
+        if self._run_steps is None:
+            self._run_steps = self._derive_steps()
+        return self._run_steps
+
+    def _derive_steps(self) -> list[dict[str, Any]]:
         out = []
         by_call = {s.call_id: s for s in self.steps if s.type == "tool"}
         end = self.finished()
