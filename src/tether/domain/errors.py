@@ -11,6 +11,14 @@ class ConfigError(TetherError):
     """A bad agent file, model reference, tool path or setting."""
 
 
+class InvalidRequest(ConfigError):
+    """A client asked for something the operator does not allow; `param` names the field."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class StoreConflict(TetherError):
     """Another actor advanced this run first (a record's seq was taken, or a thread is busy)."""
 

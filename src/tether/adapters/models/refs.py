@@ -13,6 +13,7 @@ Nothing here imports an SDK; models import theirs on first use.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from tether.adapters.importing import import_attr
@@ -22,7 +23,21 @@ from tether.domain.protocols import Model
 PREFIXES = ("openai:", "anthropic:", "replay:", "scripted:")
 
 
-def resolve_model(ref: str, *, allow_files: bool = True, base_dir: Path | None = None) -> Model:
+@dataclass(frozen=True, slots=True)
+class ModelBackend:
+    """Where bare model names go and the key for it (an operator's configuration); a field left
+    None falls back to OPENAI_BASE_URL / OPENAI_API_KEY."""
+
+    base_url: str | None = None
+    api_key: str | None = None
+
+    def resolved(self) -> ModelBackend:
+        return ModelBackend(self.base_url or os.environ.get("OPENAI_BASE_URL") or None,
+                            self.api_key or os.environ.get("OPENAI_API_KEY") or None)
+
+
+def resolve_model(ref: str, *, allow_files: bool = True, base_dir: Path | None = None,
+                  backend: ModelBackend | None = None) -> Model:
     """The model a reference names. Raises ConfigError saying what to change."""
     ref = (ref or "").strip()
     if not ref:
@@ -31,8 +46,9 @@ def resolve_model(ref: str, *, allow_files: bool = True, base_dir: Path | None =
     prefix, _, rest = ref.partition(":")
     if prefix + ":" in PREFIXES and not rest:
         raise ConfigError(f"model reference {ref!r} names no model after '{prefix}:'")
+    backend = (backend or ModelBackend()).resolved()
     if prefix == "openai":
-        return _openai(rest, ref)
+        return _openai(rest, ref, backend.api_key)
     if prefix == "anthropic":
         raise ConfigError("anthropic models are not available yet; use openai:NAME or an "
                           "OpenAI-compatible server")
@@ -43,23 +59,21 @@ def resolve_model(ref: str, *, allow_files: bool = True, base_dir: Path | None =
             raise ConfigError(f"model {ref!r} imports Python code, which is not allowed here "
                               "(the server must be configured to allow file models)")
         return _scripted(rest, ref, base_dir)
-    return _compatible(ref)
+    return _compatible(ref, backend)
 
 
-def _openai(name: str, ref: str) -> Model:
+def _openai(name: str, ref: str, key: str | None) -> Model:
     from tether.adapters.models.openai_compat import OpenAIModel
 
-    key = os.environ.get("OPENAI_API_KEY")
     if not key:
         raise ConfigError(f"model {ref!r} needs an OpenAI API key: set OPENAI_API_KEY")
     return OpenAIModel(name, base_url=None, api_key=key, ref=ref, priced=True)
 
 
-def _compatible(name: str) -> Model:
+def _compatible(name: str, backend: ModelBackend) -> Model:
     from tether.adapters.models.openai_compat import OpenAIModel, is_openai_endpoint
 
-    base_url = os.environ.get("OPENAI_BASE_URL") or None
-    key = os.environ.get("OPENAI_API_KEY") or None
+    base_url, key = backend.base_url, backend.api_key
     if base_url is None and key is None:
         raise ConfigError(f"no model backend configured for {name!r}: set OPENAI_BASE_URL (e.g. "
                           "http://localhost:11434/v1 for Ollama) or OPENAI_API_KEY, or use a "

@@ -598,31 +598,57 @@ def cassette_cmd(
                   soft_wrap=SOFT)
 
 
+ConfigFile = Annotated[Path | None, typer.Option(
+    "--config", help="The operator configuration file (TOML; see docs/server.md). Flags override it.")]
+
+
 @app.command("serve")
 def serve_command(
-    host: Annotated[str, typer.Option(help="Address to listen on; other than loopback needs TETHER_API_KEYS.")
-                    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
-    concurrency: Annotated[int, typer.Option(min=1, help="Runs advanced at once; more wait queued.")] = 16,
-    allow_file_models: Annotated[bool, typer.Option(
-        "--allow-file-models", help="Accept model references that read files or import code (replay:, scripted:).")
-    ] = False,
+    config: ConfigFile = None,
+    host: Annotated[str | None, typer.Option(
+        help="Address to listen on (default 127.0.0.1); other than loopback needs API keys.")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="Port to listen on (default 8000).")] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        min=1, help="Runs advanced at once (default 16); more wait queued.")] = None,
+    allow_file_models: Annotated[bool | None, typer.Option(
+        "--allow-file-models", help="Accept model references that read files or import code (replay:, scripted:).",
+        show_default=False)] = None,
     mcp_config: Annotated[Path | None, typer.Option(
         help="An mcpServers JSON file; assistants use its servers as tether_tools {type: mcp, server: NAME}.")
     ] = None,
-    lease_ttl: Annotated[float, typer.Option(
-        help="Seconds a run's lease lasts unrenewed: how soon another server takes over a dead one's runs.")
-    ] = 30.0,
+    lease_ttl: Annotated[float | None, typer.Option(
+        help="Seconds a run's lease lasts unrenewed (default 30): how soon another server takes over a dead "
+             "one's runs.")] = None,
 ) -> None:
     """Serve OpenAI's Assistants API (and Tether's debug API) over HTTP; see docs/server.md.
 
-    API keys come from TETHER_API_KEYS (comma-separated; each key is a tenant). Bare model names go
-    to the OpenAI-compatible backend at OPENAI_BASE_URL.
+    What the operator decides (keys, database, model backend, MCP servers, tool options and caps) is
+    in `--config tether.toml`; without one, API keys come from TETHER_API_KEYS (comma-separated; each
+    key is a tenant) and bare model names go to the OpenAI-compatible backend at OPENAI_BASE_URL.
     """
     from tether.interfaces.server.serve import serve
 
-    serve(host, port, concurrency=concurrency, allow_file_models=allow_file_models, mcp_config=mcp_config,
-          lease_ttl_s=lease_ttl)
+    serve(_operator_config(config, mcp_config, host=host, port=port, concurrency=concurrency,
+                           allow_file_models=allow_file_models, lease_ttl_s=lease_ttl))
+
+
+config_app = typer.Typer(help="The operator configuration of `tether serve`.", no_args_is_help=True,
+                         rich_markup_mode="markdown", context_settings={"help_option_names": ["-h", "--help"]})
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(config: ConfigFile = None) -> None:
+    """Print the effective operator configuration (the file, then the environment's defaults), with
+    every secret shown as ***."""
+    console.print(Text(_operator_config(config, None).redacted_toml().rstrip("\n")), soft_wrap=True)
+
+
+def _operator_config(path: Path | None, mcp_config: Path | None, **server: Any) -> Any:
+    from tether.services.operator import load_operator_config
+
+    config = load_operator_config(path).with_server(**server)
+    return config.with_mcp_json(mcp_config) if mcp_config is not None else config
 
 
 # -- entry point --------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tether.domain.errors import AlreadyResumed, ConfigError, RunNotFound, TetherError
+from tether.domain.errors import AlreadyResumed, ConfigError, InvalidRequest, RunNotFound, TetherError
 from tether.domain.events import Event
 from tether.domain.ids import new_id
 from tether.interfaces.server import schemas
@@ -95,6 +95,10 @@ def create_app(service: RunsService, config: ServerConfig | None = None) -> Fast
                     405: f"Method {request.method} is not allowed for {request.url.path}"}
         message = messages.get(e.status_code, str(e.detail))
         return _error_response(ApiError(e.status_code, message), request)
+
+    @app.exception_handler(InvalidRequest)
+    async def invalid_request(request: Request, e: InvalidRequest) -> Response:
+        return _error_response(ApiError(400, str(e), param=e.param), request)
 
     @app.exception_handler(ConfigError)
     async def config_error(request: Request, e: ConfigError) -> Response:

@@ -14,8 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from tether.adapters.models.refs import resolve_model
-from tether.adapters.tools.builtins import builtin
+from tether.adapters.models.refs import ModelBackend, resolve_model
 from tether.adapters.tools.client import ClientTool
 from tether.domain.agents import AgentSnapshot, Limits
 from tether.domain.breakpoints import BreakpointError, parse_breakpoint
@@ -31,6 +30,7 @@ from tether.interfaces.server.errors import ApiError, bad_request, not_found
 from tether.interfaces.server.wire import CODE_INTERPRETER, RunLog
 from tether.services.agents import Agent
 from tether.services.runs import RunsService
+from tether.services.server_tools import ServerTools
 
 FINISHED_CACHE = 2000
 MAX_STEPS = 50  # model calls an API run may make before it fails (a plain client cannot answer a budget pause)
@@ -43,7 +43,8 @@ class ServerConfig:
     concurrency: int = 16
     poll_after_ms: int = 200
     keepalive_s: float = 10.0
-    mcp_servers: dict[str, Any] = field(default_factory=dict)  # name -> McpServerConfig
+    tools: ServerTools = field(default_factory=ServerTools)  # the operator's server-side tools and MCP servers
+    models: ModelBackend | None = None  # where bare model names go (None: OPENAI_BASE_URL / OPENAI_API_KEY)
 
 
 def tenant_of(api_key: str | None) -> str:
@@ -409,32 +410,36 @@ class AssistantsApi:
             raise ConfigError(f"run {run_id} has no stored settings; it cannot be continued here")
         return self._agent(run_id, row.data)
 
+    def _code_interpreter(self, param: str) -> Any:
+        """`code_interpreter` runs in the sandboxed python tool, as the operator configured it."""
+        try:
+            return self.config.tools.builtin("python", None, param, name=CODE_INTERPRETER)
+        except ConfigError as e:
+            raise bad_request(f"code_interpreter is not available on this server: {e}", param) from None
+
     def _agent(self, run_id: str, s: dict[str, Any]) -> Agent:
         """The agent an API run runs: its model, instructions, client and server tools, limits."""
         try:
-            model = resolve_model(s["model"], allow_files=self.config.allow_file_models)
+            model = resolve_model(s["model"], allow_files=self.config.allow_file_models, backend=self.config.models)
         except ConfigError as e:
             raise bad_request(f"Invalid value for 'model': {e}", "model") from None
         tools: list[Any] = []
         mcp = []
-        for t in s.get("tools") or []:
+        for i, t in enumerate(s.get("tools") or []):
             if t["type"] == "function":
                 f = t["function"]
                 tools.append(ClientTool(f["name"], f.get("description") or "", f.get("parameters")))
             elif t["type"] == "code_interpreter":
-                tools.append(_code_interpreter())
-        for t in s.get("tether_tools") or []:
+                tools.append(self._code_interpreter(f"tools[{i}]"))
+        for i, t in enumerate(s.get("tether_tools") or []):
+            param = f"tether_tools[{i}]"
             if t["type"] == "mcp":
-                config = self.config.mcp_servers.get(t.get("server") or "")
-                if config is None:
-                    raise bad_request(f"Unknown MCP server {t.get('server')!r}: the server was started with "
-                                      f"{sorted(self.config.mcp_servers) or 'none'} (--mcp-config)", "tether_tools")
-                mcp.append(config)
+                mcp.append(self.config.tools.mcp(t.get("server"), t.get("options"), param))
                 continue
-            try:
-                tools.append(builtin(t["type"], t.get("options")))
-            except ConfigError as e:
-                raise bad_request(f"Invalid value for 'tether_tools': {e}", "tether_tools") from None
+            if t.get("server") is not None:
+                raise bad_request(f"Invalid value for '{param}.server': only an mcp tool names a server.",
+                                  f"{param}.server")
+            tools.append(self.config.tools.builtin(t["type"], t.get("options"), param))
         names = [t.name for t in tools]
         if len(set(names)) != len(names):
             raise bad_request(f"Two tools have the same name: {sorted(n for n in names if names.count(n) > 1)}",
@@ -466,15 +471,6 @@ class AssistantsApi:
                          mcp_servers=mcp, ref=f"api:{run_id}")
         except ConfigError as e:
             raise bad_request(str(e)) from None
-
-
-def _code_interpreter() -> Any:
-    from tether.adapters.tools.sandbox import python_tool
-
-    try:
-        return python_tool(name=CODE_INTERPRETER)
-    except ConfigError as e:
-        raise bad_request(f"code_interpreter is not available on this server: {e}", "tools") from None
 
 
 def _stored_part(p: schemas.ContentPart) -> dict[str, Any]:

@@ -1,0 +1,308 @@
+"""The operator configuration: one TOML file for what whoever runs `tether serve` decides.
+
+Where to listen, the API keys, the database, the model backend, the MCP servers, and every
+server-side tool's options and caps. Flags override the file; the file overrides the environment
+variables that were the only way before (`TETHER_API_KEYS`, `TETHER_DATABASE_URL`,
+`OPENAI_BASE_URL`, `OPENAI_API_KEY`, `TETHER_SSE_KEEPALIVE_S`), which stay the defaults. Secrets are
+written as `${ENV}` references; `redacted_toml()` (what `tether config show` prints) never shows
+one. An unknown key is an error that names it. See docs/server.md.
+
+    [server]
+    host = "127.0.0.1"
+    port = 8000
+    api_keys = ["${TETHER_KEY_TEAM_A}", "${TETHER_KEY_TEAM_B}"]
+
+    [store]
+    url = "postgresql+psycopg://tether:${PGPASSWORD}@db/tether"
+
+    [models]
+    base_url = "http://127.0.0.1:11434/v1"
+
+    [mcp_servers.time]
+    command = "uvx"
+    args = ["mcp-server-time"]
+
+    [tools.python]
+    work_root = "/srv/tether/work"
+    memory_mb = 256
+    client_options = ["cpu_s", "wall_s", "memory_mb"]
+    caps = { memory_mb = 512 }
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from tether.adapters.models.refs import ModelBackend
+from tether.domain.errors import ConfigError
+from tether.services.server_tools import ServerTools, ToolGrant
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """`[server]`: how the HTTP server listens and whom it serves."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    concurrency: int = 16
+    lease_ttl_s: float = 30.0
+    allow_file_models: bool = False
+    keepalive_s: float = 10.0
+    api_keys: tuple[str, ...] | None = None  # None: from TETHER_API_KEYS
+
+    def check(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"[server] port must be between 0 and 65535, not {self.port}")
+        if self.concurrency < 1:
+            raise ConfigError(f"[server] concurrency must be at least 1, not {self.concurrency}")
+        for name in ("lease_ttl_s", "keepalive_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"[server] {name} must be a positive number of seconds, not {getattr(self, name)}")
+        if not self.host.strip():
+            raise ConfigError("[server] host must not be empty")
+        if self.api_keys is not None and not all(k.strip() for k in self.api_keys):
+            raise ConfigError("[server] api_keys holds an empty key (an unset ${VARIABLE}?)")
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorConfig:
+    """Everything the operator decides, from the file, flags and environment."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    database_url: str | None = None  # None: TETHER_DATABASE_URL, else the SQLite file in TETHER_HOME
+    models: ModelBackend = field(default_factory=ModelBackend)
+    mcp_servers: Mapping[str, Any] = field(default_factory=dict)  # name -> McpServerConfig
+    tools: Mapping[str, ToolGrant] = field(default_factory=dict)
+    source: Path | None = None  # the file it was read from
+
+    @property
+    def api_keys(self) -> list[str]:
+        if self.server.api_keys is not None:
+            return list(self.server.api_keys)
+        return [k.strip() for k in os.environ.get("TETHER_API_KEYS", "").split(",") if k.strip()]
+
+    def server_tools(self) -> ServerTools:
+        return ServerTools(self.tools, self.mcp_servers)
+
+    def with_server(self, **changes: Any) -> OperatorConfig:
+        """This configuration with `[server]` settings changed (the flags that were given)."""
+        server = replace(self.server, **{k: v for k, v in changes.items() if v is not None})
+        server.check()
+        return replace(self, server=server)
+
+    def with_mcp_json(self, path: Path) -> OperatorConfig:
+        """This configuration plus the servers of an `mcpServers` JSON file (`--mcp-config`)."""
+        from tether.adapters.tools.mcp import import_mcp_json
+
+        added = {c.name: c for c in import_mcp_json(path)}
+        clash = sorted(set(added) & set(self.mcp_servers))
+        if clash:
+            raise ConfigError(f"{path}: MCP server {', '.join(map(repr, clash))} is also in {self.source}'s "
+                              "[mcp_servers]; name each server once")
+        return replace(self, mcp_servers={**self.mcp_servers, **added})
+
+    def redacted_toml(self) -> str:
+        """The effective configuration as TOML, every secret replaced by `***`."""
+        keys = self.api_keys
+        where = "this file" if self.server.api_keys is not None else "$TETHER_API_KEYS"
+        lines = [f"# the effective operator configuration{f' (from {self.source})' if self.source else ''}",
+                 "# secrets are shown as ***", "", "[server]"]
+        for f in fields(ServerSettings):
+            if f.name != "api_keys":
+                lines.append(f"{f.name} = {_toml(getattr(self.server, f.name))}")
+        lines.append(f"api_keys = {_toml(['***'] * len(keys))}  # {len(keys)} from {where}"
+                     + ("; none: the server binds loopback only" if not keys else ""))
+        database = self.database_url or os.environ.get("TETHER_DATABASE_URL") or None
+        backend = self.models.resolved()
+        lines += ["", "[store]", _line("url", database and redact_url(database), "the SQLite file in TETHER_HOME"),
+                  "", "[models]", _line("base_url", backend.base_url and redact_url(backend.base_url),
+                                        "none: only openai:NAME models, with a key"),
+                  _line("api_key", backend.api_key and "***", "none")]
+        for name, server in sorted(self.mcp_servers.items()):
+            lines += ["", f"[mcp_servers.{_key(name)}]"]
+            for key, value in server.redacted().to_dict().items():
+                if key != "name":
+                    lines.append(f"{key} = {_toml(value)}")
+        tools = self.server_tools()
+        for name, grant in tools.grants.items():
+            lines += ["", f"[tools.{name}]", f"enabled = {_toml(grant.enabled)}"]
+            lines += [f"{k} = {_toml(v)}" for k, v in sorted(grant.options.items())]
+            limits = tools.limits(name)
+            lines.append(f"client_options = {_toml(sorted(limits))}")
+            if limits:
+                caps = ", ".join(f"{k} = {_toml(cap)}" for k, (_, cap) in limits.items())
+                lines.append(f"caps = {{ {caps} }}")
+        return "\n".join(lines) + "\n"
+
+
+def load_operator_config(path: Path | str | None = None) -> OperatorConfig:
+    """The operator configuration: the environment's defaults, and the file at `path` over them.
+    Raises ConfigError naming what is wrong."""
+    if path is None:
+        return OperatorConfig(_server_defaults())
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the configuration file {p}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p} is not valid TOML: {e}") from None
+    try:
+        return _parse(data, p)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None
+
+
+_TOP = {"server", "store", "models", "mcp_servers", "mcp_config", "tools"}
+
+
+def _parse(data: dict[str, Any], path: Path) -> OperatorConfig:
+    _only(data, _TOP, "the file", "top-level")
+    server_table = _table(data, "server")
+    known = {f.name: f for f in fields(ServerSettings)}
+    _only(server_table, set(known), "[server]")
+    values: dict[str, Any] = {}
+    for name, value in server_table.items():
+        if name == "api_keys":
+            if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+                raise ConfigError("[server] api_keys must be a list of strings, e.g. [\"${TETHER_KEY_A}\"]")
+            values[name] = tuple(expand(k, f"[server] api_keys[{i}]") for i, k in enumerate(value))
+        else:
+            values[name] = _typed(value, type(getattr(ServerSettings(), name)), f"[server] {name}")
+    server = replace(_server_defaults(), **values)
+    server.check()
+
+    store = _table(data, "store")
+    _only(store, {"url"}, "[store]")
+    database_url = expand(_typed(store["url"], str, "[store] url"), "[store] url") if "url" in store else None
+
+    models = _table(data, "models")
+    _only(models, {"base_url", "api_key"}, "[models]")
+    backend = ModelBackend(*(expand(_typed(models[k], str, f"[models] {k}"), f"[models] {k}") if k in models else None
+                             for k in ("base_url", "api_key")))
+    if backend.base_url is not None and not re.match(r"https?://", backend.base_url):
+        shown = redact_url(backend.base_url)
+        raise ConfigError(f"[models] base_url must start with http:// or https://, not {shown!r}")
+
+    mcp_servers: dict[str, Any] = {}
+    if "mcp_servers" in data:
+        from tether.adapters.tools.mcp import configs_from_tables
+
+        mcp_servers = {c.name: c for c in configs_from_tables(data["mcp_servers"])}
+        for c in mcp_servers.values():
+            c.expanded_env()  # an unset ${VARIABLE} is found now, not at the first call
+            c.expanded_headers()
+    config = OperatorConfig(server, database_url, backend, mcp_servers, _grants(_table(data, "tools")), path)
+    if "mcp_config" in data:
+        json_path = Path(expand(_typed(data["mcp_config"], str, "mcp_config"), "mcp_config"))
+        config = config.with_mcp_json(json_path if json_path.is_absolute() else path.parent / json_path)
+    config.server_tools()  # checks every grant now
+    return config
+
+
+def _grants(tables: dict[str, Any]) -> dict[str, ToolGrant]:
+    grants = {}
+    for name, table in tables.items():
+        where = f"[tools.{name}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where} must be a table of options")
+        options = dict(table)
+        enabled = _typed(options.pop("enabled", True), bool, f"{where} enabled")
+        caps = options.pop("caps", {})
+        if not isinstance(caps, dict):
+            raise ConfigError(f"{where} caps must be a table, e.g. caps = {{ memory_mb = 512 }}")
+        client_options = options.pop("client_options", None)
+        if client_options is not None and (not isinstance(client_options, list)
+                                           or not all(isinstance(o, str) for o in client_options)):
+            raise ConfigError(f"{where} client_options must be a list of option names, e.g. [\"cpu_s\"]")
+        if "work_root" in options:
+            options["work_root"] = expand(_typed(options["work_root"], str, f"{where} work_root"), f"{where} work_root")
+        grants[name] = ToolGrant(enabled, options, caps,
+                                 None if client_options is None else frozenset(client_options))
+    return grants
+
+
+def _server_defaults() -> ServerSettings:
+    """`[server]` as the environment sets it without a file."""
+    value = os.environ.get("TETHER_SSE_KEEPALIVE_S")
+    try:
+        keepalive_s = float(value) if value else 10.0
+    except ValueError:
+        raise ConfigError(f"TETHER_SSE_KEEPALIVE_S must be a number of seconds, not {value!r}") from None
+    if keepalive_s <= 0:
+        raise ConfigError(f"TETHER_SSE_KEEPALIVE_S must be positive, not {value!r}")
+    return ServerSettings(keepalive_s=keepalive_s)
+
+
+def expand(value: str, where: str, environ: Mapping[str, str] | None = None) -> str:
+    """`value` with each `${VAR}` replaced from the environment; an unset variable is an error."""
+    env = os.environ if environ is None else environ
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(1) not in env:
+            raise ConfigError(f"{where} uses ${{{m.group(1)}}}, but the environment variable {m.group(1)} is not set")
+        return env[m.group(1)]
+
+    return _VAR.sub(sub, value)
+
+
+def redact_url(url: str) -> str:
+    """A URL with any password replaced by `***` (user names stay: they help, and are not secrets)."""
+    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/:@]*):[^/@]*@", r"\1:***@", url)
+
+
+def _table(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    return value
+
+
+def _only(table: Mapping[str, Any], known: set[str], where: str, kind: str = "") -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"unknown {kind + ' ' if kind else ''}key {', '.join(map(repr, unknown))} in {where}; "
+                          f"it takes {', '.join(sorted(known))}")
+
+
+def _typed(value: Any, kind: type, where: str) -> Any:
+    names: dict[type, str] = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise ConfigError(f"{where} must be {names.get(kind, kind.__name__)}, not {value!r}")
+    return value
+
+
+def _line(key: str, value: str | None, unset: str) -> str:
+    return f"{key} = {_toml(value)}" if value else f'{key} = ""  # {unset}'
+
+
+def _key(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else _toml(name)
+
+
+def _toml(value: Any) -> str:
+    converters: dict[type, Callable[[Any], str]] = {
+        bool: lambda v: "true" if v else "false",
+        str: lambda v: '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"',
+    }
+    for kind, convert in converters.items():
+        if isinstance(value, kind):
+            return convert(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_key(k)} = {_toml(v)}" for k, v in value.items()) + " }"
+    return repr(value)

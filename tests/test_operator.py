@@ -1,0 +1,310 @@
+"""The operator configuration (`tether serve --config tether.toml`, `tether config show`) and the
+server-side tools it governs: the operator sets every option and cap, a client only narrows limits.
+
+The server tests run a real `tether serve` on 127.0.0.1 with a config file, driven over raw HTTP and
+the official `openai` SDK; the end-to-end one runs model-written code in the real sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+
+from fake_openai import FakeOpenAI, FakeReply, FakeToolCall
+from tether.adapters.tools.builtins import BUILTINS
+from tether.domain.errors import ConfigError, InvalidRequest
+from tether.services.operator import load_operator_config, redact_url
+from tether.services.server_tools import ServerTools, ToolGrant
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "sdk"))
+from server import TetherServer  # tests/sdk/server.py: the subprocess launcher
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+KEY = "sk-operator-test-key"
+PYTHON_LIMITS = sorted(BUILTINS["python"].limit_types())
+OPERATOR_ONLY = {"python": {"backend": "monty", "work_root": "/etc/evil", "name": "other"}}
+
+
+def write(tmp_path: Path, text: str, name: str = "tether.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# -- the file --------------------------------------------------------------------------------------
+
+
+def test_a_full_file_is_read_and_flags_override_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("KEY_A", "sk-a-secret-1")
+    monkeypatch.setenv("PGPW", "pg-secret-2")
+    (tmp_path / "mcp.json").write_text(json.dumps({"mcpServers": {"git": {"command": "uvx", "args": ["x"]}}}))
+    config = load_operator_config(write(tmp_path, """
+        mcp_config = "mcp.json"
+        [server]
+        host = "127.0.0.1"
+        port = 9001
+        concurrency = 4
+        lease_ttl_s = 5
+        api_keys = ["${KEY_A}", "sk-literal-3"]
+        [store]
+        url = "postgresql+psycopg://tether:${PGPW}@db/tether"
+        [models]
+        base_url = "http://127.0.0.1:11434/v1"
+        [mcp_servers.time]
+        command = "uvx"
+        args = ["mcp-server-time"]
+        [tools.python]
+        memory_mb = 128
+        client_options = ["cpu_s", "memory_mb"]
+        caps = { memory_mb = 200 }
+        [tools.calculator]
+        enabled = false
+    """))
+    assert config.api_keys == ["sk-a-secret-1", "sk-literal-3"]
+    assert config.server.port == 9001 and config.server.lease_ttl_s == 5.0
+    assert config.database_url == "postgresql+psycopg://tether:pg-secret-2@db/tether"
+    assert config.models.base_url == "http://127.0.0.1:11434/v1"
+    assert sorted(config.mcp_servers) == ["git", "time"]  # the file's table and its mcp_config JSON
+    tools = config.server_tools()
+    assert tools.limits("python") == {"cpu_s": (10.0, 10.0), "memory_mb": (128, 200)}
+    assert not tools.grants["calculator"].enabled
+    assert config.with_server(port=9002, host=None).server.port == 9002  # a flag wins; an absent one does not
+
+
+def test_without_a_file_the_environment_gives_the_defaults(monkeypatch):
+    monkeypatch.setenv("TETHER_API_KEYS", "k1, k2")
+    monkeypatch.setenv("TETHER_SSE_KEEPALIVE_S", "2.5")
+    config = load_operator_config(None)
+    assert config.api_keys == ["k1", "k2"] and config.server.keepalive_s == 2.5
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("colour = 1", "unknown top-level key 'colour'"),
+    ("[server]\nprot = 1", "unknown key 'prot' in [server]"),
+    ("[store]\nurl = 'x'\npath = 'y'", "unknown key 'path' in [store]"),
+    ("[models]\nkey = 'x'", "unknown key 'key' in [models]"),
+    ("[tools.python]\nmemry_mb = 1", "unknown option 'memry_mb'"),
+    ("[tools.shell]\nenabled = true", "unknown tool 'shell'"),
+    ("[tools.python]\ncaps = { backend = 1 }", "'backend' is not a limit of the python tool"),
+    ("[tools.python]\nclient_options = ['work_root']", "'work_root' is not a limit of the python tool"),
+    ("[tools.python]\nmemory_mb = 300\ncaps = { memory_mb = 200 }", "caps.memory_mb = 200 is below the value"),
+    ("[tools.python]\nbackend = 'docker'", "backend is \"subprocess\" or \"monty\""),
+    ("[tools.python]\nmemory_mb = 8", "memory_mb must be at least 32"),
+    ("[tools.calculator]\nprecision = 3", "unknown option 'precision'; the calculator tool takes no options"),
+    ("[server]\nport = 'eighty'", "[server] port must be an integer"),
+    ("[server]\nport = 70000", "[server] port must be between 0 and 65535"),
+    ("[server]\nallow_file_models = 1", "[server] allow_file_models must be true or false"),
+    ("[server]\napi_keys = 'one'", "api_keys must be a list of strings"),
+    ("[server]\napi_keys = ['${TETHER_TEST_UNSET_VAR}']", "${TETHER_TEST_UNSET_VAR}, but the environment variable"),
+    ("[models]\nbase_url = 'localhost:11434'", "base_url must start with http://"),
+    ("[mcp_servers.x]\ncomand = 'uvx'", "[mcp_servers.x]: unknown keys ['comand']"),
+    ("[server\nport = 1", "is not valid TOML"),
+])
+def test_a_wrong_file_is_an_error_that_names_what_is_wrong(tmp_path, text, message):
+    with pytest.raises(ConfigError) as e:
+        load_operator_config(write(tmp_path, text))
+    assert message in str(e.value)
+    assert str(e.value).startswith(str(tmp_path / "tether.toml"))
+
+
+def test_config_show_prints_the_effective_configuration_without_a_secret(cli, tmp_path):
+    secrets = {"KEY_A": "sk-a-very-secret-1", "PGPW": "pg-very-secret-2", "OAK": "sk-model-secret-3",
+               "MCPTOKEN": "mcp-very-secret-4"}
+    path = write(tmp_path, """
+        [server]
+        port = 9001
+        api_keys = ["${KEY_A}", "sk-literal-secret-5"]
+        [store]
+        url = "postgresql+psycopg://tether:${PGPW}@db/tether"
+        [models]
+        base_url = "http://user:pw-secret-6@127.0.0.1:11434/v1"
+        api_key = "${OAK}"
+        [mcp_servers.time]
+        command = "uvx"
+        env = { TOKEN = "${MCPTOKEN}", PLAIN = "literal-secret-7" }
+        [tools.python]
+        work_root = "/srv/tether/work"
+        caps = { memory_mb = 512 }
+    """)
+    out = cli("config", "show", "--config", str(path), extra_env=secrets)
+    assert out.returncode == 0, out.all
+    for secret in [*secrets.values(), "sk-literal-secret-5", "pw-secret-6", "literal-secret-7"]:
+        assert secret not in out.all
+    for shown in ("port = 9001", "api_keys = [\"***\", \"***\"]", "tether:***@db/tether", 'api_key = "***"',
+                  'work_root = "/srv/tether/work"', "memory_mb = 512", "[mcp_servers.time]", 'TOKEN = "***"'):
+        assert shown in out.stdout, (shown, out.stdout)
+
+
+def test_config_and_serve_refuse_a_bad_file_with_one_line_and_exit_2(cli, tmp_path):
+    path = write(tmp_path, "[server]\nprot = 8000\n")
+    for args in (("config", "show", "--config", str(path)), ("serve", "--config", str(path)),
+                 ("serve", "--config", str(tmp_path / "missing.toml"))):
+        out = cli(*args)
+        assert out.returncode == 2, out.all
+        assert out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "unknown key 'prot' in [server]" in cli("serve", "--config", str(path)).stderr
+    assert "not found" in cli("serve", "--config", str(tmp_path / "missing.toml")).stderr
+
+
+def test_redact_url_hides_only_the_password():
+    assert redact_url("postgresql://u:p%40ss@h:5432/d") == "postgresql://u:***@h:5432/d"
+    assert redact_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
+
+
+# -- what a client may choose ------------------------------------------------------------------------
+
+
+def refused(tools: ServerTools, name: str, options: Any) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as e:
+        tools.builtin(name, options, "tether_tools[0]")
+    return e.value
+
+
+@pytest.mark.parametrize("option", sorted(OPERATOR_ONLY["python"]))
+def test_a_client_never_sets_an_operator_option(option):
+    e = refused(ServerTools(), "python", {option: OPERATOR_ONLY["python"][option]})
+    assert e.param == f"tether_tools[0].options.{option}"
+    assert "set by the server's operator" in str(e)
+
+
+@pytest.mark.parametrize("limit", PYTHON_LIMITS)
+def test_every_limit_a_client_may_lower_but_never_raise_past_the_cap(limit):
+    kind, default = BUILTINS["python"].limit_types()[limit]
+    tools = ServerTools({"python": ToolGrant(caps={limit: default * 2})})
+    raised = refused(tools, "python", {limit: kind(default * 2 + 1)})
+    assert raised.param == f"tether_tools[0].options.{limit}" and "above this server's cap" in str(raised)
+    assert getattr(tools.builtin("python", {limit: kind(default * 2)}, "p").limits, limit) == default * 2
+    lower = kind(max(default // 2, 32)) if limit == "memory_mb" else kind(max(default // 2, 2))
+    assert getattr(tools.builtin("python", {limit: lower}, "p").limits, limit) == lower
+    # without a cap, the operator's value is the most a client can ask for
+    assert "above this server's cap" in str(refused(ServerTools(), "python", {limit: kind(default + 1)}))
+    for wrong in (True, "10", None, [1], -1, 0):
+        assert refused(tools, "python", {limit: wrong}).param == f"tether_tools[0].options.{limit}"
+
+
+def test_a_limit_the_operator_does_not_list_is_refused_and_the_tool_is_built_as_configured(tmp_path):
+    tools = ServerTools({"python": ToolGrant(options={"work_root": str(tmp_path), "memory_mb": 128},
+                                             client_options=frozenset({"cpu_s"}))})
+    e = refused(tools, "python", {"memory_mb": 64})
+    assert "does not let a request set the python tool's 'memory_mb'" in str(e) and "cpu_s (up to 10)" in str(e)
+    tool = tools.builtin("python", {"cpu_s": 2}, "p")
+    assert tool.work_root == tmp_path and tool.limits.memory_mb == 128 and tool.limits.cpu_s == 2
+    assert "has no option 'colour'" in str(refused(tools, "python", {"colour": 1}))
+    assert "expected an object" in str(refused(tools, "python", ["cpu_s"]))
+
+
+def test_calculator_and_mcp_take_no_client_options_and_off_means_off():
+    tools = ServerTools({"calculator": ToolGrant(enabled=False)}, {"time": object()})
+    assert "switched it off" in str(refused(tools, "calculator", None))
+    assert "has no option 'precision'" in str(refused(ServerTools(), "calculator", {"precision": 2}))
+    with pytest.raises(InvalidRequest) as e:
+        tools.mcp("time", {"command": "rm -rf /"}, "tether_tools[1]")
+    assert e.value.param == "tether_tools[1].options"
+    with pytest.raises(InvalidRequest) as e:
+        tools.mcp("nope", None, "tether_tools[1]")
+    assert e.value.param == "tether_tools[1].server" and "offers time" in str(e.value)
+
+
+# -- through the real server ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeOpenAI() as f:
+        yield f
+
+
+@pytest.fixture(scope="module")
+def served(fake, tmp_path_factory):
+    home = tmp_path_factory.mktemp("operator")
+    work_root = home / "operator-work"
+    config = home / "tether.toml"
+    config.write_text(f"""
+        [server]
+        api_keys = ["${{OPERATOR_TEST_KEY}}"]
+        [models]
+        base_url = "{fake.base_url}"
+        [tools.python]
+        work_root = "{work_root}"
+        client_options = ["cpu_s", "wall_s", "memory_mb", "processes", "output_bytes", "files_mb", "max_files"]
+        caps = {{ wall_s = 20 }}
+    """)
+    with TetherServer(model_base_url="http://127.0.0.1:9/unused", home=home, extra_args=["--config", str(config)],
+                      extra_env={"OPERATOR_TEST_KEY": KEY}) as srv:
+        yield srv, work_root
+
+
+@pytest.fixture(scope="module")
+def http(served):
+    srv, _ = served
+    with httpx2.Client(base_url=srv.base_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as c:
+        yield c
+
+
+def expect_400(response: httpx2.Response, param: str, words: str) -> None:
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and words in error["message"], error
+    assert error["type"] == "invalid_request_error"
+
+
+def test_over_http_every_option_of_every_server_tool_is_the_operators(http):
+    cases: list[tuple[dict[str, Any], str, str]] = []
+    for option, value in OPERATOR_ONLY["python"].items():
+        cases.append(({"type": "python", "options": {option: value}}, f"options.{option}", "operator"))
+    for limit in PYTHON_LIMITS:
+        kind, default = BUILTINS["python"].limit_types()[limit]
+        cases.append(({"type": "python", "options": {limit: kind(default * 100)}}, f"options.{limit}", "cap"))
+    cases.append(({"type": "calculator", "options": {"precision": 3}}, "options.precision", "no option"))
+    cases.append(({"type": "mcp", "server": "time"}, "server", "Unknown MCP server"))
+    cases.append(({"type": "calculator", "server": "time"}, "server", "only an mcp tool names a server"))
+    for tool, field_, words in cases:
+        r = http.post("/assistants", json={"model": "m", "tether_tools": [{"type": "calculator"}, tool]})
+        expect_400(r, f"tether_tools[1].{field_}", words)
+    # the same on a run's own tether_tools, and on an update
+    asst = http.post("/assistants", json={"model": "m"}).json()
+    thread = http.post("/threads", json={}).json()
+    r = http.post(f"/threads/{thread['id']}/runs", json={
+        "assistant_id": asst["id"], "tether_tools": [{"type": "python", "options": {"memory_mb": 900}}]})
+    expect_400(r, "tether_tools[0].options.memory_mb", "above this server's cap of 256")
+    r = http.post(f"/assistants/{asst['id']}", json={"tether_tools": [{"type": "python",
+                                                                        "options": {"work_root": "/"}}]})
+    expect_400(r, "tether_tools[0].options.work_root", "operator")
+    assert http.get(f"/threads/{thread['id']}/runs").json()["data"] == []  # nothing was started
+
+
+def test_over_http_a_client_lowers_a_limit_and_the_code_runs_in_the_operators_folder(served, http, fake):
+    from tether.adapters.tools.sandbox import isolation_available
+
+    reason = isolation_available()
+    if reason:
+        pytest.skip(f"the sandbox is not available here: {reason}")
+    _, work_root = served
+    code = "open('proof.txt', 'w').write('here'); x = bytearray(100 * 1024 * 1024); print('ALLOC' + 'OK')"
+
+    def reply(body: dict[str, Any]) -> FakeReply | str:
+        results = [m["content"] for m in body["messages"] if m.get("role") == "tool"]
+        if not results:
+            return FakeReply(tool_calls=[FakeToolCall("python", {"code": code})])
+        return "result: " + results[-1]
+
+    fake.respond_with(reply)
+    client = openai.OpenAI(api_key=KEY, base_url=str(http.base_url).rstrip("/"), max_retries=0)
+    outputs = {}
+    for memory_mb in (64, 256):  # 64 MB: a request narrowed it; 256: the operator's own value
+        asst = client.beta.assistants.create(model="gpt-test", extra_body={"tether_tools": [
+            {"type": "python", "options": {"memory_mb": memory_mb, "wall_s": 20}}]})
+        thread = client.beta.threads.create(messages=[{"role": "user", "content": "run it"}])
+        run = client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=asst.id, timeout=60)
+        assert run.status == "completed", run.last_error
+        outputs[memory_mb] = client.beta.threads.messages.list(thread_id=thread.id).data[0].content[0].text.value
+        assert (work_root / run.id / "proof.txt").read_text() == "here"  # the operator's work_root
+    assert "ran out of memory (limit 64 MB)" in outputs[64] and "ALLOCOK" not in outputs[64], outputs[64]
+    assert "ALLOCOK" in outputs[256], outputs[256]
