@@ -42,6 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 ROOT = os.geteuid() == 0
 # Small limits keep the attack suite fast; the defaults are checked separately.
 FAST = {"cpu_s": 1, "wall_s": 3, "files_mb": 8, "max_files": 300}
+# Time limits a loaded machine cannot trip, for tests of another limit.
+ROOMY = {**FAST, "cpu_s": 60, "wall_s": 120}
 
 
 def require_isolation() -> None:
@@ -65,6 +67,12 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def py(home: Path) -> PythonTool:
     require_isolation()
     return python_tool(**FAST)
+
+
+@pytest.fixture
+def roomy(home: Path) -> PythonTool:
+    require_isolation()
+    return python_tool(**ROOMY)
 
 
 @pytest.fixture
@@ -257,7 +265,8 @@ async def test_threads_count_towards_the_process_limit(py: PythonTool):
     assert "limit 32" in message
 
 
-async def test_a_memory_bomb_is_stopped_and_the_host_is_unaffected(py: PythonTool):
+async def test_a_memory_bomb_is_stopped_and_the_host_is_unaffected(roomy: PythonTool):
+    py = roomy  # only the memory limit can stop these, however slow the machine
     before = rss_mb()
     message = await fails(py, "x = bytearray(10 ** 10)")
     assert message.startswith("the code ran out of memory (limit 256 MB)") and "MemoryError" in message
@@ -350,6 +359,92 @@ async def test_a_cancelled_call_kills_its_sandbox(py: PythonTool, home: Path):
     size = tick.stat().st_size
     await asyncio.sleep(0.3)
     assert tick.stat().st_size == size
+
+
+# Lists every mount of the sandbox: (mount point, writable?, file system type, super options).
+MOUNTS = ("mounts = []\nfor line in open('/proc/self/mountinfo'):\n    left, right = line.split(' - ')\n"
+          "    f = left.split()\n    fstype, _source, opts = right.split()\n"
+          "    mounts.append((f[4], 'rw' in f[5].split(','), fstype, opts))\nmounts")
+
+
+async def test_every_writable_place_in_the_sandbox_is_bounded(roomy: PythonTool):
+    mounts = eval((await run(roomy, MOUNTS)).removeprefix("value:\n"))
+    devices = {f"/dev/{name}" for name in ("null", "zero", "full", "random", "urandom", "tty")}
+    writable = {point: (fstype, opts) for point, rw, fstype, opts in mounts
+                if rw and point not in devices and fstype != "proc"}  # /proc/sys and friends are read-only
+    assert sorted(writable) == ["/dev/shm", "/tmp", "/work"], writable
+    for place in ("/tmp", "/dev/shm"):  # in host memory: sized
+        fstype, opts = writable[place]
+        assert fstype == "tmpfs" and "size=8192k" in opts.split(","), (place, opts)
+    # /dev itself, the root and the rest are read-only; no devpts, no mqueue
+    for code in ("open('/dev/big', 'wb')", "import os\nos.mkdir('/dev/pts/x')", "open('/big', 'wb')",
+                 "open('/dev/mqueue/q', 'wb')"):
+        message = await fails(roomy, code)
+        assert "Read-only file system" in message or "No such file" in message, (code, message)
+
+
+async def test_tmp_and_dev_shm_are_bounded_by_files_mb_and_max_files(roomy: PythonTool):
+    for place in ("/dev/shm", "/tmp"):
+        message = await fails(roomy, f"for i in range(4):\n    open('{place}/f%d' % i, 'wb').write(b'x' * 3 * 2 ** 20)")
+        assert message.startswith("the sandbox's ") and place in message.split(" full")[0], message
+        assert "8 MB (files_mb)" in message and "Errno 28" in message, message
+    # the write stopped at the bound: no more than 8 MB of host memory
+    stored = await run(roomy, "import os\nwritten = 0\ntry:\n    with open('/dev/shm/big', 'wb') as f:\n"
+                              "        for _ in range(64):\n            f.write(b'x' * 2 ** 20)\n"
+                              "            f.flush()\n            written += 1\nexcept OSError:\n    pass\n"
+                              "st = os.statvfs('/dev/shm')\n(written, st.f_blocks * st.f_frsize)")
+    written, size = eval(stored.removeprefix("value:\n"))
+    assert written <= 8 and size <= 8 * 2 ** 20, stored
+    # /tmp and /dev/shm together, and the number of files, count against the same limits
+    together = ("import time\nopen('/tmp/a', 'wb').write(b'x' * 5 * 2 ** 20)\n"
+                "open('/dev/shm/b', 'wb').write(b'x' * 5 * 2 ** 20)\ntime.sleep(2)")
+    many = "import time\nfor i in range(400):\n    open(f'/tmp/f{i}', 'w').close()\ntime.sleep(2)"
+    for code, bound in ((together, "8 MB"), (many, "300 files")):
+        message = await fails(roomy, code)
+        assert bound in message and ("full" in message or "grew past" in message), message
+    await assert_host_fine(roomy)
+
+
+async def test_kernel_ipc_objects_cannot_hold_memory(roomy: PythonTool):
+    # SysV shared memory, semaphores and message queues, memfd files and POSIX message queues live
+    # in kernel memory outside every watch: they are refused
+    code = ("import ctypes, errno, os\nlibc = ctypes.CDLL(None, use_errno=True)\nout = {}\n"
+            "for name, call in [('shmget', lambda: libc.shmget(0, 2 ** 20, 0o1600)),\n"
+            "                   ('semget', lambda: libc.semget(0, 10, 0o1600)),\n"
+            "                   ('msgget', lambda: libc.msgget(0, 0o1600)),\n"
+            "                   ('mq_open', lambda: libc.mq_open(b'/q', os.O_CREAT | os.O_RDWR, 0o600, None))]:\n"
+            "    ctypes.set_errno(0)\n    out[name] = (call(), errno.errorcode.get(ctypes.get_errno()))\n"
+            "try:\n    os.memfd_create('x')\n    out['memfd'] = 'made'\n"
+            "except OSError as e:\n    out['memfd'] = errno.errorcode[e.errno]\nout")
+    out = eval((await run(roomy, code)).removeprefix("value:\n"))
+    assert out == {"shmget": (-1, "EPERM"), "semget": (-1, "EPERM"), "msgget": (-1, "EPERM"),
+                   "mq_open": (-1, "EMFILE"), "memfd": "EPERM"}, out
+
+
+async def test_multiprocessing_and_shared_memory_still_work(roomy: PythonTool):
+    code = ("import multiprocessing as mp\nfrom multiprocessing import shared_memory\n"
+            "shm = shared_memory.SharedMemory(create=True, size=1024)\nshm.buf[0] = 7\nshm.close()\nshm.unlink()\n"
+            "lock = mp.Lock()\nwith lock:\n    pass\n"
+            "if __name__ == '__main__':\n    with mp.get_context('fork').Pool(2) as pool:\n"
+            "        squares = pool.map(abs, [-1, -2, -3])\nsquares")
+    assert await run(roomy, code) == "value:\n[1, 2, 3]"
+
+
+async def test_the_sandbox_does_not_show_host_paths(roomy: PythonTool, home: Path):
+    code = ("import os\ntexts = []\nfor pid in [p for p in os.listdir('/proc') if p.isdigit()]:\n"
+            "    for what in ('cmdline', 'environ'):\n        try:\n"
+            "            texts.append(open(f'/proc/{pid}/{what}', 'rb').read().decode(errors='replace'))\n"
+            "        except OSError:\n            pass\n"
+            "texts.append(open('/proc/self/mountinfo').read())\nprint('\\n'.join(texts))")
+    seen = await run(roomy, code)
+    # The /work mount's own line names the folder's path within its host file system (the kernel
+    # prints a bind mount's root so; it cannot be hidden cheaply): everything else must not.
+    work_line = [line for line in seen.splitlines() if " /work " in line]
+    assert len(work_line) == 1
+    rest = seen.replace(work_line[0], "")
+    hidden = [str(home), str(home.parent), str(REPO), os.getcwd(), "/run/tether-sandbox", sys.prefix]
+    assert not [path for path in hidden if path in rest], [path for path in hidden if path in rest]
+    assert "bwrap\0--args" in seen  # pid 1 (a copy of bwrap) read its options from a pipe
 
 
 # -- isolation unavailable ----------------------------------------------------------------------------

@@ -3,15 +3,32 @@
 One call, one fresh process tree:
 
     (root only) unshare --mount            a private mount namespace that dies with the call
-      sh -c 'mount --bind WORKDIR STATE/work; exec setpriv --reuid U --regid G --clear-groups ...'
-        bwrap --unshare-all --unshare-user --disable-userns --die-with-parent --new-session
-              --ro-bind /usr --proc --dev --tmpfs /tmp (sized) --bind <working folder> /work ...
+      sh -c 'mount --bind WORKDIR STATE/work; mount -t tmpfs -o size=,nr_inodes= .. STATE/scratch;
+             exec setpriv --reuid U --regid G --clear-groups ...'
+        bwrap --args FD -- ...             options from a pipe: --unshare-all --unshare-user
+              --disable-userns --die-with-parent --new-session --seccomp FD --ro-bind /usr --proc
+              a read-only /dev (null, zero, full, random, urandom, tty), /tmp and /dev/shm (sized),
+              --bind <working folder> /work ...
           python3 -I -u -B -c RUNNER        sets rlimits, reads the code from stdin, runs it
 
 - **Isolation.** New user, pid, network, ipc, uts, cgroup and mount namespaces: no network (only
   a loopback that is down), no other processes, no host files but a read-only /usr (+ the /lib
-  links), an empty /tmp and the run's working folder at /work. No /etc, no home, no repository.
-  `--disable-userns` stops the code from making nested user namespaces.
+  links), a read-only /dev with six device nodes, an empty /tmp and /dev/shm, and the run's
+  working folder at /work. No /etc, no home, no repository. `--disable-userns` stops the code from
+  making nested user namespaces.
+- **Every writable place is bounded.** /work: RLIMIT_FSIZE per file and the parent's watch. /tmp
+  and /dev/shm (host memory): as root one tmpfs for both, mounted by root in the call's mount
+  namespace with size=files_mb and nr_inodes=max_files, so a write past it fails with ENOSPC and
+  the runner says which is full; not root, one bwrap tmpfs of files_mb each. The watch counts
+  both with the working folder against files_mb and max_files. /dev is read-only (bwrap's --dev
+  would be an unbounded tmpfs and a devpts), as are / and /proc/sys. Kernel objects that hold
+  memory outside every watch are refused: SysV shared memory, semaphores and message queues (the
+  sandbox's IPC namespace would allow ~2**64 bytes) and memfd files by a small seccomp filter
+  (x86_64 and aarch64), POSIX message queues by RLIMIT_MSGQUEUE=0.
+- **Host paths.** bwrap reads its options from a pipe, so the sandbox's pid 1 (a copy of bwrap)
+  does not show them; it starts in / with a minimal environment. What cannot be hidden cheaply:
+  /proc/self/mountinfo shows the working folder's path within its host file system (the root of
+  a bind mount), and the interpreter's install prefix when it is not under /usr.
 - **Why a user of its own, as root.** The kernel ignores RLIMIT_NPROC for root, even inside a
   user namespace, so a fork bomb run as root is not stopped. As root each call runs as a system
   user from a small pool (`tether-sbx-0`, `tether-sbx-1`, ... created with `useradd --system` on
@@ -23,18 +40,20 @@ One call, one fresh process tree:
   enter (/root, a 0700 temporary folder). Root binds it onto that traversable mount point inside
   the call's private mount namespace, which disappears with the call: nothing changes on the host.
 - **Limits.** In the child (the runner, before the code): RLIMIT_CPU, RLIMIT_AS, RLIMIT_NPROC,
-  RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0. In the parent: wall time (kills the process group;
+  RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0, RLIMIT_MSGQUEUE=0. In the parent: wall time (kills the process group;
   `--die-with-parent` and the pid namespace take every sandbox process with it), output size
   (stops the code once stdout+stderr pass the limit), and a 10 Hz watch over the sandbox's pid
   namespace for the resident memory of all its processes together, the number of processes and
-  threads, and the growth of the working folder.
+  threads, and the growth of the working folder, /tmp and /dev/shm.
 - **The result.** The runner writes a one-line JSON envelope (value of the last expression, the
   exception) to a pipe of its own, not to stdout, so nothing the code prints can pass for the
   value. Code that deliberately writes to that pipe only misreports its own result; every limit
   and exit status comes from what the parent observed, never from the envelope.
 
-Not done: a seccomp filter (the isolation relies on namespaces and an unprivileged user), and
-cgroups (the parent's watch bounds total memory instead, within a tenth of a second).
+Not done: a general seccomp filter (the isolation relies on namespaces and an unprivileged user;
+the filter only refuses the calls above), and cgroups (the parent's watch bounds total memory
+instead, within a tenth of a second; kernel memory such as socket and pipe buffers is bounded only
+by the file and process limits). No /dev/pts: the code cannot open pseudo-terminals.
 """
 
 from __future__ import annotations
@@ -47,11 +66,13 @@ import functools
 import json
 import math
 import os
+import platform
 import pwd
 import re
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -106,7 +127,8 @@ def _tether_main():
     os.set_inheritable(fd, False)
     for res, soft, hard in ((resource.RLIMIT_CPU, cpu, cpu + 1), (resource.RLIMIT_AS, mem, mem),
                             (resource.RLIMIT_NPROC, nproc, nproc), (resource.RLIMIT_FSIZE, fsize, fsize),
-                            (resource.RLIMIT_NOFILE, nofile, nofile), (resource.RLIMIT_CORE, 0, 0)):
+                            (resource.RLIMIT_NOFILE, nofile, nofile), (resource.RLIMIT_CORE, 0, 0),
+                            (resource.RLIMIT_MSGQUEUE, 0, 0)):
         resource.setrlimit(res, (soft, hard))
     sys.path.insert(0, os.getcwd())
     linecache.cache["<code>"] = (len(code), None, code.splitlines(True), "<code>")
@@ -138,6 +160,8 @@ def _tether_main():
         if len(text) > tcap:
             text = "...\n" + text[-tcap:]
         report["error"] = {"type": type(e).__name__, "text": text, "errno": getattr(e, "errno", None)}
+        if report["error"]["errno"] == 28:  # ENOSPC: which bounded place is full
+            report["full"] = [p for p in ("/tmp", "/dev/shm") if _full(p)]
         del e, tb
     try:
         sys.stdout.flush()
@@ -145,6 +169,12 @@ def _tether_main():
     except BaseException:
         pass
     os.write(fd, (json.dumps(report) + "\n").encode())
+def _full(path):
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 65536 or st.f_favail == 0
 _tether_main()
 '''
 
@@ -164,6 +194,7 @@ class _Setup:
     mount: str = ""
     sh: str = ""
     useradd: str = ""
+    mkdir: str = ""
 
 
 def _which(name: str) -> str | None:
@@ -220,14 +251,14 @@ def _setup(interpreter: str) -> _Setup | str:
     as_root = os.geteuid() == 0
     if not as_root:
         return _Setup(bwrap, interpreter, False, features, extra)
-    tools = {name: _which(name) for name in ("unshare", "setpriv", "mount", "sh", "useradd")}
+    tools = {name: _which(name) for name in ("unshare", "setpriv", "mount", "sh", "useradd", "mkdir")}
     missing = [name for name, path in tools.items() if path is None]
     if missing:
         return (f"running as root, the sandbox needs {', '.join(missing)} (util-linux, passwd) to run the code "
                 "as an unprivileged user")
     return _Setup(bwrap, interpreter, True, features, extra, unshare=tools["unshare"] or "",
                   setpriv=tools["setpriv"] or "", mount=tools["mount"] or "", sh=tools["sh"] or "",
-                  useradd=tools["useradd"] or "")
+                  useradd=tools["useradd"] or "", mkdir=tools["mkdir"] or "")
 
 
 # -- the pool of sandbox users (root only) -----------------------------------------------------
@@ -242,7 +273,7 @@ class _User:
 
 def _prepare_state_dir() -> Path:
     state = _state_dir()
-    for path, mode in ((state, 0o755), (state / "leases", 0o700), (state / "work", 0o755)):
+    for path, mode in ((state, 0o755), (state / "leases", 0o700), (state / "work", 0o755), (state / "scratch", 0o755)):
         path.mkdir(mode=mode, exist_ok=True)
         st = os.lstat(path)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
@@ -397,6 +428,29 @@ def _folder_usage(path: Path, max_entries: int) -> tuple[int, int]:
     return total, entries
 
 
+def _scratch_usage(pid: int, work: os.stat_result) -> tuple[int, int]:
+    """(bytes, files) in the sandbox's /tmp and /dev/shm, seen through its pid 1's root; (0, 0) until
+    that root is the sandbox's (bwrap reports the pid before it switches roots) and once it is gone."""
+    root = f"/proc/{pid}/root"
+    try:
+        st = os.stat(root + WORK)
+        if (st.st_dev, st.st_ino) != (work.st_dev, work.st_ino):
+            return 0, 0
+        devices: dict[int, str] = {}
+        for place in ("/tmp", "/dev/shm"):
+            with contextlib.suppress(FileNotFoundError):  # no /dev/shm with a bwrap too old for --size
+                devices[os.stat(root + place).st_dev] = root + place
+        total = files = 0
+        for path in devices.values():
+            vfs = os.statvfs(path)
+            total += (vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize
+            files += vfs.f_files - vfs.f_ffree
+    except OSError:
+        return 0, 0
+    # a tmpfs starts with 1 inode (its root); the shared one as root with 3 (root, tmp, shm)
+    return total, max(0, files - (3 if len(devices) == 1 and os.path.exists(root + "/dev/shm") else len(devices)))
+
+
 @contextlib.asynccontextmanager
 async def _folder_lock(path: Path) -> AsyncIterator[None]:
     """One call at a time per working folder (flock: across tasks and processes)."""
@@ -543,14 +597,14 @@ class SubprocessBackend:
             "error. Every call starts a fresh interpreter: variables do not carry over between calls, files do. "
             f"The current directory, {WORK}, is this run's working folder: files written there are kept for "
             "later calls of the same run (one folder shared by all calls of the run; a forked run does not "
-            "get a copy). Nothing else is writable except /tmp, which is emptied after every call; the rest "
-            "of the file system is read-only system files. No network access. Third-party packages: only "
-            "those installed system-wide, if any (no pip install). Limits per call: "
+            "get a copy). Nothing else is writable except /tmp and /dev/shm, which are emptied after every "
+            "call; the rest of the file system is read-only system files. No network access. Third-party "
+            "packages: only those installed system-wide, if any (no pip install). Limits per call: "
             f"{limits.cpu_s:g} s of CPU time per process, {limits.wall_s:g} s of wall time, "
             f"{limits.memory_mb} MB of memory, {limits.processes} processes and threads, "
             f"{_size(limits.output_bytes)} of printed output (stdout and stderr together), files up to "
-            f"{limits.files_mb} MB each, and the working folder may grow by at most {limits.files_mb} MB "
-            f"or {limits.max_files} files."
+            f"{limits.files_mb} MB each, and the working folder, /tmp and /dev/shm together may hold at most "
+            f"{limits.files_mb} MB or {limits.max_files} files."
         )
 
     async def run(self, code: str, workdir: Path, limits: SandboxLimits) -> SandboxResult:
@@ -575,16 +629,20 @@ class SubprocessBackend:
         inner = [setup.interpreter, "-I", "-u", "-B", "-c", RUNNER, str(res_w), str(cpu),
                  str(limits.memory_mb * 1024 * 1024), str(limits.processes + 1), str(files_bytes), "256",
                  str(limits.output_bytes), str(_TRACEBACK_CHARS)]
-        argv = _command(setup, user, str(workdir), info_w, files_bytes, inner)
+        argv, fds = _command(setup, user, str(workdir), info_w, limits, inner)
         started = time.monotonic()
-        try:
+        try:  # cwd /: the sandbox's pid 1 inherits PWD from the shell (root) and would show ours
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, pass_fds=(res_w, info_w), env=_HOST_ENV, start_new_session=True)
+                stderr=asyncio.subprocess.PIPE, pass_fds=(res_w, info_w, *fds), env=_HOST_ENV, cwd="/",
+                start_new_session=True)
         except BaseException:
             for fd in (res_r, res_w, info_r, info_w):
                 os.close(fd)
             raise
+        finally:
+            for fd in fds:
+                os.close(fd)
         os.close(res_w)
         os.close(info_w)
         res_pipe, info_pipe = os.fdopen(res_r, "rb", buffering=0), os.fdopen(info_r, "rb", buffering=0)
@@ -628,7 +686,10 @@ class SubprocessBackend:
             if not isinstance(ino, int):
                 return
             ns.append(ino)
+            pid = info.get("child-pid")
+            work = await asyncio.to_thread(os.stat, workdir)
             tick = 0
+            size = entries = 0
             while True:
                 _, threads, rss = await asyncio.to_thread(_ns_usage, ino)
                 if threads > limits.processes:  # the pid namespace's init counts as one
@@ -637,12 +698,17 @@ class SubprocessBackend:
                 elif rss > limits.memory_mb * 1024 * 1024:
                     stop(f"the code ran out of memory (limit {limits.memory_mb} MB for all its processes "
                          "together) and was stopped")
-                tick += 1
                 if tick % _FOLDER_EVERY == 0:
                     size, entries = await asyncio.to_thread(_folder_usage, workdir, limits.max_files)
-                    if size > max(files_bytes, size0) or entries > max(limits.max_files, entries0):
-                        stop(f"the working folder grew past {limits.files_mb} MB or {limits.max_files} files "
-                             "and the code was stopped; write less, or delete files you no longer need")
+                tick += 1
+                # /tmp and /dev/shm count towards the same limits as the folder (each is bounded on its own too)
+                scratch, scratch_entries = (await asyncio.to_thread(_scratch_usage, pid, work)
+                                            if isinstance(pid, int) else (0, 0))
+                if size + scratch > max(files_bytes, size0) or \
+                        entries + scratch_entries > max(limits.max_files, entries0):
+                    stop(f"the working folder grew past {limits.files_mb} MB or {limits.max_files} files (what "
+                         "is in /tmp and /dev/shm counts too) and the code was stopped; write less, or delete "
+                         "files you no longer need")
                 await asyncio.sleep(_WATCH_INTERVAL_S)
 
         info_task = asyncio.ensure_future(_read_info(info_pipe))
@@ -697,10 +763,23 @@ class SubprocessBackend:
         return result
 
 
-def _command(setup: _Setup, user: _User | None, workdir: str, info_fd: int, files_bytes: int,
-             inner: list[str]) -> list[str]:
+_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+_DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+              ("stderr", "/proc/self/fd/2"))
+
+
+def _command(setup: _Setup, user: _User | None, workdir: str, info_fd: int, limits: SandboxLimits,
+             inner: list[str]) -> tuple[list[str], list[int]]:
+    """The command that starts the sandbox, and the fds it reads (pass them to it, close them after).
+
+    Every writable place inside is bounded: /work (the parent's watch), and /tmp and /dev/shm (one
+    tmpfs of files_mb and max_files as root; two tmpfs of files_mb otherwise). /dev is read-only
+    with a few device nodes: bwrap's own --dev would be an unbounded tmpfs (host memory) plus a
+    devpts. bwrap reads its options from a pipe (--args), so the sandbox's pid 1, a copy of bwrap,
+    shows `bwrap --args N -- python3 ...` as its command line, not the host paths among the options."""
+    files_bytes = limits.files_mb * 1024 * 1024
     work_src = str(_state_dir() / "work") if user is not None else workdir
-    bw = [setup.bwrap, "--unshare-all", "--unshare-user"]
+    bw = ["--unshare-all", "--unshare-user"]
     if "--disable-userns" in setup.features:
         bw.append("--disable-userns")
     bw += ["--die-with-parent", "--new-session", "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
@@ -711,20 +790,85 @@ def _command(setup: _Setup, user: _User | None, workdir: str, info_fd: int, file
             bw += ["--ro-bind", d, d]
     for extra in setup.extra_ro:
         bw += ["--ro-bind", extra, extra]
-    bw += ["--proc", "/proc", "--dev", "/dev"]
-    if "--size" in setup.features:
-        bw += ["--size", str(files_bytes)]
-    bw += ["--tmpfs", "/tmp", "--bind", work_src, WORK, "--remount-ro", "/", "--chdir", WORK, "--clearenv"]
+    bw += ["--proc", "/proc", "--tmpfs", "/dev"]
+    for name in _DEVICES:
+        bw += ["--dev-bind-try", f"/dev/{name}", f"/dev/{name}"]
+    for name, target in _DEV_LINKS:
+        bw += ["--symlink", target, f"/dev/{name}"]
+    if user is not None:  # root mounts the scratch tmpfs in the call's mount namespace (see below)
+        scratch = _state_dir() / "scratch"
+        bw += ["--bind", f"{scratch}/tmp", "/tmp", "--bind", f"{scratch}/shm", "/dev/shm"]
+    elif "--size" in setup.features:
+        bw += ["--size", str(files_bytes), "--tmpfs", "/tmp", "--size", str(files_bytes), "--tmpfs", "/dev/shm"]
+    else:  # a bwrap too old for --size: /tmp only watched, and no /dev/shm
+        bw += ["--tmpfs", "/tmp"]
+    bw += ["--remount-ro", "/dev", "--bind", work_src, WORK, "--remount-ro", "/", "--chdir", WORK, "--clearenv"]
     for key, value in _SANDBOX_ENV.items():
         bw += ["--setenv", key, value]
-    bw += ["--info-fd", str(info_fd), "--", *inner]
+    fds: list[int] = []
+    program = _seccomp_program(platform.machine())
+    if program is not None:
+        fds.append(_pipe_with(program))
+        bw += ["--seccomp", str(fds[-1])]
+    bw += ["--info-fd", str(info_fd)]
+    fds.append(_pipe_with(b"".join(arg.encode() + b"\0" for arg in bw)))
+    argv = [setup.bwrap, "--args", str(fds[-1]), "--", *inner]  # bwrap takes only options from --args
     if user is None:
-        return bw
-    script = ('src=$1 dst=$2 mount=$3 setpriv=$4 uid=$5 gid=$6; shift 6; '
+        return argv, fds
+    # One tmpfs holds /tmp and /dev/shm, so both share files_mb, and nr_inodes bounds how many
+    # files they hold (its root, tmp and shm are the 3 inodes it starts with).
+    opts = f"size={files_bytes},nr_inodes={limits.max_files + 3},mode=0755,nosuid,nodev"
+    script = ('src=$1 dst=$2 scratch=$3 opts=$4 mount=$5 mkdir=$6 setpriv=$7 uid=$8 gid=$9; shift 9; '
               '"$mount" --bind "$src" "$dst" || exit 125; '
+              '"$mount" -t tmpfs -o "$opts" tether-scratch "$scratch" || exit 125; '
+              '"$mkdir" -m 1777 "$scratch/tmp" "$scratch/shm" || exit 125; '
               'exec "$setpriv" --reuid="$uid" --regid="$gid" --clear-groups --inh-caps=-all -- "$@"')
     return [setup.unshare, "--mount", "--propagation", "private", "--", setup.sh, "-c", script, "tether-sandbox",
-            workdir, work_src, setup.mount, setup.setpriv, str(user.uid), str(user.gid), *bw]
+            workdir, work_src, str(_state_dir() / "scratch"), opts, setup.mount, setup.mkdir, setup.setpriv,
+            str(user.uid), str(user.gid), *argv], fds
+
+
+def _pipe_with(data: bytes) -> int:
+    """The read end of a pipe that holds `data` (small: it must fit the pipe's buffer)."""
+    assert len(data) < 65536
+    r, w = os.pipe()
+    try:
+        os.write(w, data)
+    finally:
+        os.close(w)
+    return r
+
+
+# System calls that make kernel objects of unbounded size outside every watch: SysV shared memory,
+# semaphores and message queues (the sandbox's IPC namespace allows ~2**64 bytes of them) and
+# memfd files. They fail with EPERM; Python's multiprocessing uses /dev/shm instead. Per machine:
+# (audit arch, its syscall numbers); a call from any other architecture (x32 included) fails too.
+_DENIED = {
+    "x86_64": ((0xC000003E, (29, 64, 68, 319)),  # shmget semget msgget memfd_create
+               (0x40000003, (117, 395, 393, 399, 356))),  # i386: ipc shmget semget msgget memfd_create
+    "aarch64": ((0xC00000B7, (194, 190, 186, 279)),
+                (0x40000028, (307, 299, 303, 385))),  # arm
+}
+
+
+@functools.lru_cache(maxsize=4)
+def _seccomp_program(machine: str) -> bytes | None:
+    """A classic BPF seccomp filter (struct sock_filter[]) for bwrap's --seccomp, None if unknown here."""
+    table = _DENIED.get(machine)
+    if table is None:
+        return None
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
+    deny = -1  # a jump target, resolved below to the last instruction
+    prog: list[tuple[int, int, int, int]] = [(ld, 0, 0, 4)]  # seccomp_data.arch
+    for arch, numbers in table:
+        checks = [(jge, deny, 0, 0x40000000)] if arch == 0xC000003E else []  # x32 system calls
+        checks += [(jeq, deny, 0, nr) for nr in numbers]
+        prog += [(jeq, 0, len(checks) + 2, arch), (ld, 0, 0, 0), *checks,  # seccomp_data.nr
+                 (ret, 0, 0, 0x7FFF0000)]  # SECCOMP_RET_ALLOW
+    prog.append((ret, 0, 0, 0x00050000 | errno.EPERM))  # SECCOMP_RET_ERRNO
+    last = len(prog) - 1
+    return b"".join(struct.pack("=HBBI", code, last - i - 1 if jt == deny else jt, jf, k)
+                    for i, (code, jt, jf, k) in enumerate(prog))
 
 
 def _outcome(task: asyncio.Future[T]) -> T | None:
@@ -746,6 +890,7 @@ def _classify(result: SandboxResult, env: dict[str, object] | None, stopped: lis
               limits: SandboxLimits) -> None:
     """Fill value / error / limit from the parent's observations first, the envelope second."""
     error = env.get("error") if env else None
+    full = env.get("full") if env else None  # which of /tmp and /dev/shm were full (the runner looked)
     if isinstance(error, dict):
         result.error = str(error.get("text") or error.get("type") or "error")
     if env and isinstance(env.get("value"), str):
@@ -756,6 +901,11 @@ def _classify(result: SandboxResult, env: dict[str, object] | None, stopped: lis
     if isinstance(error, dict):
         if error.get("type") == "MemoryError":
             result.limit = f"the code ran out of memory (limit {limits.memory_mb} MB)"
+        elif error.get("errno") == errno.ENOSPC and isinstance(full, list) and full:
+            places = " and ".join(map(str, full))
+            result.limit = (f"the sandbox's {places} {'are' if ' and ' in places else 'is'} full: /tmp and "
+                            f"/dev/shm hold at most {limits.files_mb} MB (files_mb) and {limits.max_files} files "
+                            "(max_files) together; write less, or delete files you no longer need")
         elif error.get("errno") == errno.EFBIG:
             result.limit = f"a file grew past the file size limit ({limits.files_mb} MB)"
         elif (error.get("errno") == errno.EAGAIN and error.get("type") == "BlockingIOError") or (
@@ -833,14 +983,15 @@ def _probe_once(interpreter: str) -> str | None:
 def _probe_run(setup: _Setup, user: _User | None, workdir: str) -> str | None:
     info_r, info_w = os.pipe()
     inner = [setup.interpreter, "-I", "-c", f"print({_PROBE_OK!r})"]
+    argv, fds = _command(setup, user, workdir, info_w, SandboxLimits(files_mb=1, max_files=16), inner)
     try:
-        out = subprocess.run(_command(setup, user, workdir, info_w, 1024 * 1024, inner), capture_output=True,
-                             text=True, timeout=30, env=_HOST_ENV, pass_fds=(info_w,), stdin=subprocess.DEVNULL)
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=_HOST_ENV, cwd="/",
+                             pass_fds=(info_w, *fds), stdin=subprocess.DEVNULL)
     except (OSError, subprocess.SubprocessError) as e:
         return f"bubblewrap could not be started: {e}"
     finally:
-        os.close(info_r)
-        os.close(info_w)
+        for fd in (info_r, info_w, *fds):
+            os.close(fd)
     if out.returncode == 0 and out.stdout.strip() == _PROBE_OK:
         return None
     detail = (out.stderr.strip() or out.stdout.strip() or f"exit status {out.returncode}")[-500:]

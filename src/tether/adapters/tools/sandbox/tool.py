@@ -46,9 +46,10 @@ class SandboxLimits:
     - `processes`: processes and threads at once (RLIMIT_NPROC, for a user of its own).
     - `output_bytes`: stdout and stderr together; past it the code is stopped. The value of the
       last expression is cut to this many characters.
-    - `files_mb`: the largest file (RLIMIT_FSIZE), the size of /tmp, and how far the working
-      folder may grow; Monty: bytes written per call.
-    - `max_files`: entries in the working folder (subprocess backend).
+    - `files_mb`: the largest file (RLIMIT_FSIZE), and what the working folder, /tmp and /dev/shm
+      may hold together (/tmp and /dev/shm are tmpfs of this size, in host memory); Monty: bytes
+      written per call.
+    - `max_files`: entries in the working folder, /tmp and /dev/shm together (subprocess backend).
     """
 
     cpu_s: float = 10.0
