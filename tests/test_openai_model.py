@@ -593,6 +593,27 @@ async def test_a_run_given_a_proxy_page_fails_saying_what_came_back(
     assert [m.role for m in run_.messages] == ["user"]  # no assistant message was made up
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize(("message", "finish", "says"), [
+    ({"role": "assistant", "content": ""}, "length",
+     "the model reached its output token limit before answering (finish_reason 'length')"),
+    ({"role": "assistant", "content": None}, "content_filter", "the server's content filter withheld the answer"),
+    ({"role": "assistant", "content": None, "refusal": "I can't help with that."}, "stop",
+     "the model refused to answer: I can't help with that."),
+])
+async def test_a_run_whose_answer_is_empty_for_a_reason_fails_with_it(
+        fake: FakeOpenAI, message: dict[str, Any], finish: str, says: str) -> None:
+    fake.queue(completion(message, finish))
+    agent = Agent("t", make_model(fake))
+    try:
+        run_ = await RunsService(MemoryStore()).start(agent, "hi")
+    finally:
+        await agent.model.aclose()  # type: ignore[attr-defined]
+    assert run_.status == "failed" and says in (run_.error or "")
+    assert len(fake.requests) == 1  # asking again would get the same
+    assert [s.type for s in run_.steps] == ["model"]  # what came back is in the log
+
+
 # ---- pricing ------------------------------------------------------------------------------
 
 
