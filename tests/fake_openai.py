@@ -14,7 +14,8 @@ POST /v1/chat/completions answers from the queue of scripted replies, as JSON or
 deltas by index with the arguments in fragments, a chunk with the finish reason, a usage chunk
 when `stream_options.include_usage`, then `data: [DONE]`). GET /v1/models lists the model names
 seen. With nothing queued and no responder the server answers 400, so a test fails at once rather
-than retrying.
+than retrying. A `RawReply` is sent as it is, for answers that are not completions (a proxy's HTML
+page with status 200, `{"choices": []}`, a stream cut short: `sse(chunk, ..., done=False)`).
 
 A responder (`fake.respond_with(fn)`) answers whatever the queue does not: it is called with the
 request body (a dict) and returns a FakeReply or a string, so concurrent requests can be answered
@@ -62,6 +63,25 @@ class FakeReply:
 
 
 @dataclass
+class RawReply:
+    """A reply sent as it is (streaming asked or not): for answers that are not chat completions.
+
+    A `text/event-stream` body is sent without a length and the connection closed after it, so a
+    stream can end anywhere (without `[DONE]`, or in the middle of a JSON chunk).
+    """
+
+    body: str
+    status: int = 200
+    content_type: str = "application/json"
+
+
+def sse(*chunks: dict[str, Any] | str, done: bool = True) -> str:
+    """A server-sent-events body: each chunk as a `data:` line (a dict as JSON), then `[DONE]`."""
+    lines = [f"data: {c if isinstance(c, str) else json.dumps(c)}\n\n" for c in chunks]
+    return "".join(lines) + ("data: [DONE]\n\n" if done else "")
+
+
+@dataclass
 class _Failure:
     status: int
     headers: dict[str, str]
@@ -86,7 +106,7 @@ class FakeOpenAI:
         self.requests: list[dict[str, Any]] = []  # request bodies, in order received
         self.request_headers: list[dict[str, str]] = []  # lower-cased header names
         self.paths: list[str] = []
-        self._replies: deque[FakeReply] = deque()
+        self._replies: deque[FakeReply | RawReply] = deque()
         self._failures: deque[_Failure] = deque()
         self.responder: Callable[[dict[str, Any]], FakeReply | str] | None = None
         self._lock = threading.Lock()
@@ -127,7 +147,7 @@ class FakeOpenAI:
 
     # -- scripting --
 
-    def queue(self, *replies: FakeReply | str) -> FakeOpenAI:
+    def queue(self, *replies: FakeReply | RawReply | str) -> FakeOpenAI:
         """Add replies, answered in order (a string is a plain text reply)."""
         with self._lock:
             for r in replies:
@@ -169,7 +189,7 @@ class FakeOpenAI:
             self.requests.append(body)
             self.request_headers.append(headers)
 
-    def _next(self, body: dict[str, Any] | None = None) -> _Failure | FakeReply | None:
+    def _next(self, body: dict[str, Any] | None = None) -> _Failure | FakeReply | RawReply | None:
         with self._lock:
             if self._failures:
                 return self._failures.popleft()
@@ -245,6 +265,9 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(item, _Failure):
             self._error(item.status, item.message, item.headers)
             return
+        if isinstance(item, RawReply):
+            self._raw(item)
+            return
         if item.delay_s:
             time.sleep(item.delay_s)
         model = item.model or str(body.get("model") or "fake-model")
@@ -255,6 +278,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, self._completion(item, model))
 
     # -- answers --
+
+    def _raw(self, r: RawReply) -> None:
+        data = r.body.encode()
+        self.send_response(r.status)
+        self.send_header("Content-Type", r.content_type)
+        if r.content_type.startswith("text/event-stream"):
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
 
     def _finish(self, r: FakeReply) -> str:
         return r.finish_reason or ("tool_calls" if r.tool_calls else "stop")

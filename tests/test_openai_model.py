@@ -11,17 +11,20 @@ from typing import Any
 
 import pytest
 
-from fake_openai import FakeOpenAI, FakeReply, FakeToolCall
+from fake_openai import FakeOpenAI, FakeReply, FakeToolCall, RawReply, sse
 from tether.adapters.models.openai_compat import OpenAIModel
 from tether.adapters.models.pricing import price_usd
 from tether.adapters.models.refs import resolve_model
 from tether.adapters.models.replay import ReplayModel
 from tether.adapters.models.retry import backoff_s, with_retries
 from tether.adapters.models.scripted import ScriptedModel
+from tether.adapters.store.memory import MemoryStore
 from tether.domain.errors import ConfigError, ModelError
 from tether.domain.messages import ImagePart, Message, RefusalPart, TextPart, ToolCall
 from tether.domain.models import ModelRequest, ModelResponse, ToolSchema
 from tether.domain.usage import Usage
+from tether.services.agents import Agent
+from tether.services.runs import RunsService
 
 SECRET = "sk-secret-test-key"
 
@@ -409,6 +412,206 @@ async def test_with_retries_does_not_retry_other_errors() -> None:
     with pytest.raises(ValueError):
         await with_retries(fn, max_retries=3, sleep=sleeps)
     assert sleeps.delays == []
+
+
+# ---- answers that are not completions ----------------------------------------------------
+#
+# Each must end as a ModelError saying what came back, never as an empty "success". Transient-
+# looking ones (a proxy's page, a cut stream, no choices, an empty answer) are retried as a 5xx is.
+
+STREAM = "text/event-stream"
+PAGE = ("<html><head><title>502 Bad Gateway</title></head>\n<body>  <h1>Bad Gateway</h1>\n"
+        f"<p>Authorization: Bearer {SECRET} upstream {{url}} failed</p></body></html>")
+
+
+def chunk(delta: dict[str, Any] | None = None, finish: str | None = None) -> dict[str, Any]:
+    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": "m",
+            "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}]}
+
+
+def completion(message: Any, finish: str | None = "stop") -> RawReply:
+    return RawReply(json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
+                                "choices": [{"index": 0, "message": message, "finish_reason": finish}]}))
+
+
+def calling(function: dict[str, Any]) -> dict[str, Any]:
+    return {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+                                                                  "function": function}]}
+
+
+ROLE = chunk({"role": "assistant", "content": ""})
+# (path, reply, streamed, retried, what the error says)
+BROKEN = [
+    ("html-200", RawReply(PAGE, content_type="text/html"), False, True, "the server's answer is not JSON: '<html>"),
+    ("html-200-as-json", RawReply(PAGE), False, True, "the server's answer is not JSON: '<html>"),
+    ("empty-body", RawReply(""), False, True, "the server's answer is not JSON (an empty body)"),
+    ("not-json", RawReply("upstream connect error"), False, True, "not JSON: 'upstream connect error'"),
+    ("json-not-object", RawReply('"hello"'), False, True, "is not a chat completion: '\"hello\"'"),
+    ("no-choices", RawReply('{"choices": []}'), False, True, "has no choices: '{\"choices\": []}'"),
+    ("error-200", RawReply('{"error": {"message": "overloaded"}}'), False, True,
+     "the server answered with an error: '{\"error\": {\"message\": \"overloaded\"}}'"),
+    ("choice-not-object", RawReply('{"choices": ["hi"]}'), False, False, "the server's choices are not objects"),
+    ("message-not-object", RawReply('{"choices": [{"message": "hi"}]}'), False, False,
+     "the server's message is not an object: '{\"message\": \"hi\"}'"),
+    ("message-null", completion(None), False, True, "the server's answer has no message"),
+    ("content-not-string", completion({"role": "assistant", "content": 5}), False, False,
+     "the answer's content is not a string"),
+    ("empty-answer", completion({"role": "assistant", "content": ""}), False, True,
+     "the model returned an empty answer (finish_reason 'stop', no content and no tool calls)"),
+    ("empty-answer-unknown-finish", completion({"role": "assistant", "content": None}, "eos"), False, True,
+     "the model returned an empty answer (finish_reason 'eos'"),
+    ("finish-error", completion({"role": "assistant", "content": "half an"}, "error"), False, True,
+     "the server says the answer failed (finish_reason 'error')"),
+    ("tool-without-name", completion(calling({"arguments": "{}"}), "tool_calls"), False, True,
+     "the model asked for a tool without naming it"),
+    ("tool-arguments-not-text", completion(calling({"name": "add", "arguments": 5}), "tool_calls"), False, False,
+     "the arguments of tool call 'add' are not a string"),
+    ("stream-html-200", RawReply(PAGE, content_type="text/html"), True, True,
+     "the server answered text/html instead of an event stream: '<html>"),
+    ("stream-empty", RawReply("", content_type=STREAM), True, True,
+     "the stream ended before the answer did (no finish_reason, no [DONE])"),
+    ("stream-cut", RawReply(sse(ROLE, chunk({"tool_calls": [{"index": 0, "function": {"name": "add"}}]}),
+                                done=False), content_type=STREAM), True, True,
+     "the stream ended before the answer did"),
+    ("stream-cut-mid-json", RawReply(sse(ROLE, done=False) + 'data: {"id": "chatcmpl-1", "choi\n\n',
+                                     content_type=STREAM), True, True,
+     "the stream sent an event that is not JSON: '{\"id\": \"chatcmpl-1\", \"choi'"),
+    ("stream-error-event", RawReply(sse(ROLE, {"error": {"message": "overloaded"}}), content_type=STREAM), True, True,
+     "the server sent an error in the stream: '{\"error\": {\"message\": \"overloaded\"}}'"),
+    ("stream-empty-answer", RawReply(sse(ROLE, chunk({}, "stop")), content_type=STREAM), True, True,
+     "the model returned an empty answer (finish_reason 'stop'"),
+    ("stream-no-choices", RawReply(sse({"id": "x", "choices": []}), content_type=STREAM), True, True,
+     "the model returned an empty answer"),
+    ("stream-unknown-finish", RawReply(sse(ROLE, chunk({}, "eos")), content_type=STREAM), True, True,
+     "the model returned an empty answer (finish_reason 'eos'"),
+    ("stream-delta-not-object", RawReply(sse({"choices": [{"index": 0, "delta": "hi"}]}), content_type=STREAM),
+     True, False, "the stream sent a choice that is not an object with a delta"),
+    ("stream-tool-without-name", RawReply(sse(chunk({"tool_calls": [{"index": 0, "id": "c1", "function": {
+        "arguments": "{}"}}]}), chunk({}, "tool_calls")), content_type=STREAM), True, True,
+     "the model asked for a tool without naming it"),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("reply", "streamed", "retried", "says"), [case[1:] for case in BROKEN],
+                         ids=[case[0] for case in BROKEN])
+async def test_an_answer_that_is_not_a_completion_is_a_model_error(
+        fake: FakeOpenAI, reply: RawReply, streamed: bool, retried: bool, says: str) -> None:
+    reply.body = reply.body.replace("{url}", fake.base_url)
+    fake.queue(*[reply] * 3)
+    sleeps = Sleeps()
+    with pytest.raises(ModelError) as info:
+        await run(make_model(fake, api_key=SECRET, sleep=sleeps, max_retries=2), ask(),
+                  (lambda _: None) if streamed else None)
+    message = str(info.value)
+    assert says in message
+    assert len(fake.requests) == (3 if retried else 1) and len(sleeps.delays) == (2 if retried else 0)
+    assert ("after 3 attempts" in message) == retried
+    excerpt = message.split(" failed: ", 1)[1]
+    assert SECRET not in message and f"127.0.0.1:{fake.port}" not in excerpt
+
+
+@pytest.mark.anyio
+async def test_a_proxy_page_is_retried_and_the_next_answer_used(fake: FakeOpenAI) -> None:
+    fake.queue(RawReply(PAGE, content_type="text/html"), RawReply("", content_type=STREAM), "at last")
+    sleeps = Sleeps()
+    assert (await run(make_model(fake, sleep=sleeps), ask(), lambda _: None)).text == "at last"
+    assert len(fake.requests) == 3 and len(sleeps.delays) == 2
+
+
+@pytest.mark.anyio
+async def test_a_stream_cut_after_text_was_shown_is_not_retried(fake: FakeOpenAI) -> None:
+    fake.queue(RawReply(sse(ROLE, chunk({"content": "The answer is"}), done=False), content_type=STREAM))
+    deltas: list[str] = []
+    with pytest.raises(ModelError) as info:
+        await run(make_model(fake), ask(), deltas.append)
+    assert deltas == ["The answer is"] and len(fake.requests) == 1
+    assert ("the stream ended before the answer did (no finish_reason, no [DONE]); the text so far: "
+            "'The answer is' (the stream broke after partial output; not retried)") in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_long_bodies_are_cut_and_whitespace_collapsed(fake: FakeOpenAI) -> None:
+    fake.queue(RawReply("<p>\n\n  " + "x" * 1000 + "</p>", content_type="text/html"))
+    with pytest.raises(ModelError) as info:
+        await run(make_model(fake, max_retries=0), ask())
+    assert str(info.value).endswith(": '<p> " + "x" * 196 + "…'")  # 200 characters
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_what_is_still_a_valid_answer(fake: FakeOpenAI, streamed: bool) -> None:
+    on_delta = (lambda _: None) if streamed else None
+    # content "" with tool calls; arguments sent as an object (some servers do) become JSON text
+    arguments: Any = {"a": 1}
+    fake.queue(FakeReply("", tool_calls=[FakeToolCall("add", {"a": 1}, id="c1")]))
+    fake.queue(RawReply(sse(chunk({"tool_calls": [{"index": 0, "id": "c2", "function": {
+        "name": "add", "arguments": arguments}}]}), chunk({}, "tool_calls")), content_type=STREAM)
+               if streamed else completion(calling({"name": "add", "arguments": arguments}), "tool_calls"))
+    # an unknown finish reason with text is kept as it came
+    fake.queue(RawReply(sse(ROLE, chunk({"content": "hi"}), chunk({}, "eos")), content_type=STREAM)
+               if streamed else completion({"role": "assistant", "content": "hi"}, "eos"))
+    model = make_model(fake)
+    try:
+        first = await model.complete(ask(), on_delta)
+        second = await model.complete(ask(), on_delta)
+        third = await model.complete(ask(), on_delta)
+    finally:
+        await model.aclose()
+    assert (first.text, first.finish_reason, first.tool_calls[0].name) == (None, "tool_calls", "add")
+    assert (second.tool_calls[0].name, second.tool_calls[0].arguments) == ("add", '{"a": 1}')
+    assert (third.text, third.finish_reason) == ("hi", "eos")
+
+
+@pytest.mark.anyio
+async def test_a_server_that_ignores_stream_answers_in_one_piece(fake: FakeOpenAI) -> None:
+    fake.queue(completion({"role": "assistant", "content": "whole"}))
+    deltas: list[str] = []
+    response = await run(make_model(fake), ask(), deltas.append)
+    assert response.text == "whole" and deltas == ["whole"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_run_given_a_proxy_page_fails_saying_what_came_back(
+        fake: FakeOpenAI, streamed: bool) -> None:
+    fake.queue(*[RawReply(PAGE.replace("{url}", fake.base_url), content_type="text/html")] * 3)
+    agent = Agent("t", make_model(fake, api_key=SECRET, max_retries=2))
+    try:
+        run_ = await RunsService(MemoryStore()).start(
+            agent, "hi", on_event=(lambda _: None) if streamed else None)
+    finally:
+        await agent.model.aclose()  # type: ignore[attr-defined]
+    assert run_.status == "failed" and run_.output is None
+    assert len(fake.requests) == 3  # retried as a 5xx would be
+    assert bool(fake.requests[0].get("stream")) == streamed
+    error = run_.error or ""
+    assert "after 3 attempts" in error
+    assert "'<html><head><title>502 Bad Gateway</title></head> <body> <h1>Bad Gateway</h1>" in error
+    assert "Authorization: Bearer ***" in error and SECRET not in error
+    assert f"127.0.0.1:{fake.port}" not in error.split(" failed: ", 1)[1]
+    assert [m.role for m in run_.messages] == ["user"]  # no assistant message was made up
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("message", "finish", "says"), [
+    ({"role": "assistant", "content": ""}, "length",
+     "the model reached its output token limit before answering (finish_reason 'length')"),
+    ({"role": "assistant", "content": None}, "content_filter", "the server's content filter withheld the answer"),
+    ({"role": "assistant", "content": None, "refusal": "I can't help with that."}, "stop",
+     "the model refused to answer: I can't help with that."),
+])
+async def test_a_run_whose_answer_is_empty_for_a_reason_fails_with_it(
+        fake: FakeOpenAI, message: dict[str, Any], finish: str, says: str) -> None:
+    fake.queue(completion(message, finish))
+    agent = Agent("t", make_model(fake))
+    try:
+        run_ = await RunsService(MemoryStore()).start(agent, "hi")
+    finally:
+        await agent.model.aclose()  # type: ignore[attr-defined]
+    assert run_.status == "failed" and says in (run_.error or "")
+    assert len(fake.requests) == 1  # asking again would get the same
+    assert [s.type for s in run_.steps] == ["model"]  # what came back is in the log
 
 
 # ---- pricing ------------------------------------------------------------------------------

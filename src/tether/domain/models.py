@@ -8,7 +8,8 @@ from typing import Any, Literal
 from tether.domain.messages import Message, ToolCall
 from tether.domain.usage import Usage
 
-FinishReason = Literal["stop", "tool_calls", "length", "content_filter", "error"]
+# The reasons Tether knows; a server's other reasons are kept as they came ("abort", "eos", ...).
+FinishReason = Literal["stop", "tool_calls", "length", "content_filter", "error"] | str
 
 
 @dataclass(slots=True)
@@ -35,3 +36,7 @@ class ModelResponse:
     usage: Usage = field(default_factory=Usage)
     refusal: str | None = None
     model_name: str | None = None  # what the server says it ran
+
+    def says_nothing(self) -> bool:
+        """No text, no tool call and no refusal: nothing a run could show or act on."""
+        return not self.text and not self.tool_calls and not self.refusal

@@ -161,6 +161,11 @@ class Executor:
                                             duration, final=final))
             self._finish(state, "incomplete", error=reason)
             return
+        if not calls and (reason := _no_answer(response)) is not None:
+            self._record(state, ModelCalled(step, request.fingerprint, response, self.model.cost_usd(response),
+                                            duration, final=final))
+            self._finish(state, "failed", error=reason)
+            return
         rejected = None
         if not calls and agent.output_schema is not None:
             problem = check_output(response.text, agent.output_schema)
@@ -414,6 +419,25 @@ def _incomplete_after(state: RunState, response: ModelResponse) -> str | None:
     if response.finish_reason == "length" and state.limits.max_completion_tokens is not None:
         return "max_completion_tokens"
     return None
+
+
+def _no_answer(response: ModelResponse) -> str | None:
+    """Why a final response without any text ends the run "failed" (None: it has text).
+
+    A run never ends "completed" with nothing to show. Model adapters already ask again when an
+    answer is merely empty; what reaches here has a reason that asking again would not change.
+    """
+    if response.text:
+        return None
+    if response.refusal:
+        refusal = " ".join(response.refusal.split())
+        return f"the model refused to answer: {refusal[:200]}{'…' if len(refusal) > 200 else ''}"
+    if response.finish_reason == "length":
+        return ("the model reached its output token limit before answering (finish_reason 'length'): "
+                "raise max_tokens or max_completion_tokens")
+    if response.finish_reason == "content_filter":
+        return "the server's content filter withheld the answer (finish_reason 'content_filter')"
+    return f"the model returned an empty answer (finish_reason {response.finish_reason!r})"
 
 
 def _cap_completion(settings: dict[str, Any], remaining: int) -> dict[str, Any]:

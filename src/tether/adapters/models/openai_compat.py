@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
+import json
 import os
 import re
 import sys
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,6 +40,7 @@ _FINISH: dict[str, FinishReason] = {
     "function_call": "tool_calls",
     "content_filter": "content_filter",
     "error": "error",
+    "model_length": "length",  # Mistral: the model's context is full
 }
 
 
@@ -122,53 +124,152 @@ def build_params(model: str, request: ModelRequest) -> dict[str, Any]:
 
 
 # ---- chat completions → Tether ----------------------------------------------------------------
+#
+# Answers are read from the JSON as it came, not through the SDK's types: those take anything (a
+# message that is a string, no choices at all) without a word, and a run would end "completed" with
+# nothing in it. Whatever is not a usable answer raises BadAnswer instead.
+
+EXCERPT_CHARS = 200
+
+# The server says the answer failed (vLLM says "abort" for a request it gave up).
+_FAILED = frozenset({"error", "abort"})
+
+
+class BadAnswer(Exception):
+    """The server answered, but not with a usable chat completion.
+
+    `retry`: asking again may help (a proxy's error page, a cut stream, an empty answer), so it is
+    done as for a 5xx; a field of the wrong type is a broken server, which would answer the same.
+    `body` is what came back, shown as a short excerpt.
+    """
+
+    def __init__(self, problem: str, body: str | None = None, *, retry: bool) -> None:
+        super().__init__(problem)
+        self.problem, self.body, self.retry = problem, body, retry
+
+    def describe(self, hidden: list[str]) -> str:
+        """The problem and an excerpt of the body, without the `hidden` strings or any key."""
+        if self.body is None:
+            return self.problem
+        # Redacted before it is cut, so that no secret survives as a prefix.
+        text = _redact(" ".join(self.body.split())[:5 * EXCERPT_CHARS], hidden)
+        if not text:
+            return f"{self.problem} (an empty body)"
+        return f"{self.problem}: {text[:EXCERPT_CHARS] + ('…' if len(text) > EXCERPT_CHARS else '')!r}"
+
+
+def _json(data: str, problem: str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise BadAnswer(problem, data, retry=True) from None
+
+
+def _text_of(obj: dict[str, Any], name: str, body: str) -> str | None:
+    """A text field of a message or delta (content, refusal): a string, or nothing."""
+    value = obj.get(name)
+    if value is None or isinstance(value, str):
+        return value or None
+    raise BadAnswer(f"the answer's {name} is not a string", body, retry=False)
+
+
+def _count(value: Any) -> int:
+    return int(value) if isinstance(value, int | float) and value > 0 else 0
 
 
 def _usage(u: Any) -> Usage:
-    if u is None:
+    if not isinstance(u, dict):
         return Usage()
-    details = getattr(u, "prompt_tokens_details", None)
-    cached = getattr(details, "cached_tokens", None) if details is not None else None
-    return Usage(int(getattr(u, "prompt_tokens", None) or 0), int(getattr(u, "completion_tokens", None) or 0),
-                 int(cached or 0))
+    details = u.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(_count(u.get("prompt_tokens")), _count(u.get("completion_tokens")), _count(cached))
 
 
-def _finish(reason: str | None, has_calls: bool) -> FinishReason:
-    mapped = _FINISH.get(reason or "", "tool_calls" if has_calls else "stop")
+def _finish(reason: Any, has_calls: bool) -> FinishReason:
+    if not isinstance(reason, str) or not reason:
+        return "tool_calls" if has_calls else "stop"
+    mapped = _FINISH.get(reason, reason)  # a reason Tether does not know is kept as it came
     # Some servers (Ollama among them) say "stop" although they asked for tools.
     return "tool_calls" if has_calls and mapped == "stop" else mapped
 
 
-def _tool_call(provider_id: str | None, name: str | None, arguments: str | None) -> ToolCall:
-    return ToolCall(provider_id or new_id("call"), name or "", arguments or "", provider_id or None)
+def _tool_call(provider_id: Any, name: Any, arguments: Any, body: str | None) -> ToolCall:
+    if not isinstance(name, str) or not name:
+        raise BadAnswer("the model asked for a tool without naming it", body, retry=True)
+    if isinstance(arguments, dict):  # some servers send the arguments as an object, not as JSON text
+        arguments = json.dumps(arguments)
+    elif arguments is not None and not isinstance(arguments, str):
+        raise BadAnswer(f"the arguments of tool call {name!r} are not a string", body, retry=False)
+    provider_id = provider_id if isinstance(provider_id, str) and provider_id else None
+    return ToolCall(provider_id or new_id("call"), name, arguments or "", provider_id)
 
 
-class BadAnswer(Exception):
-    """The server answered with something that is not a chat completion."""
+def _checked(response: ModelResponse, body: str | None) -> ModelResponse:
+    """The response, unless it failed or says nothing at all (both asked again, as for a 5xx).
+
+    An empty answer cut by the token limit ("length") or withheld by a content filter is passed on:
+    asking again would get the same, and the executor says which it was.
+    """
+    reason = response.finish_reason
+    if reason in _FAILED:
+        raise BadAnswer(f"the server says the answer failed (finish_reason {reason!r})", body, retry=True)
+    if response.says_nothing() and reason not in ("length", "content_filter"):
+        raise BadAnswer(f"the model returned an empty answer (finish_reason {reason!r}, no content and no "
+                        "tool calls)", body, retry=True)
+    return response
 
 
-def from_completion(completion: Any) -> ModelResponse:
-    choices = getattr(completion, "choices", None)
+def from_completion(body: str) -> ModelResponse:
+    """The answer of a call without streaming, from the body as it came."""
+    data = _json(body, "the server's answer is not JSON")
+    choices = data.get("choices") if isinstance(data, dict) else None
     if not choices:
-        raise BadAnswer("the server's answer had no choices" if choices is not None
-                        else f"the server's answer is not a chat completion: {str(completion)[:200]!r}")
+        if not isinstance(data, dict):
+            problem = "the server's answer is not a chat completion"
+        elif data.get("error"):
+            problem = "the server answered with an error"
+        else:
+            problem = "the server's answer has no choices"
+        raise BadAnswer(problem, body, retry=True)
+    if not isinstance(choices, list) or not isinstance(choices[0], dict):
+        raise BadAnswer("the server's choices are not objects", body, retry=False)
     choice = choices[0]
-    message = getattr(choice, "message", None)
+    body = json.dumps(choice)  # what is shown from here on: the choice, not the envelope around it
+    message = choice.get("message")
+    if message is None:
+        raise BadAnswer("the server's answer has no message", body, retry=True)
+    if not isinstance(message, dict):
+        raise BadAnswer("the server's message is not an object", body, retry=False)
     calls = []
-    for tc in getattr(message, "tool_calls", None) or []:
-        fn = getattr(tc, "function", None)
+    listed = message.get("tool_calls") or []
+    for tc in listed if isinstance(listed, list) else [listed]:
+        if not isinstance(tc, dict) or not isinstance(tc.get("function") or {}, dict):
+            raise BadAnswer("the server's tool calls are not objects", body, retry=False)
+        fn = tc.get("function")
         if fn is None:  # a custom (non-function) tool call: not something Tether asked for
             continue
-        calls.append(_tool_call(getattr(tc, "id", None), getattr(fn, "name", None),
-                                getattr(fn, "arguments", None)))
-    return ModelResponse(
-        text=getattr(message, "content", None) or None,
+        calls.append(_tool_call(tc.get("id"), fn.get("name"), fn.get("arguments"), body))
+    model = data.get("model")
+    return _checked(ModelResponse(
+        text=_text_of(message, "content", body),
         tool_calls=calls,
-        finish_reason=_finish(getattr(choice, "finish_reason", None), bool(calls)),
-        usage=_usage(getattr(completion, "usage", None)),
-        refusal=getattr(message, "refusal", None) or None,
-        model_name=getattr(completion, "model", None) or None,
-    )
+        finish_reason=_finish(choice.get("finish_reason"), bool(calls)),
+        usage=_usage(data.get("usage")),
+        refusal=_text_of(message, "refusal", body),
+        model_name=model if isinstance(model, str) and model else None,
+    ), body)
+
+
+async def _sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The data of each server-sent event (its `data:` lines, up to a blank line)."""
+    data: list[str] = []
+    async for line in lines:
+        if line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+        elif not line and data:
+            yield "\n".join(data)
+            data = []
+    # An event not ended by a blank line is incomplete, and dropped (as the SSE spec says).
 
 
 class _StreamAssembler:
@@ -179,75 +280,94 @@ class _StreamAssembler:
         self.refusal: list[str] = []
         self.calls: dict[int, dict[str, Any]] = {}
         self.finish_reason: str | None = None
+        self.done = False  # `[DONE]` came
         self.usage = Usage()
         self.model_name: str | None = None
 
-    def add(self, chunk: Any) -> str:
-        """Take one chunk; return its text fragment ("" when none)."""
-        self.model_name = getattr(chunk, "model", None) or self.model_name
-        usage = getattr(chunk, "usage", None)
-        if usage is not None:
-            self.usage = _usage(usage)
+    def add(self, data: str) -> str:
+        """Take one event's data; return its text fragment ("" when none)."""
+        if data == "[DONE]":
+            self.done = True
+            return ""
+        chunk = _json(data, "the stream sent an event that is not JSON")
+        if not isinstance(chunk, dict):
+            raise BadAnswer("the stream sent an event that is not a chat completion chunk", data, retry=True)
+        if chunk.get("error"):
+            raise BadAnswer("the server sent an error in the stream", data, retry=True)
+        model = chunk.get("model")
+        self.model_name = model if isinstance(model, str) and model else self.model_name
+        if chunk.get("usage") is not None:
+            self.usage = _usage(chunk["usage"])
+        choices = chunk.get("choices") or []
         fragment = []
-        for choice in getattr(chunk, "choices", None) or []:
-            if (getattr(choice, "index", 0) or 0) != 0:
+        for choice in choices if isinstance(choices, list) else [choices]:
+            if not isinstance(choice, dict) or not isinstance(choice.get("delta") or {}, dict):
+                raise BadAnswer("the stream sent a choice that is not an object with a delta", data, retry=False)
+            if (choice.get("index") or 0) != 0:
                 continue
-            delta = getattr(choice, "delta", None)
-            if delta is not None:
-                content = getattr(delta, "content", None)
-                if content:
-                    fragment.append(content)
-                refusal = getattr(delta, "refusal", None)
-                if refusal:
-                    self.refusal.append(refusal)
-                for position, tc in enumerate(getattr(delta, "tool_calls", None) or []):
-                    self._add_call(position, tc)
-            reason = getattr(choice, "finish_reason", None)
-            if reason:
+            delta = choice.get("delta") or {}
+            if content := _text_of(delta, "content", data):
+                fragment.append(content)
+            if refusal := _text_of(delta, "refusal", data):
+                self.refusal.append(refusal)
+            listed = delta.get("tool_calls") or []
+            for position, tc in enumerate(listed if isinstance(listed, list) else [listed]):
+                self._add_call(position, tc, data)
+            reason = choice.get("finish_reason")
+            if isinstance(reason, str) and reason:
                 self.finish_reason = reason
         text = "".join(fragment)
         if text:
             self.text.append(text)
         return text
 
-    def _add_call(self, position: int, tc: Any) -> None:
-        index = getattr(tc, "index", None)
+    def _add_call(self, position: int, tc: Any, data: str) -> None:
+        if not isinstance(tc, dict) or not isinstance(tc.get("function") or {}, dict):
+            raise BadAnswer("the stream sent a tool call that is not an object", data, retry=False)
+        index = tc.get("index")
         slot = self.calls.setdefault(index if isinstance(index, int) else position,
                                      {"id": None, "name": "", "arguments": ""})
-        if getattr(tc, "id", None) and not slot["id"]:
-            slot["id"] = tc.id
-        fn = getattr(tc, "function", None)
-        if fn is None:
-            return
-        name = getattr(fn, "name", None)
-        if name and name != slot["name"]:  # sent once (OpenAI), or repeated whole by some servers
+        if isinstance(tc.get("id"), str) and not slot["id"]:
+            slot["id"] = tc["id"]
+        fn = tc.get("function") or {}
+        name, arguments = fn.get("name"), fn.get("arguments")
+        if isinstance(name, str) and name != slot["name"]:  # sent once (OpenAI), or repeated whole by some
             slot["name"] += name
-        arguments = getattr(fn, "arguments", None)
-        if arguments:
-            slot["arguments"] += arguments
+        if isinstance(arguments, dict):  # some servers send the arguments as an object, not as JSON text
+            arguments = json.dumps(arguments)
+        elif arguments is not None and not isinstance(arguments, str):
+            raise BadAnswer("the stream sent tool call arguments that are not a string", data, retry=False)
+        slot["arguments"] += arguments or ""
 
     def response(self) -> ModelResponse:
-        calls = [_tool_call(c["id"], c["name"], c["arguments"]) for _, c in sorted(self.calls.items())]
-        return ModelResponse(
+        if self.finish_reason is None and not self.done:
+            so_far = "".join(self.text)
+            raise BadAnswer("the stream ended before the answer did (no finish_reason, no [DONE])"
+                            + ("; the text so far" if so_far else ""), so_far or None, retry=True)
+        calls = [_tool_call(c["id"], c["name"], c["arguments"], None) for _, c in sorted(self.calls.items())]
+        return _checked(ModelResponse(
             text="".join(self.text) or None,
             tool_calls=calls,
             finish_reason=_finish(self.finish_reason, bool(calls)),
             usage=self.usage,
             refusal="".join(self.refusal) or None,
             model_name=self.model_name,
-        )
+        ), None)
 
 
 # ---- errors -----------------------------------------------------------------------------------
 
 _KEY_PATTERN = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{3})[A-Za-z0-9_\-*.]*")
+# A credential echoed by a proxy's error page: "Authorization: Bearer …", "api-key: …".
+_CREDENTIAL_PATTERN = re.compile(r"(?i)\b((?:authorization|api[-_]?key)[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic)\s+)?"
+                                 r"|bearer\s+)[^\s\"',;<>]+")
 
 
 def _redact(text: str, secrets: list[str]) -> str:
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
-    return _KEY_PATTERN.sub(r"\1***", text)
+    return _CREDENTIAL_PATTERN.sub(r"\1***", _KEY_PATTERN.sub(r"\1***", text))
 
 
 def _safe_url(url: str) -> str:
@@ -395,48 +515,66 @@ class OpenAIModel:
             nonlocal attempts
             attempts += 1
             if on_delta is None:
-                completion = await client.chat.completions.create(**params)
-                return from_completion(completion)
+                raw = await client.chat.completions.with_raw_response.create(**params)
+                return from_completion(raw.text)
             return await self._stream(client, params, on_delta)
 
+        def retryable(exc: BaseException) -> bool:
+            return exc.retry if isinstance(exc, BadAnswer) else is_retryable(exc)
+
         try:
-            return await with_retries(attempt, max_retries=self.max_retries, sleep=self._sleep)
+            return await with_retries(attempt, max_retries=self.max_retries, sleep=self._sleep,
+                                      retryable=retryable)
         except ModelError:
             raise
-        except BadAnswer as e:
-            raise ModelError(_redact(f"{self._where()} failed: {e}", self._secrets())) from None
         except Exception as e:
-            if not _is_model_call_error(e):
+            if not (isinstance(e, BadAnswer) or _is_model_call_error(e)):
                 raise
             raise ModelError(self.describe_error(e, attempts)) from None
 
     async def _stream(self, client: Any, params: dict[str, Any],
                       on_delta: Callable[[str], None]) -> ModelResponse:
-        stream = await client.chat.completions.create(**params, stream=True,
-                                                      stream_options={"include_usage": True})
         assembler = _StreamAssembler()
         emitted = False
         try:
-            async with stream:
-                async for chunk in stream:
-                    fragment = assembler.add(chunk)
+            async with client.chat.completions.with_streaming_response.create(
+                    **params, stream=True, stream_options={"include_usage": True}) as raw:
+                content_type = raw.headers.get("content-type", "").lower()
+                if content_type.startswith("application/json"):
+                    # Some servers ignore `stream` and answer in one piece (or with an error).
+                    response = from_completion(await raw.text())
+                    if response.text:
+                        on_delta(response.text)
+                    return response
+                if content_type and not content_type.startswith("text/event-stream"):
+                    raise BadAnswer(f"the server answered {content_type.split(';')[0]} instead of an event "
+                                    "stream", await raw.text(), retry=True)
+                async for data in _sse_data(raw.iter_lines()):
+                    fragment = assembler.add(data)
                     if fragment:
                         emitted = True
                         on_delta(fragment)
+                    if assembler.done:
+                        break
+            return assembler.response()
         except Exception as e:
-            if emitted and _is_model_call_error(e):
+            if emitted and (isinstance(e, BadAnswer) or _is_model_call_error(e)):
                 # Part of the answer was already shown; a retry would show it twice.
                 raise ModelError(f"{self.describe_error(e, 1)} (the stream broke after partial output; "
                                  "not retried)") from None
             raise
-        return assembler.response()
 
     def describe_error(self, exc: BaseException, attempts: int = 1) -> str:
         """A message for the user: what failed and what to do. Never contains the API key."""
         where = self._where()
         tried = f" (after {attempts} attempts)" if attempts > 1 else ""
         status = status_of(exc)
-        if status is not None:
+        if isinstance(exc, BadAnswer):
+            # The excerpt hides the server's address too: a tenant sees run errors, the operator's URL is not theirs.
+            netloc = urlsplit(self.base_url).netloc
+            msg = f"{where} failed: {exc.describe([*self._secrets(), netloc, netloc.rpartition('@')[2]])}"
+            msg += tried if exc.retry else ""
+        elif status is not None:
             try:
                 phrase = http.HTTPStatus(status).phrase
             except ValueError:
