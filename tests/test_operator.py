@@ -8,6 +8,7 @@ the official `openai` SDK; the end-to-end one runs model-written code in the rea
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,20 @@ def test_a_full_file_is_read_and_flags_override_it(tmp_path, monkeypatch):
     assert tools.limits("python") == {"cpu_s": (10.0, 10.0), "memory_mb": (128, 200)}
     assert not tools.grants["calculator"].enabled
     assert config.with_server(port=9002, host=None).server.port == 9002  # a flag wins; an absent one does not
+
+
+def test_the_documented_configuration_loads(tmp_path, monkeypatch):
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "server.md").read_text()
+    block = re.search(r"```toml\n(# tether.toml\n.*?)```", docs, re.S)
+    assert block, "docs/server.md lost its tether.toml example"
+    for var in ("TETHER_KEY_TEAM_A", "TETHER_KEY_TEAM_B", "PGPASSWORD", "OPENAI_API_KEY"):
+        monkeypatch.setenv(var, f"value-of-{var}")
+    (tmp_path / "mcp.json").write_text(json.dumps({"mcpServers": {"git": {"command": "uvx"}}}))
+    config = load_operator_config(write(tmp_path, block.group(1)))
+    assert config.api_keys == ["value-of-TETHER_KEY_TEAM_A", "value-of-TETHER_KEY_TEAM_B"]
+    assert sorted(config.mcp_servers) == ["git", "time"]
+    assert config.server_tools().limits("python") == {"cpu_s": (10.0, 10.0), "memory_mb": (256, 256),
+                                                      "output_bytes": (65536, 65536), "wall_s": (15, 60)}
 
 
 def test_without_a_file_the_environment_gives_the_defaults(monkeypatch):
