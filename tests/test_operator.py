@@ -93,6 +93,17 @@ def test_the_documented_configuration_loads(tmp_path, monkeypatch):
                                                       "output_bytes": (65536, 65536), "wall_s": (15, 60)}
 
 
+def test_api_keys_from_a_file_of_keys(tmp_path, monkeypatch):
+    (tmp_path / "keys").write_text("# tenants\nsk-one\n\n  sk-two  \n")
+    monkeypatch.setenv("TETHER_API_KEYS", "ignored-when-the-file-sets-keys")
+    config = load_operator_config(write(tmp_path, '[server]\napi_keys = ["sk-zero"]\napi_keys_file = "keys"'))
+    assert config.api_keys == ["sk-zero", "sk-one", "sk-two"]
+    (tmp_path / "empty").write_text("# nothing\n")
+    for name, words in (("empty", "holds no key"), ("missing", "not found")):
+        with pytest.raises(ConfigError, match=words):
+            load_operator_config(write(tmp_path, f'[server]\napi_keys_file = "{name}"'))
+
+
 def test_without_a_file_the_environment_gives_the_defaults(monkeypatch):
     monkeypatch.setenv("TETHER_API_KEYS", "k1, k2")
     monkeypatch.setenv("TETHER_SSE_KEEPALIVE_S", "2.5")

@@ -112,7 +112,7 @@ class OperatorConfig:
     def redacted_toml(self) -> str:
         """The effective configuration as TOML, every secret replaced by `***`."""
         keys = self.api_keys
-        where = "this file" if self.server.api_keys is not None else "$TETHER_API_KEYS"
+        where = "the configuration" if self.server.api_keys is not None else "$TETHER_API_KEYS"
         lines = [f"# the effective operator configuration{f' (from {self.source})' if self.source else ''}",
                  "# secrets are shown as ***", "", "[server]"]
         for f in fields(ServerSettings):
@@ -170,13 +170,17 @@ def _parse(data: dict[str, Any], path: Path) -> OperatorConfig:
     _only(data, _TOP, "the file", "top-level")
     server_table = _table(data, "server")
     known = {f.name: f for f in fields(ServerSettings)}
-    _only(server_table, set(known), "[server]")
+    _only(server_table, {*known, "api_keys_file"}, "[server]")
     values: dict[str, Any] = {}
     for name, value in server_table.items():
-        if name == "api_keys":
+        if name == "api_keys_file":
+            keys_path = Path(expand(_typed(value, str, "[server] api_keys_file"), "[server] api_keys_file"))
+            values["api_keys"] = (*values.get("api_keys", ()), *_keys_file(path.parent / keys_path))
+        elif name == "api_keys":
             if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
                 raise ConfigError("[server] api_keys must be a list of strings, e.g. [\"${TETHER_KEY_A}\"]")
-            values[name] = tuple(expand(k, f"[server] api_keys[{i}]") for i, k in enumerate(value))
+            keys = tuple(expand(k, f"[server] api_keys[{i}]") for i, k in enumerate(value))
+            values[name] = (*keys, *values.get(name, ()))
         else:
             values[name] = _typed(value, type(getattr(ServerSettings(), name)), f"[server] {name}")
     server = replace(_server_defaults(), **values)
@@ -230,6 +234,20 @@ def _grants(tables: dict[str, Any]) -> dict[str, ToolGrant]:
         grants[name] = ToolGrant(enabled, options, caps,
                                  None if client_options is None else frozenset(client_options))
     return grants
+
+
+def _keys_file(path: Path) -> tuple[str, ...]:
+    """API keys from a file (a mounted secret): one a line; blank lines and `#` comments skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"[server] api_keys_file: {path} not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"[server] api_keys_file: cannot read {path}: {e}") from None
+    keys = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    if not keys:
+        raise ConfigError(f"[server] api_keys_file: {path} holds no key (one a line)")
+    return keys
 
 
 def _server_defaults() -> ServerSettings:
