@@ -31,8 +31,8 @@ from tether.interfaces.cli.render import (
     fmt_time,
     how_to_answer,
     pending_text,
+    print_runs,
     run_to_dict,
-    runs_table,
 )
 
 if TYPE_CHECKING:
@@ -369,7 +369,7 @@ def list_cmd(
         console.print("no runs" + (f" with status {status}" if status else "") +
                       " yet. Try `tether demo`.")
         return
-    console.print(runs_table(runs, console.width))
+    print_runs(console, runs)
 
 
 @runs_app.command("show")

@@ -363,6 +363,29 @@ def how_to_answer(run_id: str, items: list[PendingItem]) -> list[str]:
 RUN_COLUMNS = ("id", "status", "agent", "model", "tokens", "cost", "created", "output")
 
 
+def print_runs(console: Console, runs: list[RunInfo]) -> None:
+    """The runs as a table in a terminal; in a pipe or a file, one line per run, nothing cut or folded
+    (see `runs_lines`), so that `grep`, `cut -f1` and `head -1` work on it."""
+    if console.is_terminal:
+        console.print(runs_table(runs, console.width))
+        return
+    console.file.write("".join(line + "\n" for line in runs_lines(runs)))  # as is: rich would expand the tabs
+
+
+_BLANKS = str.maketrans("\t\r\n", "   ")  # a field never splits a line or a column
+
+
+def runs_lines(runs: list[RunInfo]) -> list[str]:
+    """One line a run, its RUN_COLUMNS tab-separated, without a header: the id, status, agent and
+    model whole, the tokens as a number, the cost, the creation time, and the output on one line."""
+    def field(value: str) -> str:
+        return value.translate(_BLANKS)
+
+    return ["\t".join(field(v) for v in (
+        r.id, r.status, r.agent_name, r.model, str(r.input_tokens + r.output_tokens), fmt_cost(r.cost_usd),
+        fmt_time(r.created_at), one_line(r.output, None))) for r in runs]
+
+
 def runs_table(runs: list[RunInfo], width: int) -> Table:
     """The runs as a table that fits `width`: ids and statuses whole, the model name folded, the output
     cut; on a narrow terminal the model, agent, created, cost and tokens columns go, in that order."""
