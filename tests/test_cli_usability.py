@@ -1,14 +1,58 @@
-"""What a new user tripped on: `runs list` in a pipe (one whole line a run)."""
+"""What a new user tripped on: `tether --version`, plain flags in `--help`, and `runs list` in a pipe (one
+whole line a run)."""
 
 from __future__ import annotations
 
 import io
 import json
 import re
+from importlib.metadata import version as dist_version
 
+import typer
 from rich.console import Console
+from typer.testing import CliRunner
 
+import tether
 from tether.domain.runs import RunInfo
+from tether.interfaces.cli.app import app
+
+# -- --version ---------------------------------------------------------------------------------
+
+
+def test_version(cli):
+    for flag in ("--version", "-V"):
+        proc = cli(flag)
+        assert proc.returncode == 0, proc.all
+        assert proc.stdout == f"tether {dist_version('tether')}\n"
+    assert dist_version("tether") == tether.__version__
+
+
+# -- plain flags in --help ---------------------------------------------------------------------
+
+
+def _commands(group: typer.core.TyperGroup, path: tuple[str, ...] = ()):
+    yield path
+    for name, command in group.commands.items():
+        if isinstance(command, typer.core.TyperGroup):
+            yield from _commands(command, (*path, name))
+        else:
+            yield (*path, name)
+
+
+def test_no_flag_shows_a_bool_value_in_help(cli):
+    runner = CliRunner()
+    paths = list(_commands(typer.main.get_command(app)))  # type: ignore[arg-type]
+    assert ("run",) in paths and ("runs", "list") in paths
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "100"})
+        assert result.exit_code == 0, result.output
+        assert "<bool>" not in result.output, (path, result.output)
+        assert "--help" in result.output
+    run_help = cli("run", "--help")  # the real command, in a subprocess
+    assert "--no-debug" in run_help.stdout and "--json" in run_help.stdout
+    assert "<bool>" not in run_help.stdout, run_help.stdout
+    assert re.search(r"--model\s+-m\s+\S+\s+Use this model", run_help.stdout), run_help.stdout  # values keep a type
+
 
 # -- runs list in a pipe -----------------------------------------------------------------------
 

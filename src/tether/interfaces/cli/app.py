@@ -23,6 +23,8 @@ from rich.text import Text
 
 from tether.domain.errors import TetherError
 from tether.domain.records import ACTIVE, TERMINAL
+from tether.interfaces.cli.helpfix import plain_flags
+from tether.interfaces.cli.invocation import version
 from tether.interfaces.cli.render import (
     STATUS_STYLE,
     RunPrinter,
@@ -71,6 +73,20 @@ runs_app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(runs_app, name="runs")
+plain_flags()  # `--json`, not `--json <bool>`, in --help
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"tether {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(show_version: Annotated[bool, typer.Option(
+        "--version", "-V", callback=_print_version, is_eager=True, help="Print Tether's version and exit.")] = False,
+) -> None:
+    pass
 
 
 # -- plumbing -----------------------------------------------------------------------------------
