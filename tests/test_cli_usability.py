@@ -1,13 +1,19 @@
-"""What a new user tripped on: `tether --version`, plain flags in `--help`, and `runs list` in a pipe (one
-whole line a run)."""
+"""What a new user tripped on: hints that name a command work as printed, `tether --version`, plain flags
+in `--help`, and `runs list` in a pipe (one whole line a run)."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import shlex
+import subprocess
+import sys
 from importlib.metadata import version as dist_version
+from pathlib import Path
 
+import pytest
 import typer
 from rich.console import Console
 from typer.testing import CliRunner
@@ -15,6 +21,108 @@ from typer.testing import CliRunner
 import tether
 from tether.domain.runs import RunInfo
 from tether.interfaces.cli.app import app
+
+AGENT = str(Path(tether.__file__).parent / "examples" / "florist" / "agent.toml")
+SCRIPT = Path(sys.executable).parent / "tether"  # the console script of this environment
+UV_VARS = ("UV", "UV_RUN_RECURSION_DEPTH", "VIRTUAL_ENV")
+
+
+def shell(line: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run a printed hint as the user would: pasted into a shell, in the same environment."""
+    return subprocess.run(line, shell=True, capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+
+
+# -- hints -------------------------------------------------------------------------------------
+
+
+def test_hints_name_the_command_as_it_was_started_and_work_as_printed(cli, tmp_path):
+    demo = cli("demo")
+    assert demo.returncode == 0, demo.all
+    run_id = re.search(r"runs show (run_[0-9a-f]+)", demo.stdout).group(1)
+    # started as `python -m tether.interfaces.cli.app`: every hint says so (the interpreter by its path)
+    for rest in (f"runs show {run_id}", f"runs replay {run_id}", "runs list"):
+        assert f"{cli.prefix} {rest}" in demo.stdout, demo.stdout
+    assert "  tether run" not in demo.stdout and " tether runs" not in demo.stdout
+    assert f"  {cli.prefix} run {shlex.quote(AGENT)} " in demo.stdout  # the same agent on a real model
+
+    shown = shell(f"{cli.prefix} runs show {run_id}", cli.env, tmp_path)  # as printed
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "#1 model" in shown.stdout and "■ completed" in shown.stdout
+
+    # an error from the services layer names the command too
+    missing = cli("runs", "show", "run_nope")
+    assert missing.returncode == 2
+    assert f"`{cli.prefix} runs list`" in missing.stderr, missing.stderr
+    listed = shell(f"{cli.prefix} runs list", cli.env, tmp_path)
+    assert listed.returncode == 0 and run_id in listed.stdout, listed.stdout + listed.stderr
+
+    helped = cli("--help", extra_env={"COLUMNS": "300"})  # help texts and the usage line too
+    assert f"Usage: {cli.prefix}" in helped.stdout, helped.stdout
+    assert f"Start with {cli.prefix} demo" in helped.stdout, helped.stdout
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="the tether console script is not installed here")
+@pytest.mark.parametrize("on_path", [True, False])
+def test_the_console_script_prints_hints_that_work_in_the_users_shell(cli, tmp_path, on_path):
+    env = {k: v for k, v in cli.env.items() if k not in UV_VARS}  # a plain shell, not inside `uv run`
+    paths = [p for p in env.get("PATH", "").split(os.pathsep) if p and Path(p) != SCRIPT.parent]
+    env["PATH"] = os.pathsep.join([str(SCRIPT.parent), *paths] if on_path else paths)
+    proc = subprocess.run([str(SCRIPT), "runs", "show", "run_nope"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    expected = "tether" if on_path else shlex.quote(str(SCRIPT))
+    assert f"`{expected} runs list`" in proc.stderr, proc.stderr
+    listed = shell(f"{expected} runs list", env, tmp_path)
+    assert listed.returncode == 0 and "no runs yet" in listed.stdout, listed.stdout + listed.stderr
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="the tether console script is not installed here")
+def test_under_uv_run_the_hints_say_uv_run(cli):
+    venv = SCRIPT.parent.parent
+    env = {**cli.env, "UV": "uv", "UV_RUN_RECURSION_DEPTH": "1", "VIRTUAL_ENV": str(venv)}
+    proc = subprocess.run([str(SCRIPT), "runs", "show", "run_nope"], capture_output=True, text=True, env=env,
+                          cwd=venv.parent, timeout=120)  # in the project, as `uv run` needs
+    assert "`uv run tether runs list`" in proc.stderr, proc.stderr
+
+
+def test_the_rule_for_the_command_prefix(tmp_path):
+    from tether.interfaces.cli.invocation import command_for
+
+    project = tmp_path / "project"
+    script = str(project / ".venv" / "bin" / "tether")
+    uv = {"UV": "/usr/bin/uv", "UV_RUN_RECURSION_DEPTH": "1", "VIRTUAL_ENV": str(project / ".venv")}
+
+    def nowhere(_: str) -> None:
+        return None
+
+    def found(path: str):
+        return lambda _: path
+
+    assert command_for(script, "/x/python", uv, str(project), nowhere) == "uv run tether"
+    assert command_for(script, "/x/python", uv, str(project / "sub"), nowhere) == "uv run tether"
+    # uv run from elsewhere (--directory): `uv run tether` would not find the project here
+    assert command_for(script, "/x/python", uv, str(tmp_path), nowhere) == script
+    # inside `uv run`, PATH is uv's: `tether` on it says nothing about the user's shell
+    assert command_for(script, "/x/python", {"UV": "uv"}, str(project), found(script)) == script
+    assert command_for(script, "/x/python", {}, str(tmp_path), found(script)) == "tether"
+    assert command_for(script, "/x/python", {}, str(tmp_path), found("/usr/bin/tether")) == script
+    assert command_for(script, "/x/python", {}, str(tmp_path), nowhere) == script
+    assert command_for(".venv/bin/tether", "/x/python", {}, str(project), nowhere) == script
+    assert command_for("/my dir/tether", "/x/python", {}, "/", nowhere) == "'/my dir/tether'"
+    for argv0 in ("/site/tether/interfaces/cli/app.py", "-c", ""):
+        assert command_for(argv0, "/x y/python", uv, str(project), nowhere) == \
+            "'/x y/python' -m tether.interfaces.cli.app"
+
+
+def test_localize_rewrites_command_lines_only():
+    from tether.interfaces.cli.invocation import localize
+
+    text = "Start with `tether demo`, then `tether runs show RUN_ID`; pip install 'tether[mcp]'; tether.tool"
+    assert localize(text, "uv run tether") == ("Start with `uv run tether demo`, then `uv run tether runs show "
+                                               "RUN_ID`; pip install 'tether[mcp]'; tether.tool")
+    assert localize(text, "tether") == text
+    assert localize("`/v/bin/tether runs list`", "/v/bin/tether") == "`/v/bin/tether runs list`"
+
 
 # -- --version ---------------------------------------------------------------------------------
 

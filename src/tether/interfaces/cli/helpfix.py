@@ -1,9 +1,11 @@
-"""A fix to what typer prints in `--help`: flags show as plain flags.
+"""Fixes to what typer prints in `--help`.
 
-- Typer's rich help (0.2x, with its vendored click) prints the value type
+- Flags show as plain flags. Typer's rich help (0.2x, with its vendored click) prints the value type
   of every option, flags included, so `--json`, `--no-debug` and `--help` all read `--json <bool>`,
   as if they took a value. Its plain-text help already leaves the type out for flags
   (`TyperOption.get_help_record`); `plain_flags()` makes the rich help do the same.
+- Command lines in help texts use the command prefix the user has (`localize_help`): "Start with
+  `tether demo`" reads "Start with `uv run tether demo`" after `uv run tether --help`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import typer
+
+from tether.interfaces.cli.invocation import localize
 
 _PATCHED = "_tether_plain_flags"
 
@@ -29,3 +33,29 @@ def plain_flags() -> None:
 
     setattr(display_type_rich, _PATCHED, True)
     option.display_type_rich = display_type_rich
+
+
+def localize_help(app: typer.Typer, prefix: str) -> None:
+    """Rewrite the command lines in the help texts of `app`, its groups and commands for `prefix`.
+
+    Done once before the app runs: typer reads the help texts (the `help=` strings and the
+    docstrings) when it builds the click commands."""
+    if prefix == "tether" or getattr(app, "_tether_localized", False):
+        return
+    app._tether_localized = True  # type: ignore[attr-defined]
+    if isinstance(app.info.help, str):
+        app.info.help = localize(app.info.help, prefix)
+    if isinstance(app.info.epilog, str):
+        app.info.epilog = localize(app.info.epilog, prefix)
+    for info in app.registered_commands:
+        if isinstance(info.help, str):
+            info.help = localize(info.help, prefix)
+        elif info.callback is not None and info.callback.__doc__:
+            info.callback.__doc__ = localize(info.callback.__doc__, prefix)
+        if isinstance(info.epilog, str):
+            info.epilog = localize(info.epilog, prefix)
+    for group in app.registered_groups:
+        if isinstance(group.help, str):
+            group.help = localize(group.help, prefix)
+        if group.typer_instance is not None:
+            localize_help(group.typer_instance, prefix)

@@ -31,6 +31,7 @@ from tether.domain.records import (
 from tether.domain.runs import RunInfo
 from tether.domain.steps import Step, steps_of
 from tether.domain.usage import Usage
+from tether.interfaces.cli.invocation import cmd
 
 STATUS_STYLE = {
     "completed": "green", "failed": "red", "cancelled": "yellow", "incomplete": "yellow",
@@ -346,14 +347,14 @@ def how_to_answer(run_id: str, items: list[PendingItem]) -> list[str]:
     """The commands that answer each pending item."""
     out = []
     for item in items:
-        base = f"tether runs answer {run_id} {item.id}"
+        base = cmd(f"runs answer {run_id} {item.id}")
         if item.reason == "uncertain":
             out.append(f"{base} --rerun | --supply RESULT | --abort")
         elif item.reason == "client_tool":
             out.append(f"{base} --supply OUTPUT | --abort")
         else:
             out.append(f"{base} --continue | --abort")
-    out.append(f"tether runs cancel {run_id}   (abort the run)")
+    out.append(cmd(f"runs cancel {run_id}") + "   (abort the run)")
     return out
 
 
