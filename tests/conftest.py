@@ -1,6 +1,7 @@
 """Fixtures shared by the test modules."""
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -32,4 +33,7 @@ def cli(tmp_path):
         assert "Traceback" not in proc.all, proc.all
         return proc
 
+    run.env = env  # type: ignore[attr-defined]
+    # the command prefix its hints print: the interpreter by its path, as the CLI was started with -m
+    run.prefix = f"{shlex.quote(sys.executable)} -m tether.interfaces.cli.app"  # type: ignore[attr-defined]
     return run

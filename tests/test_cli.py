@@ -29,7 +29,7 @@ def roses_price() -> tuple[str, str]:
 
 
 def run_id_in(text: str) -> str:
-    m = re.search(r"tether runs show (run_[0-9a-f]+)", text)
+    m = re.search(r"runs show (run_[0-9a-f]+)", text)
     assert m, text
     return m.group(1)
 
@@ -194,7 +194,7 @@ def pausing_agent(tmp_path) -> Path:
 
 
 def _pending_call(text: str) -> tuple[str, str]:
-    m = re.search(r"tether runs answer (run_[0-9a-f]+) (call_[0-9a-f]+)", text)
+    m = re.search(r"runs answer (run_[0-9a-f]+) (call_[0-9a-f]+)", text)
     assert m, text
     return m.group(1), m.group(2)
 

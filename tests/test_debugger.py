@@ -47,7 +47,7 @@ def answer_of(cmd: str, out: str) -> str:
 
 
 def run_id_in(text: str) -> str:
-    m = re.search(r"tether (?:runs show|debug) (run_[0-9a-f]+)", text)
+    m = re.search(r"(?:runs show|debug) (run_[0-9a-f]+)", text)
     assert m, text
     return m.group(1)
 
@@ -84,7 +84,7 @@ def test_pause_in_one_process_and_debug_it_in_another(cli):
     first = cli("run", AGENT, task, "--break", "before_tool:price_lookup", "--no-debug")
     assert first.returncode == 3, first.all
     run_id = run_id_in(first.stdout)
-    assert f"tether debug {run_id}" in first.stdout
+    assert f"{cli.prefix} debug {run_id}" in first.stdout
     assert PROMPT not in first.stdout  # --no-debug: no debugger
 
     added = cli("runs", "break", run_id, "after_model if step == 3")
@@ -172,7 +172,7 @@ def test_fork_detach_end_of_input_and_abort(cli):
     assert paused_at(second) == ["before_tool of step 4: calculator"]  # the fork inherits the breakpoint
     assert 'calculator({"expression": "3.00 * 1.15"})' in answer_of("w", out)
     assert "charge $3.45 per stem" in answer_of("c", out)
-    assert f"is still paused: tether debug {original}" in out
+    assert f"is still paused: {cli.prefix} debug {original}" in out
 
     shown = cli("runs", "fork", original, "4", "--edit", '{"result": "7.77"}')  # the same, without a REPL
     assert shown.returncode == 0, shown.all
@@ -181,7 +181,7 @@ def test_fork_detach_end_of_input_and_abort(cli):
     eof = cli("debug", original, stdin="p\n")
     assert eof.returncode == 3, eof.all
     assert f'"expression": "{price} * 1.15"' in answer_of("p", eof.stdout)
-    assert "detached" in eof.stdout and f"tether debug {original}" in eof.stdout
+    assert "detached" in eof.stdout and f"{cli.prefix} debug {original}" in eof.stdout
 
     detached = cli("debug", original, stdin="detach\nq\n")
     assert detached.returncode == 3, detached.all

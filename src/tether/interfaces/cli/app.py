@@ -23,6 +23,8 @@ from rich.text import Text
 
 from tether.domain.errors import TetherError
 from tether.domain.records import ACTIVE, TERMINAL
+from tether.interfaces.cli.helpfix import localize_help, plain_flags
+from tether.interfaces.cli.invocation import cmd, command, localize, version
 from tether.interfaces.cli.render import (
     STATUS_STYLE,
     RunPrinter,
@@ -31,8 +33,8 @@ from tether.interfaces.cli.render import (
     fmt_time,
     how_to_answer,
     pending_text,
+    print_runs,
     run_to_dict,
-    runs_table,
 )
 
 if TYPE_CHECKING:
@@ -71,6 +73,20 @@ runs_app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(runs_app, name="runs")
+plain_flags()  # `--json`, not `--json <bool>`, in --help
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"tether {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(show_version: Annotated[bool, typer.Option(
+        "--version", "-V", callback=_print_version, is_eager=True, help="Print Tether's version and exit.")] = False,
+) -> None:
+    pass
 
 
 # -- plumbing -----------------------------------------------------------------------------------
@@ -132,12 +148,12 @@ def _after(view: RunView, *, how_to_see: bool = True, listed: bool = True) -> in
         console.print("answer it with:")
         for line in how_to_answer(view.id, view.pending):
             console.print(Text("  " + line, style="bold"), soft_wrap=SOFT)
-        console.print(Text.assemble(("or debug it:  ", ""), (f"tether debug {view.id}", "bold")), soft_wrap=SOFT)
+        console.print(Text.assemble(("or debug it:  ", ""), (cmd(f"debug {view.id}"), "bold")), soft_wrap=SOFT)
     elif view.status in ACTIVE:
         console.print(f"run {view.id} is {view.status}: another worker is advancing it; "
-                      f"follow it with `tether runs show {view.id}`", soft_wrap=SOFT)
+                      f"follow it with `{cmd(f'runs show {view.id}')}`", soft_wrap=SOFT)
     if how_to_see and view.status != "paused":
-        console.print(Text(f"see the whole run: tether runs show {view.id}", style="dim"), soft_wrap=SOFT)
+        console.print(Text(f"see the whole run: {cmd(f'runs show {view.id}')}", style="dim"), soft_wrap=SOFT)
     return _exit_code(view)
 
 
@@ -170,8 +186,8 @@ def _live_run(start: Callable[[RunsService, Callable[[Any], None]], Awaitable[Ru
     except KeyboardInterrupt:
         if printer.run_id:
             err_console.print(f"interrupted. Run {printer.run_id} is kept; continue it with "
-                              f"`tether runs resume {printer.run_id}` (once its lease expires, if it was not "
-                              "released), or cancel it with `tether runs cancel`.", soft_wrap=True)
+                              f"`{cmd(f'runs resume {printer.run_id}')}` (once its lease expires, if it was not "
+                              f"released), or cancel it with `{cmd('runs cancel')}`.", soft_wrap=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
@@ -205,9 +221,9 @@ def _debug(view: RunView, agent: Agent | None = None) -> RunView:
     try:
         return _service_call(go)
     except KeyboardInterrupt:
-        err_console.print(f"interrupted. Run {view.id} is kept; look at it with `tether runs show {view.id}`, "
-                          f"debug it again with `tether debug {view.id}` once it is paused, or continue it "
-                          "with `tether runs resume` once its lease expires.", soft_wrap=True)
+        err_console.print(f"interrupted. Run {view.id} is kept; look at it with `{cmd(f'runs show {view.id}')}`, "
+                          f"debug it again with `{cmd(f'debug {view.id}')}` once it is paused, or continue it "
+                          f"with `{cmd('runs resume')}` once its lease expires.", soft_wrap=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
@@ -222,7 +238,7 @@ def _maybe_debug(view: RunView, agent: Agent | None, no_debug: bool) -> tuple[Ru
 def _after_debug(view: RunView) -> int:
     """After the debugger: the exit code of where the run stands (it said itself how it ended)."""
     if view.status in TERMINAL:
-        console.print(Text(f"see the whole run: tether runs show {view.id}", style="dim"), soft_wrap=SOFT)
+        console.print(Text(f"see the whole run: {cmd(f'runs show {view.id}')}", style="dim"), soft_wrap=SOFT)
     elif view.status != "paused":
         return _after(view)
     return _exit_code(view)
@@ -304,7 +320,7 @@ def demo_cmd(
         (" (tether.examples.florist.offline_model): a deterministic stand-in that reads its tool results. "
          "No API key, no network.", "")), soft_wrap=SOFT)
     console.print("To run the same agent on a real model:", soft_wrap=SOFT)
-    console.print(Text(f"  tether run {shlex.quote(str(agent_file))} {shlex.quote(question)} "
+    console.print(Text(f"  {cmd('run')} {shlex.quote(str(agent_file))} {shlex.quote(question)} "
                        "--model openai:gpt-4o-mini", style="bold"), soft_wrap=SOFT)
     console.print(Text("  (needs OPENAI_API_KEY; for Ollama set OPENAI_BASE_URL=http://localhost:11434/v1 "
                        "and use --model qwen2.5:7b)", style="dim"), soft_wrap=SOFT)
@@ -318,11 +334,11 @@ def demo_cmd(
         code = _exit_code(view)
     else:
         code = _after(view, how_to_see=False, listed=no_debug)
-    console.print(Text.assemble(("see the whole run:  ", ""), (f"tether runs show {view.id}", "bold")),
+    console.print(Text.assemble(("see the whole run:  ", ""), (cmd(f"runs show {view.id}"), "bold")),
                   soft_wrap=SOFT)
-    console.print(Text.assemble(("replay it:          ", ""), (f"tether runs replay {view.id}", "bold")),
+    console.print(Text.assemble(("replay it:          ", ""), (cmd(f"runs replay {view.id}"), "bold")),
                   soft_wrap=SOFT)
-    console.print(Text.assemble(("list your runs:     ", ""), ("tether runs list", "bold")), soft_wrap=SOFT)
+    console.print(Text.assemble(("list your runs:     ", ""), (cmd("runs list"), "bold")), soft_wrap=SOFT)
     raise typer.Exit(code)
 
 
@@ -340,13 +356,13 @@ def debug_cmd(run_id: Annotated[str, typer.Argument(help="The paused run (run_â€
         console.print(Text.assemble(("run ", ""), (view.id, "bold"), (" already finished: ", ""),
                                     (view.status, STATUS_STYLE.get(view.status, "")),
                                     ("; there is nothing to debug. ", ""),
-                                    (f"`tether runs show {view.id}` shows it; `tether runs fork {view.id} STEP` "
+                                    (f"`{cmd(f'runs show {view.id}')}` shows it; `{cmd(f'runs fork {view.id} STEP')}` "
                                      "runs it again from a step.", "dim")), soft_wrap=SOFT)
         raise typer.Exit(_exit_code(view))
     if not view.paused:
         raise UsageMistake(f"run {run_id} is {view.status}, not paused: another process is advancing it. "
-                           f"Follow it with `tether runs show {run_id}`; add a breakpoint to stop it with "
-                           f"`tether runs break {run_id} SPEC`, or cancel it")
+                           f"Follow it with `{cmd(f'runs show {run_id}')}`; add a breakpoint to stop it with "
+                           f"`{cmd(f'runs break {run_id} SPEC')}`, or cancel it")
     raise typer.Exit(_after_debug(_debug(view)))
 
 
@@ -361,15 +377,17 @@ def list_cmd(
     status: Annotated[str | None, typer.Option("--status", "-s", help=f"Only runs with this status: "
                                                                       f"{', '.join(STATUSES)}.")] = None,
 ) -> None:
-    """List recent runs: id, status, agent, model, tokens, cost, created, output."""
+    """List recent runs: id, status, agent, model, tokens, cost, created, output.
+
+    In a pipe or a file: one line a run, those columns tab-separated and whole, no header."""
     if status is not None and status not in STATUSES:
         raise UsageMistake(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
     runs = _service_call(lambda service: service.list(limit=limit, status=status))
     if not runs:
         console.print("no runs" + (f" with status {status}" if status else "") +
-                      " yet. Try `tether demo`.")
+                      f" yet. Try `{cmd('demo')}`.")
         return
-    console.print(runs_table(runs, console.width))
+    print_runs(console, runs)
 
 
 @runs_app.command("show")
@@ -393,7 +411,7 @@ def show_cmd(
         console.print("answer it with:")
         for line in how_to_answer(view.id, view.pending):
             console.print(Text("  " + line, style="bold"), soft_wrap=SOFT)
-        console.print(Text.assemble(("or debug it:  ", ""), (f"tether debug {view.id}", "bold")), soft_wrap=SOFT)
+        console.print(Text.assemble(("or debug it:  ", ""), (cmd(f"debug {view.id}"), "bold")), soft_wrap=SOFT)
     elif view.status in ACTIVE:
         console.print(Text.assemble(("status ", ""), (view.status, STATUS_STYLE.get(view.status, ""))))
 
@@ -417,7 +435,7 @@ def resume_cmd(run_id: Annotated[str, typer.Argument(help="The run to resume.", 
         before = await service.get(run_id)
         if before.status in TERMINAL:
             raise UsageMistake(f"run {run_id} already finished ({before.status}); there is nothing to "
-                               f"resume. `tether runs show {run_id}` shows it")
+                               f"resume. `{cmd(f'runs show {run_id}')}` shows it")
         if before.status == "paused":
             raise UsageMistake(f"run {run_id} is paused, not interrupted: answer its pause instead:\n  "
                                + "\n  ".join(how_to_answer(run_id, before.pending)))
@@ -594,7 +612,7 @@ def cassette_cmd(
     agent = view.agent
     where = agent.agent_ref[5:] if agent is not None and agent.agent_ref and \
         agent.agent_ref.startswith("file:") else "AGENT_FILE"
-    console.print(Text(f'replay it with: tether run {where} "SAME TASK" --model replay:{path}', style="dim"),
+    console.print(Text(f'replay it with: {cmd("run")} {where} "SAME TASK" --model replay:{path}', style="dim"),
                   soft_wrap=SOFT)
 
 
@@ -655,13 +673,15 @@ def _operator_config(path: Path | None, mcp_config: Path | None, **server: Any) 
 
 
 def fail(message: str) -> NoReturn:
+    message = localize(message, command())  # e.g. the services' "`tether runs list` shows the runs there are"
     err_console.print(Text.assemble(("error: ", "bold red"), (message, "red")), soft_wrap=True)
     raise SystemExit(EXIT_USAGE)
 
 
 def main() -> None:
+    localize_help(app, command())  # "Start with `uv run tether demo`" after `uv run tether --help`
     try:
-        app()
+        app(prog_name=command())  # "Usage: uv run tether runs show â€¦", "Try 'uv run tether runs show -h'"
     except TetherError as e:
         fail(str(e) or type(e).__name__)
 

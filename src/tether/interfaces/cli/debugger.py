@@ -60,6 +60,7 @@ from tether.domain.events import Event
 from tether.domain.messages import Message, message_to_dict
 from tether.domain.records import TERMINAL, Action, Decision, Paused, PendingItem, RunStarted
 from tether.domain.steps import Step
+from tether.interfaces.cli.invocation import cmd
 from tether.interfaces.cli.render import (
     STATUS_STYLE,
     RunPrinter,
@@ -159,7 +160,7 @@ class Debugger:
             with contextlib.suppress(TetherError):
                 if run_id != self.run_id and (await self.service.get(run_id)).paused:
                     self.out(Text.assemble((f"run {run_id} (which you forked) is still paused: ", "dim"),
-                                           (f"tether debug {run_id}", "bold")))
+                                           (cmd(f"debug {run_id}"), "bold")))
         return self.view
 
     async def read(self) -> str | None:
@@ -693,7 +694,7 @@ class Debugger:
             self.done = True
         else:
             self.out(f"run {view.id} is {view.status}: another worker advances it; follow it with "
-                     f"`tether runs show {view.id}`")
+                     f"`{cmd(f'runs show {view.id}')}`")
             self.done = True
 
     # -- breakpoints and forks -------------------------------------------------------------------
@@ -756,7 +757,7 @@ class Debugger:
                 self.out(Text(f"  {w}", style="yellow"))
         if new.paused:
             self.out(Text.assemble(("now debugging the fork ", ""), (new.id, "bold"), (f"; run {parent} stays "
-                                   f"paused (tether debug {parent})", "dim")))
+                                   f"paused ({cmd(f'debug {parent}')})", "dim")))
             self.left.append(parent)
             self.moved(new)
             return
@@ -779,7 +780,7 @@ class Debugger:
     def detach(self) -> None:
         where = _where(self.item()) if self.view.pending else self.view.status
         self.out(Text.assemble(("detached: run ", ""), (self.run_id, "bold"), (f" stays paused at {where}; ", ""),
-                               ("attach again with ", "dim"), (f"tether debug {self.run_id}", "bold")))
+                               ("attach again with ", "dim"), (cmd(f"debug {self.run_id}"), "bold")))
         self.done = True
 
 

@@ -31,6 +31,7 @@ from tether.domain.records import (
 from tether.domain.runs import RunInfo
 from tether.domain.steps import Step, steps_of
 from tether.domain.usage import Usage
+from tether.interfaces.cli.invocation import cmd
 
 STATUS_STYLE = {
     "completed": "green", "failed": "red", "cancelled": "yellow", "incomplete": "yellow",
@@ -346,14 +347,14 @@ def how_to_answer(run_id: str, items: list[PendingItem]) -> list[str]:
     """The commands that answer each pending item."""
     out = []
     for item in items:
-        base = f"tether runs answer {run_id} {item.id}"
+        base = cmd(f"runs answer {run_id} {item.id}")
         if item.reason == "uncertain":
             out.append(f"{base} --rerun | --supply RESULT | --abort")
         elif item.reason == "client_tool":
             out.append(f"{base} --supply OUTPUT | --abort")
         else:
             out.append(f"{base} --continue | --abort")
-    out.append(f"tether runs cancel {run_id}   (abort the run)")
+    out.append(cmd(f"runs cancel {run_id}") + "   (abort the run)")
     return out
 
 
@@ -361,6 +362,29 @@ def how_to_answer(run_id: str, items: list[PendingItem]) -> list[str]:
 
 
 RUN_COLUMNS = ("id", "status", "agent", "model", "tokens", "cost", "created", "output")
+
+
+def print_runs(console: Console, runs: list[RunInfo]) -> None:
+    """The runs as a table in a terminal; in a pipe or a file, one line per run, nothing cut or folded
+    (see `runs_lines`), so that `grep`, `cut -f1` and `head -1` work on it."""
+    if console.is_terminal:
+        console.print(runs_table(runs, console.width))
+        return
+    console.file.write("".join(line + "\n" for line in runs_lines(runs)))  # as is: rich would expand the tabs
+
+
+_BLANKS = str.maketrans("\t\r\n", "   ")  # a field never splits a line or a column
+
+
+def runs_lines(runs: list[RunInfo]) -> list[str]:
+    """One line a run, its RUN_COLUMNS tab-separated, without a header: the id, status, agent and
+    model whole, the tokens as a number, the cost, the creation time, and the output on one line."""
+    def field(value: str) -> str:
+        return value.translate(_BLANKS)
+
+    return ["\t".join(field(v) for v in (
+        r.id, r.status, r.agent_name, r.model, str(r.input_tokens + r.output_tokens), fmt_cost(r.cost_usd),
+        fmt_time(r.created_at), one_line(r.output, None))) for r in runs]
 
 
 def runs_table(runs: list[RunInfo], width: int) -> Table:
