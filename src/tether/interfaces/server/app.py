@@ -27,6 +27,7 @@ from tether.interfaces.server import schemas
 from tether.interfaces.server.assistants import AssistantsApi, ServerConfig, tenant_of
 from tether.interfaces.server.debug import add_debug_routes
 from tether.interfaces.server.errors import ApiError, envelope, validation_message
+from tether.interfaces.server.guard import HostGuard
 from tether.interfaces.server.scheduler import Scheduler
 from tether.interfaces.server.streaming import DONE, AssistantStream, follow, log_after, sse
 from tether.interfaces.server.wire import RunLog
@@ -311,6 +312,8 @@ def create_app(service: RunsService, config: ServerConfig | None = None) -> Fast
         return await api.step(await api.run_log(tenant(request), thread_id, run_id), step_id)
 
     add_debug_routes(app, api, scheduler, keyless=not keys)
+    if not keys or config.allowed_hosts:  # outermost: every path, before a route or a key is looked at
+        app.add_middleware(HostGuard, allowed_hosts=config.allowed_hosts, check_origin=not keys)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

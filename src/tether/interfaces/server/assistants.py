@@ -44,6 +44,7 @@ class ServerConfig:
     poll_after_ms: int = 200
     keepalive_s: float = 10.0
     mcp_servers: dict[str, Any] = field(default_factory=dict)  # name -> McpServerConfig
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names served besides loopback ("*": any)
 
 
 def tenant_of(api_key: str | None) -> str:
