@@ -311,6 +311,13 @@ def create_app(service: RunsService, config: ServerConfig | None = None) -> Fast
         _check_include(include)
         return await api.step(await api.run_log(tenant(request), thread_id, run_id), step_id)
 
+    # -- what Tether does not serve: a 400 that says so (not a 404 that suggests a wrong URL) ----
+
+    for prefix, what in (("/v1/files", "Files"), ("/v1/vector_stores", "Vector stores")):
+        for path in (prefix, prefix + "/{rest:path}"):
+            app.add_api_route(path, _not_served(what), methods=["GET", "POST", "DELETE", "PUT", "PATCH"],
+                              include_in_schema=False)
+
     add_debug_routes(app, api, scheduler, keyless=not keys)
     if not keys or config.allowed_hosts:  # outermost: every path, before a route or a key is looked at
         app.add_middleware(HostGuard, allowed_hosts=config.allowed_hosts, check_origin=not keys)
@@ -348,6 +355,14 @@ def _check_include(include: list[str] | None) -> None:
     for value in include or []:
         if value != "step_details.tool_calls[*].file_search.results[*].content":
             raise ApiError(400, f"Invalid value for 'include[]': {value!r} is not a known include", param="include[]")
+
+
+def _not_served(what: str) -> Callable[[], Awaitable[None]]:
+    async def not_served() -> None:
+        raise ApiError(400, f"{what} are not supported by this server: Tether serves assistants, threads, "
+                            "messages, runs and run steps (see docs/server.md).", code="unsupported")
+
+    return not_served
 
 
 def _bearer(header: bytes) -> bytes | None:
