@@ -613,6 +613,16 @@ def serve_command(
     lease_ttl: Annotated[float, typer.Option(
         help="Seconds a run's lease lasts unrenewed: how soon another server takes over a dead one's runs.")
     ] = 30.0,
+    allowed_hosts: Annotated[list[str] | None, typer.Option(
+        "--allowed-hosts", help="A Host name to answer besides localhost, 127.0.0.1 and [::1] (repeat, or "
+        "comma-separate; * for any). Without keys other names are refused: a defence against DNS rebinding.")
+    ] = None,
+    header_timeout: Annotated[float, typer.Option(
+        help="Seconds a client has to send a request's headers; then its connection is closed.")] = 10.0,
+    body_timeout: Annotated[float, typer.Option(
+        help="Seconds a client has to send a request's body once its headers are in.")] = 30.0,
+    max_connections: Annotated[int, typer.Option(
+        help="Open connections at most; more are answered 503 and closed.")] = 1000,
 ) -> None:
     """Serve OpenAI's Assistants API (and Tether's debug API) over HTTP; see docs/server.md.
 
@@ -622,7 +632,8 @@ def serve_command(
     from tether.interfaces.server.serve import serve
 
     serve(host, port, concurrency=concurrency, allow_file_models=allow_file_models, mcp_config=mcp_config,
-          lease_ttl_s=lease_ttl)
+          lease_ttl_s=lease_ttl, allowed_hosts=[h for v in allowed_hosts or [] for h in v.split(",")],
+          header_timeout_s=header_timeout, body_timeout_s=body_timeout, max_connections=max_connections)
 
 
 # -- entry point --------------------------------------------------------------------------------
