@@ -9,7 +9,9 @@ import pytest
 from tether.domain.ids import new_id
 from tether.interfaces.server.assistants import page, tenant_of
 from tether.interfaces.server.errors import validation_message
+from tether.interfaces.server.guard import allowed_host, host_of, is_loopback
 from tether.interfaces.server.wire import message_id, step_ids
+from tether.services.operator import redact_url
 
 ITEMS = [{"id": f"x_{i:02d}"} for i in range(10)]  # oldest first
 
@@ -73,3 +75,28 @@ def test_validation_errors_read_like_openai() -> None:
     msg, param = validation_message([{"type": "string_type", "loc": ("body", "tools", 0, "function", "name"),
                                       "msg": "Input should be a valid string"}])
     assert param == "tools.0.function.name" and "Input should be a valid string" in msg
+
+
+def test_host_values_are_parsed_strictly() -> None:
+    assert [host_of(v) for v in ("LOCALHOST:80", "localhost.", "[::1]:8000", "[0:0::1]", "127.0.0.1:")] == [
+        "localhost", "localhost", "::1", "::1", "127.0.0.1"]
+    for bad in ("", "::1", "[::1", "[::1]x", "[nope]", "a@b", "h:port", "h:99999", "h:-1", "localhost..", "caf\xe9"):
+        assert host_of(bad) is None, bad
+    assert is_loopback("127.9.9.9") and is_loopback("::1") and is_loopback("Localhost.")
+    assert not is_loopback("localhost.evil.example") and not is_loopback("0.0.0.0")
+
+
+def test_allowed_hosts_are_names_or_addresses() -> None:
+    assert [allowed_host(v) for v in ("API.example.com.", "[::1]", "0:0::1", "*", "10.0.0.7")] == [
+        "api.example.com", "::1", "::1", "*", "10.0.0.7"]
+    for bad in ("http://x", "x:80", "", "a b", "*.example.com", "x/y"):
+        with pytest.raises(ValueError):
+            allowed_host(bad)
+
+
+def test_urls_are_shown_without_secrets() -> None:
+    assert redact_url("sqlite:////home/me/tether.db") == "sqlite:////home/me/tether.db"
+    assert redact_url("postgresql+psycopg://me:pw@db:5432/t?sslmode=require&password=pw2") == (
+        "postgresql+psycopg://me:***@db:5432/t?sslmode=require&password=***")
+    assert redact_url("https://token@example.com/v1?api-key=k&x=1") == "https://***@example.com/v1?api-key=***&x=1"
+    assert "pw" not in redact_url("http://[::1:pw@x/")

@@ -31,6 +31,7 @@ one. An unknown key is an error that names it. See docs/server.md.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -38,6 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from tether.adapters.models.refs import ModelBackend
 from tether.domain.errors import ConfigError
@@ -57,14 +59,20 @@ class ServerSettings:
     allow_file_models: bool = False
     keepalive_s: float = 10.0
     api_keys: tuple[str, ...] | None = None  # None: from TETHER_API_KEYS
+    allowed_hosts: tuple[str, ...] = ()  # Host names a keyless server answers besides loopback ("*": any)
+    header_timeout_s: float = 10.0  # a client sends a request's headers within this, or is closed
+    body_timeout_s: float = 30.0  # ... and its body within this once its headers are in
+    max_connections: int = 1000  # open connections at most; more are answered 503 and closed
 
     def check(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"[server] port must be between 0 and 65535, not {self.port}")
         if self.concurrency < 1:
             raise ConfigError(f"[server] concurrency must be at least 1, not {self.concurrency}")
-        for name in ("lease_ttl_s", "keepalive_s"):
-            if not getattr(self, name) > 0:
+        if self.max_connections < 1:
+            raise ConfigError(f"[server] max_connections must be at least 1, not {self.max_connections}")
+        for name in ("lease_ttl_s", "keepalive_s", "header_timeout_s", "body_timeout_s"):
+            if not 0 < getattr(self, name) < math.inf:  # also refuses nan
                 raise ConfigError(f"[server] {name} must be a positive number of seconds, not {getattr(self, name)}")
         if not self.host.strip():
             raise ConfigError("[server] host must not be empty")
@@ -176,6 +184,10 @@ def _parse(data: dict[str, Any], path: Path) -> OperatorConfig:
         if name == "api_keys_file":
             keys_path = Path(expand(_typed(value, str, "[server] api_keys_file"), "[server] api_keys_file"))
             values["api_keys"] = (*values.get("api_keys", ()), *_keys_file(path.parent / keys_path))
+        elif name == "allowed_hosts":
+            if not isinstance(value, list) or not all(isinstance(h, str) for h in value):
+                raise ConfigError("[server] allowed_hosts must be a list of host names, e.g. [\"tether.internal\"]")
+            values[name] = tuple(value)
         elif name == "api_keys":
             if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
                 raise ConfigError("[server] api_keys must be a list of strings, e.g. [\"${TETHER_KEY_A}\"]")
@@ -274,9 +286,26 @@ def expand(value: str, where: str, environ: Mapping[str, str] | None = None) -> 
     return _VAR.sub(sub, value)
 
 
+_SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|sig|auth", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """A URL with any password replaced by `***` (user names stay: they help, and are not secrets)."""
-    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^/:@]*):[^/@]*@", r"\1:***@", url)
+    """`url` fit for a log: its password and secret-looking query values replaced by `***`."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(a URL that could not be parsed, not shown)"
+    out = url  # edited in place: unsplitting would turn sqlite:////abs/path into sqlite://abs/path
+    if "@" in parts.netloc:
+        userinfo, _, where = parts.netloc.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        out = out.replace(parts.netloc, f"{user}:***@{where}" if colon else f"***@{where}", 1)  # a lone
+        # userinfo may be a token
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(_SECRET_PARAM.search(k) for k, _ in query):
+        hidden = urlencode([(k, "***" if _SECRET_PARAM.search(k) else v) for k, v in query], safe="*")
+        out = out.replace("?" + parts.query, "?" + hidden, 1)
+    return out
 
 
 def _table(data: dict[str, Any], name: str) -> dict[str, Any]:

@@ -637,6 +637,17 @@ def serve_command(
     lease_ttl: Annotated[float | None, typer.Option(
         help="Seconds a run's lease lasts unrenewed (default 30): how soon another server takes over a dead "
              "one's runs.")] = None,
+    allowed_hosts: Annotated[list[str] | None, typer.Option(
+        "--allowed-hosts", help="A Host name to answer besides localhost, 127.0.0.1 and [::1] (repeat, or "
+        "comma-separate; * for any). Without keys other names are refused: a defence against DNS rebinding.")
+    ] = None,
+    header_timeout: Annotated[float | None, typer.Option(
+        help="Seconds a client has to send a request's headers (default 10); then its connection is closed.")
+    ] = None,
+    body_timeout: Annotated[float | None, typer.Option(
+        help="Seconds a client has to send a request's body once its headers are in (default 30).")] = None,
+    max_connections: Annotated[int | None, typer.Option(
+        help="Open connections at most (default 1000); more are answered 503 and closed.")] = None,
 ) -> None:
     """Serve OpenAI's Assistants API (and Tether's debug API) over HTTP; see docs/server.md.
 
@@ -647,7 +658,10 @@ def serve_command(
     from tether.interfaces.server.serve import serve
 
     serve(_operator_config(config, mcp_config, host=host, port=port, concurrency=concurrency,
-                           allow_file_models=allow_file_models, lease_ttl_s=lease_ttl))
+                           allow_file_models=allow_file_models, lease_ttl_s=lease_ttl,
+                           allowed_hosts=allowed_hosts and tuple(h for v in allowed_hosts for h in v.split(",")),
+                           header_timeout_s=header_timeout, body_timeout_s=body_timeout,
+                           max_connections=max_connections))
 
 
 config_app = typer.Typer(help="The operator configuration of `tether serve`.", no_args_is_help=True,

@@ -8,6 +8,7 @@ every route; the routes themselves are thin (the behaviour is in `assistants.py`
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +27,7 @@ from tether.interfaces.server import schemas
 from tether.interfaces.server.assistants import AssistantsApi, ServerConfig, tenant_of
 from tether.interfaces.server.debug import add_debug_routes
 from tether.interfaces.server.errors import ApiError, envelope, validation_message
+from tether.interfaces.server.guard import HostGuard
 from tether.interfaces.server.scheduler import Scheduler
 from tether.interfaces.server.streaming import DONE, AssistantStream, follow, log_after, sse
 from tether.interfaces.server.wire import RunLog
@@ -56,17 +58,18 @@ def create_app(service: RunsService, config: ServerConfig | None = None) -> Fast
     # -- keys, tenants, request ids ---------------------------------------------------------
 
     keys = [k for k in config.api_keys if k]
+    digests = [(hashlib.sha256(k.encode()).digest(), k) for k in keys]
 
     @app.middleware("http")
     async def authenticate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         request_id = new_id("req")
         if request.url.path.startswith("/v1/"):
-            header = request.headers.get("authorization", "")
-            token = header[7:].strip() if header[:7].lower() == "bearer " else None
             if keys:
-                match = next((k for k in keys if token is not None and hmac.compare_digest(k, token)), None)
+                headers = [v for k, v in request.scope["headers"] if k == b"authorization"]
+                token = _bearer(headers[0]) if len(headers) == 1 else None
+                match = _key_of(token, digests)
                 if match is None:
-                    response: Response = _error_response(_auth_error(token), request)
+                    response: Response = _error_response(_auth_error(len(headers), token), request)
                     response.headers["x-request-id"] = request_id
                     return response
                 request.state.tenant = tenant_of(match)
@@ -312,7 +315,16 @@ def create_app(service: RunsService, config: ServerConfig | None = None) -> Fast
         _check_include(include)
         return await api.step(await api.run_log(tenant(request), thread_id, run_id), step_id)
 
+    # -- what Tether does not serve: a 400 that says so (not a 404 that suggests a wrong URL) ----
+
+    for prefix, what in (("/v1/files", "Files"), ("/v1/vector_stores", "Vector stores")):
+        for path in (prefix, prefix + "/{rest:path}"):
+            app.add_api_route(path, _not_served(what), methods=["GET", "POST", "DELETE", "PUT", "PATCH"],
+                              include_in_schema=False)
+
     add_debug_routes(app, api, scheduler, keyless=not keys)
+    if not keys or config.allowed_hosts:  # outermost: every path, before a route or a key is looked at
+        app.add_middleware(HostGuard, allowed_hosts=config.allowed_hosts, check_origin=not keys)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
@@ -349,11 +361,43 @@ def _check_include(include: list[str] | None) -> None:
             raise ApiError(400, f"Invalid value for 'include[]': {value!r} is not a known include", param="include[]")
 
 
-def _auth_error(token: str | None) -> ApiError:
+def _not_served(what: str) -> Callable[[], Awaitable[None]]:
+    async def not_served() -> None:
+        raise ApiError(400, f"{what} are not supported by this server: Tether serves assistants, threads, "
+                            "messages, runs and run steps (see docs/server.md).", code="unsupported")
+
+    return not_served
+
+
+def _bearer(header: bytes) -> bytes | None:
+    """The token of an `Authorization: Bearer TOKEN` header, as the bytes sent (any bytes at all)."""
+    scheme, _, token = header.strip().partition(b" ")
+    return (token.strip() or None) if scheme.lower() == b"bearer" else None
+
+
+def _key_of(token: bytes | None, digests: list[tuple[bytes, str]]) -> str | None:
+    """The key `token` is. Every key is compared, in constant time, by their SHA-256 digests: how long
+    it takes tells neither which key came close nor how long the keys are."""
+    if token is None:
+        return None
+    digest = hashlib.sha256(token).digest()
+    match = None
+    for key_digest, key in digests:
+        if hmac.compare_digest(digest, key_digest):
+            match = key
+    return match
+
+
+def _auth_error(headers: int, token: bytes | None) -> ApiError:
+    if headers > 1:  # proxies disagree on which of several counts: refuse them all
+        return ApiError(401, "The request has more than one Authorization header. Send exactly one "
+                             "(Authorization: Bearer YOUR_KEY).", code="invalid_api_key")
     if not token:
         return ApiError(401, "You didn't provide an API key. You need to provide your API key in an Authorization "
                              "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
-    shown = token[:3] + "*" * 4 + token[-2:] if len(token) > 8 else "****"
+    # A hint of which key was sent, as OpenAI gives, only if it is plain text (never control bytes)
+    printable = all(0x21 <= b <= 0x7E for b in token)
+    shown = token[:3].decode() + "*" * 4 + token[-2:].decode() if printable and len(token) > 8 else "****"
     return ApiError(401, f"Incorrect API key provided: {shown}. The server's keys are set with TETHER_API_KEYS.",
                     code="invalid_api_key")
 

@@ -45,6 +45,7 @@ class ServerConfig:
     keepalive_s: float = 10.0
     tools: ServerTools = field(default_factory=ServerTools)  # the operator's server-side tools and MCP servers
     models: ModelBackend | None = None  # where bare model names go (None: OPENAI_BASE_URL / OPENAI_API_KEY)
+    allowed_hosts: list[str] = field(default_factory=list)  # Host names served besides loopback ("*": any)
 
 
 def tenant_of(api_key: str | None) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import signal
 import socket
@@ -10,44 +9,42 @@ import threading
 
 from tether.domain.errors import ConfigError
 from tether.interfaces.server.assistants import ServerConfig
-from tether.services.operator import OperatorConfig
+from tether.interfaces.server.guard import allowed_host, is_loopback
+from tether.interfaces.server.protocol import ConnectionLimits, protocol_class
+from tether.services.operator import OperatorConfig, redact_url
 
-LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+log = logging.getLogger("tether.server")
 
 
 def serve(config: OperatorConfig) -> None:
     """Run the server until SIGINT/SIGTERM (graceful: in-flight runs get a few seconds, then their
     leases are released for the next server)."""
-    import uvicorn
-
-    from tether.interfaces.server.app import create_app
-    from tether.services.runs import RunsService
-
     settings, keys = config.server, config.api_keys
     host, port = settings.host, settings.port
+    try:
+        hosts = [allowed_host(h) for h in settings.allowed_hosts]
+    except ValueError as e:
+        raise ConfigError(f"allowed hosts (--allowed-hosts, [server] allowed_hosts): {e}") from None
     if not keys and not is_loopback(host):
         raise ConfigError(f"refusing to serve on {host} without API keys: anyone who can reach it could run "
                           "models and tools. Set TETHER_API_KEYS=key1,key2 or [server] api_keys (each key is a "
                           "tenant), or bind 127.0.0.1")
     tools = config.server_tools()
-    from tether.adapters.store.sql import open_store
+    import uvicorn
 
-    store = open_store(config.database_url)
+    from tether.adapters.store.sql import default_url, open_store
+    from tether.interfaces.server.app import create_app
+    from tether.services.runs import RunsService
+
+    database_url = config.database_url or default_url()
+    store = open_store(database_url)
     if not hasattr(store, "put_object"):
         raise ConfigError("the server needs a store with objects (SQLite or Postgres)")
     service = RunsService(store, lease_ttl_s=settings.lease_ttl_s)
     server_config = ServerConfig(api_keys=keys, allow_file_models=settings.allow_file_models,
                                  concurrency=settings.concurrency, tools=tools, models=config.models,
-                                 keepalive_s=settings.keepalive_s)
+                                 keepalive_s=settings.keepalive_s, allowed_hosts=hosts)
+    limits = ConnectionLimits(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections)
     try:
         with socket.create_server((host, port), reuse_port=False) as probe:
             probe.close()
@@ -56,11 +53,65 @@ def serve(config: OperatorConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per model call is noise
     app = create_app(service, server_config)
+    _raise_file_limit(settings.max_connections)
+    for line in summary(config, database_url, server_config, limits):
+        log.info("%s", line)
     # uvicorn shuts down gracefully on SIGTERM, then raises it again (the default handler would end
     # the process with -15): a graceful stop exits 0. Before uvicorn listens, SIGTERM just exits.
     if threading.current_thread() is threading.main_thread():  # signals can only be set there
         signal.signal(signal.SIGTERM, _exit_zero)
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10,
+                http=protocol_class(limits))
+
+
+def summary(operator: OperatorConfig, database_url: str, config: ServerConfig, limits: ConnectionLimits) -> list[str]:
+    """What `tether serve` says when it starts: where, on which database and backend, with how many
+    keys. Never a key, and no password of a URL."""
+    host, port = operator.server.host, operator.server.port
+    address = f"[{host}]" if ":" in host else host
+    backend = operator.models.resolved()
+    if backend.base_url:
+        model_line = f"bare model names go to {redact_url(backend.base_url)}"
+    elif backend.api_key:
+        model_line = "bare model names go to OpenAI's API (a key is set, no base URL)"
+    else:
+        model_line = "no model backend configured (set OPENAI_BASE_URL or [models] base_url)"
+    n = len(config.api_keys)
+    keys_line = (f"{n} API key{'s' if n != 1 else ''} (each a tenant)" if n else
+                 "no API keys: loopback only, answering Host localhost, 127.0.0.1 or [::1]"
+                 + (f" and {', '.join(config.allowed_hosts)}" if config.allowed_hosts else ""))
+    offered = [name for name, grant in config.tools.grants.items() if grant.enabled]
+    return [
+        f"Tether serves the Assistants API at http://{address}:{port}/v1 (debug API under /v1/tether)",
+        *([f"  configuration: {operator.source}"] if operator.source else []),
+        f"  database: {redact_url(database_url)}",
+        f"  models: {model_line}",
+        f"  keys: {keys_line}",
+        f"  server-side tools: {', '.join(offered) or 'none'}; MCP servers: "
+        f"{', '.join(sorted(config.tools.mcp_servers)) or 'none'}",
+        "  file models (replay:, scripted:): " + ("allowed" if config.allow_file_models else "refused"),
+        f"  limits: {config.concurrency} runs at once; request headers within {limits.header_timeout_s:g} s, "
+        f"bodies within {limits.body_timeout_s:g} s; {limits.max_connections} connections",
+    ]
+
+
+def _raise_file_limit(max_connections: int) -> None:
+    """Let the process open `max_connections` sockets besides its files (the soft limit is often 1024)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_connections + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        except (ValueError, OSError):
+            new = soft
+        if new < wanted:
+            log.warning("the process may open only %d files: fewer than --max-connections %d allows", new,
+                        max_connections)
 
 
 def _exit_zero(signum: int, frame: object) -> None:

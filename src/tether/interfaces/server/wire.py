@@ -54,7 +54,16 @@ def stamp(ts: float | None) -> int | None:
 
 def plain_object(obj: StoredObject, kind: str) -> dict[str, Any]:
     """An assistant or thread as the API shows it: its stored fields plus id, object, created_at."""
-    return {"id": obj.id, "object": kind, "created_at": int(obj.created_at), **obj.data}
+    out = {"id": obj.id, "object": kind, "created_at": int(obj.created_at), **obj.data}
+    if "tools" in out:
+        out["tools"] = wire_tools(out["tools"])
+    return out
+
+
+def wire_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tools as OpenAI sends them: a key only for the tool's own type (stored ones may carry
+    `"function": null, "file_search": null` beside a code_interpreter)."""
+    return [{k: v for k, v in t.items() if v is not None} for t in tools]
 
 
 def stored_message(obj: StoredObject) -> dict[str, Any]:
@@ -225,7 +234,7 @@ class RunLog:
             "required_action": {"type": "submit_tool_outputs",
                                 "submit_tool_outputs": {"tool_calls": self.pending_calls()}}
             if status == "requires_action" else None,
-            "tools": tools, **data, **extra,
+            "tools": wire_tools(tools), **data, **extra,
         }  # fmt: skip
 
 
