@@ -64,18 +64,22 @@ class ServerSettings:
     body_timeout_s: float = 30.0  # ... and its body within this once its headers are in
     max_connections: int = 1000  # open connections at most; more are answered 503 and closed
 
-    def check(self) -> None:
+    def check(self, flags: bool = False) -> None:
+        """Raise ConfigError for a setting out of range, named as in the file (or as its flag)."""
+
+        def called(name: str) -> str:
+            return "--" + re.sub(r"_s$", "", name).replace("_", "-") if flags else f"[server] {name}"
+
         if not 0 <= self.port <= 65535:
-            raise ConfigError(f"[server] port must be between 0 and 65535, not {self.port}")
-        if self.concurrency < 1:
-            raise ConfigError(f"[server] concurrency must be at least 1, not {self.concurrency}")
-        if self.max_connections < 1:
-            raise ConfigError(f"[server] max_connections must be at least 1, not {self.max_connections}")
+            raise ConfigError(f"{called('port')} must be between 0 and 65535, not {self.port}")
+        for name in ("concurrency", "max_connections"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{called(name)} must be at least 1, not {getattr(self, name)}")
         for name in ("lease_ttl_s", "keepalive_s", "header_timeout_s", "body_timeout_s"):
             if not 0 < getattr(self, name) < math.inf:  # also refuses nan
-                raise ConfigError(f"[server] {name} must be a positive number of seconds, not {getattr(self, name)}")
+                raise ConfigError(f"{called(name)} must be a positive number of seconds, not {getattr(self, name)}")
         if not self.host.strip():
-            raise ConfigError("[server] host must not be empty")
+            raise ConfigError(f"{called('host')} must not be empty")
         if self.api_keys is not None and not all(k.strip() for k in self.api_keys):
             raise ConfigError("[server] api_keys holds an empty key (an unset ${VARIABLE}?)")
 
@@ -103,7 +107,7 @@ class OperatorConfig:
     def with_server(self, **changes: Any) -> OperatorConfig:
         """This configuration with `[server]` settings changed (the flags that were given)."""
         server = replace(self.server, **{k: v for k, v in changes.items() if v is not None})
-        server.check()
+        server.check(flags=True)
         return replace(self, server=server)
 
     def with_mcp_json(self, path: Path) -> OperatorConfig:
