@@ -18,12 +18,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from typing import Any, TypeVar
 
 from tether.adapters.importing import import_attr
+from tether.adapters.process import start_ticks, this_host
 from tether.domain.agents import AgentSnapshot
 from tether.domain.breakpoints import Breakpoint, parse_breakpoint
 from tether.domain.errors import AlreadyResumed, ConfigError, RunNotFound, StoreConflict, TetherError
 from tether.domain.events import Event
 from tether.domain.fork import later_side_effects, reused_prefix
 from tether.domain.ids import new_id
+from tether.domain.leases import owner_is_gone, owner_of, owner_string
 from tether.domain.messages import Message
 from tether.domain.models import ModelResponse
 from tether.domain.protocols import Store
@@ -43,7 +45,7 @@ LEASE_TTL_S = 30.0
 class RunsService:
     def __init__(self, store: Store, *, owner: str | None = None, lease_ttl_s: float = LEASE_TTL_S) -> None:
         self.store = store
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{new_id('w')[2:]}"
+        self.owner = owner or _owner_here()
         self.lease_ttl_s = lease_ttl_s
         self._agents: dict[str, Agent] = {}
         self._active: dict[str, Executor] = {}
@@ -142,6 +144,18 @@ class RunsService:
                 await self.store.release_lease(state.run_id, self.owner)
         return view_of(state, records)
 
+    async def _take_lease(self, run_id: str) -> bool:
+        """Take the run's lease: free, expired, ours already, or held by a process of this machine
+        that no longer exists (a killed `tether run`): that one is taken at once, not on expiry."""
+        if await self.store.acquire_lease(run_id, self.owner, self.lease_ttl_s):
+            return True
+        info = await self.store.get_run(run_id)
+        if info is None or info.lease_owner is None or not _gone(info.lease_owner):
+            return False
+        log.info("run %s: its lease owner %s is gone; taking the run over", run_id, info.lease_owner)
+        # Compare-and-set on the dead owner: of two processes taking over at once, one wins.
+        return await self.store.take_over_lease(run_id, info.lease_owner, self.owner, self.lease_ttl_s)
+
     async def _heartbeat(self, run_id: str, breakpoints: builtins.list[Breakpoint]) -> None:
         """Keep the lease, and pick up breakpoints another process set on this run meanwhile."""
         seen = [b.to_dict() for b in breakpoints]
@@ -207,7 +221,7 @@ class RunsService:
             _emit(on_event, Event(run_id, "record", r))
         if not drive:
             return _queued(state, records)
-        if not await self.store.acquire_lease(run_id, self.owner, self.lease_ttl_s):
+        if not await self._take_lease(run_id):
             return await self.get(run_id)  # another worker picked it up already; it will advance it
         return await self._drive(state, records, agent, on_event)  # an "abort" answer ends it there
 
@@ -261,7 +275,7 @@ class RunsService:
             view = await self.get(run_id)
             assert view.pause_id is not None
             return await self.decide(run_id, view.pause_id, {i.id: ("abort", None) for i in view.pending}, by=by)
-        if not await self.store.acquire_lease(run_id, self.owner, self.lease_ttl_s):
+        if not await self._take_lease(run_id):
             # Another process advances it: ask, and its heartbeat cancels it at the next transition.
             # It ends at its next transition (a tool call in flight finishes first): like the Assistants
             # API's "cancelling", the run may still show as running when this returns.
@@ -293,10 +307,11 @@ class RunsService:
         assert state.agent is not None
         agent = await self.agent_for(state.agent)
         _ = agent.model  # a bad agent or model fails here, before the lease is taken
-        if not await self.store.acquire_lease(run_id, self.owner, self.lease_ttl_s):
+        if not await self._take_lease(run_id):
             info = await self.store.get_run(run_id)
-            raise TetherError(f"run {run_id} is leased by {info.lease_owner if info else '?'}; it can be "
-                              f"resumed once that lease expires{_lease_left(info)}")
+            holder = owner_of(info.lease_owner).name if info and info.lease_owner else "?"
+            raise TetherError(f"run {run_id} is leased by {holder}, a process that may still be advancing it; "
+                              f"it can be resumed once that lease expires{_lease_left(info)}")
         records = await self.store.load(run_id)  # again, under the lease: the log may have grown
         state = fold(run_id, records)
         if state.status != "running":
@@ -520,6 +535,28 @@ def _parse_all(specs: Sequence[str | Breakpoint], start: int) -> list[Breakpoint
             for i, b in enumerate(specs)]
 
 
+def _owner_here() -> str:
+    """This process's lease owner string: readable, and precise enough to be known dead later."""
+    name = f"{socket.gethostname()}:{os.getpid()}:{new_id('w')[2:]}"
+    try:
+        ticks = start_ticks(os.getpid())
+    except PermissionError:
+        ticks = None
+    return owner_string(name, this_host(), os.getpid(), ticks)
+
+
+def _gone(lease_owner: str) -> bool:
+    """Whether the lease's owner is a process of this machine that no longer exists."""
+    owner = owner_of(lease_owner)
+    if owner.pid is None:
+        return False
+    try:
+        ticks = start_ticks(owner.pid)
+    except PermissionError:
+        return False  # it exists; whether it is the owner, we cannot tell
+    return owner_is_gone(owner, this_host(), ticks)
+
+
 def _lease_left(info: RunInfo | None) -> str:
     if info is None or info.lease_expires is None:
         return ""
@@ -529,11 +566,13 @@ def _lease_left(info: RunInfo | None) -> str:
 _default: RunsService | None = None
 
 
-def open_service(url: str | None = None) -> RunsService:
+def open_service(url: str | None = None, *, lease_ttl_s: float = LEASE_TTL_S) -> RunsService:
     """A service on the store at `url` (default: TETHER_DATABASE_URL, else the SQLite file in TETHER_HOME)."""
     from tether.adapters.store.sql import open_store
 
-    return RunsService(open_store(url))
+    if not lease_ttl_s > 0:  # also refuses NaN
+        raise ConfigError(f"--lease-ttl must be a positive number of seconds, not {lease_ttl_s}")
+    return RunsService(open_store(url), lease_ttl_s=lease_ttl_s)
 
 
 async def default_service() -> RunsService:

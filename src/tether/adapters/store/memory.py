@@ -72,6 +72,13 @@ class MemoryStore:
             return True
         return False
 
+    async def take_over_lease(self, run_id: str, old_owner: str, owner: str, ttl_s: float) -> bool:
+        info = self._runs[run_id]
+        if info.lease_owner != old_owner:
+            return False
+        info.lease_owner, info.lease_expires = owner, time.time() + ttl_s
+        return True
+
     async def renew_lease(self, run_id: str, owner: str, ttl_s: float) -> bool:
         info = self._runs[run_id]
         if info.lease_owner != owner:

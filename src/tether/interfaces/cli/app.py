@@ -80,12 +80,28 @@ class UsageMistake(TetherError):
     """A mistake in how the command was called (shown as `error: …`, exit 2)."""
 
 
+LeaseTtl = Annotated[float, typer.Option(
+    "--lease-ttl", metavar="SECONDS",
+    help="Seconds this command's lease on the run lasts unrenewed: how soon another process may take the "
+         "run over if this one hangs or dies elsewhere (on this machine, a dead process's runs are taken "
+         "over at once).")]
+_lease_ttl_s = 30.0  # set by the command that runs (one a process), from its --lease-ttl
+
+
+def _use_lease_ttl(seconds: float) -> None:
+    """Check a --lease-ttl and use it for the runs service this command opens."""
+    global _lease_ttl_s
+    if not seconds > 0:  # also refuses NaN
+        raise UsageMistake(f"--lease-ttl must be a positive number of seconds, not {seconds:g}")
+    _lease_ttl_s = seconds
+
+
 def _service_call(fn: Callable[[RunsService], Awaitable[T]]) -> T:
     """Open the default runs service, run `fn` with it on an event loop, and close the store."""
     from tether.services.runs import open_service, run_blocking
 
     async def go() -> T:
-        service = open_service()
+        service = open_service(lease_ttl_s=_lease_ttl_s)
         try:
             return await fn(service)
         finally:
@@ -252,6 +268,7 @@ def run_cmd(
              "'after_model if run.cost_usd > 0.1'. Repeatable.")] = None,
     no_debug: Annotated[bool, typer.Option("--no-debug", help="When the run pauses, don't open the debugger: "
                                                               "exit 3 and leave it paused.")] = False,
+    lease_ttl: LeaseTtl = 30.0,
 ) -> None:
     """Run an agent on a task, showing each step as it happens.
 
@@ -262,6 +279,7 @@ def run_cmd(
 
     Example: `tether run agent.toml "What do tulips cost?" --model openai:gpt-4o-mini --break after_tool`
     """
+    _use_lease_ttl(lease_ttl)
     agent = _load_agent(agent_file, model)
     specs = _check_breaks(breaks, agent)
     view = _live_run(lambda service, on_event: service.start(agent, task, breakpoints=specs, on_event=on_event),
@@ -283,6 +301,7 @@ def demo_cmd(
         help="Pause at this breakpoint and open the debugger, e.g. before_tool:calculator. Repeatable.")] = None,
     no_debug: Annotated[bool, typer.Option("--no-debug", help="When the run pauses, don't open the debugger: "
                                                               "exit 3 and leave it paused.")] = False,
+    lease_ttl: LeaseTtl = 30.0,
 ) -> None:
     """Run the florist example offline: a price lookup tool, the calculator, and an answer.
 
@@ -293,6 +312,7 @@ def demo_cmd(
     results it gets, so every step is real Tether machinery: the run is recorded and can be shown,
     replayed and exported like any other.
     """
+    _use_lease_ttl(lease_ttl)
     import tether.examples.florist as florist
 
     specs = _check_breaks(breaks, _load_agent(florist.AGENT_FILE, None))
@@ -327,7 +347,8 @@ def demo_cmd(
 
 
 @app.command("debug")
-def debug_cmd(run_id: Annotated[str, typer.Argument(help="The paused run (run_…).", show_default=False)]) -> None:
+def debug_cmd(run_id: Annotated[str, typer.Argument(help="The paused run (run_…).", show_default=False)],
+              lease_ttl: LeaseTtl = 30.0) -> None:
     """Attach the debugger to a paused run, from any process (`help` at its prompt lists the commands).
 
     Without a terminal, commands are read from stdin: `printf 'p\\nc\\n' | tether debug RUN_ID`.
@@ -335,6 +356,7 @@ def debug_cmd(run_id: Annotated[str, typer.Argument(help="The paused run (run_�
     paused (`detach`, or end of input). A run that already finished is only described (exit 0 or 1 by
     its status); one that is running or queued elsewhere cannot be attached to (exit 2).
     """
+    _use_lease_ttl(lease_ttl)
     view = _service_call(lambda service: service.get(run_id))
     if view.status in TERMINAL:
         console.print(Text.assemble(("run ", ""), (view.id, "bold"), (" already finished: ", ""),
@@ -399,8 +421,10 @@ def show_cmd(
 
 
 @runs_app.command("cancel")
-def cancel_cmd(run_id: Annotated[str, typer.Argument(help="The run to cancel.", show_default=False)]) -> None:
+def cancel_cmd(run_id: Annotated[str, typer.Argument(help="The run to cancel.", show_default=False)],
+               lease_ttl: LeaseTtl = 30.0) -> None:
     """Cancel a run that is queued, running or paused (pending tool calls get a "cancelled" result)."""
+    _use_lease_ttl(lease_ttl)
     view = _service_call(lambda service: service.cancel(run_id, by="cli"))
     console.print(Text.assemble(("run ", ""), (view.id, "bold"), (" is ", ""),
                                 (view.status, STATUS_STYLE.get(view.status, ""))))
@@ -408,11 +432,13 @@ def cancel_cmd(run_id: Annotated[str, typer.Argument(help="The run to cancel.", 
 
 
 @runs_app.command("resume")
-def resume_cmd(run_id: Annotated[str, typer.Argument(help="The run to resume.", show_default=False)]) -> None:
+def resume_cmd(run_id: Annotated[str, typer.Argument(help="The run to resume.", show_default=False)],
+               lease_ttl: LeaseTtl = 30.0) -> None:
     """Resume a run whose owner is gone (its lease expired, e.g. after a crash) from its log.
 
     Completed tool calls are never run again; a call that was started but not known to have finished
     pauses the run as **uncertain** (answer it with `tether runs answer`)."""
+    _use_lease_ttl(lease_ttl)
     async def resume(service: RunsService, on_event: Callable[[Any], None]) -> RunView:
         before = await service.get(run_id)
         if before.status in TERMINAL:
@@ -438,11 +464,13 @@ def answer_cmd(
     abort: Annotated[bool, typer.Option("--abort", help="Abort the run (it ends cancelled).")] = False,
     go_on: Annotated[bool, typer.Option("--continue", help="Go on (for breakpoint, approval and budget "
                                                            "pauses).")] = False,
+    lease_ttl: LeaseTtl = 30.0,
 ) -> None:
     """Answer a paused run's pending item, then continue the run with a live view.
 
     For an **uncertain** call (started before a crash, not known to have finished): --rerun, --supply
     TEXT or --abort. For a client tool: --supply OUTPUT."""
+    _use_lease_ttl(lease_ttl)
     chosen = [name for name, on in (("rerun", rerun), ("supply", supply is not None), ("abort", abort),
                                     ("continue", go_on)) if on]
     if len(chosen) != 1:
@@ -502,11 +530,13 @@ def fork_cmd(
              "model step.")] = None,
     no_debug: Annotated[bool, typer.Option("--no-debug", help="When the fork pauses, don't open the debugger."
                                            )] = False,
+    lease_ttl: LeaseTtl = 30.0,
 ) -> None:
     """A new run that reuses the steps before STEP from RUN_ID's log (no model or tool call is made for
     them), applies the edits at STEP and goes on live.
 
     Example: `tether runs fork run_… 4 --edit '{"result": "9.99"}'`"""
+    _use_lease_ttl(lease_ttl)
     edits = None
     if edit is not None:
         try:
@@ -533,9 +563,11 @@ def replay_cmd(
     run_id: Annotated[str, typer.Argument(help="The run to replay.", show_default=False)],
     full: Annotated[bool, typer.Option("--full", help="Serve tool results from the log too (nothing is "
                                                       "called for real).")] = False,
+    lease_ttl: LeaseTtl = 30.0,
 ) -> None:
     """Run a recorded run again as a new run, from its recorded model responses (tools run live,
     unless --full). A request that differs from the recording fails with "diverged at step N"."""
+    _use_lease_ttl(lease_ttl)
     view = _service_call(lambda service: service.replay(run_id, full=full))
     console.print(Text.assemble(("replayed ", ""), (run_id, "bold"), (" as ", ""), (view.id, "bold"),
                                 (" (full)" if full else " (model replay, tools live)", "dim")))
