@@ -30,7 +30,7 @@ from tether.domain.messages import Message
 from tether.domain.models import ModelResponse
 from tether.domain.protocols import Store
 from tether.domain.records import TERMINAL, Action, Decision, Record, RunStarted
-from tether.domain.runs import RunInfo
+from tether.domain.runs import RunInfo, shown_status
 from tether.domain.state import RunState, fold
 from tether.engine.executor import Executor
 from tether.services.agents import Agent, load_agent_file
@@ -177,7 +177,11 @@ class RunsService:
         records = await self.store.load(run_id)
         if not records:
             raise RunNotFound(f"no run {run_id!r}; `tether runs list` shows the runs there are")
-        return view_of(fold(run_id, records), records)
+        state = fold(run_id, records)
+        view = view_of(state, records)
+        info = await self.store.get_run(run_id)
+        view.status = shown_status(state.status, info.status if info is not None else None)  # as `list` says
+        return view
 
     async def list(self, *, limit: int = 50, status: str | None = None,
                    thread_id: str | None = None) -> builtins.list[RunInfo]:
@@ -206,7 +210,12 @@ class RunsService:
         if missing or extra:
             raise TetherError(f"pause {pause_id} of run {run_id} needs an answer for exactly these items: "
                               f"{sorted(items)} (missing {sorted(missing)}, unknown {sorted(extra)})")
-        agent = await self.agent_for(state.agent)  # type: ignore[arg-type]  # before deciding: fail, change nothing
+        # Before deciding (fail, change nothing): the agent and its model, unless the answer ends the
+        # run, which calls neither (so an abort works where the model cannot be reached).
+        agent = None
+        if not any(action == "abort" for action, _ in answers.values()):
+            agent = await self.agent_for(state.agent)  # type: ignore[arg-type]
+            _ = agent.model
         decisions = []
         for item_id, (action, payload) in answers.items():
             check_action(items[item_id], action, payload)
@@ -223,7 +232,9 @@ class RunsService:
             return _queued(state, records)
         if not await self._take_lease(run_id):
             return await self.get(run_id)  # another worker picked it up already; it will advance it
-        return await self._drive(state, records, agent, on_event)  # an "abort" answer ends it there
+        if agent is None:
+            return await self._end(state, records, on_event=on_event)  # the "abort" answer ends it
+        return await self._drive(state, records, agent, on_event)
 
     async def submit_tool_outputs(self, run_id: str, outputs: dict[str, str], *, pause_id: str | None = None,
                                   **options: Any) -> RunView:
@@ -284,19 +295,25 @@ class RunsService:
             while (view := await self.get(run_id)).status in ("queued", "running") and time.monotonic() < deadline:
                 await asyncio.sleep(min(0.2, self.lease_ttl_s / 10))
             return view
-        state = fold(run_id, await self.store.load(run_id))
-        return await self._abort(state, await self.agent_for(state.agent), f"cancelled by {by}")  # type: ignore[arg-type]
+        records = await self.store.load(run_id)
+        return await self._end(fold(run_id, records), records, reason=f"cancelled by {by}")
 
-    async def _abort(self, state: RunState, agent: Agent, reason: str) -> RunView:
-        executor = Executor(store=self.store, model=agent.model, tools=agent.tools)
-        executor.cancel(reason)
+    async def _end(self, state: RunState, records: builtins.list[Record], *, reason: str | None = None,
+                   on_event: Callable[[Event], None] | None = None) -> RunView:
+        """End a leased run as cancelled: cancelled for `reason`, or aborted by an answer in its log.
+
+        Ending a run calls no model and no tool, so it needs neither its agent nor a model backend:
+        a run can be cancelled from anywhere, even where its model cannot be reached."""
+        executor = Executor(store=self.store, model=_NOT_CALLED, tools={}, on_event=on_event, log=records)
+        if reason is not None:
+            executor.cancel(reason)
         self._active[state.run_id] = executor
         try:
             await executor.advance(state)
         finally:
             self._active.pop(state.run_id, None)
             await self.store.release_lease(state.run_id, self.owner)
-        return await self.get(state.run_id)
+        return view_of(state, records)
 
     async def resume(self, run_id: str, *, on_event: Callable[[Event], None] | None = None) -> RunView:
         """Take over a run whose owner is gone (its lease expired) and advance it from its log."""
@@ -354,10 +371,14 @@ class RunsService:
         A running run in this process picks it up at its next stop; in another process, when it
         next resumes.
         """
+        state = fold(run_id, await self._records(run_id))
+        if state.status in TERMINAL:
+            raise TetherError(f"run {run_id} already finished ({state.status}), so a breakpoint on it could never "
+                              f"stop anything; fork it to run it again from a step with breakpoints: "
+                              f"`tether runs fork {run_id} STEP`, then `tether runs break NEW_RUN SPEC`")
         bps = await self._all_breakpoints(run_id)  # cleared ones too: a number is never used twice
         n = max([len(bps), *(int(b.id[3:]) for b in bps if b.id[3:].isdigit())]) + 1
         bp = spec if isinstance(spec, Breakpoint) else parse_breakpoint(spec, id=f"bp_{n}", once=once)
-        state = fold(run_id, await self._records(run_id))
         assert state.agent is not None
         warnings = breakpoint_warnings(bp, (await self.agent_for(state.agent)).model)  # fails before writing
         await self._set_breakpoints(run_id, [*bps, bp])
@@ -512,6 +533,21 @@ class RunsService:
                 raise ConfigError(f"tool {spec.name!r} changed since the run started (schema {spec.schema_hash} "
                                   f"→ {live[spec.name]}); restore it, or fork the run with the new agent")
         return agent
+
+
+class _NotCalled:
+    """The model of a run that is only being ended (cancelled or aborted): never called."""
+
+    ref = "none"
+
+    async def complete(self, request: Any, on_delta: Any = None) -> ModelResponse:
+        raise AssertionError("a run being ended calls no model")
+
+    def cost_usd(self, response: ModelResponse) -> float | None:
+        return None
+
+
+_NOT_CALLED = _NotCalled()
 
 
 def _emit(on_event: Callable[[Event], None] | None, event: Event) -> None:

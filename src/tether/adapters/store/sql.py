@@ -869,7 +869,8 @@ class SqlStore:
                 released = conn.execute(
                     runs_table.update()
                     .where(c.id == run_id, c.lease_owner == owner)
-                    .values(lease_owner=None, lease_expires=None)
+                    .values(lease_owner=None, lease_expires=None, status=sa.case(
+                        (c.status == "running", "queued"), else_=c.status))  # see released_status
                 ).rowcount
                 if released != 1:
                     _missing(conn, run_id)

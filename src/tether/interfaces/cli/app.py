@@ -185,10 +185,26 @@ def _live_run(start: Callable[[RunsService, Callable[[Any], None]], Awaitable[Ru
             return _service_call(go)
     except KeyboardInterrupt:
         if printer.run_id:
-            err_console.print(f"interrupted. Run {printer.run_id} is kept; continue it with "
-                              f"`tether runs resume {printer.run_id}` (once its lease expires, if it was not "
-                              "released), or cancel it with `tether runs cancel`.", soft_wrap=True)
+            _say_interrupted(printer.run_id)
         raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _say_interrupted(run_id: str) -> None:
+    """After Ctrl-C: where the run stands now, and whether and how it goes on."""
+    try:
+        view = _service_call(lambda service: service.get(run_id))
+    except (KeyboardInterrupt, TetherError):  # a second Ctrl-C, or the store is gone: say what we know
+        err_console.print(f"interrupted. Run {run_id} is kept: `tether runs show {run_id}` says where it "
+                          "stands.", soft_wrap=True)
+        return
+    if view.status == "paused":
+        what = "is paused and waits for an answer: " + "; ".join(how_to_answer(run_id, view.pending))
+    elif view.status in TERMINAL:
+        what = f"had already ended ({view.status}): there is nothing to resume"
+    else:  # this process no longer advances it, and its lease is free once this process exits
+        what = (f"is stopped ({view.status}: nothing advances it). Continue it with `tether runs resume "
+                f"{run_id}`, or cancel it with `tether runs cancel {run_id}`")
+    err_console.print(f"interrupted. Run {run_id} {what}.", soft_wrap=True)
 
 
 DEBUGGABLE = frozenset({"breakpoint", "approval", "budget"})  # pauses the debugger opens on by itself
@@ -221,9 +237,7 @@ def _debug(view: RunView, agent: Agent | None = None) -> RunView:
     try:
         return _service_call(go)
     except KeyboardInterrupt:
-        err_console.print(f"interrupted. Run {view.id} is kept; look at it with `tether runs show {view.id}`, "
-                          f"debug it again with `tether debug {view.id}` once it is paused, or continue it "
-                          "with `tether runs resume` once its lease expires.", soft_wrap=True)
+        _say_interrupted(view.id)
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
@@ -428,7 +442,16 @@ def cancel_cmd(run_id: Annotated[str, typer.Argument(help="The run to cancel.", 
     view = _service_call(lambda service: service.cancel(run_id, by="cli"))
     console.print(Text.assemble(("run ", ""), (view.id, "bold"), (" is ", ""),
                                 (view.status, STATUS_STYLE.get(view.status, ""))))
-    raise typer.Exit(EXIT_OK if view.status == "cancelled" else _exit_code(view))
+    if view.status == "cancelled":
+        raise typer.Exit(EXIT_OK)
+    # Not cancelled (yet): never exit 0 for a cancel that did not happen.
+    if view.status in ACTIVE:
+        err_console.print(f"run {run_id} is not cancelled yet: another process is advancing it and was asked to "
+                          f"cancel it at its next step; `tether runs show {run_id}` tells when it has.",
+                          soft_wrap=True)
+    else:
+        err_console.print(f"run {run_id} ended {view.status} before the cancel took effect.", soft_wrap=True)
+    raise typer.Exit(EXIT_FAILED)
 
 
 @runs_app.command("resume")
