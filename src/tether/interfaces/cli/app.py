@@ -437,7 +437,10 @@ def show_cmd(
 @runs_app.command("cancel")
 def cancel_cmd(run_id: Annotated[str, typer.Argument(help="The run to cancel.", show_default=False)],
                lease_ttl: LeaseTtl = 30.0) -> None:
-    """Cancel a run that is queued, running or paused (pending tool calls get a "cancelled" result)."""
+    """Cancel a run that is queued, running or paused (pending tool calls get a "cancelled" result).
+
+    Needs no model backend. Exits 0 once the run is cancelled; 1 when it is not (yet): another process
+    advancing it was asked to stop it at its next step, or it ended otherwise first."""
     _use_lease_ttl(lease_ttl)
     view = _service_call(lambda service: service.cancel(run_id, by="cli"))
     console.print(Text.assemble(("run ", ""), (view.id, "bold"), (" is ", ""),
@@ -457,7 +460,8 @@ def cancel_cmd(run_id: Annotated[str, typer.Argument(help="The run to cancel.", 
 @runs_app.command("resume")
 def resume_cmd(run_id: Annotated[str, typer.Argument(help="The run to resume.", show_default=False)],
                lease_ttl: LeaseTtl = 30.0) -> None:
-    """Resume a run whose owner is gone (its lease expired, e.g. after a crash) from its log.
+    """Resume a run whose owner is gone from its log: at once when the owner was a process of this
+    machine that no longer exists (a killed `tether run`), else once its lease expires.
 
     Completed tool calls are never run again; a call that was started but not known to have finished
     pauses the run as **uncertain** (answer it with `tether runs answer`)."""
