@@ -4,6 +4,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,4 +37,22 @@ def cli(tmp_path):
     run.env = env  # type: ignore[attr-defined]
     # the command prefix its hints print: the interpreter by its path, as the CLI was started with -m
     run.prefix = f"{shlex.quote(sys.executable)} -m tether.interfaces.cli.app"  # type: ignore[attr-defined]
+    def popen(*args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """Start the CLI without waiting for it: to interrupt or kill it."""
+        return subprocess.Popen([sys.executable, "-m", "tether.interfaces.cli.app", *args], text=True,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={**env, **(extra_env or {})}, cwd=tmp_path)
+
+    def wait_for(path: Path, proc: subprocess.Popen[str], timeout_s: float = 60) -> None:
+        """Wait until `path` exists (a tool of the run wrote it), while `proc` still runs."""
+        deadline = time.monotonic() + timeout_s
+        while not path.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                out, err = proc.communicate()
+                raise AssertionError(f"{path} never appeared:\n{out}{err}")
+            time.sleep(0.05)
+
+    run.popen = popen  # type: ignore[attr-defined]
+    run.wait_for = wait_for  # type: ignore[attr-defined]
     return run

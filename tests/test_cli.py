@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import signal
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 
@@ -280,3 +281,98 @@ def test_help_is_useful(cli):
         assert word in runs.stdout
     answer = cli("runs", "answer", "--help")
     assert "--rerun" in answer.stdout and "--supply" in answer.stdout and "--abort" in answer.stdout
+
+
+# -- what a new user tripped on -------------------------------------------------------------------
+
+STUCK = Path(__file__).parent / "crash"
+
+
+def _status_everywhere(cli, run_id: str) -> set[str]:
+    """The run's status as `runs show`, `runs list` and `runs list -s STATUS` each say it."""
+    shown = re.search(r"^status (\w+)$", cli("runs", "show", run_id).stdout, re.M)
+    listed = re.search(rf"^{run_id}\s+(\w+)", cli("runs", "list").stdout, re.M)
+    assert shown and listed
+    found_by = {s for s in ("queued", "running") if run_id in cli("runs", "list", "-s", s).stdout}
+    return {shown.group(1), listed.group(1), *found_by}
+
+
+def test_ctrl_c_during_a_sync_tool_keeps_its_result_and_says_how_to_resume(cli, tmp_path):
+    marker = tmp_path / "stuck"
+    env = {"TETHER_STUCK_FILE": str(marker), "TETHER_STUCK_S": "1", "PYTHONPATH": str(STUCK)}
+    proc = cli.popen("run", str(STUCK / "stuck.toml"), "wait", extra_env=env)
+    cli.wait_for(marker, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    run_id = re.search(r"run_[0-9a-f]+", err).group(0)  # type: ignore[union-attr]
+    assert "Traceback" not in err
+    assert f"is stopped (queued: nothing advances it). Continue it with `tether runs resume {run_id}`" in err
+
+    assert _status_everywhere(cli, run_id) == {"queued"}  # one status, whichever view asks
+    assert "wait_here({}) → waited" in cli("runs", "show", run_id).stdout  # the result that arrived is kept
+
+    resumed = cli("runs", "resume", run_id, extra_env=env)
+    assert resumed.returncode == 0, resumed.all
+    assert "uncertain" not in resumed.stdout
+    assert "the tool said: waited" in resumed.stdout  # the kept result, not a second call ("went on")
+
+
+@pytest.fixture
+def no_backend_runs(tmp_path, monkeypatch) -> dict[str, tuple[str, str | None]]:
+    """Runs of an agent on a bare model name, made where a backend was configured: one interrupted
+    (queued, no lease), two paused before their first model call. The CLI then has no backend."""
+    import asyncio
+
+    from tether.adapters.store.sql import SqlStore
+    from tether.services.agents import load_agent_file
+    from tether.services.runs import RunsService
+
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    (tmp_path / "home").mkdir()
+    path = tmp_path / "bare.toml"
+    path.write_text('name = "bare"\nmodel = "gpt-4o-mini"\ntools = ["calculator"]\n')
+
+    async def make() -> dict[str, tuple[str, str | None]]:
+        service = RunsService(SqlStore(f"sqlite:///{tmp_path / 'home' / 'tether.db'}"))
+        agent = load_agent_file(path)
+        queued = await service.start(agent, "hi", drive=False)
+        await service.store.release_lease(queued.id, service.owner)  # its process was interrupted
+        out: dict[str, tuple[str, str | None]] = {"interrupted": (queued.id, None)}
+        for name in ("paused", "paused2"):
+            paused = await service.start(agent, "hi", breakpoints=["before_model"])
+            assert paused.status == "paused"
+            out[name] = (paused.id, paused.pending[0].id)
+        await service.store.close()  # type: ignore[attr-defined]
+        return out
+
+    return asyncio.run(make())
+
+
+def test_cancel_show_list_and_answer_need_no_model_backend(cli, no_backend_runs):
+    interrupted, _ = no_backend_runs["interrupted"]
+    for run_id, _ in no_backend_runs.values():
+        assert cli("runs", "show", run_id).returncode == 0
+    assert cli("runs", "list").returncode == 0
+
+    for run_id in (interrupted, no_backend_runs["paused"][0]):
+        cancelled = cli("runs", "cancel", run_id)
+        assert cancelled.returncode == 0, cancelled.all
+        assert f"run {run_id} is cancelled" in cancelled.stdout
+        again = cli("runs", "cancel", run_id)  # it really ended: nothing is left locked or running
+        assert again.returncode == 2 and "already finished (cancelled)" in again.stderr, again.all
+
+    run_id, item = no_backend_runs["paused2"]
+    aborted = cli("runs", "answer", run_id, item, "--abort")  # type: ignore[arg-type]
+    assert aborted.returncode == 1, aborted.all  # exit 1: the run ended cancelled, as asked
+    assert "■ cancelled" in aborted.stdout and "no model backend" not in aborted.all
+
+
+def test_a_breakpoint_on_a_finished_run_is_refused(cli, pausing_agent):
+    run_id, _ = _pending_call(cli("run", str(pausing_agent), "order something").stdout)
+    assert cli("runs", "cancel", run_id).returncode == 0
+    refused = cli("runs", "break", run_id, "before_tool")
+    assert refused.returncode == 2, refused.all
+    assert refused.stderr.startswith(f"error: run {run_id} already finished (cancelled)")
+    assert "tether runs fork" in refused.stderr
+    assert "no breakpoints" in cli("runs", "break", run_id).stdout  # and none was added

@@ -71,6 +71,11 @@ class Store(Protocol):
 
     async def renew_lease(self, run_id: str, owner: str, ttl_s: float) -> bool: ...
 
+    async def take_over_lease(self, run_id: str, old_owner: str, owner: str, ttl_s: float) -> bool:
+        """Take the lease from `old_owner`, known to be gone, before it expires: only if it still
+        holds it (compare-and-set), so that of two processes racing to take over, one wins."""
+        ...
+
     async def release_lease(self, run_id: str, owner: str) -> None: ...
 
     async def decide(self, run_id: str, pause_id: str, decisions: Sequence[Record]) -> bool:

@@ -27,6 +27,24 @@ class RunInfo:
     output: str | None = None  # the final answer (or error), once finished
 
 
+def released_status(status: RunStatus) -> RunStatus:
+    """A run's status once its owner gives the lease back without pausing or finishing it (it was
+    interrupted): nothing advances it, so it waits, queued, for `resume`."""
+    return "queued" if status == "running" else status
+
+
+def shown_status(logged: RunStatus, row: RunStatus | None) -> RunStatus:
+    """The status every view of a run shows (show, list, the API), from its log and its row.
+
+    The log says whether a run is paused or over. Whether an active run is `running` (an actor
+    recorded progress since it started, was answered or taken over) or `queued` (waiting for
+    one: new, answered, or interrupted) only the row says; the fold of the log calls both running.
+    """
+    if logged in ("queued", "running") and row in ("queued", "running"):
+        return row
+    return logged
+
+
 def info_from_start(record: Record, now: float) -> RunInfo:
     p = record.payload
     assert isinstance(p, RunStarted), "a run begins with its run_started record"

@@ -288,10 +288,10 @@ class Executor:
             ctx = ToolContext(state.run_id, call.id, c.step, attempt)
             try:
                 if limit is None:
-                    value = await _with_timeout(tool.call(validated, ctx), policy.timeout_s)
+                    value = await self._call_tool(state, c, tool, validated, ctx, started)
                 else:
                     async with limit:
-                        value = await _with_timeout(tool.call(validated, ctx), policy.timeout_s)
+                        value = await self._call_tool(state, c, tool, validated, ctx, started)
             except TimeoutError:
                 if not tool.cancellable and not policy.idempotent:
                     # The call goes on in a thread we cannot stop: whether it takes effect is unknown.
@@ -315,6 +315,27 @@ class Executor:
                 continue
             self._tool_done(state, c, error=error, duration=time.perf_counter() - started)
             return self._stop(state, "on_error", c.step, call, args=args, error=error)
+
+    async def _call_tool(self, state: RunState, c: CallState, tool: Tool, validated: Any, ctx: ToolContext,
+                         started: float) -> Any:
+        """Call the tool (within its timeout). If this task is cancelled meanwhile (Ctrl-C, a shutdown)
+        while a tool that cannot be stopped runs (a sync function in a thread), the process waits for
+        that thread anyway: its result is then recorded before the cancellation goes on, so that a
+        resume does not ask whether a call that finished ran."""
+        call = asyncio.ensure_future(_with_timeout(tool.call(validated, ctx), tool.policy.timeout_s))
+        if tool.cancellable:
+            return await call
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            try:
+                value = await call
+            except BaseException:  # it failed, timed out or was stopped after all: nothing to keep
+                raise asyncio.CancelledError() from None
+            self._tool_done(state, c, result=_render(value, tool.policy.max_result_chars),
+                            duration=time.perf_counter() - started)
+            await self.store.sync()
+            raise
 
     def _tool_done(self, state: RunState, c: CallState, *, result: str | None = None,
                    error: str | None = None, duration: float = 0.0) -> PendingItem | None:

@@ -18,17 +18,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from typing import Any, TypeVar
 
 from tether.adapters.importing import import_attr
+from tether.adapters.process import start_ticks, this_host
 from tether.domain.agents import AgentSnapshot
 from tether.domain.breakpoints import Breakpoint, parse_breakpoint
 from tether.domain.errors import AlreadyResumed, ConfigError, RunNotFound, StoreConflict, TetherError
 from tether.domain.events import Event
 from tether.domain.fork import later_side_effects, reused_prefix
 from tether.domain.ids import new_id
+from tether.domain.leases import owner_is_gone, owner_of, owner_string
 from tether.domain.messages import Message
 from tether.domain.models import ModelResponse
 from tether.domain.protocols import Store
 from tether.domain.records import TERMINAL, Action, Decision, Record, RunStarted
-from tether.domain.runs import RunInfo
+from tether.domain.runs import RunInfo, shown_status
 from tether.domain.state import RunState, fold
 from tether.engine.executor import Executor
 from tether.services.agents import Agent, load_agent_file
@@ -43,7 +45,7 @@ LEASE_TTL_S = 30.0
 class RunsService:
     def __init__(self, store: Store, *, owner: str | None = None, lease_ttl_s: float = LEASE_TTL_S) -> None:
         self.store = store
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{new_id('w')[2:]}"
+        self.owner = owner or _owner_here()
         self.lease_ttl_s = lease_ttl_s
         self._agents: dict[str, Agent] = {}
         self._active: dict[str, Executor] = {}
@@ -142,6 +144,18 @@ class RunsService:
                 await self.store.release_lease(state.run_id, self.owner)
         return view_of(state, records)
 
+    async def _take_lease(self, run_id: str) -> bool:
+        """Take the run's lease: free, expired, ours already, or held by a process of this machine
+        that no longer exists (a killed `tether run`): that one is taken at once, not on expiry."""
+        if await self.store.acquire_lease(run_id, self.owner, self.lease_ttl_s):
+            return True
+        info = await self.store.get_run(run_id)
+        if info is None or info.lease_owner is None or not _gone(info.lease_owner):
+            return False
+        log.info("run %s: its lease owner %s is gone; taking the run over", run_id, info.lease_owner)
+        # Compare-and-set on the dead owner: of two processes taking over at once, one wins.
+        return await self.store.take_over_lease(run_id, info.lease_owner, self.owner, self.lease_ttl_s)
+
     async def _heartbeat(self, run_id: str, breakpoints: builtins.list[Breakpoint]) -> None:
         """Keep the lease, and pick up breakpoints another process set on this run meanwhile."""
         seen = [b.to_dict() for b in breakpoints]
@@ -163,7 +177,11 @@ class RunsService:
         records = await self.store.load(run_id)
         if not records:
             raise RunNotFound(f"no run {run_id!r}; `tether runs list` shows the runs there are")
-        return view_of(fold(run_id, records), records)
+        state = fold(run_id, records)
+        view = view_of(state, records)
+        info = await self.store.get_run(run_id)
+        view.status = shown_status(state.status, info.status if info is not None else None)  # as `list` says
+        return view
 
     async def list(self, *, limit: int = 50, status: str | None = None,
                    thread_id: str | None = None) -> builtins.list[RunInfo]:
@@ -192,7 +210,12 @@ class RunsService:
         if missing or extra:
             raise TetherError(f"pause {pause_id} of run {run_id} needs an answer for exactly these items: "
                               f"{sorted(items)} (missing {sorted(missing)}, unknown {sorted(extra)})")
-        agent = await self.agent_for(state.agent)  # type: ignore[arg-type]  # before deciding: fail, change nothing
+        # Before deciding (fail, change nothing): the agent and its model, unless the answer ends the
+        # run, which calls neither (so an abort works where the model cannot be reached).
+        agent = None
+        if not any(action == "abort" for action, _ in answers.values()):
+            agent = await self.agent_for(state.agent)  # type: ignore[arg-type]
+            _ = agent.model
         decisions = []
         for item_id, (action, payload) in answers.items():
             check_action(items[item_id], action, payload)
@@ -207,9 +230,11 @@ class RunsService:
             _emit(on_event, Event(run_id, "record", r))
         if not drive:
             return _queued(state, records)
-        if not await self.store.acquire_lease(run_id, self.owner, self.lease_ttl_s):
+        if not await self._take_lease(run_id):
             return await self.get(run_id)  # another worker picked it up already; it will advance it
-        return await self._drive(state, records, agent, on_event)  # an "abort" answer ends it there
+        if agent is None:
+            return await self._end(state, records, on_event=on_event)  # the "abort" answer ends it
+        return await self._drive(state, records, agent, on_event)
 
     async def submit_tool_outputs(self, run_id: str, outputs: dict[str, str], *, pause_id: str | None = None,
                                   **options: Any) -> RunView:
@@ -261,7 +286,7 @@ class RunsService:
             view = await self.get(run_id)
             assert view.pause_id is not None
             return await self.decide(run_id, view.pause_id, {i.id: ("abort", None) for i in view.pending}, by=by)
-        if not await self.store.acquire_lease(run_id, self.owner, self.lease_ttl_s):
+        if not await self._take_lease(run_id):
             # Another process advances it: ask, and its heartbeat cancels it at the next transition.
             # It ends at its next transition (a tool call in flight finishes first): like the Assistants
             # API's "cancelling", the run may still show as running when this returns.
@@ -270,19 +295,25 @@ class RunsService:
             while (view := await self.get(run_id)).status in ("queued", "running") and time.monotonic() < deadline:
                 await asyncio.sleep(min(0.2, self.lease_ttl_s / 10))
             return view
-        state = fold(run_id, await self.store.load(run_id))
-        return await self._abort(state, await self.agent_for(state.agent), f"cancelled by {by}")  # type: ignore[arg-type]
+        records = await self.store.load(run_id)
+        return await self._end(fold(run_id, records), records, reason=f"cancelled by {by}")
 
-    async def _abort(self, state: RunState, agent: Agent, reason: str) -> RunView:
-        executor = Executor(store=self.store, model=agent.model, tools=agent.tools)
-        executor.cancel(reason)
+    async def _end(self, state: RunState, records: builtins.list[Record], *, reason: str | None = None,
+                   on_event: Callable[[Event], None] | None = None) -> RunView:
+        """End a leased run as cancelled: cancelled for `reason`, or aborted by an answer in its log.
+
+        Ending a run calls no model and no tool, so it needs neither its agent nor a model backend:
+        a run can be cancelled from anywhere, even where its model cannot be reached."""
+        executor = Executor(store=self.store, model=_NOT_CALLED, tools={}, on_event=on_event, log=records)
+        if reason is not None:
+            executor.cancel(reason)
         self._active[state.run_id] = executor
         try:
             await executor.advance(state)
         finally:
             self._active.pop(state.run_id, None)
             await self.store.release_lease(state.run_id, self.owner)
-        return await self.get(state.run_id)
+        return view_of(state, records)
 
     async def resume(self, run_id: str, *, on_event: Callable[[Event], None] | None = None) -> RunView:
         """Take over a run whose owner is gone (its lease expired) and advance it from its log."""
@@ -293,10 +324,11 @@ class RunsService:
         assert state.agent is not None
         agent = await self.agent_for(state.agent)
         _ = agent.model  # a bad agent or model fails here, before the lease is taken
-        if not await self.store.acquire_lease(run_id, self.owner, self.lease_ttl_s):
+        if not await self._take_lease(run_id):
             info = await self.store.get_run(run_id)
-            raise TetherError(f"run {run_id} is leased by {info.lease_owner if info else '?'}; it can be "
-                              f"resumed once that lease expires{_lease_left(info)}")
+            holder = owner_of(info.lease_owner).name if info and info.lease_owner else "?"
+            raise TetherError(f"run {run_id} is leased by {holder}, a process that may still be advancing it; "
+                              f"it can be resumed once that lease expires{_lease_left(info)}")
         records = await self.store.load(run_id)  # again, under the lease: the log may have grown
         state = fold(run_id, records)
         if state.status != "running":
@@ -339,10 +371,14 @@ class RunsService:
         A running run in this process picks it up at its next stop; in another process, when it
         next resumes.
         """
+        state = fold(run_id, await self._records(run_id))
+        if state.status in TERMINAL:
+            raise TetherError(f"run {run_id} already finished ({state.status}), so a breakpoint on it could never "
+                              f"stop anything; fork it to run it again from a step with breakpoints: "
+                              f"`tether runs fork {run_id} STEP`, then `tether runs break NEW_RUN SPEC`")
         bps = await self._all_breakpoints(run_id)  # cleared ones too: a number is never used twice
         n = max([len(bps), *(int(b.id[3:]) for b in bps if b.id[3:].isdigit())]) + 1
         bp = spec if isinstance(spec, Breakpoint) else parse_breakpoint(spec, id=f"bp_{n}", once=once)
-        state = fold(run_id, await self._records(run_id))
         assert state.agent is not None
         warnings = breakpoint_warnings(bp, (await self.agent_for(state.agent)).model)  # fails before writing
         await self._set_breakpoints(run_id, [*bps, bp])
@@ -499,6 +535,21 @@ class RunsService:
         return agent
 
 
+class _NotCalled:
+    """The model of a run that is only being ended (cancelled or aborted): never called."""
+
+    ref = "none"
+
+    async def complete(self, request: Any, on_delta: Any = None) -> ModelResponse:
+        raise AssertionError("a run being ended calls no model")
+
+    def cost_usd(self, response: ModelResponse) -> float | None:
+        return None
+
+
+_NOT_CALLED = _NotCalled()
+
+
 def _emit(on_event: Callable[[Event], None] | None, event: Event) -> None:
     """Tell a listener; its failure is logged, never the run's (as in the executor)."""
     if on_event is not None:
@@ -520,6 +571,28 @@ def _parse_all(specs: Sequence[str | Breakpoint], start: int) -> list[Breakpoint
             for i, b in enumerate(specs)]
 
 
+def _owner_here() -> str:
+    """This process's lease owner string: readable, and precise enough to be known dead later."""
+    name = f"{socket.gethostname()}:{os.getpid()}:{new_id('w')[2:]}"
+    try:
+        ticks = start_ticks(os.getpid())
+    except PermissionError:
+        ticks = None
+    return owner_string(name, this_host(), os.getpid(), ticks)
+
+
+def _gone(lease_owner: str) -> bool:
+    """Whether the lease's owner is a process of this machine that no longer exists."""
+    owner = owner_of(lease_owner)
+    if owner.pid is None:
+        return False
+    try:
+        ticks = start_ticks(owner.pid)
+    except PermissionError:
+        return False  # it exists; whether it is the owner, we cannot tell
+    return owner_is_gone(owner, this_host(), ticks)
+
+
 def _lease_left(info: RunInfo | None) -> str:
     if info is None or info.lease_expires is None:
         return ""
@@ -529,11 +602,13 @@ def _lease_left(info: RunInfo | None) -> str:
 _default: RunsService | None = None
 
 
-def open_service(url: str | None = None) -> RunsService:
+def open_service(url: str | None = None, *, lease_ttl_s: float = LEASE_TTL_S) -> RunsService:
     """A service on the store at `url` (default: TETHER_DATABASE_URL, else the SQLite file in TETHER_HOME)."""
     from tether.adapters.store.sql import open_store
 
-    return RunsService(open_store(url))
+    if not lease_ttl_s > 0:  # also refuses NaN
+        raise ConfigError(f"--lease-ttl must be a positive number of seconds, not {lease_ttl_s}")
+    return RunsService(open_store(url), lease_ttl_s=lease_ttl_s)
 
 
 async def default_service() -> RunsService:

@@ -10,7 +10,7 @@ from typing import Any
 from tether.domain.errors import RunNotFound, StoreConflict
 from tether.domain.objects import StoredObject
 from tether.domain.records import ACTIVE, Record
-from tether.domain.runs import RunInfo, info_from_start, update_info
+from tether.domain.runs import RunInfo, info_from_start, released_status, update_info
 
 
 class MemoryStore:
@@ -72,6 +72,13 @@ class MemoryStore:
             return True
         return False
 
+    async def take_over_lease(self, run_id: str, old_owner: str, owner: str, ttl_s: float) -> bool:
+        info = self._runs[run_id]
+        if info.lease_owner != old_owner:
+            return False
+        info.lease_owner, info.lease_expires = owner, time.time() + ttl_s
+        return True
+
     async def renew_lease(self, run_id: str, owner: str, ttl_s: float) -> bool:
         info = self._runs[run_id]
         if info.lease_owner != owner:
@@ -83,6 +90,7 @@ class MemoryStore:
         info = self._runs[run_id]
         if info.lease_owner == owner:
             info.lease_owner, info.lease_expires = None, None
+            info.status = released_status(info.status)
 
     async def decide(self, run_id: str, pause_id: str, decisions: Sequence[Record]) -> bool:
         info = self._runs[run_id]

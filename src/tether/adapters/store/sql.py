@@ -833,6 +833,20 @@ class SqlStore:
 
         return await self._call(op)
 
+    async def take_over_lease(self, run_id: str, old_owner: str, owner: str, ttl_s: float) -> bool:
+        c = runs_table.c
+
+        def op(conn: sa.Connection) -> bool:
+            with self._tx(conn, write=True):
+                taken = conn.execute(
+                    runs_table.update()
+                    .where(c.id == run_id, c.lease_owner == old_owner)
+                    .values(lease_owner=owner, lease_expires=time.time() + ttl_s)
+                ).rowcount
+                return taken == 1
+
+        return await self._call(op)
+
     async def renew_lease(self, run_id: str, owner: str, ttl_s: float) -> bool:
         c = runs_table.c
 
@@ -855,7 +869,8 @@ class SqlStore:
                 released = conn.execute(
                     runs_table.update()
                     .where(c.id == run_id, c.lease_owner == owner)
-                    .values(lease_owner=None, lease_expires=None)
+                    .values(lease_owner=None, lease_expires=None, status=sa.case(
+                        (c.status == "running", "queued"), else_=c.status))  # see released_status
                 ).rowcount
                 if released != 1:
                     _missing(conn, run_id)

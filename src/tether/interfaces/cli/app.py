@@ -96,12 +96,28 @@ class UsageMistake(TetherError):
     """A mistake in how the command was called (shown as `error: …`, exit 2)."""
 
 
+LeaseTtl = Annotated[float, typer.Option(
+    "--lease-ttl", metavar="SECONDS",
+    help="Seconds this command's lease on the run lasts unrenewed: how soon another process may take the "
+         "run over if this one hangs or dies elsewhere (on this machine, a dead process's runs are taken "
+         "over at once).")]
+_lease_ttl_s = 30.0  # set by the command that runs (one a process), from its --lease-ttl
+
+
+def _use_lease_ttl(seconds: float) -> None:
+    """Check a --lease-ttl and use it for the runs service this command opens."""
+    global _lease_ttl_s
+    if not seconds > 0:  # also refuses NaN
+        raise UsageMistake(f"--lease-ttl must be a positive number of seconds, not {seconds:g}")
+    _lease_ttl_s = seconds
+
+
 def _service_call(fn: Callable[[RunsService], Awaitable[T]]) -> T:
     """Open the default runs service, run `fn` with it on an event loop, and close the store."""
     from tether.services.runs import open_service, run_blocking
 
     async def go() -> T:
-        service = open_service()
+        service = open_service(lease_ttl_s=_lease_ttl_s)
         try:
             return await fn(service)
         finally:
@@ -185,10 +201,26 @@ def _live_run(start: Callable[[RunsService, Callable[[Any], None]], Awaitable[Ru
             return _service_call(go)
     except KeyboardInterrupt:
         if printer.run_id:
-            err_console.print(f"interrupted. Run {printer.run_id} is kept; continue it with "
-                              f"`{cmd(f'runs resume {printer.run_id}')}` (once its lease expires, if it was not "
-                              f"released), or cancel it with `{cmd('runs cancel')}`.", soft_wrap=True)
+            _say_interrupted(printer.run_id)
         raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _say_interrupted(run_id: str) -> None:
+    """After Ctrl-C: where the run stands now, and whether and how it goes on."""
+    try:
+        view = _service_call(lambda service: service.get(run_id))
+    except (KeyboardInterrupt, TetherError):  # a second Ctrl-C, or the store is gone: say what we know
+        err_console.print(f"interrupted. Run {run_id} is kept: `{cmd(f'runs show {run_id}')}` says where it "
+                          "stands.", soft_wrap=True)
+        return
+    if view.status == "paused":
+        what = "is paused and waits for an answer: " + "; ".join(how_to_answer(run_id, view.pending))
+    elif view.status in TERMINAL:
+        what = f"had already ended ({view.status}): there is nothing to resume"
+    else:  # this process no longer advances it, and its lease is free once this process exits
+        what = (f"is stopped ({view.status}: nothing advances it). Continue it with "
+                f"`{cmd(f'runs resume {run_id}')}`, or cancel it with `{cmd(f'runs cancel {run_id}')}`")
+    err_console.print(f"interrupted. Run {run_id} {what}.", soft_wrap=True)
 
 
 DEBUGGABLE = frozenset({"breakpoint", "approval", "budget"})  # pauses the debugger opens on by itself
@@ -221,9 +253,7 @@ def _debug(view: RunView, agent: Agent | None = None) -> RunView:
     try:
         return _service_call(go)
     except KeyboardInterrupt:
-        err_console.print(f"interrupted. Run {view.id} is kept; look at it with `{cmd(f'runs show {view.id}')}`, "
-                          f"debug it again with `{cmd(f'debug {view.id}')}` once it is paused, or continue it "
-                          f"with `{cmd('runs resume')}` once its lease expires.", soft_wrap=True)
+        _say_interrupted(view.id)
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
@@ -268,6 +298,7 @@ def run_cmd(
              "'after_model if run.cost_usd > 0.1'. Repeatable.")] = None,
     no_debug: Annotated[bool, typer.Option("--no-debug", help="When the run pauses, don't open the debugger: "
                                                               "exit 3 and leave it paused.")] = False,
+    lease_ttl: LeaseTtl = 30.0,
 ) -> None:
     """Run an agent on a task, showing each step as it happens.
 
@@ -278,6 +309,7 @@ def run_cmd(
 
     Example: `tether run agent.toml "What do tulips cost?" --model openai:gpt-4o-mini --break after_tool`
     """
+    _use_lease_ttl(lease_ttl)
     agent = _load_agent(agent_file, model)
     specs = _check_breaks(breaks, agent)
     view = _live_run(lambda service, on_event: service.start(agent, task, breakpoints=specs, on_event=on_event),
@@ -299,6 +331,7 @@ def demo_cmd(
         help="Pause at this breakpoint and open the debugger, e.g. before_tool:calculator. Repeatable.")] = None,
     no_debug: Annotated[bool, typer.Option("--no-debug", help="When the run pauses, don't open the debugger: "
                                                               "exit 3 and leave it paused.")] = False,
+    lease_ttl: LeaseTtl = 30.0,
 ) -> None:
     """Run the florist example offline: a price lookup tool, the calculator, and an answer.
 
@@ -309,6 +342,7 @@ def demo_cmd(
     results it gets, so every step is real Tether machinery: the run is recorded and can be shown,
     replayed and exported like any other.
     """
+    _use_lease_ttl(lease_ttl)
     import tether.examples.florist as florist
 
     specs = _check_breaks(breaks, _load_agent(florist.AGENT_FILE, None))
@@ -343,7 +377,8 @@ def demo_cmd(
 
 
 @app.command("debug")
-def debug_cmd(run_id: Annotated[str, typer.Argument(help="The paused run (run_…).", show_default=False)]) -> None:
+def debug_cmd(run_id: Annotated[str, typer.Argument(help="The paused run (run_…).", show_default=False)],
+              lease_ttl: LeaseTtl = 30.0) -> None:
     """Attach the debugger to a paused run, from any process (`help` at its prompt lists the commands).
 
     Without a terminal, commands are read from stdin: `printf 'p\\nc\\n' | tether debug RUN_ID`.
@@ -351,6 +386,7 @@ def debug_cmd(run_id: Annotated[str, typer.Argument(help="The paused run (run_�
     paused (`detach`, or end of input). A run that already finished is only described (exit 0 or 1 by
     its status); one that is running or queued elsewhere cannot be attached to (exit 2).
     """
+    _use_lease_ttl(lease_ttl)
     view = _service_call(lambda service: service.get(run_id))
     if view.status in TERMINAL:
         console.print(Text.assemble(("run ", ""), (view.id, "bold"), (" already finished: ", ""),
@@ -417,20 +453,37 @@ def show_cmd(
 
 
 @runs_app.command("cancel")
-def cancel_cmd(run_id: Annotated[str, typer.Argument(help="The run to cancel.", show_default=False)]) -> None:
-    """Cancel a run that is queued, running or paused (pending tool calls get a "cancelled" result)."""
+def cancel_cmd(run_id: Annotated[str, typer.Argument(help="The run to cancel.", show_default=False)],
+               lease_ttl: LeaseTtl = 30.0) -> None:
+    """Cancel a run that is queued, running or paused (pending tool calls get a "cancelled" result).
+
+    Needs no model backend. Exits 0 once the run is cancelled; 1 when it is not (yet): another process
+    advancing it was asked to stop it at its next step, or it ended otherwise first."""
+    _use_lease_ttl(lease_ttl)
     view = _service_call(lambda service: service.cancel(run_id, by="cli"))
     console.print(Text.assemble(("run ", ""), (view.id, "bold"), (" is ", ""),
                                 (view.status, STATUS_STYLE.get(view.status, ""))))
-    raise typer.Exit(EXIT_OK if view.status == "cancelled" else _exit_code(view))
+    if view.status == "cancelled":
+        raise typer.Exit(EXIT_OK)
+    # Not cancelled (yet): never exit 0 for a cancel that did not happen.
+    if view.status in ACTIVE:
+        err_console.print(f"run {run_id} is not cancelled yet: another process is advancing it and was asked to "
+                          f"cancel it at its next step; `{cmd(f'runs show {run_id}')}` tells when it has.",
+                          soft_wrap=True)
+    else:
+        err_console.print(f"run {run_id} ended {view.status} before the cancel took effect.", soft_wrap=True)
+    raise typer.Exit(EXIT_FAILED)
 
 
 @runs_app.command("resume")
-def resume_cmd(run_id: Annotated[str, typer.Argument(help="The run to resume.", show_default=False)]) -> None:
-    """Resume a run whose owner is gone (its lease expired, e.g. after a crash) from its log.
+def resume_cmd(run_id: Annotated[str, typer.Argument(help="The run to resume.", show_default=False)],
+               lease_ttl: LeaseTtl = 30.0) -> None:
+    """Resume a run whose owner is gone from its log: at once when the owner was a process of this
+    machine that no longer exists (a killed `tether run`), else once its lease expires.
 
     Completed tool calls are never run again; a call that was started but not known to have finished
     pauses the run as **uncertain** (answer it with `tether runs answer`)."""
+    _use_lease_ttl(lease_ttl)
     async def resume(service: RunsService, on_event: Callable[[Any], None]) -> RunView:
         before = await service.get(run_id)
         if before.status in TERMINAL:
@@ -456,11 +509,13 @@ def answer_cmd(
     abort: Annotated[bool, typer.Option("--abort", help="Abort the run (it ends cancelled).")] = False,
     go_on: Annotated[bool, typer.Option("--continue", help="Go on (for breakpoint, approval and budget "
                                                            "pauses).")] = False,
+    lease_ttl: LeaseTtl = 30.0,
 ) -> None:
     """Answer a paused run's pending item, then continue the run with a live view.
 
     For an **uncertain** call (started before a crash, not known to have finished): --rerun, --supply
     TEXT or --abort. For a client tool: --supply OUTPUT."""
+    _use_lease_ttl(lease_ttl)
     chosen = [name for name, on in (("rerun", rerun), ("supply", supply is not None), ("abort", abort),
                                     ("continue", go_on)) if on]
     if len(chosen) != 1:
@@ -520,11 +575,13 @@ def fork_cmd(
              "model step.")] = None,
     no_debug: Annotated[bool, typer.Option("--no-debug", help="When the fork pauses, don't open the debugger."
                                            )] = False,
+    lease_ttl: LeaseTtl = 30.0,
 ) -> None:
     """A new run that reuses the steps before STEP from RUN_ID's log (no model or tool call is made for
     them), applies the edits at STEP and goes on live.
 
     Example: `tether runs fork run_… 4 --edit '{"result": "9.99"}'`"""
+    _use_lease_ttl(lease_ttl)
     edits = None
     if edit is not None:
         try:
@@ -551,9 +608,11 @@ def replay_cmd(
     run_id: Annotated[str, typer.Argument(help="The run to replay.", show_default=False)],
     full: Annotated[bool, typer.Option("--full", help="Serve tool results from the log too (nothing is "
                                                       "called for real).")] = False,
+    lease_ttl: LeaseTtl = 30.0,
 ) -> None:
     """Run a recorded run again as a new run, from its recorded model responses (tools run live,
     unless --full). A request that differs from the recording fails with "diverged at step N"."""
+    _use_lease_ttl(lease_ttl)
     view = _service_call(lambda service: service.replay(run_id, full=full))
     console.print(Text.assemble(("replayed ", ""), (run_id, "bold"), (" as ", ""), (view.id, "bold"),
                                 (" (full)" if full else " (model replay, tools live)", "dim")))
