@@ -307,7 +307,7 @@ def test_ctrl_c_during_a_sync_tool_keeps_its_result_and_says_how_to_resume(cli, 
     assert proc.returncode == 130, err
     run_id = re.search(r"run_[0-9a-f]+", err).group(0)  # type: ignore[union-attr]
     assert "Traceback" not in err
-    assert f"is stopped (queued: nothing advances it). Continue it with `tether runs resume {run_id}`" in err
+    assert f"is stopped (queued: nothing advances it). Continue it with `{cli.prefix} runs resume {run_id}`" in err
 
     assert _status_everywhere(cli, run_id) == {"queued"}  # one status, whichever view asks
     assert "wait_here({}) → waited" in cli("runs", "show", run_id).stdout  # the result that arrived is kept
@@ -374,5 +374,5 @@ def test_a_breakpoint_on_a_finished_run_is_refused(cli, pausing_agent):
     refused = cli("runs", "break", run_id, "before_tool")
     assert refused.returncode == 2, refused.all
     assert refused.stderr.startswith(f"error: run {run_id} already finished (cancelled)")
-    assert "tether runs fork" in refused.stderr
+    assert f"{cli.prefix} runs fork" in refused.stderr
     assert "no breakpoints" in cli("runs", "break", run_id).stdout  # and none was added
