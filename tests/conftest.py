@@ -9,6 +9,13 @@ from pathlib import Path
 
 import pytest
 
+# Where the environment sets PYTHONDONTWRITEBYTECODE (this kind of machine does), every CLI and
+# server subprocess of the suite would compile Tether's source again: ~0.3 s of CPU each, a minute
+# or more over the suite on a loaded machine. Let them cache it (the packages are compiled when
+# uv installs them: [tool.uv] compile-bytecode).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
+
 
 @pytest.fixture
 def anyio_backend() -> str:
