@@ -183,7 +183,7 @@ async def test_streamable_http_results_errors_and_hangs(http_url):
         started = time.monotonic()
         with pytest.raises(ToolError, match=r"MCP server 'web' did not answer hang within 1 s"):
             await by_name["web__hang"].call({}, CTX)
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 30  # bounded by the 1 s timeout (the tool hangs forever)
         # a new session serves the next call
         assert await by_name["web__add"].call({"a": 1, "b": 1}, CTX) == "2"
         assert servers[0].sessions_started == 2
