@@ -143,3 +143,17 @@ def test_a_bad_lease_ttl_is_a_usage_mistake(cli, value):
     assert proc.returncode == 2, proc.all
     assert proc.stderr.startswith("error: --lease-ttl must be a positive number of seconds")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@linux
+@pytest.mark.anyio
+async def test_a_server_started_again_finds_the_runs_its_dead_self_left_at_once(tmp_path):
+    """What a server's recovery asks at start: runs whose lease has not expired, but whose owner is gone."""
+    alive, live_id = await _run_leased_by(tmp_path, _me())
+    assert live_id not in await alive.orphaned_runs()  # its owner (this process) is alive: not orphaned
+    other, run_id = await _run_leased_by(tmp_path, _me(start_ticks=start_ticks(os.getpid()) + 1))
+    assert run_id in await other.orphaned_runs()  # the pid names another process now: the owner is gone
+    assert run_id not in await other.orphaned_runs(dead_owners=False)  # its lease itself has not expired
+    other.register(Agent("quick", ScriptedModel([reply("done")]), ref="test_lease:agent"))  # a fresh script
+    assert [v.id for v in await other.resume_expired()] == [run_id]
+    assert (await other.get(run_id)).status == "completed"

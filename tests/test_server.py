@@ -459,9 +459,8 @@ def test_sigkill_mid_model_call_then_restart_finishes_every_run(fake, script, tm
     markers = {tag: script.add(slow_after_tool(tag), tag) for tag in tags}
     waiting_marker = script.add(weather, "wait")
 
-    def srv() -> TetherServer:
-        return TetherServer(model_base_url=fake.base_url, api_keys=[KEY], home=tmp_path,
-                            extra_args=["--lease-ttl", "3"])
+    def srv() -> TetherServer:  # default 30 s leases: the dead server's runs are taken back before they expire
+        return TetherServer(model_base_url=fake.base_url, api_keys=[KEY], home=tmp_path)
 
     first = srv().start()
     try:

@@ -336,9 +336,20 @@ class RunsService:
             return view_of(state, records)
         return await self._drive(state, records, agent, on_event)
 
+    async def orphaned_runs(self, *, dead_owners: bool = True) -> builtins.list[str]:
+        """Active runs that nothing advances: their lease expired (or was never taken), or, with
+        `dead_owners`, its owner is a process of this machine that no longer exists (a server killed
+        and started again takes its runs back at once, not when their leases expire)."""
+        ids = await self.store.expired_runs()
+        if dead_owners:
+            for status in ("queued", "running"):
+                active = await self.store.list_runs(limit=100_000, status=status)
+                ids += [r.id for r in active if r.id not in ids and r.lease_owner and _gone(r.lease_owner)]
+        return ids
+
     async def resume_expired(self) -> builtins.list[RunView]:
         out = []
-        for run_id in await self.store.expired_runs():
+        for run_id in await self.orphaned_runs():
             try:
                 out.append(await self.resume(run_id))
             except TetherError:

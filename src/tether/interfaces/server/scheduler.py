@@ -85,11 +85,14 @@ class Scheduler:
         self._recovery = asyncio.create_task(self._recover(), name="recover expired runs")
 
     async def _recover(self) -> None:
-        """Advance runs whose owner died (their lease expired): at start, then now and then."""
+        """Advance runs whose owner died: at start (also those of a dead process of this machine,
+        such as this server killed and started again), then now and then (expired leases)."""
+        first = True
         while not self.closing:
             try:
-                for run_id in await self.service.store.expired_runs():
+                for run_id in await self.service.orphaned_runs(dead_owners=first):
                     self.submit(run_id)
+                first = False
             except Exception:
                 log.exception("looking for runs to recover failed")
             await asyncio.sleep(self._recover_every_s)
