@@ -93,6 +93,14 @@ def test_the_documented_configuration_loads(tmp_path, monkeypatch):
                                                       "output_bytes": (65536, 65536), "wall_s": (15, 60)}
 
 
+def test_relative_paths_are_relative_to_the_file(tmp_path, monkeypatch):
+    monkeypatch.chdir("/")
+    config = load_operator_config(write(tmp_path, '[tools.python]\nwork_root = "work"'))
+    assert config.tools["python"].options["work_root"] == str(tmp_path / "work")
+    config = load_operator_config(write(tmp_path, '[tools.python]\nwork_root = "/srv/work"'))
+    assert config.tools["python"].options["work_root"] == "/srv/work"
+
+
 def test_api_keys_from_a_file_of_keys(tmp_path, monkeypatch):
     (tmp_path / "keys").write_text("# tenants\nsk-one\n\n  sk-two  \n")
     monkeypatch.setenv("TETHER_API_KEYS", "ignored-when-the-file-sets-keys")

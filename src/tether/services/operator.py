@@ -222,7 +222,8 @@ def _parse(data: dict[str, Any], path: Path) -> OperatorConfig:
         for c in mcp_servers.values():
             c.expanded_env()  # an unset ${VARIABLE} is found now, not at the first call
             c.expanded_headers()
-    config = OperatorConfig(server, database_url, backend, mcp_servers, _grants(_table(data, "tools")), path)
+    grants = _grants(_table(data, "tools"), path.parent)
+    config = OperatorConfig(server, database_url, backend, mcp_servers, grants, path)
     if "mcp_config" in data:
         json_path = Path(expand(_typed(data["mcp_config"], str, "mcp_config"), "mcp_config"))
         config = config.with_mcp_json(json_path if json_path.is_absolute() else path.parent / json_path)
@@ -230,7 +231,8 @@ def _parse(data: dict[str, Any], path: Path) -> OperatorConfig:
     return config
 
 
-def _grants(tables: dict[str, Any]) -> dict[str, ToolGrant]:
+def _grants(tables: dict[str, Any], base: Path) -> dict[str, ToolGrant]:
+    """`[tools.NAME]` tables; a relative `work_root` is relative to the file, like `mcp_config`."""
     grants = {}
     for name, table in tables.items():
         where = f"[tools.{name}]"
@@ -246,7 +248,8 @@ def _grants(tables: dict[str, Any]) -> dict[str, ToolGrant]:
                                            or not all(isinstance(o, str) for o in client_options)):
             raise ConfigError(f"{where} client_options must be a list of option names, e.g. [\"cpu_s\"]")
         if "work_root" in options:
-            options["work_root"] = expand(_typed(options["work_root"], str, f"{where} work_root"), f"{where} work_root")
+            root = Path(expand(_typed(options["work_root"], str, f"{where} work_root"), f"{where} work_root"))
+            options["work_root"] = str(base.absolute() / root)  # an absolute root stays as it is
         grants[name] = ToolGrant(enabled, options, caps,
                                  None if client_options is None else frozenset(client_options))
     return grants
