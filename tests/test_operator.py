@@ -150,7 +150,7 @@ def test_a_wrong_file_is_an_error_that_names_what_is_wrong(tmp_path, text, messa
 
 def test_config_show_prints_the_effective_configuration_without_a_secret(cli, tmp_path):
     secrets = {"KEY_A": "sk-a-very-secret-1", "PGPW": "pg-very-secret-2", "OAK": "sk-model-secret-3",
-               "MCPTOKEN": "mcp-very-secret-4"}
+               "MCPTOKEN": "mcp-very-secret-4", "FNCODE": "azure-fn-secret-8"}
     path = write(tmp_path, """
         [server]
         port = 9001
@@ -158,21 +158,25 @@ def test_config_show_prints_the_effective_configuration_without_a_secret(cli, tm
         [store]
         url = "postgresql+psycopg://tether:${PGPW}@db/tether"
         [models]
-        base_url = "http://user:pw-secret-6@127.0.0.1:11434/v1"
+        base_url = "http://user:pw-secret-6@127.0.0.1:11434/v1?api_version=1&code=${FNCODE}"
         api_key = "${OAK}"
         [mcp_servers.time]
         command = "uvx"
         env = { TOKEN = "${MCPTOKEN}", PLAIN = "literal-secret-7" }
+        [mcp_servers.remote]
+        url = "https://u:mcp-pw-secret-9@mcp.example/mcp?access_token=mcp-query-secret-10"
         [tools.python]
         work_root = "/srv/tether/work"
         caps = { memory_mb = 512 }
     """)
     out = cli("config", "show", "--config", str(path), extra_env=secrets)
     assert out.returncode == 0, out.all
-    for secret in [*secrets.values(), "sk-literal-secret-5", "pw-secret-6", "literal-secret-7"]:
+    for secret in [*secrets.values(), "sk-literal-secret-5", "pw-secret-6", "literal-secret-7", "mcp-pw-secret-9",
+                   "mcp-query-secret-10"]:
         assert secret not in out.all
     for shown in ("port = 9001", "api_keys = [\"***\", \"***\"]", "tether:***@db/tether", 'api_key = "***"',
-                  'work_root = "/srv/tether/work"', "memory_mb = 512", "[mcp_servers.time]", 'TOKEN = "***"'):
+                  'work_root = "/srv/tether/work"', "memory_mb = 512", "[mcp_servers.time]", 'TOKEN = "***"',
+                  "api_version=1&code=***"):
         assert shown in out.stdout, (shown, out.stdout)
 
 
@@ -185,6 +189,13 @@ def test_config_and_serve_refuse_a_bad_file_with_one_line_and_exit_2(cli, tmp_pa
         assert out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "unknown key 'prot' in [server]" in cli("serve", "--config", str(path)).stderr
     assert "not found" in cli("serve", "--config", str(tmp_path / "missing.toml")).stderr
+
+
+def test_a_reference_is_shown_as_written_never_its_value(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOK", "value-never-shown")
+    config = load_operator_config(write(tmp_path, '[models]\nbase_url = "http://h:1/v1?deployment=${TOK}"'))
+    assert config.models.base_url == "http://h:1/v1?deployment=value-never-shown"
+    assert "deployment=${TOK}" in config.redacted_toml() and "value-never-shown" not in config.redacted_toml()
 
 
 def test_redact_url_hides_only_the_password():

@@ -39,10 +39,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from tether.adapters.models.refs import ModelBackend
 from tether.domain.errors import ConfigError
+from tether.domain.redact import redact_url
 from tether.services.server_tools import ServerTools, ToolGrant
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -94,6 +94,12 @@ class OperatorConfig:
     mcp_servers: Mapping[str, Any] = field(default_factory=dict)  # name -> McpServerConfig
     tools: Mapping[str, ToolGrant] = field(default_factory=dict)
     source: Path | None = None  # the file it was read from
+    written: Mapping[str, str] = field(default_factory=dict)  # "models.base_url" -> as written, ${VAR}s kept
+
+    def shown_url(self, key: str, value: str) -> str:
+        """A URL fit to print: as the file wrote it (its ${VAR} references, never their values), else
+        `value` with its password and secret-looking query values hidden."""
+        return redact_url(self.written.get(key, value))
 
     @property
     def api_keys(self) -> list[str]:
@@ -134,8 +140,10 @@ class OperatorConfig:
                      + ("; none: the server binds loopback only" if not keys else ""))
         database = self.database_url or os.environ.get("TETHER_DATABASE_URL") or None
         backend = self.models.resolved()
-        lines += ["", "[store]", _line("url", database and redact_url(database), "the SQLite file in TETHER_HOME"),
-                  "", "[models]", _line("base_url", backend.base_url and redact_url(backend.base_url),
+        lines += ["", "[store]", _line("url", database and self.shown_url("store.url", database),
+                                       "the SQLite file in TETHER_HOME"),
+                  "", "[models]", _line("base_url", backend.base_url and self.shown_url("models.base_url",
+                                                                                      backend.base_url),
                                         "none: only openai:NAME models, with a key"),
                   _line("api_key", backend.api_key and "***", "none")]
         for name, server in sorted(self.mcp_servers.items()):
@@ -204,10 +212,12 @@ def _parse(data: dict[str, Any], path: Path) -> OperatorConfig:
 
     store = _table(data, "store")
     _only(store, {"url"}, "[store]")
+    written = {f"store.{k}": v for k, v in store.items() if isinstance(v, str)}
     database_url = expand(_typed(store["url"], str, "[store] url"), "[store] url") if "url" in store else None
 
     models = _table(data, "models")
     _only(models, {"base_url", "api_key"}, "[models]")
+    written.update({f"models.{k}": v for k, v in models.items() if isinstance(v, str)})
     backend = ModelBackend(*(expand(_typed(models[k], str, f"[models] {k}"), f"[models] {k}") if k in models else None
                              for k in ("base_url", "api_key")))
     if backend.base_url is not None and not re.match(r"https?://", backend.base_url):
@@ -223,7 +233,7 @@ def _parse(data: dict[str, Any], path: Path) -> OperatorConfig:
             c.expanded_env()  # an unset ${VARIABLE} is found now, not at the first call
             c.expanded_headers()
     grants = _grants(_table(data, "tools"), path.parent)
-    config = OperatorConfig(server, database_url, backend, mcp_servers, grants, path)
+    config = OperatorConfig(server, database_url, backend, mcp_servers, grants, path, written)
     if "mcp_config" in data:
         json_path = Path(expand(_typed(data["mcp_config"], str, "mcp_config"), "mcp_config"))
         config = config.with_mcp_json(json_path if json_path.is_absolute() else path.parent / json_path)
@@ -291,28 +301,6 @@ def expand(value: str, where: str, environ: Mapping[str, str] | None = None) -> 
         return env[m.group(1)]
 
     return _VAR.sub(sub, value)
-
-
-_SECRET_PARAM = re.compile(r"pass|pwd|secret|token|key|sig|auth", re.IGNORECASE)
-
-
-def redact_url(url: str) -> str:
-    """`url` fit for a log: its password and secret-looking query values replaced by `***`."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "(a URL that could not be parsed, not shown)"
-    out = url  # edited in place: unsplitting would turn sqlite:////abs/path into sqlite://abs/path
-    if "@" in parts.netloc:
-        userinfo, _, where = parts.netloc.rpartition("@")
-        user, colon, _ = userinfo.partition(":")
-        out = out.replace(parts.netloc, f"{user}:***@{where}" if colon else f"***@{where}", 1)  # a lone
-        # userinfo may be a token
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    if any(_SECRET_PARAM.search(k) for k, _ in query):
-        hidden = urlencode([(k, "***" if _SECRET_PARAM.search(k) else v) for k, v in query], safe="*")
-        out = out.replace("?" + parts.query, "?" + hidden, 1)
-    return out
 
 
 def _table(data: dict[str, Any], name: str) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from tether.domain.errors import ConfigError
+from tether.domain.redact import redact_url
 from tether.domain.tools import ToolContext, ToolError, ToolPolicy
 
 logger = logging.getLogger("tether.mcp")
@@ -128,7 +129,8 @@ class McpServerConfig:
     def redacted(self) -> McpServerConfig:
         """This configuration with every `env`/`headers` value and any URL password as `***`."""
         return replace(self, env={k: "***" for k in self.env}, headers={k: "***" for k in self.headers},
-                       url=None if self.url is None else _redact_url(self.url), args=list(self.args))
+                       url=None if self.url is None else redact_url(self.url, keep_user=False),
+                       args=list(self.args))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able, without defaults; record `redacted().to_dict()`, never this one's own."""
@@ -249,10 +251,6 @@ def _check_prefixes(configs: Sequence[McpServerConfig]) -> None:
             raise ConfigError(f"MCP servers {seen[prefix]!r} and {c.name!r} would give their tools the same "
                               f"prefix {prefix + '__'!r}; rename one of them")
         seen[prefix] = c.name
-
-
-def _redact_url(url: str) -> str:
-    return re.sub(r"^(https?://)[^/@]*@", r"\1***@", url)
 
 
 # -- names --------------------------------------------------------------------------------------
@@ -673,7 +671,7 @@ def _describe(e: BaseException, config: McpServerConfig | None = None) -> str:
         return f"{e.message} (MCP error {code})"
     name = type(e).__name__
     if name == "ConnectError" and config is not None and config.url:
-        return f"cannot connect to {_redact_url(config.url)} ({e})"
+        return f"cannot connect to {redact_url(config.url, keep_user=False)} ({e})"
     text = str(e)
     return f"{name}: {text}" if text else name
 

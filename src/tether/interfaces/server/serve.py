@@ -11,7 +11,7 @@ from tether.domain.errors import ConfigError
 from tether.interfaces.server.assistants import ServerConfig
 from tether.interfaces.server.guard import allowed_host, is_loopback
 from tether.interfaces.server.protocol import ConnectionLimits, protocol_class
-from tether.services.operator import OperatorConfig, redact_url
+from tether.services.operator import OperatorConfig
 
 log = logging.getLogger("tether.server")
 
@@ -71,7 +71,7 @@ def summary(operator: OperatorConfig, database_url: str, config: ServerConfig, l
     address = f"[{host}]" if ":" in host else host
     backend = operator.models.resolved()
     if backend.base_url:
-        model_line = f"bare model names go to {redact_url(backend.base_url)}"
+        model_line = f"bare model names go to {operator.shown_url('models.base_url', backend.base_url)}"
     elif backend.api_key:
         model_line = "bare model names go to OpenAI's API (a key is set, no base URL)"
     else:
@@ -84,7 +84,7 @@ def summary(operator: OperatorConfig, database_url: str, config: ServerConfig, l
     return [
         f"Tether serves the Assistants API at http://{address}:{port}/v1 (debug API under /v1/tether)",
         *([f"  configuration: {operator.source}"] if operator.source else []),
-        f"  database: {redact_url(database_url)}",
+        f"  database: {operator.shown_url('store.url', database_url)}",
         f"  models: {model_line}",
         f"  keys: {keys_line}",
         f"  server-side tools: {', '.join(offered) or 'none'}; MCP servers: "
