@@ -131,6 +131,13 @@ def test_without_a_file_the_environment_gives_the_defaults(monkeypatch):
     ("[tools.python]\nmemory_mb = 300\ncaps = { memory_mb = 200 }", "caps.memory_mb = 200 is below the value"),
     ("[tools.python]\nbackend = 'docker'", "backend is \"subprocess\" or \"monty\""),
     ("[tools.python]\nmemory_mb = 8", "memory_mb must be at least 32"),
+    ("[tools.python]\ncaps = { memory_mb = nan }", "caps.memory_mb: expected an integer, got nan"),
+    ("[tools.python]\ncaps = { wall_s = inf }", "caps.wall_s: expected a positive number, got inf"),
+    ("[tools.python]\ncaps = { cpu_s = nan }", "caps.cpu_s: expected a positive number, got nan"),
+    ("[tools.python]\nmax_files = 1.5", "max_files: expected an integer, got 1.5"),
+    ("[tools.python]\nmemory_mb = 1e400", "memory_mb: expected an integer, got inf"),
+    ("[tools.python]\nmemory_mb = 'big'", "memory_mb: expected an integer, got 'big'"),
+    ("[tools.python]\nmemory_mb = true", "memory_mb: expected an integer, got True"),
     ("[tools.calculator]\nprecision = 3", "unknown option 'precision'; the calculator tool takes no options"),
     ("[server]\nport = 'eighty'", "[server] port must be an integer"),
     ("[server]\nport = 70000", "[server] port must be between 0 and 65535"),
@@ -230,7 +237,7 @@ def test_every_limit_a_client_may_lower_but_never_raise_past_the_cap(limit):
     assert getattr(tools.builtin("python", {limit: lower}, "p").limits, limit) == lower
     # without a cap, the operator's value is the most a client can ask for
     assert "above this server's cap" in str(refused(ServerTools(), "python", {limit: kind(default + 1)}))
-    for wrong in (True, "10", None, [1], -1, 0):
+    for wrong in (True, "10", None, [1], -1, 0, float("nan"), float("inf"), -0.0):
         assert refused(tools, "python", {limit: wrong}).param == f"tether_tools[0].options.{limit}"
 
 

@@ -10,6 +10,7 @@ path, a backend or a raised limit can never come from a request: anything else i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,13 +108,10 @@ class ServerTools:
             if key not in allowed:
                 raise InvalidRequest(f"Invalid value for '{where}': this server does not let a request set the "
                                      f"{name} tool's {key!r}; {_settable(allowed)}.", where)
-            kind = types[key][0]
-            if isinstance(value, bool) or not isinstance(value, int if kind is int else int | float):
-                expected = "an integer" if kind is int else "a number"
-                raise InvalidRequest(f"Invalid value for '{where}': expected {expected}, got {_shown(value)}.", where)
+            problem = _limit_problem(value, types[key][0])
+            if problem:
+                raise InvalidRequest(f"Invalid value for '{where}': {problem}.", where)
             cap = allowed[key][1]
-            if not value > 0:
-                raise InvalidRequest(f"Invalid value for '{where}': {value} is not positive.", where)
             if value > cap:
                 raise InvalidRequest(f"Invalid value for '{where}': {value} is above this server's cap of "
                                      f"{_num(cap)}.", where)
@@ -135,9 +133,12 @@ def _check_grant(name: str, spec: BuiltinSpec, grant: ToolGrant) -> None:
             raise ConfigError(f"{where} {label}: {', '.join(map(repr, not_limits))} "
                               f"{'is' if len(not_limits) == 1 else 'are'} not a limit of the {name} tool; its limits "
                               f"are {', '.join(sorted(types)) or 'none'}")
+    for key, value in [*grant.options.items(), *(("caps." + k, v) for k, v in grant.caps.items())]:
+        kind = types.get(key.removeprefix("caps."))
+        problem = kind and _limit_problem(value, kind[0])
+        if problem:
+            raise ConfigError(f"{where} {key}: {problem}")
     for key, cap in grant.caps.items():
-        if isinstance(cap, bool) or not isinstance(cap, int | float) or cap <= 0:
-            raise ConfigError(f"{where} caps.{key} must be a positive number, not {cap!r}")
         value = grant.options.get(key, types[key][1])
         if cap < value:
             raise ConfigError(f"{where} caps.{key} = {_num(cap)} is below the value runs get ({_num(value)}); "
@@ -147,6 +148,18 @@ def _check_grant(name: str, spec: BuiltinSpec, grant: ToolGrant) -> None:
             builtin(name, dict(grant.options))
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
+
+
+def _limit_problem(value: Any, kind: type) -> str | None:
+    """What is wrong with `value` as a limit of type `kind` (None: nothing): a limit is a finite
+    positive number, a whole one where the limit counts things (megabytes, files, processes)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"expected {'an integer' if kind is int else 'a number'}, got {_shown(value)}"
+    if kind is int and not isinstance(value, int):
+        return f"expected an integer, got {_shown(value)}"
+    if not math.isfinite(value) or value <= 0:
+        return f"expected a positive number, got {_shown(value)}"
+    return None
 
 
 def _settable(allowed: Mapping[str, tuple[float, float]]) -> str:
