@@ -458,6 +458,8 @@ BROKEN = [
      "the answer's content is not a string"),
     ("empty-answer", completion({"role": "assistant", "content": ""}), False, True,
      "the model returned an empty answer (finish_reason 'stop', no content and no tool calls)"),
+    ("blank-answer", completion({"role": "assistant", "content": "   \n "}), False, True,
+     "the model returned an empty answer (finish_reason 'stop'"),
     ("empty-answer-unknown-finish", completion({"role": "assistant", "content": None}, "eos"), False, True,
      "the model returned an empty answer (finish_reason 'eos'"),
     ("finish-error", completion({"role": "assistant", "content": "half an"}, "error"), False, True,

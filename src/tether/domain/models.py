@@ -38,5 +38,5 @@ class ModelResponse:
     model_name: str | None = None  # what the server says it ran
 
     def says_nothing(self) -> bool:
-        """No text, no tool call and no refusal: nothing a run could show or act on."""
-        return not self.text and not self.tool_calls and not self.refusal
+        """No text (white space is none), no tool call and no refusal: nothing a run could show or act on."""
+        return not (self.text or "").strip() and not self.tool_calls and not self.refusal

@@ -448,7 +448,7 @@ def _no_answer(response: ModelResponse) -> str | None:
     A run never ends "completed" with nothing to show. Model adapters already ask again when an
     answer is merely empty; what reaches here has a reason that asking again would not change.
     """
-    if response.text:
+    if (response.text or "").strip():
         return None
     if response.refusal:
         refusal = " ".join(response.refusal.split())
