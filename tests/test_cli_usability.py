@@ -121,6 +121,8 @@ def test_localize_rewrites_command_lines_only():
     assert localize(text, "uv run tether") == ("Start with `uv run tether demo`, then `uv run tether runs show "
                                                "RUN_ID`; pip install 'tether[mcp]'; tether.tool")
     assert localize(text, "tether") == text
+    once = localize(text, "uv run tether")
+    assert localize(once, "uv run tether") == once  # a message localized twice says it once
     assert localize("`/v/bin/tether runs list`", "/v/bin/tether") == "`/v/bin/tether runs list`"
 
 
@@ -223,3 +225,12 @@ def test_runs_lines_keep_each_run_on_one_line_and_a_terminal_keeps_the_table():
     pipe = io.StringIO()
     print_runs(Console(file=pipe, force_terminal=False, width=100), [info])
     assert pipe.getvalue() == line + "\n"
+
+
+@pytest.mark.parametrize("args", [("runs", "list", "--limit", "abc"), ("serve", "--port", "70000"), ("nosuch",),
+                                  ("runs", "show"), ("demo", "--lease-ttl", "inf"), ("runs", "resume", "x", "--nope")])
+def test_a_wrong_argument_is_one_line_and_exit_2(cli, args):
+    out = cli(*args)
+    assert out.returncode == 2, out.all
+    assert out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "╭" not in out.all  # not typer's box

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
+import math
 import os
 import socket
 import threading
@@ -617,7 +618,7 @@ def open_service(url: str | None = None, *, lease_ttl_s: float = LEASE_TTL_S) ->
     """A service on the store at `url` (default: TETHER_DATABASE_URL, else the SQLite file in TETHER_HOME)."""
     from tether.adapters.store.sql import open_store
 
-    if not lease_ttl_s > 0:  # also refuses NaN
+    if not 0 < lease_ttl_s < math.inf:  # also refuses NaN
         raise ConfigError(f"--lease-ttl must be a positive number of seconds, not {lease_ttl_s}")
     return RunsService(open_store(url), lease_ttl_s=lease_ttl_s)
 

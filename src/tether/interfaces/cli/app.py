@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import shlex
 import sys
@@ -107,7 +108,7 @@ _lease_ttl_s = 30.0  # set by the command that runs (one a process), from its --
 def _use_lease_ttl(seconds: float) -> None:
     """Check a --lease-ttl and use it for the runs service this command opens."""
     global _lease_ttl_s
-    if not seconds > 0:  # also refuses NaN
+    if not 0 < seconds < math.inf:  # also refuses NaN
         raise UsageMistake(f"--lease-ttl must be a positive number of seconds, not {seconds:g}")
     _lease_ttl_s = seconds
 
@@ -754,9 +755,21 @@ def fail(message: str) -> NoReturn:
 def main() -> None:
     localize_help(app, command())  # "Start with `uv run tether demo`" after `uv run tether --help`
     try:
-        app(prog_name=command())  # "Usage: uv run tether runs show …", "Try 'uv run tether runs show -h'"
+        # not standalone: a wrong argument comes back here, to be said in one line (not typer's box)
+        code = app(prog_name=command(), standalone_mode=False)
     except TetherError as e:
         fail(str(e) or type(e).__name__)
+    except typer.Abort:
+        err_console.print("aborted")
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except typer.TyperException as e:  # typer's own click: a usage error, a bad value, a missing file
+        if type(e).__name__ == "NoArgsIsHelpError":  # the help was printed
+            raise SystemExit(EXIT_USAGE) from None
+        ctx = getattr(e, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        fail(" ".join(message.split()) + where)
+    raise SystemExit(code if isinstance(code, int) else EXIT_OK)
 
 
 if __name__ == "__main__":

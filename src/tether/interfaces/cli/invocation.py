@@ -65,8 +65,17 @@ _COMMAND = re.compile(r"(?<![\w./-])tether(?= (?:run|runs|demo|debug|serve|confi
 
 
 def localize(text: str, prefix: str) -> str:
-    """`text` with each `tether <command>` in it starting with `prefix` instead."""
-    return text if prefix == "tether" else _COMMAND.sub(lambda _: prefix, text)
+    """`text` with each `tether <command>` in it starting with `prefix` instead; a command that
+    already does (a message localized before) is left as it is."""
+    if prefix == "tether":
+        return text
+    lead = prefix.removesuffix("tether") if prefix.endswith(" tether") else ""
+
+    def sub(m: re.Match[str]) -> str:
+        done = lead and text[max(0, m.start() - len(lead)):m.start()] == lead
+        return m.group(0) if done else prefix
+
+    return _COMMAND.sub(sub, text)
 
 
 def version() -> str:
