@@ -27,7 +27,7 @@ UNICODE_KEY = "clé-ключ-2"  # keys are compared as the UTF-8 bytes a client
 MODEL_SECRET = "sk-openai-backend-secret"
 URL_PASSWORD = "hunter2-url-password"
 # Short read deadlines, so stalled clients are dropped within a test's patience.
-DEADLINES = ["--header-timeout", "1", "--body-timeout", "1"]
+DEADLINES = ["--header-timeout", "1", "--body-timeout", "1", "--write-timeout", "1"]
 
 
 # -- raw HTTP ------------------------------------------------------------------------------------
@@ -340,6 +340,32 @@ def test_a_stream_outlives_the_read_deadlines(keyless):
     assert rest[-1] == "data: [DONE]" and "event: thread.run.completed" in rest, rest[-6:]
 
 
+def test_a_client_that_reads_nothing_is_dropped(keyless):
+    """A client asks for a big answer and reads none of it: once the server cannot write for the
+    --write-timeout of 1 s (the socket's buffers are full), it drops the connection. A client that
+    reads gets the whole answer."""
+    with httpx2.Client(base_url=keyless.base_url, timeout=30) as http:
+        have = len(http.get("/assistants", params={"limit": 100}).json()["data"])
+        for _ in range(100 - have):  # 100 assistants of 100 KB: a list of them is 10 MB, more than the buffers
+            assert http.post("/assistants", json={"model": "m", "instructions": "x" * 100_000}).status_code == 200
+        whole = len(http.get("/assistants", params={"limit": 100}).content)
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", keyless.port))
+        s.sendall(request("GET", "/v1/assistants?limit=100", [(b"Host", b"localhost")]))
+        time.sleep(4)  # the server fills the buffers, cannot write for 1 s, and drops this client
+        received = 0
+        s.settimeout(10)
+        try:
+            while chunk := s.recv(1 << 20):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+    assert received < whole, "the server kept the connection of a client that read nothing"
+    with httpx2.Client(base_url=keyless.base_url, timeout=30) as http:  # a client that reads gets it all
+        assert len(http.get("/assistants", params={"limit": 100}).content) == whole
+
+
 def test_connections_beyond_the_limit_are_refused_at_once(keyed):
     """With --max-connections 30, a 31st connection is answered 503 and closed, without waiting for a
     request; once connections close, requests are served again."""
@@ -372,7 +398,7 @@ def test_connections_beyond_the_limit_are_refused_at_once(keyed):
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--header-timeout", "0"), ("--body-timeout", "nan"),
-                                             ("--max-connections", "-5")])
+                                             ("--max-connections", "-5"), ("--write-timeout", "inf")])
 def test_bad_limits_exit_2_with_one_line(cli, flag, value):
     proc = cli("serve", flag, value, "--port", "1")
     assert proc.returncode == 2, proc.all

@@ -63,6 +63,7 @@ class ServerSettings:
     header_timeout_s: float = 10.0  # a client sends a request's headers within this, or is closed
     body_timeout_s: float = 30.0  # ... and its body within this once its headers are in
     max_connections: int = 1000  # open connections at most; more are answered 503 and closed
+    write_timeout_s: float = 30.0  # a client that reads nothing of a response for this long is dropped
 
     def check(self, flags: bool = False) -> None:
         """Raise ConfigError for a setting out of range, named as in the file (or as its flag)."""
@@ -75,7 +76,7 @@ class ServerSettings:
         for name in ("concurrency", "max_connections"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{called(name)} must be at least 1, not {getattr(self, name)}")
-        for name in ("lease_ttl_s", "keepalive_s", "header_timeout_s", "body_timeout_s"):
+        for name in ("lease_ttl_s", "keepalive_s", "header_timeout_s", "body_timeout_s", "write_timeout_s"):
             if not 0 < getattr(self, name) < math.inf:  # also refuses nan
                 raise ConfigError(f"{called(name)} must be a positive number of seconds, not {getattr(self, name)}")
         if not self.host.strip():

@@ -708,6 +708,9 @@ def serve_command(
         help="Seconds a client has to send a request's body once its headers are in (default 30).")] = None,
     max_connections: Annotated[int | None, typer.Option(
         help="Open connections at most (default 1000); more are answered 503 and closed.")] = None,
+    write_timeout: Annotated[float | None, typer.Option(
+        help="Seconds a client may read nothing of a response it is sent (default 30); then it is dropped.")
+    ] = None,
 ) -> None:
     """Serve OpenAI's Assistants API (and Tether's debug API) over HTTP; see docs/server.md.
 
@@ -721,7 +724,7 @@ def serve_command(
                            allow_file_models=allow_file_models, lease_ttl_s=lease_ttl,
                            allowed_hosts=allowed_hosts and tuple(h for v in allowed_hosts for h in v.split(",")),
                            header_timeout_s=header_timeout, body_timeout_s=body_timeout,
-                           max_connections=max_connections))
+                           max_connections=max_connections, write_timeout_s=write_timeout))
 
 
 config_app = typer.Typer(help="The operator configuration of `tether serve`.", no_args_is_help=True,

@@ -7,12 +7,15 @@ ever, and enough of them exhaust the server. This protocol adds
 - a header deadline: the whole request head must arrive within `header_timeout_s`, counted from
   the connection (or, on a kept-alive one, from the next request's first byte);
 - a body deadline: the whole request body must arrive within `body_timeout_s` of its head;
+- a write deadline: a client that stops reading what the server sends (its buffers full, writing
+  paused) has `write_timeout_s` to make room again, or the connection is dropped; so clients that
+  pipeline requests and never read their answers cannot hold connections either;
 - a connection limit: beyond `max_connections` open connections, a new one is answered 503 and
   closed at once, so stalled connections cannot pile up to the process's file limit.
 
-Both deadlines cover reading the request only: a response (an SSE stream that waits at a
-breakpoint for an hour) is never cut by them. A timed-out request is answered 408 when the server
-can still say so, then closed.
+The read deadlines cover reading the request only: a response (an SSE stream that waits at a
+breakpoint for an hour) is never cut by them, nor by the write deadline while its client reads. A
+timed-out request is answered 408 when the server can still say so, then closed.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class ConnectionLimits:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     max_connections: int = 1000
+    write_timeout_s: float = 30.0
 
 
 def _envelope(message: str, code: str) -> bytes:
@@ -80,6 +84,7 @@ class BoundedH11Protocol(H11Protocol):
         self._refused = False
         self._got_bytes = False
         self._lingering = False
+        self._write_stall: asyncio.TimerHandle | None = None
 
     # -- connections -----------------------------------------------------------------------------
 
@@ -102,7 +107,33 @@ class BoundedH11Protocol(H11Protocol):
         if self._refused:
             return
         self._disarm()
+        self._unstall()
         super().connection_lost(exc)
+
+    # -- a client that does not read --------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_stall is None:
+            self._write_stall = self.loop.call_later(self.limits.write_timeout_s, self._stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._unstall()
+
+    def _unstall(self) -> None:
+        if self._write_stall is not None:
+            self._write_stall.cancel()
+            self._write_stall = None
+
+    def _stalled(self) -> None:
+        self._write_stall = None
+        self.logger.debug("dropping a connection that read nothing of its response for %ss",
+                          self.limits.write_timeout_s)
+        if self.cycle is not None:  # the app stops writing
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        self.transport.abort()  # close() would wait for the buffer to drain, which it will not
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:  # answered and closing: what still comes is dropped

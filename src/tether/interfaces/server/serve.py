@@ -44,7 +44,8 @@ def serve(config: OperatorConfig) -> None:
     server_config = ServerConfig(api_keys=keys, allow_file_models=settings.allow_file_models,
                                  concurrency=settings.concurrency, tools=tools, models=config.models,
                                  keepalive_s=settings.keepalive_s, allowed_hosts=hosts)
-    limits = ConnectionLimits(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections)
+    limits = ConnectionLimits(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections,
+                              settings.write_timeout_s)
     try:
         with socket.create_server((host, port), reuse_port=False) as probe:
             probe.close()
@@ -91,7 +92,8 @@ def summary(operator: OperatorConfig, database_url: str, config: ServerConfig, l
         f"{', '.join(sorted(config.tools.mcp_servers)) or 'none'}",
         "  file models (replay:, scripted:): " + ("allowed" if config.allow_file_models else "refused"),
         f"  limits: {config.concurrency} runs at once; request headers within {limits.header_timeout_s:g} s, "
-        f"bodies within {limits.body_timeout_s:g} s; {limits.max_connections} connections",
+        f"bodies within {limits.body_timeout_s:g} s; a client reading nothing is dropped after "
+        f"{limits.write_timeout_s:g} s; {limits.max_connections} connections",
     ]
 
 
