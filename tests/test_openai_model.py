@@ -283,13 +283,15 @@ async def test_gives_up_after_max_retries(fake: FakeOpenAI) -> None:
 async def test_401_is_not_retried_and_never_shows_the_key(fake: FakeOpenAI,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
-    fake.fail_next(401, 1, message=f"Incorrect API key provided: {SECRET}. Find your key at ...")
+    netloc = fake.base_url.split("://")[1].split("/")[0]
+    fake.fail_next(401, 1, message=f"Incorrect API key provided: {SECRET}. Find your key at ... (host {netloc})")
     sleeps = Sleeps()
     model = make_model(fake, api_key=SECRET, sleep=sleeps)
     with pytest.raises(ModelError) as info:
         await run(model, ask())
     message = str(info.value)
     assert SECRET not in message and SECRET not in repr(info.value) and SECRET not in repr(model)
+    assert netloc not in message.partition("server said")[2]  # what the server echoed hides its address
     assert message.startswith(f"model 'gpt-4o-mini' at {fake.base_url} failed: 401 Unauthorized")
     assert "OPENAI_API_KEY" in message
     assert sleeps.delays == [] and len(fake.requests) == 1

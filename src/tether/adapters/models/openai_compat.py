@@ -569,10 +569,12 @@ class OpenAIModel:
         where = self._where()
         tried = f" (after {attempts} attempts)" if attempts > 1 else ""
         status = status_of(exc)
+        # What the server sent back hides its own address too: a tenant sees run errors, and the
+        # operator's URL is not theirs.
+        netloc = urlsplit(self.base_url).netloc if self.base_url else ""
+        hidden = [*self._secrets(), netloc, netloc.rpartition("@")[2]]
         if isinstance(exc, BadAnswer):
-            # The excerpt hides the server's address too: a tenant sees run errors, the operator's URL is not theirs.
-            netloc = urlsplit(self.base_url).netloc
-            msg = f"{where} failed: {exc.describe([*self._secrets(), netloc, netloc.rpartition('@')[2]])}"
+            msg = f"{where} failed: {exc.describe(hidden)}"
             msg += tried if exc.retry else ""
         elif status is not None:
             try:
@@ -583,7 +585,7 @@ class OpenAIModel:
             msg = f"{where} failed: {status} {phrase}"
             if hint:
                 msg += f": {hint}"
-            detail = _server_message(exc)
+            detail = _redact(_server_message(exc), hidden)
             if detail:
                 msg += f" (server said: {detail})"
             msg += tried if is_retryable(exc) else ""
