@@ -147,6 +147,7 @@ def test_without_a_file_the_environment_gives_the_defaults(monkeypatch):
     ("[models]\nbase_url = 'localhost:11434'", "base_url must start with http://"),
     ("[mcp_servers.x]\ncomand = 'uvx'", "[mcp_servers.x]: unknown keys ['comand']"),
     ("[server\nport = 1", "is not valid TOML"),
+    ("[server]\nallowed_hosts = ['http://x:80']", "[server] allowed_hosts: 'http://x:80' is not a host name"),
 ])
 def test_a_wrong_file_is_an_error_that_names_what_is_wrong(tmp_path, text, message):
     with pytest.raises(ConfigError) as e:

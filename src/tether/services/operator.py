@@ -42,6 +42,7 @@ from typing import Any
 
 from tether.adapters.models.refs import ModelBackend
 from tether.domain.errors import ConfigError
+from tether.domain.hosts import allowed_host
 from tether.domain.redact import redact_url
 from tether.services.server_tools import ServerTools, ToolGrant
 
@@ -81,6 +82,11 @@ class ServerSettings:
                 raise ConfigError(f"{called(name)} must be a positive number of seconds, not {getattr(self, name)}")
         if not self.host.strip():
             raise ConfigError(f"{called('host')} must not be empty")
+        for host in self.allowed_hosts:
+            try:
+                allowed_host(host)
+            except ValueError as e:
+                raise ConfigError(f"{called('allowed_hosts')}: {e}") from None
         if self.api_keys is not None and not all(k.strip() for k in self.api_keys):
             raise ConfigError("[server] api_keys holds an empty key (an unset ${VARIABLE}?)")
 

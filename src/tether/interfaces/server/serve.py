@@ -21,10 +21,7 @@ def serve(config: OperatorConfig) -> None:
     leases are released for the next server)."""
     settings, keys = config.server, config.api_keys
     host, port = settings.host, settings.port
-    try:
-        hosts = [allowed_host(h) for h in settings.allowed_hosts]
-    except ValueError as e:
-        raise ConfigError(f"allowed hosts (--allowed-hosts, [server] allowed_hosts): {e}") from None
+    hosts = [allowed_host(h) for h in settings.allowed_hosts]  # checked with the settings: made canonical
     if not keys and not is_loopback(host):
         raise ConfigError(f"refusing to serve on {host} without API keys: anyone who can reach it could run "
                           "models and tools. Set TETHER_API_KEYS=key1,key2 or [server] api_keys (each key is a "
