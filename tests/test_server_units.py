@@ -74,7 +74,7 @@ def test_validation_errors_read_like_openai() -> None:
     assert msg == "Unrecognized request argument supplied: colour" and param == "colour"
     msg, param = validation_message([{"type": "string_type", "loc": ("body", "tools", 0, "function", "name"),
                                       "msg": "Input should be a valid string"}])
-    assert param == "tools.0.function.name" and "Input should be a valid string" in msg
+    assert param == "tools[0].function.name" and "Input should be a valid string" in msg
 
 
 def test_host_values_are_parsed_strictly() -> None:

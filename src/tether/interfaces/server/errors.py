@@ -41,9 +41,10 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
         # `str | list[...]` was sent a list: the list's own error says what is wrong
         e = next((o for o in errors[1:] if tuple(o.get("loc", ()))[:len(raw) - 1] == raw[:-1]), e)
     # pydantic adds union branches ("str", "list[ContentPart]", "function-after[...]") to the location
-    loc = [str(x) for x in e.get("loc", ()) if isinstance(x, int) or (
+    loc = [x for x in e.get("loc", ()) if isinstance(x, int) or (
         re.fullmatch(r"[a-z_][a-z0-9_\[\]]*", x) and x not in _NOT_FIELDS)]
-    param = ".".join(loc) or None
+    # `tools[0].function.name`, as the server's own checks name a field
+    param = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc).lstrip(".") or None
     kind = e.get("type", "")
     msg = str(e.get("msg", "invalid value"))
     if kind == "json_invalid":
