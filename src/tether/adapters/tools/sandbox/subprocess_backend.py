@@ -2,49 +2,67 @@
 
 One call, one fresh process tree:
 
+    (root only, in the parent) mount -t tmpfs -o size=files_mb,nr_inodes=max_files+4 STATE/calls/<lease>
+      with work/ (the run's folder copied in), tmp/ and shm/
     (root only) unshare --mount            a private mount namespace that dies with the call
-      sh -c 'mount --bind WORKDIR STATE/work; mount -t tmpfs -o size=,nr_inodes= .. STATE/scratch;
-             exec setpriv --reuid U --regid G --clear-groups ...'
+      sh -c 'mount --bind STATE/calls/<lease> STATE/scratch; exec setpriv --reuid U --regid G ...'
         bwrap --args FD -- ...             options from a pipe: --unshare-all --unshare-user
               --disable-userns --die-with-parent --new-session --seccomp FD --ro-bind /usr --proc
-              a read-only /dev (null, zero, full, random, urandom, tty), /tmp and /dev/shm (sized),
-              --bind <working folder> /work ...
+              a read-only /dev (null, zero, full, random, urandom, tty), /tmp, /dev/shm and /work
+              (as root: the call's tmpfs; otherwise two sized tmpfs and a bind of the run's folder) ...
           python3 -I -u -B -c RUNNER        sets rlimits, reads the code from stdin, runs it
+    (root only, in the parent, however the call ended) copy work/ out to the run's folder; unmount
 
 - **Isolation.** New user, pid, network, ipc, uts, cgroup and mount namespaces: no network (only
   a loopback that is down), no other processes, no host files but a read-only /usr (+ the /lib
   links), a read-only /dev with six device nodes, an empty /tmp and /dev/shm, and the run's
   working folder at /work. No /etc, no home, no repository. `--disable-userns` stops the code from
   making nested user namespaces.
-- **Every writable place is bounded.** /work: RLIMIT_FSIZE per file and the parent's watch. /tmp
-  and /dev/shm (host memory): as root one tmpfs for both, mounted by root in the call's mount
-  namespace with size=files_mb and nr_inodes=max_files, so a write past it fails with ENOSPC and
-  the runner says which is full; not root, one bwrap tmpfs of files_mb each. The watch counts
-  both with the working folder against files_mb and max_files. /dev is read-only (bwrap's --dev
+- **Every writable place is bounded.** As root, by the kernel: /work, /tmp and /dev/shm are one
+  tmpfs (host memory) of size=files_mb and nr_inodes=max_files, so a write past it (fallocate
+  too) fails with ENOSPC, reported as "the working folder is full". Not root (best effort): /work
+  is the run's folder, bound in, bounded by RLIMIT_FSIZE per file and the parent's watch (every
+  0.5 s), with fallocate refused (EOPNOTSUPP: glibc's posix_fallocate then writes zeros, which the
+  limits count); /tmp and /dev/shm are a bwrap tmpfs of files_mb each; the watch counts all three
+  against files_mb and max_files. /dev is read-only (bwrap's --dev
   would be an unbounded tmpfs and a devpts), as are / and /proc/sys. Kernel objects that hold
   memory outside every watch are refused: SysV shared memory, semaphores and message queues (the
   sandbox's IPC namespace would allow ~2**64 bytes) and memfd files by a small seccomp filter
   (x86_64 and aarch64), POSIX message queues by RLIMIT_MSGQUEUE=0.
+- **The working folder, as root.** The run's folder on the host (`$TETHER_HOME/work/<run>`, or
+  `work_root/<run>`) is never seen by the sandbox: under the run's lock (`.<run>.lock` next to it,
+  so a run's calls are serialised) the parent copies it into the call's tmpfs, owned by the call's
+  user, then after the call (stopped by a limit, killed or cancelled too: what the code wrote
+  before is kept) copies the tmpfs back to `.<run>.new-<nonce>` and swaps it in with two renames
+  (the folder to `.<run>.old-<nonce>`, the copy to the folder). A server killed at any instant
+  leaves the old or the new contents: the next call of the run first puts a moved-aside folder
+  back and deletes partial copies. Copies keep symlinks as links (never followed, their targets
+  verbatim), hard links and holes (so the host folder takes no more room than the tmpfs did),
+  modes without set-id bits and times; fifos and sockets are dropped; every host file is root's.
+  A folder larger than the limits (the operator lowered them) is not loaded: the call fails with
+  a tool error. The tmpfs is mounted on the host under STATE/calls (0700), one per lease, and
+  unmounted when the call ends; one a killed server left is unmounted by the next call that leases
+  that user. A fork is another run: it starts with an empty folder.
 - **Host paths.** bwrap reads its options from a pipe, so the sandbox's pid 1 (a copy of bwrap)
   does not show them; it starts in / with a minimal environment. What cannot be hidden cheaply:
-  /proc/self/mountinfo shows the working folder's path within its host file system (the root of
-  a bind mount), and the interpreter's install prefix when it is not under /usr.
+  not root, /proc/self/mountinfo shows the working folder's path within its host file system (the
+  root of a bind mount); the interpreter's install prefix when it is not under /usr.
 - **Why a user of its own, as root.** The kernel ignores RLIMIT_NPROC for root, even inside a
   user namespace, so a fork bomb run as root is not stopped. As root each call runs as a system
   user from a small pool (`tether-sbx-0`, `tether-sbx-1`, ... created with `useradd --system` on
   first use), leased with a lock file under `/run/tether-sandbox/leases`, one per concurrent call,
   so one run's fork bomb only exhausts its own user's process count. Not root: the sandbox runs as
   the current user, and RLIMIT_NPROC (counted per user namespace on Linux >= 5.14) applies.
-- **Why the bind through /run/tether-sandbox/work.** bubblewrap resolves bind sources with the
-  caller's rights, and the working folder usually lies below a folder the sandbox user cannot
-  enter (/root, a 0700 temporary folder). Root binds it onto that traversable mount point inside
-  the call's private mount namespace, which disappears with the call: nothing changes on the host.
+- **Why the bind through /run/tether-sandbox/scratch.** bubblewrap resolves bind sources with the
+  caller's rights, and the call's tmpfs lies in STATE/calls, which only root may enter. Root binds
+  it onto that traversable mount point inside the call's private mount namespace, which
+  disappears with the call.
 - **Limits.** In the child (the runner, before the code): RLIMIT_CPU, RLIMIT_AS, RLIMIT_NPROC,
   RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0, RLIMIT_MSGQUEUE=0. In the parent: wall time (kills the process group;
   `--die-with-parent` and the pid namespace take every sandbox process with it), output size
   (stops the code once stdout+stderr pass the limit), and a 10 Hz watch over the sandbox's pid
   namespace for the resident memory of all its processes together, the number of processes and
-  threads, and the growth of the working folder, /tmp and /dev/shm.
+  threads, and (not root) the growth of the working folder, /tmp and /dev/shm.
 - **The result.** The runner writes a one-line JSON envelope (value of the last expression, the
   exception) to a pipe of its own, not to stdout, so nothing the code prints can pass for the
   value. Code that deliberately writes to that pipe only misreports its own result; every limit
@@ -1002,7 +1020,7 @@ def _command(setup: _Setup, user: _User | None, workdir: str, info_fd: int, limi
     for key, value in _SANDBOX_ENV.items():
         bw += ["--setenv", key, value]
     fds: list[int] = []
-    program = _seccomp_program(platform.machine())
+    program = _seccomp_program(platform.machine(), user is None)
     if program is not None:
         fds.append(_pipe_with(program))
         bw += ["--seccomp", str(fds[-1])]
@@ -1043,23 +1061,33 @@ _DENIED = {
 }
 
 
-@functools.lru_cache(maxsize=4)
-def _seccomp_program(machine: str) -> bytes | None:
+# Not root, /work is the host folder, watched: fallocate (full-size files at once, between two
+# looks of the watch) fails with EOPNOTSUPP, so glibc's posix_fallocate writes zeros instead, which
+# RLIMIT_FSIZE and the watch count like any write. As root /work is a tmpfs: fallocate is bounded.
+_FALLOCATE = {"x86_64": (285, 324), "aarch64": (47, 352)}  # (64-bit, 32-bit) syscall numbers
+
+
+@functools.lru_cache(maxsize=8)
+def _seccomp_program(machine: str, refuse_fallocate: bool = False) -> bytes | None:
     """A classic BPF seccomp filter (struct sock_filter[]) for bwrap's --seccomp, None if unknown here."""
     table = _DENIED.get(machine)
     if table is None:
         return None
     ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
-    deny = -1  # a jump target, resolved below to the last instruction
+    deny, unsupported = -1, -2  # jump targets, resolved below to the last two instructions
     prog: list[tuple[int, int, int, int]] = [(ld, 0, 0, 4)]  # seccomp_data.arch
-    for arch, numbers in table:
+    for (arch, numbers), fallocate in zip(table, _FALLOCATE[machine], strict=True):
         checks = [(jge, deny, 0, 0x40000000)] if arch == 0xC000003E else []  # x32 system calls
         checks += [(jeq, deny, 0, nr) for nr in numbers]
+        if refuse_fallocate:
+            checks.append((jeq, unsupported, 0, fallocate))
         prog += [(jeq, 0, len(checks) + 2, arch), (ld, 0, 0, 0), *checks,  # seccomp_data.nr
                  (ret, 0, 0, 0x7FFF0000)]  # SECCOMP_RET_ALLOW
-    prog.append((ret, 0, 0, 0x00050000 | errno.EPERM))  # SECCOMP_RET_ERRNO
+    prog.append((ret, 0, 0, 0x00050000 | errno.EOPNOTSUPP))  # SECCOMP_RET_ERRNO
+    prog.append((ret, 0, 0, 0x00050000 | errno.EPERM))
     last = len(prog) - 1
-    return b"".join(struct.pack("=HBBI", code, last - i - 1 if jt == deny else jt, jf, k)
+    targets = {deny: last, unsupported: last - 1}
+    return b"".join(struct.pack("=HBBI", code, targets[jt] - i - 1 if jt in targets else jt, jf, k)
                     for i, (code, jt, jf, k) in enumerate(prog))
 
 
