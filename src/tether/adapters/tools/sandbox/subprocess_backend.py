@@ -2,49 +2,67 @@
 
 One call, one fresh process tree:
 
+    (root only, in the parent) mount -t tmpfs -o size=files_mb,nr_inodes=max_files+4 STATE/calls/<lease>
+      with work/ (the run's folder copied in), tmp/ and shm/
     (root only) unshare --mount            a private mount namespace that dies with the call
-      sh -c 'mount --bind WORKDIR STATE/work; mount -t tmpfs -o size=,nr_inodes= .. STATE/scratch;
-             exec setpriv --reuid U --regid G --clear-groups ...'
+      sh -c 'mount --bind STATE/calls/<lease> STATE/scratch; exec setpriv --reuid U --regid G ...'
         bwrap --args FD -- ...             options from a pipe: --unshare-all --unshare-user
               --disable-userns --die-with-parent --new-session --seccomp FD --ro-bind /usr --proc
-              a read-only /dev (null, zero, full, random, urandom, tty), /tmp and /dev/shm (sized),
-              --bind <working folder> /work ...
+              a read-only /dev (null, zero, full, random, urandom, tty), /tmp, /dev/shm and /work
+              (as root: the call's tmpfs; otherwise two sized tmpfs and a bind of the run's folder) ...
           python3 -I -u -B -c RUNNER        sets rlimits, reads the code from stdin, runs it
+    (root only, in the parent, however the call ended) copy work/ out to the run's folder; unmount
 
 - **Isolation.** New user, pid, network, ipc, uts, cgroup and mount namespaces: no network (only
   a loopback that is down), no other processes, no host files but a read-only /usr (+ the /lib
   links), a read-only /dev with six device nodes, an empty /tmp and /dev/shm, and the run's
   working folder at /work. No /etc, no home, no repository. `--disable-userns` stops the code from
   making nested user namespaces.
-- **Every writable place is bounded.** /work: RLIMIT_FSIZE per file and the parent's watch. /tmp
-  and /dev/shm (host memory): as root one tmpfs for both, mounted by root in the call's mount
-  namespace with size=files_mb and nr_inodes=max_files, so a write past it fails with ENOSPC and
-  the runner says which is full; not root, one bwrap tmpfs of files_mb each. The watch counts
-  both with the working folder against files_mb and max_files. /dev is read-only (bwrap's --dev
+- **Every writable place is bounded.** As root, by the kernel: /work, /tmp and /dev/shm are one
+  tmpfs (host memory) of size=files_mb and nr_inodes=max_files, so a write past it (fallocate
+  too) fails with ENOSPC, reported as "the working folder is full". Not root (best effort): /work
+  is the run's folder, bound in, bounded by RLIMIT_FSIZE per file and the parent's watch (every
+  0.5 s), with fallocate refused (EOPNOTSUPP: glibc's posix_fallocate then writes zeros, which the
+  limits count); /tmp and /dev/shm are a bwrap tmpfs of files_mb each; the watch counts all three
+  against files_mb and max_files. /dev is read-only (bwrap's --dev
   would be an unbounded tmpfs and a devpts), as are / and /proc/sys. Kernel objects that hold
   memory outside every watch are refused: SysV shared memory, semaphores and message queues (the
   sandbox's IPC namespace would allow ~2**64 bytes) and memfd files by a small seccomp filter
   (x86_64 and aarch64), POSIX message queues by RLIMIT_MSGQUEUE=0.
+- **The working folder, as root.** The run's folder on the host (`$TETHER_HOME/work/<run>`, or
+  `work_root/<run>`) is never seen by the sandbox: under the run's lock (`.<run>.lock` next to it,
+  so a run's calls are serialised) the parent copies it into the call's tmpfs, owned by the call's
+  user, then after the call (stopped by a limit, killed or cancelled too: what the code wrote
+  before is kept) copies the tmpfs back to `.<run>.new-<nonce>` and swaps it in with two renames
+  (the folder to `.<run>.old-<nonce>`, the copy to the folder). A server killed at any instant
+  leaves the old or the new contents: the next call of the run first puts a moved-aside folder
+  back and deletes partial copies. Copies keep symlinks as links (never followed, their targets
+  verbatim), hard links and holes (so the host folder takes no more room than the tmpfs did),
+  modes without set-id bits and times; fifos and sockets are dropped; every host file is root's.
+  A folder larger than the limits (the operator lowered them) is not loaded: the call fails with
+  a tool error. The tmpfs is mounted on the host under STATE/calls (0700), one per lease, and
+  unmounted when the call ends; one a killed server left is unmounted by the next call that leases
+  that user. A fork is another run: it starts with an empty folder.
 - **Host paths.** bwrap reads its options from a pipe, so the sandbox's pid 1 (a copy of bwrap)
   does not show them; it starts in / with a minimal environment. What cannot be hidden cheaply:
-  /proc/self/mountinfo shows the working folder's path within its host file system (the root of
-  a bind mount), and the interpreter's install prefix when it is not under /usr.
+  not root, /proc/self/mountinfo shows the working folder's path within its host file system (the
+  root of a bind mount); the interpreter's install prefix when it is not under /usr.
 - **Why a user of its own, as root.** The kernel ignores RLIMIT_NPROC for root, even inside a
   user namespace, so a fork bomb run as root is not stopped. As root each call runs as a system
   user from a small pool (`tether-sbx-0`, `tether-sbx-1`, ... created with `useradd --system` on
   first use), leased with a lock file under `/run/tether-sandbox/leases`, one per concurrent call,
   so one run's fork bomb only exhausts its own user's process count. Not root: the sandbox runs as
   the current user, and RLIMIT_NPROC (counted per user namespace on Linux >= 5.14) applies.
-- **Why the bind through /run/tether-sandbox/work.** bubblewrap resolves bind sources with the
-  caller's rights, and the working folder usually lies below a folder the sandbox user cannot
-  enter (/root, a 0700 temporary folder). Root binds it onto that traversable mount point inside
-  the call's private mount namespace, which disappears with the call: nothing changes on the host.
+- **Why the bind through /run/tether-sandbox/scratch.** bubblewrap resolves bind sources with the
+  caller's rights, and the call's tmpfs lies in STATE/calls, which only root may enter. Root binds
+  it onto that traversable mount point inside the call's private mount namespace, which
+  disappears with the call.
 - **Limits.** In the child (the runner, before the code): RLIMIT_CPU, RLIMIT_AS, RLIMIT_NPROC,
   RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0, RLIMIT_MSGQUEUE=0. In the parent: wall time (kills the process group;
   `--die-with-parent` and the pid namespace take every sandbox process with it), output size
   (stops the code once stdout+stderr pass the limit), and a 10 Hz watch over the sandbox's pid
   namespace for the resident memory of all its processes together, the number of processes and
-  threads, and the growth of the working folder, /tmp and /dev/shm.
+  threads, and (not root) the growth of the working folder, /tmp and /dev/shm.
 - **The result.** The runner writes a one-line JSON envelope (value of the last expression, the
   exception) to a pipe of its own, not to stdout, so nothing the code prints can pass for the
   value. Code that deliberately writes to that pipe only misreports its own result; every limit
@@ -69,6 +87,7 @@ import os
 import platform
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import stat
@@ -77,7 +96,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -161,7 +180,7 @@ def _tether_main():
             text = "...\n" + text[-tcap:]
         report["error"] = {"type": type(e).__name__, "text": text, "errno": getattr(e, "errno", None)}
         if report["error"]["errno"] == 28:  # ENOSPC: which bounded place is full
-            report["full"] = [p for p in ("/tmp", "/dev/shm") if _full(p)]
+            report["full"] = [p for p in ("/work", "/tmp", "/dev/shm") if _full(p)]
         del e, tb
     try:
         sys.stdout.flush()
@@ -195,6 +214,7 @@ class _Setup:
     sh: str = ""
     useradd: str = ""
     mkdir: str = ""
+    umount: str = ""
 
 
 def _which(name: str) -> str | None:
@@ -251,14 +271,14 @@ def _setup(interpreter: str) -> _Setup | str:
     as_root = os.geteuid() == 0
     if not as_root:
         return _Setup(bwrap, interpreter, False, features, extra)
-    tools = {name: _which(name) for name in ("unshare", "setpriv", "mount", "sh", "useradd", "mkdir")}
+    tools = {name: _which(name) for name in ("unshare", "setpriv", "mount", "sh", "useradd", "mkdir", "umount")}
     missing = [name for name, path in tools.items() if path is None]
     if missing:
         return (f"running as root, the sandbox needs {', '.join(missing)} (util-linux, passwd) to run the code "
                 "as an unprivileged user")
     return _Setup(bwrap, interpreter, True, features, extra, unshare=tools["unshare"] or "",
                   setpriv=tools["setpriv"] or "", mount=tools["mount"] or "", sh=tools["sh"] or "",
-                  useradd=tools["useradd"] or "", mkdir=tools["mkdir"] or "")
+                  useradd=tools["useradd"] or "", mkdir=tools["mkdir"] or "", umount=tools["umount"] or "")
 
 
 # -- the pool of sandbox users (root only) -----------------------------------------------------
@@ -269,11 +289,13 @@ class _User:
     name: str
     uid: int
     gid: int
+    index: int = 0  # of its lease: names the call's tmpfs under STATE/calls
 
 
 def _prepare_state_dir() -> Path:
     state = _state_dir()
-    for path, mode in ((state, 0o755), (state / "leases", 0o700), (state / "work", 0o755), (state / "scratch", 0o755)):
+    for path, mode in ((state, 0o755), (state / "leases", 0o700), (state / "scratch", 0o755),
+                       (state / "calls", 0o700)):
         path.mkdir(mode=mode, exist_ok=True)
         st = os.lstat(path)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
@@ -304,7 +326,7 @@ def _ensure_user(setup: _Setup, index: int) -> _User:
                 pw = pwd.getpwnam(name)
     if pw.pw_uid == 0 or pw.pw_gid == 0:
         raise RuntimeError(f"the sandbox user {name} must not be root")
-    return _User(name, pw.pw_uid, pw.pw_gid)
+    return _User(name, pw.pw_uid, pw.pw_gid, index)
 
 
 def _try_lease(index: int) -> int | None:
@@ -387,25 +409,197 @@ def _make_workdir(path: Path) -> None:
         raise RuntimeError(f"the working folder {path} is not a directory")
 
 
-def _chown_tree(path: Path, uid: int, gid: int) -> None:
-    """Give every entry of the working folder to this call's user (calls of a run may get different
-    users). Race-free against symlinks: fwalk with dir fds, never following links; and no sandbox of
-    this run is running (the caller holds the run's folder lock)."""
-    top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def _leftover(workdir: Path) -> re.Pattern[str]:
+    """Names of the copies a copy-out makes next to the folder: `.<run>.new-<nonce>`, `.<run>.old-<nonce>`
+    (a run folder's name never starts with a dot, and the nonce is 12 hex digits, so no run's
+    leftovers match another run's pattern)."""
+    return re.compile(rf"\.{re.escape(workdir.name)}\.(new|old)-[0-9a-f]{{12}}")
+
+
+def _recover(workdir: Path) -> None:
+    """Undo what a copy-out killed midway left (under the run's folder lock, before the folder is used):
+    the folder moved aside but the new copy not yet in place comes back; partial copies go."""
+    pattern = _leftover(workdir)
     try:
-        st = os.fstat(top)
-        if (st.st_uid, st.st_gid) != (uid, gid):
-            os.fchown(top, uid, gid)
-        if stat.S_IMODE(st.st_mode) != 0o700:
-            os.fchmod(top, 0o700)
-        for _root, dirs, files, dfd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
+        names = sorted(e.name for e in os.scandir(workdir.parent) if pattern.fullmatch(e.name))
+    except FileNotFoundError:
+        return
+    if not os.path.lexists(workdir):
+        old = [name for name in names if ".old-" in name]
+        if old:  # killed between the two renames: the old contents, whole
+            os.rename(workdir.parent / old[0], workdir)
+            names.remove(old[0])
+    for name in names:
+        shutil.rmtree(workdir.parent / name, ignore_errors=True)
+
+
+_BLOCK = 4096
+_CHUNK = 1024 * 1024
+
+
+def _copy_file(name: str, dir_fd: int, dst: str) -> None:
+    """Copy a regular file, never following a link, keeping holes: only the data ranges are read
+    (SEEK_DATA), and only its 4 KB blocks that are not all zero are written (a fallocated or
+    sparse file takes no more room in the copy than its written data)."""
+    src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+    try:
+        out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            size = os.fstat(src).st_size
+            pos = 0
+            while pos < size:
+                try:
+                    start = os.lseek(src, pos, os.SEEK_DATA)
+                    end = min(size, os.lseek(src, start, os.SEEK_HOLE))
+                except OSError as e:
+                    if e.errno == errno.ENXIO:  # no data after pos
+                        break
+                    start, end = pos, size  # no SEEK_DATA here: all of it
+                while start < end:
+                    chunk = os.pread(src, min(_CHUNK, end - start), start)
+                    if not chunk:
+                        end = start
+                        break
+                    view = memoryview(chunk)
+                    for offset in range(0, len(chunk), _BLOCK):
+                        block = view[offset:offset + _BLOCK]
+                        if chunk.count(0, offset, offset + _BLOCK) != len(block):
+                            os.pwrite(out, block, start + offset)
+                    start += len(chunk)
+                pos = max(end, pos + 1)
+            os.ftruncate(out, size)
+        finally:
+            os.close(out)
+    finally:
+        os.close(src)
+
+
+def _copy_tree(src: Path, dst: Path, owner: tuple[int, int] | None) -> None:
+    """Copy the folder src into the existing empty folder dst: directories, regular files (holes and
+    hard links kept, so the copy takes no more room than the original) and symbolic links (as links,
+    their target copied verbatim, never followed); modes (without set-id bits) and times. Other kinds
+    (fifos, sockets) are left out. `owner`: (uid, gid) for every entry, dst included; else the caller's.
+    src is read through directory fds without following links; dst is ours alone while it is written."""
+    top = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    linked: dict[tuple[int, int], str] = {}
+    folders: list[tuple[str, os.stat_result]] = [(str(dst), os.fstat(top))]
+    try:
+        for root, dirs, files, dfd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
+            here = os.path.normpath(os.path.join(dst, root))
             for name in (*dirs, *files):
-                with contextlib.suppress(FileNotFoundError):
-                    est = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-                    if (est.st_uid, est.st_gid) != (uid, gid):
-                        os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
+                try:
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                path = os.path.join(here, name)
+                if stat.S_ISDIR(st.st_mode):
+                    os.mkdir(path, 0o700)
+                    folders.append((path, st))
+                    continue
+                if stat.S_ISLNK(st.st_mode):
+                    os.symlink(os.readlink(name, dir_fd=dfd), path)
+                elif stat.S_ISREG(st.st_mode):
+                    key = (st.st_dev, st.st_ino)
+                    if st.st_nlink > 1 and key in linked:
+                        os.link(linked[key], path, follow_symlinks=False)
+                        continue
+                    _copy_file(name, dfd, path)
+                    if st.st_nlink > 1:
+                        linked[key] = path
+                    os.chmod(path, stat.S_IMODE(st.st_mode) & 0o777)
+                else:
+                    continue
+                if owner is not None:
+                    os.chown(path, *owner, follow_symlinks=False)
+                os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
     finally:
         os.close(top)
+    for path, st in reversed(folders):  # the deepest first: making entries changed their times
+        if owner is not None:
+            os.chown(path, *owner, follow_symlinks=False)
+        os.chmod(path, 0o700 if path == str(dst) else stat.S_IMODE(st.st_mode) & 0o777)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _copy_out(src: Path, workdir: Path) -> None:
+    """Replace the run's folder by a copy of src, so that a kill at any instant leaves the old or the
+    new contents (never a mix, never nothing, once `_recover` ran): copy to `.<run>.new-<nonce>`,
+    move the folder aside to `.<run>.old-<nonce>`, move the copy in, delete the old one."""
+    nonce = secrets.token_hex(6)
+    new = workdir.parent / f".{workdir.name}.new-{nonce}"
+    old = workdir.parent / f".{workdir.name}.old-{nonce}"
+    os.mkdir(new, 0o700)
+    _copy_tree(src, new, None)
+    os.chmod(new, 0o700)
+    if os.path.lexists(workdir):
+        os.rename(workdir, old)
+    os.rename(new, workdir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _call_dir(user: _User) -> Path:
+    return _state_dir() / "calls" / str(user.index)
+
+
+def _unmount(setup: _Setup, path: Path) -> None:
+    """Unmount whatever is mounted at path (a tmpfs a crashed server left included)."""
+    for _ in range(8):
+        if not os.path.ismount(path):
+            return
+        out = subprocess.run([setup.umount, "--lazy", str(path)], capture_output=True, text=True, timeout=60,
+                             env=_HOST_ENV, stdin=subprocess.DEVNULL)
+        if out.returncode != 0:
+            raise RuntimeError(f"could not unmount {path}: {out.stderr.strip()}")
+
+
+def _mount_call(setup: _Setup, user: _User, limits: SandboxLimits) -> Path:
+    """Mount the call's tmpfs at STATE/calls/<lease>: `work`, `tmp` and `shm` in it, so /work, /tmp and
+    /dev/shm share files_mb and max_files (the root and the three folders are its first 4 inodes).
+    The lease is this call's alone; a tmpfs a killed server left there is unmounted first."""
+    path = _call_dir(user)
+    path.mkdir(mode=0o755, exist_ok=True)
+    _unmount(setup, path)
+    opts = (f"size={limits.files_mb * 1024 * 1024},nr_inodes={limits.max_files + 4},mode=0755,"
+            "nosuid,nodev")
+    out = subprocess.run([setup.mount, "-t", "tmpfs", "-o", opts, "tether-sandbox", str(path)],
+                         capture_output=True, text=True, timeout=60, env=_HOST_ENV, stdin=subprocess.DEVNULL)
+    if out.returncode != 0:
+        raise RuntimeError(f"could not mount the sandbox's tmpfs: {out.stderr.strip()}")
+    try:
+        (path / "work").mkdir(mode=0o700)
+        os.chown(path / "work", user.uid, user.gid)
+        for name in ("tmp", "shm"):
+            (path / name).mkdir()
+            os.chmod(path / name, 0o1777)
+    except BaseException:
+        _unmount(setup, path)
+        raise
+    return path
+
+
+@contextlib.asynccontextmanager
+async def _call_tmpfs(setup: _Setup, user: _User, limits: SandboxLimits) -> AsyncIterator[Path]:
+    path = await asyncio.to_thread(_mount_call, setup, user, limits)
+    try:
+        yield path
+    finally:
+        await _to_thread_to_the_end(_unmount, setup, path)
+
+
+async def _to_thread_to_the_end(fn: Callable[..., T], *args: object) -> T:
+    """fn(*args) in a thread, waited for to the end even if the caller is cancelled meanwhile (then
+    re-raising the cancellation): the folder lock must not be let go while it still writes."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    result = task.result()
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
 
 
 def _folder_usage(path: Path, max_entries: int) -> tuple[int, int]:
@@ -453,8 +647,10 @@ def _scratch_usage(pid: int, work: os.stat_result) -> tuple[int, int]:
 
 @contextlib.asynccontextmanager
 async def _folder_lock(path: Path) -> AsyncIterator[None]:
-    """One call at a time per working folder (flock: across tasks and processes)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    """One call at a time per working folder (flock: across tasks and processes), on a lock file next
+    to it, `.<run>.lock`: the folder itself is replaced by every copy-out (root)."""
+    await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+    fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         while True:
             try:
@@ -611,18 +807,33 @@ class SubprocessBackend:
         setup = _setup(self.interpreter)
         if isinstance(setup, str):
             raise RuntimeError(setup)
-        await asyncio.to_thread(_make_workdir, workdir)
         async with _folder_lock(workdir):
+            await asyncio.to_thread(_recover, workdir)  # before the folder is made: it may come back
+            await asyncio.to_thread(_make_workdir, workdir)
             if not setup.as_root:
                 return await self._execute(setup, None, code, workdir, limits)
-            async with _lease_user(setup) as user:
-                await asyncio.to_thread(_chown_tree, workdir, user.uid, user.gid)
-                return await self._execute(setup, user, code, workdir, limits)
+            async with _lease_user(setup) as user, _call_tmpfs(setup, user, limits) as mounted:
+                work = mounted / "work"
+                try:
+                    await asyncio.to_thread(_copy_tree, workdir, work, (user.uid, user.gid))
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+                    return SandboxResult(limit=(
+                        f"the working folder {WORK} holds more than {limits.files_mb} MB (files_mb) or "
+                        f"{limits.max_files} files (max_files), the most it may hold, so the code was not run; "
+                        "the operator can raise those limits (the folder is kept as it is)"))
+                try:
+                    return await self._execute(setup, user, code, mounted, limits)
+                finally:  # also when the code was stopped or the call cancelled: what it wrote is kept
+                    await _to_thread_to_the_end(_kill_user_processes, user.uid)
+                    await _to_thread_to_the_end(_copy_out, work, workdir)
 
     async def _execute(self, setup: _Setup, user: _User | None, code: str, workdir: Path,
                        limits: SandboxLimits) -> SandboxResult:
         files_bytes = limits.files_mb * 1024 * 1024
-        size0, entries0 = await asyncio.to_thread(_folder_usage, workdir, limits.max_files)
+        watched = user is None  # as root, workdir is the call's tmpfs: the kernel bounds it, no watch
+        size0, entries0 = (await asyncio.to_thread(_folder_usage, workdir, limits.max_files)) if watched else (0, 0)
         res_r, res_w = os.pipe()
         info_r, info_w = os.pipe()
         cpu = max(1, math.ceil(limits.cpu_s))  # RLIMIT_CPU counts whole seconds
@@ -687,7 +898,9 @@ class SubprocessBackend:
                 return
             ns.append(ino)
             pid = info.get("child-pid")
-            work = await asyncio.to_thread(os.stat, workdir)
+            if not watched:
+                pid = None
+            work = await asyncio.to_thread(os.stat, workdir) if watched else None
             tick = 0
             size = entries = 0
             while True:
@@ -698,12 +911,12 @@ class SubprocessBackend:
                 elif rss > limits.memory_mb * 1024 * 1024:
                     stop(f"the code ran out of memory (limit {limits.memory_mb} MB for all its processes "
                          "together) and was stopped")
-                if tick % _FOLDER_EVERY == 0:
+                if watched and tick % _FOLDER_EVERY == 0:
                     size, entries = await asyncio.to_thread(_folder_usage, workdir, limits.max_files)
                 tick += 1
                 # /tmp and /dev/shm count towards the same limits as the folder (each is bounded on its own too)
                 scratch, scratch_entries = (await asyncio.to_thread(_scratch_usage, pid, work)
-                                            if isinstance(pid, int) else (0, 0))
+                                            if isinstance(pid, int) and work is not None else (0, 0))
                 if size + scratch > max(files_bytes, size0) or \
                         entries + scratch_entries > max(limits.max_files, entries0):
                     stop(f"the working folder grew past {limits.files_mb} MB or {limits.max_files} files (what "
@@ -750,7 +963,7 @@ class SubprocessBackend:
         if not info and not stopped and not envelope_raw:
             detail = bytes(err).decode("utf-8", "replace").strip()
             raise RuntimeError(f"the sandbox could not start: {detail or f'exit status {proc.returncode}'}")
-        if not stopped:  # a last look at the folder, for growth between two ticks
+        if watched and not stopped:  # a last look at the folder, for growth between two ticks
             size, entries = await asyncio.to_thread(_folder_usage, workdir, limits.max_files)
             if size > max(files_bytes, size0) or entries > max(limits.max_files, entries0):
                 stopped.append(f"the working folder grew past {limits.files_mb} MB or {limits.max_files} files; "
@@ -759,7 +972,7 @@ class SubprocessBackend:
                                stderr=bytes(err).decode("utf-8", "replace"),
                                exit_code=proc.returncode, duration_s=time.monotonic() - started,
                                user=user.name if user else None)
-        _classify(result, _envelope(envelope_raw), stopped, proc.returncode, limits)
+        _classify(result, _envelope(envelope_raw), stopped, proc.returncode, limits, shared=not watched)
         return result
 
 
@@ -772,13 +985,15 @@ def _command(setup: _Setup, user: _User | None, workdir: str, info_fd: int, limi
              inner: list[str]) -> tuple[list[str], list[int]]:
     """The command that starts the sandbox, and the fds it reads (pass them to it, close them after).
 
-    Every writable place inside is bounded: /work (the parent's watch), and /tmp and /dev/shm (one
-    tmpfs of files_mb and max_files as root; two tmpfs of files_mb otherwise). /dev is read-only
+    `workdir`: as root, the call's tmpfs (`_mount_call`), whose work, tmp and shm become /work, /tmp
+    and /dev/shm, all bounded by it; otherwise the run's folder (the parent's watch), with a tmpfs
+    of files_mb for each of /tmp and /dev/shm. /dev is read-only
     with a few device nodes: bwrap's own --dev would be an unbounded tmpfs (host memory) plus a
     devpts. bwrap reads its options from a pipe (--args), so the sandbox's pid 1, a copy of bwrap,
     shows `bwrap --args N -- python3 ...` as its command line, not the host paths among the options."""
     files_bytes = limits.files_mb * 1024 * 1024
-    work_src = str(_state_dir() / "work") if user is not None else workdir
+    scratch = _state_dir() / "scratch"
+    work_src = f"{scratch}/work" if user is not None else workdir
     bw = ["--unshare-all", "--unshare-user"]
     if "--disable-userns" in setup.features:
         bw.append("--disable-userns")
@@ -795,8 +1010,7 @@ def _command(setup: _Setup, user: _User | None, workdir: str, info_fd: int, limi
         bw += ["--dev-bind-try", f"/dev/{name}", f"/dev/{name}"]
     for name, target in _DEV_LINKS:
         bw += ["--symlink", target, f"/dev/{name}"]
-    if user is not None:  # root mounts the scratch tmpfs in the call's mount namespace (see below)
-        scratch = _state_dir() / "scratch"
+    if user is not None:  # the call's tmpfs, bound onto STATE/scratch in the call's mount namespace (below)
         bw += ["--bind", f"{scratch}/tmp", "/tmp", "--bind", f"{scratch}/shm", "/dev/shm"]
     elif "--size" in setup.features:
         bw += ["--size", str(files_bytes), "--tmpfs", "/tmp", "--size", str(files_bytes), "--tmpfs", "/dev/shm"]
@@ -806,7 +1020,7 @@ def _command(setup: _Setup, user: _User | None, workdir: str, info_fd: int, limi
     for key, value in _SANDBOX_ENV.items():
         bw += ["--setenv", key, value]
     fds: list[int] = []
-    program = _seccomp_program(platform.machine())
+    program = _seccomp_program(platform.machine(), user is None)
     if program is not None:
         fds.append(_pipe_with(program))
         bw += ["--seccomp", str(fds[-1])]
@@ -815,17 +1029,13 @@ def _command(setup: _Setup, user: _User | None, workdir: str, info_fd: int, limi
     argv = [setup.bwrap, "--args", str(fds[-1]), "--", *inner]  # bwrap takes only options from --args
     if user is None:
         return argv, fds
-    # One tmpfs holds /tmp and /dev/shm, so both share files_mb, and nr_inodes bounds how many
-    # files they hold (its root, tmp and shm are the 3 inodes it starts with).
-    opts = f"size={files_bytes},nr_inodes={limits.max_files + 3},mode=0755,nosuid,nodev"
-    script = ('src=$1 dst=$2 scratch=$3 opts=$4 mount=$5 mkdir=$6 setpriv=$7 uid=$8 gid=$9; shift 9; '
+    # The call's tmpfs lies in STATE/calls, which only root may enter (bubblewrap resolves its bind
+    # sources as the sandbox user): root binds it onto STATE/scratch in the call's mount namespace.
+    script = ('src=$1 dst=$2 mount=$3 setpriv=$4 uid=$5 gid=$6; shift 6; '
               '"$mount" --bind "$src" "$dst" || exit 125; '
-              '"$mount" -t tmpfs -o "$opts" tether-scratch "$scratch" || exit 125; '
-              '"$mkdir" -m 1777 "$scratch/tmp" "$scratch/shm" || exit 125; '
               'exec "$setpriv" --reuid="$uid" --regid="$gid" --clear-groups --inh-caps=-all -- "$@"')
     return [setup.unshare, "--mount", "--propagation", "private", "--", setup.sh, "-c", script, "tether-sandbox",
-            workdir, work_src, str(_state_dir() / "scratch"), opts, setup.mount, setup.mkdir, setup.setpriv,
-            str(user.uid), str(user.gid), *argv], fds
+            workdir, str(scratch), setup.mount, setup.setpriv, str(user.uid), str(user.gid), *argv], fds
 
 
 def _pipe_with(data: bytes) -> int:
@@ -851,23 +1061,33 @@ _DENIED = {
 }
 
 
-@functools.lru_cache(maxsize=4)
-def _seccomp_program(machine: str) -> bytes | None:
+# Not root, /work is the host folder, watched: fallocate (full-size files at once, between two
+# looks of the watch) fails with EOPNOTSUPP, so glibc's posix_fallocate writes zeros instead, which
+# RLIMIT_FSIZE and the watch count like any write. As root /work is a tmpfs: fallocate is bounded.
+_FALLOCATE = {"x86_64": (285, 324), "aarch64": (47, 352)}  # (64-bit, 32-bit) syscall numbers
+
+
+@functools.lru_cache(maxsize=8)
+def _seccomp_program(machine: str, refuse_fallocate: bool = False) -> bytes | None:
     """A classic BPF seccomp filter (struct sock_filter[]) for bwrap's --seccomp, None if unknown here."""
     table = _DENIED.get(machine)
     if table is None:
         return None
     ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
-    deny = -1  # a jump target, resolved below to the last instruction
+    deny, unsupported = -1, -2  # jump targets, resolved below to the last two instructions
     prog: list[tuple[int, int, int, int]] = [(ld, 0, 0, 4)]  # seccomp_data.arch
-    for arch, numbers in table:
+    for (arch, numbers), fallocate in zip(table, _FALLOCATE[machine], strict=True):
         checks = [(jge, deny, 0, 0x40000000)] if arch == 0xC000003E else []  # x32 system calls
         checks += [(jeq, deny, 0, nr) for nr in numbers]
+        if refuse_fallocate:
+            checks.append((jeq, unsupported, 0, fallocate))
         prog += [(jeq, 0, len(checks) + 2, arch), (ld, 0, 0, 0), *checks,  # seccomp_data.nr
                  (ret, 0, 0, 0x7FFF0000)]  # SECCOMP_RET_ALLOW
-    prog.append((ret, 0, 0, 0x00050000 | errno.EPERM))  # SECCOMP_RET_ERRNO
+    prog.append((ret, 0, 0, 0x00050000 | errno.EOPNOTSUPP))  # SECCOMP_RET_ERRNO
+    prog.append((ret, 0, 0, 0x00050000 | errno.EPERM))
     last = len(prog) - 1
-    return b"".join(struct.pack("=HBBI", code, last - i - 1 if jt == deny else jt, jf, k)
+    targets = {deny: last, unsupported: last - 1}
+    return b"".join(struct.pack("=HBBI", code, targets[jt] - i - 1 if jt in targets else jt, jf, k)
                     for i, (code, jt, jf, k) in enumerate(prog))
 
 
@@ -887,8 +1107,9 @@ def _envelope(raw: bytes) -> dict[str, object] | None:
 
 
 def _classify(result: SandboxResult, env: dict[str, object] | None, stopped: list[str], code: int | None,
-              limits: SandboxLimits) -> None:
-    """Fill value / error / limit from the parent's observations first, the envelope second."""
+              limits: SandboxLimits, shared: bool = False) -> None:
+    """Fill value / error / limit from the parent's observations first, the envelope second. `shared`:
+    /work, /tmp and /dev/shm are one tmpfs (root)."""
     error = env.get("error") if env else None
     full = env.get("full") if env else None  # which of /tmp and /dev/shm were full (the runner looked)
     if isinstance(error, dict):
@@ -901,7 +1122,13 @@ def _classify(result: SandboxResult, env: dict[str, object] | None, stopped: lis
     if isinstance(error, dict):
         if error.get("type") == "MemoryError":
             result.limit = f"the code ran out of memory (limit {limits.memory_mb} MB)"
-        elif error.get("errno") == errno.ENOSPC and isinstance(full, list) and full:
+        elif error.get("errno") == errno.ENOSPC and shared:  # the one writable file system (a refused
+            # fallocate leaves it as it was, so it need not look full)
+            result.limit = (f"the working folder is full: {WORK}, /tmp and /dev/shm hold at most {limits.files_mb} MB "
+                            f"(files_mb) and {limits.max_files} files (max_files) together; write less, or "
+                            "delete files you no longer need")
+        elif error.get("errno") == errno.ENOSPC and isinstance(full, list) and (full := [
+                place for place in full if place != WORK]):
             places = " and ".join(map(str, full))
             result.limit = (f"the sandbox's {places} {'are' if ' and ' in places else 'is'} full: /tmp and "
                             f"/dev/shm hold at most {limits.files_mb} MB (files_mb) and {limits.max_files} files "
@@ -970,20 +1197,24 @@ def _probe_once(interpreter: str) -> str | None:
     if isinstance(setup, str):
         return setup
     try:
+        if setup.as_root:
+            with _lease_user_blocking(setup) as user:
+                limits = SandboxLimits(files_mb=1, max_files=16)
+                mounted = _mount_call(setup, user, limits)
+                try:
+                    return _probe_run(setup, user, str(mounted), limits)
+                finally:
+                    _unmount(setup, mounted)
         with tempfile.TemporaryDirectory(prefix="tether-sandbox-probe-") as tmp:
-            if setup.as_root:
-                with _lease_user_blocking(setup) as user:
-                    os.chown(tmp, user.uid, user.gid)
-                    return _probe_run(setup, user, tmp)
-            return _probe_run(setup, None, tmp)
+            return _probe_run(setup, None, tmp, SandboxLimits(files_mb=1, max_files=16))
     except Exception as e:
         return f"the sandbox could not be prepared: {e}"
 
 
-def _probe_run(setup: _Setup, user: _User | None, workdir: str) -> str | None:
+def _probe_run(setup: _Setup, user: _User | None, workdir: str, limits: SandboxLimits) -> str | None:
     info_r, info_w = os.pipe()
     inner = [setup.interpreter, "-I", "-c", f"print({_PROBE_OK!r})"]
-    argv, fds = _command(setup, user, workdir, info_w, SandboxLimits(files_mb=1, max_files=16), inner)
+    argv, fds = _command(setup, user, workdir, info_w, limits, inner)
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=_HOST_ENV, cwd="/",
                              pass_fds=(info_w, *fds), stdin=subprocess.DEVNULL)

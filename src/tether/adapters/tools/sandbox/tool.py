@@ -47,8 +47,9 @@ class SandboxLimits:
     - `output_bytes`: stdout and stderr together; past it the code is stopped. The value of the
       last expression is cut to this many characters.
     - `files_mb`: the largest file (RLIMIT_FSIZE), and what the working folder, /tmp and /dev/shm
-      may hold together (/tmp and /dev/shm are tmpfs of this size, in host memory); Monty: bytes
-      written per call.
+      may hold together (as root one tmpfs of this size holds all three, in host memory; otherwise
+      /tmp and /dev/shm are tmpfs of this size and the folder is watched); Monty: bytes written per
+      call.
     - `max_files`: entries in the working folder, /tmp and /dev/shm together (subprocess backend).
     """
 
