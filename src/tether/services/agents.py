@@ -10,6 +10,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from tether.adapters.config_files import read_text
 from tether.adapters.importing import import_attr
 from tether.domain.agents import AgentSnapshot, Limits, ToolSpec
 from tether.domain.breakpoints import Breakpoint, BreakpointError, parse_breakpoint
@@ -164,15 +165,10 @@ class Agent:
 
 def load_agent_file(path: str | Path) -> Agent:
     p = Path(path)
+    text = read_text(p, "agent file")
     try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"agent file not found: {p}") from None
-    except OSError as e:
-        raise ConfigError(f"cannot read agent file {p}: {e.strerror}") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p} is not valid TOML: {e}") from None
     unknown = set(data) - AGENT_FILE_KEYS
     if unknown:
@@ -211,7 +207,7 @@ def load_agent_file(path: str | Path) -> Agent:
         settings=data.get("settings", {}),
         breakpoints=_breakpoints(p, data.get("breakpoints", [])),
         ref=f"file:{p.resolve()}",
-        file_hash=hashlib.sha256(raw).hexdigest()[:16],
+        file_hash=hashlib.sha256(text.encode()).hexdigest()[:16],  # the file's bytes
         base_dir=p.resolve().parent,
     )
 

@@ -40,13 +40,12 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from tether.adapters.config_files import expand_env, read_text
 from tether.adapters.models.refs import ModelBackend
 from tether.domain.errors import ConfigError
 from tether.domain.hosts import allowed_host
 from tether.domain.redact import redact_url
 from tether.services.server_tools import ServerTools, ToolGrant
-
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,11 +176,7 @@ def load_operator_config(path: Path | str | None = None) -> OperatorConfig:
         return OperatorConfig(_server_defaults())
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"configuration file not found: {p}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read the configuration file {p}: {e}") from None
+        data = tomllib.loads(read_text(p, "configuration file"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p} is not valid TOML: {e}") from None
     try:
@@ -201,7 +196,7 @@ def _parse(data: dict[str, Any], path: Path) -> OperatorConfig:
     values: dict[str, Any] = {}
     for name, value in server_table.items():
         if name == "api_keys_file":
-            keys_path = Path(expand(_typed(value, str, "[server] api_keys_file"), "[server] api_keys_file"))
+            keys_path = Path(expand_env(_typed(value, str, "[server] api_keys_file"), "[server] api_keys_file"))
             values["api_keys"] = (*values.get("api_keys", ()), *_keys_file(path.parent / keys_path))
         elif name == "allowed_hosts":
             if not isinstance(value, list) or not all(isinstance(h, str) for h in value):
@@ -210,7 +205,7 @@ def _parse(data: dict[str, Any], path: Path) -> OperatorConfig:
         elif name == "api_keys":
             if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
                 raise ConfigError("[server] api_keys must be a list of strings, e.g. [\"${TETHER_KEY_A}\"]")
-            keys = tuple(expand(k, f"[server] api_keys[{i}]") for i, k in enumerate(value))
+            keys = tuple(expand_env(k, f"[server] api_keys[{i}]") for i, k in enumerate(value))
             values[name] = (*keys, *values.get(name, ()))
         else:
             values[name] = _typed(value, type(getattr(ServerSettings(), name)), f"[server] {name}")
@@ -220,13 +215,13 @@ def _parse(data: dict[str, Any], path: Path) -> OperatorConfig:
     store = _table(data, "store")
     _only(store, {"url"}, "[store]")
     written = {f"store.{k}": v for k, v in store.items() if isinstance(v, str)}
-    database_url = expand(_typed(store["url"], str, "[store] url"), "[store] url") if "url" in store else None
+    database_url = expand_env(_typed(store["url"], str, "[store] url"), "[store] url") if "url" in store else None
 
     models = _table(data, "models")
     _only(models, {"base_url", "api_key"}, "[models]")
     written.update({f"models.{k}": v for k, v in models.items() if isinstance(v, str)})
-    backend = ModelBackend(*(expand(_typed(models[k], str, f"[models] {k}"), f"[models] {k}") if k in models else None
-                             for k in ("base_url", "api_key")))
+    backend = ModelBackend(*(expand_env(_typed(models[k], str, f"[models] {k}"), f"[models] {k}")
+                             if k in models else None for k in ("base_url", "api_key")))
     if backend.base_url is not None and not re.match(r"https?://", backend.base_url):
         shown = redact_url(backend.base_url)
         raise ConfigError(f"[models] base_url must start with http:// or https://, not {shown!r}")
@@ -242,7 +237,7 @@ def _parse(data: dict[str, Any], path: Path) -> OperatorConfig:
     grants = _grants(_table(data, "tools"), path.parent)
     config = OperatorConfig(server, database_url, backend, mcp_servers, grants, path, written)
     if "mcp_config" in data:
-        json_path = Path(expand(_typed(data["mcp_config"], str, "mcp_config"), "mcp_config"))
+        json_path = Path(expand_env(_typed(data["mcp_config"], str, "mcp_config"), "mcp_config"))
         config = config.with_mcp_json(json_path if json_path.is_absolute() else path.parent / json_path)
     config.server_tools()  # checks every grant now
     return config
@@ -265,7 +260,7 @@ def _grants(tables: dict[str, Any], base: Path) -> dict[str, ToolGrant]:
                                            or not all(isinstance(o, str) for o in client_options)):
             raise ConfigError(f"{where} client_options must be a list of option names, e.g. [\"cpu_s\"]")
         if "work_root" in options:
-            root = Path(expand(_typed(options["work_root"], str, f"{where} work_root"), f"{where} work_root"))
+            root = Path(expand_env(_typed(options["work_root"], str, f"{where} work_root"), f"{where} work_root"))
             options["work_root"] = str(base.absolute() / root)  # an absolute root stays as it is
         grants[name] = ToolGrant(enabled, options, caps,
                                  None if client_options is None else frozenset(client_options))
@@ -274,12 +269,7 @@ def _grants(tables: dict[str, Any], base: Path) -> dict[str, ToolGrant]:
 
 def _keys_file(path: Path) -> tuple[str, ...]:
     """API keys from a file (a mounted secret): one a line; blank lines and `#` comments skipped."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"[server] api_keys_file: {path} not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"[server] api_keys_file: cannot read {path}: {e}") from None
+    text = read_text(path, "[server] api_keys_file")
     keys = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
     if not keys:
         raise ConfigError(f"[server] api_keys_file: {path} holds no key (one a line)")
@@ -296,18 +286,6 @@ def _server_defaults() -> ServerSettings:
     if keepalive_s <= 0:
         raise ConfigError(f"TETHER_SSE_KEEPALIVE_S must be positive, not {value!r}")
     return ServerSettings(keepalive_s=keepalive_s)
-
-
-def expand(value: str, where: str, environ: Mapping[str, str] | None = None) -> str:
-    """`value` with each `${VAR}` replaced from the environment; an unset variable is an error."""
-    env = os.environ if environ is None else environ
-
-    def sub(m: re.Match[str]) -> str:
-        if m.group(1) not in env:
-            raise ConfigError(f"{where} uses ${{{m.group(1)}}}, but the environment variable {m.group(1)} is not set")
-        return env[m.group(1)]
-
-    return _VAR.sub(sub, value)
 
 
 def _table(data: dict[str, Any], name: str) -> dict[str, Any]:

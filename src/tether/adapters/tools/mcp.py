@@ -45,6 +45,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from tether.adapters.config_files import expand_env, read_text
 from tether.domain.errors import ConfigError
 from tether.domain.redact import redact_url
 from tether.domain.tools import ToolContext, ToolError, ToolPolicy
@@ -52,7 +53,6 @@ from tether.domain.tools import ToolContext, ToolError, ToolPolicy
 logger = logging.getLogger("tether.mcp")
 
 MAX_TOOL_NAME = 64
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _TABLE_KEYS = {"command", "args", "env", "cwd", "url", "headers", "type", "transport", "timeout_s",
                "startup_timeout_s"}
 _STDIO_TYPES = {"stdio"}
@@ -161,13 +161,7 @@ class McpServerConfig:
         return [v for v in values if len(v) >= 4]
 
     def _expand(self, value: str, where: str) -> str:
-        def sub(m: re.Match[str]) -> str:
-            var = m.group(1)
-            if var not in os.environ:
-                raise ConfigError(f"{where} uses ${{{var}}}, but the environment variable {var} is not set")
-            return os.environ[var]
-
-        return _VAR.sub(sub, value)
+        return expand_env(value, where)
 
 
 def configs_from_tables(tables: Mapping[str, Any]) -> list[McpServerConfig]:
@@ -192,11 +186,7 @@ def import_mcp_json(source: str | Path | Mapping[str, Any]) -> list[McpServerCon
         p = Path(source)
         origin = str(p)
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"MCP configuration file not found: {p}") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"cannot read MCP configuration {p}: {e}") from None
+            data = json.loads(read_text(p, "MCP configuration file"))
         except json.JSONDecodeError as e:
             raise ConfigError(f"{p} is not valid JSON: {e}") from None
     servers = data.get("mcpServers", data.get("servers")) if isinstance(data, Mapping) else None
