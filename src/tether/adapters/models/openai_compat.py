@@ -193,15 +193,29 @@ def _finish(reason: Any, has_calls: bool) -> FinishReason:
     return "tool_calls" if has_calls and mapped == "stop" else mapped
 
 
+def _arguments(arguments: Any, name: str, body: str | None) -> str:
+    """The arguments of tool call `name` as JSON text (some servers send an object instead)."""
+    if isinstance(arguments, dict):
+        return json.dumps(arguments)
+    if arguments is not None and not isinstance(arguments, str):
+        raise BadAnswer(f"the arguments of tool call {name or '(not yet named)'!r} are not a string", body,
+                        retry=False)
+    return arguments or ""
+
+
+def _tool_calls(listed: Any, body: str) -> list[dict[str, Any]]:
+    """The tool calls of a message or a delta: objects, each with an object as its function."""
+    calls = listed if isinstance(listed, list) else [listed] if listed else []
+    if not all(isinstance(tc, dict) and isinstance(tc.get("function") or {}, dict) for tc in calls):
+        raise BadAnswer("the server's tool calls are not objects", body, retry=False)
+    return calls
+
+
 def _tool_call(provider_id: Any, name: Any, arguments: Any, body: str | None) -> ToolCall:
     if not isinstance(name, str) or not name:
         raise BadAnswer("the model asked for a tool without naming it", body, retry=True)
-    if isinstance(arguments, dict):  # some servers send the arguments as an object, not as JSON text
-        arguments = json.dumps(arguments)
-    elif arguments is not None and not isinstance(arguments, str):
-        raise BadAnswer(f"the arguments of tool call {name!r} are not a string", body, retry=False)
     provider_id = provider_id if isinstance(provider_id, str) and provider_id else None
-    return ToolCall(provider_id or new_id("call"), name, arguments or "", provider_id)
+    return ToolCall(provider_id or new_id("call"), name, _arguments(arguments, name, body), provider_id)
 
 
 def _checked(response: ModelResponse, body: str | None) -> ModelResponse:
@@ -241,10 +255,7 @@ def from_completion(body: str) -> ModelResponse:
     if not isinstance(message, dict):
         raise BadAnswer("the server's message is not an object", body, retry=False)
     calls = []
-    listed = message.get("tool_calls") or []
-    for tc in listed if isinstance(listed, list) else [listed]:
-        if not isinstance(tc, dict) or not isinstance(tc.get("function") or {}, dict):
-            raise BadAnswer("the server's tool calls are not objects", body, retry=False)
+    for tc in _tool_calls(message.get("tool_calls"), body):
         fn = tc.get("function")
         if fn is None:  # a custom (non-function) tool call: not something Tether asked for
             continue
@@ -310,8 +321,7 @@ class _StreamAssembler:
                 fragment.append(content)
             if refusal := _text_of(delta, "refusal", data):
                 self.refusal.append(refusal)
-            listed = delta.get("tool_calls") or []
-            for position, tc in enumerate(listed if isinstance(listed, list) else [listed]):
+            for position, tc in enumerate(_tool_calls(delta.get("tool_calls"), data)):
                 self._add_call(position, tc, data)
             reason = choice.get("finish_reason")
             if isinstance(reason, str) and reason:
@@ -321,9 +331,7 @@ class _StreamAssembler:
             self.text.append(text)
         return text
 
-    def _add_call(self, position: int, tc: Any, data: str) -> None:
-        if not isinstance(tc, dict) or not isinstance(tc.get("function") or {}, dict):
-            raise BadAnswer("the stream sent a tool call that is not an object", data, retry=False)
+    def _add_call(self, position: int, tc: dict[str, Any], data: str) -> None:
         index = tc.get("index")
         slot = self.calls.setdefault(index if isinstance(index, int) else position,
                                      {"id": None, "name": "", "arguments": ""})
@@ -333,11 +341,7 @@ class _StreamAssembler:
         name, arguments = fn.get("name"), fn.get("arguments")
         if isinstance(name, str) and name != slot["name"]:  # sent once (OpenAI), or repeated whole by some
             slot["name"] += name
-        if isinstance(arguments, dict):  # some servers send the arguments as an object, not as JSON text
-            arguments = json.dumps(arguments)
-        elif arguments is not None and not isinstance(arguments, str):
-            raise BadAnswer("the stream sent tool call arguments that are not a string", data, retry=False)
-        slot["arguments"] += arguments or ""
+        slot["arguments"] += _arguments(arguments, slot["name"], data)
 
     def response(self) -> ModelResponse:
         if self.finish_reason is None and not self.done:
@@ -571,7 +575,7 @@ class OpenAIModel:
         status = status_of(exc)
         # What the server sent back hides its own address too: a tenant sees run errors, and the
         # operator's URL is not theirs.
-        netloc = urlsplit(self.base_url).netloc if self.base_url else ""
+        netloc = urlsplit(self.base_url).netloc
         hidden = [*self._secrets(), netloc, netloc.rpartition("@")[2]]
         if isinstance(exc, BadAnswer):
             msg = f"{where} failed: {exc.describe(hidden)}"
