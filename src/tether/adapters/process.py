@@ -6,6 +6,7 @@ of a lease still exists. Elsewhere (no /proc) every answer is None, and leases s
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from tether.domain.leases import Host
 PROC = Path("/proc")
 
 
+@functools.cache  # read once: a process's boot and namespaces do not change (a recovery asks per run)
 def this_host() -> Host | None:
     """This boot of the kernel, and the namespaces this process sees pids and /proc in."""
     try:
