@@ -6,7 +6,7 @@ data load only when first used. `__all__` is a literal list and every name is im
 """
 
 import importlib as _importlib
-import typing as _typing
+import typing  # as `typing.TYPE_CHECKING` below, which mypy and pyright both read
 
 __version__ = "0.1.0"
 
@@ -28,6 +28,7 @@ __all__ = [
     "Record",
     "ReplayDiverged",
     "Run",
+    "RunInfo",
     "RunNotFound",
     "RunView",
     "RunsService",
@@ -70,6 +71,7 @@ _EXPORTS = {
     "Event": "tether.domain.events",
     "Record": "tether.domain.records",
     "PendingItem": "tether.domain.records",
+    "RunInfo": "tether.domain.runs",
     "Step": "tether.domain.steps",
     "Usage": "tether.domain.usage",
     "Breakpoint": "tether.domain.breakpoints",
@@ -88,7 +90,7 @@ _EXPORTS = {
     "ToolError": "tether.errors",
 }
 
-if _typing.TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from tether.adapters.models.scripted import ScriptedModel, call_tool, reply
     from tether.adapters.store.memory import MemoryStore
     from tether.adapters.tools.client import ClientTool
@@ -98,6 +100,7 @@ if _typing.TYPE_CHECKING:
     from tether.domain.events import Event
     from tether.domain.messages import Message
     from tether.domain.records import PendingItem, Record
+    from tether.domain.runs import RunInfo
     from tether.domain.steps import Step
     from tether.domain.tools import ToolContext, ToolPolicy
     from tether.domain.usage import Usage
@@ -120,7 +123,7 @@ if _typing.TYPE_CHECKING:
     from tether.services.views import Run, RunView
 
 
-if not _typing.TYPE_CHECKING:  # hidden from type checkers: they would let `tether.anything` through
+if not typing.TYPE_CHECKING:  # hidden from type checkers: they would let `tether.anything` through
 
     def __getattr__(name: str) -> object:
         module = _EXPORTS.get(name)

@@ -7,7 +7,7 @@ asked for: `import tether.errors` stays as light as `import tether`.
 """
 
 import importlib as _importlib
-import typing as _typing
+import typing  # as `typing.TYPE_CHECKING` below, which mypy and pyright both read
 
 from tether.adapters.store.migrations import SchemaError
 from tether.domain.breakpoints import BreakpointError
@@ -41,11 +41,11 @@ __all__ = [
 # Defined next to SQLAlchemy code: imported on first use, not with this module.
 _LAZY = {"StoreError": "tether.adapters.store.sql"}
 
-if _typing.TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from tether.adapters.store.sql import StoreError
 
 
-if not _typing.TYPE_CHECKING:  # hidden from type checkers: they would let `tether.errors.anything` through
+if not typing.TYPE_CHECKING:  # hidden from type checkers: they would let `tether.errors.anything` through
 
     def __getattr__(name: str) -> type[Exception]:
         module = _LAZY.get(name)
