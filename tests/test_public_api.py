@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import dataclasses
 import importlib
 import inspect
 import json
@@ -168,6 +169,10 @@ def test_a_tool_keeps_the_type_of_its_function():
 
     assert isinstance(double, tether.FunctionTool) and double(4) == 8
     assert double.policy.timeout_s == 3 and double.policy.idempotent
+    # `@tool(...)`'s typed keywords are exactly ToolPolicy's fields (a new field needs a keyword there)
+    decorator = typing.get_overloads(tether.tool)[1]
+    keywords = set(inspect.signature(decorator).parameters) - {"name", "description", "policy"}
+    assert keywords == {f.name for f in dataclasses.fields(tether.ToolPolicy)}
 
 
 # -- the documentation's Python snippets under `mypy --strict` ---------------------------------
