@@ -11,6 +11,7 @@ from tether.adapters.models.scripted import ScriptedModel, call_tool, calls, rep
 from tether.adapters.store.memory import MemoryStore
 from tether.adapters.tools.function import tool
 from tether.domain.agents import Limits
+from tether.domain.answers import EditArguments
 from tether.domain.breakpoints import BreakpointError
 from tether.domain.errors import AlreadyResumed, ConfigError, TetherError
 from tether.domain.models import ModelRequest
@@ -188,8 +189,8 @@ async def test_edit_arguments_reach_the_tool(service):
     assert seen_args == [{"a": 40, "b": 2}]
     assert run.output == "result 42"
     edit = next(r.payload for r in run.records if isinstance(r.payload, Decision))
-    assert edit.action == "edit" and edit.payload["old"] == '{"a": 0, "b": 1}'
-    assert json.loads(edit.payload["arguments"]) == {"a": 40, "b": 2}
+    assert edit.action == "edit" and isinstance(edit.answer, EditArguments) and edit.answer.old == '{"a": 0, "b": 1}'
+    assert json.loads(edit.answer.arguments) == {"a": 40, "b": 2}
 
 
 async def test_an_edited_result_is_what_the_model_sees_next(service):
