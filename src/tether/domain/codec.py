@@ -53,12 +53,10 @@ def dump_payload(payload: Payload) -> bytes:
 
 def load_payload(data: str | bytes, v: int | None = None) -> Payload:
     """A payload from its JSON; `v`, the record's format version, if known (else told by shape)."""
-    if v is None or v < 2:
-        raw = data.encode() if isinstance(data, str) else data
-        if b'"decision"' in raw:
-            parsed = json.loads(raw)
-            if parsed.get("kind") == "decision" and "answer" not in parsed:
-                return decision_from_v1(parsed)
+    if (v is None or v < 2) and ('"decision"' in data if isinstance(data, str) else b'"decision"' in data):
+        parsed = json.loads(data)
+        if parsed.get("kind") == "decision" and "answer" not in parsed:
+            return decision_from_v1(parsed)
     return _payload_adapter().validate_json(data)  # type: ignore[no-any-return]
 
 

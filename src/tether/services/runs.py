@@ -23,7 +23,7 @@ from tether.adapters.process import start_ticks, this_host
 from tether.domain.agents import AgentSnapshot
 from tether.domain.answers import Abort, Answer
 from tether.domain.breakpoints import Breakpoint, parse_breakpoint
-from tether.domain.decisions import decision_for
+from tether.domain.decisions import actions_for, decision_for
 from tether.domain.errors import (
     AlreadyResumed,
     ConfigError,
@@ -271,7 +271,7 @@ class RunsService:
         if view.pause_id is None or item is None:
             raise TetherError(f"run {run_id} has no uncertain call {call_id} pending (it is {view.status}); "
                               "if you answered it already, it was already resumed")
-        if action in ("rerun", "supply") and item.reason not in ("uncertain", "client_tool"):
+        if action in ("rerun", "supply") and not {"rerun", "supply"} & set(actions_for(item)):
             raise AlreadyResumed(f"run {run_id} was already resumed: call {call_id} now waits at {item.stop} "
                                  f"({item.reason}), not for an answer about whether it ran")
         answers = {i.id: (action, result) if i.id == call_id else ("continue", None) for i in view.pending}

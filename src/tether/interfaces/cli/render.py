@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tether.domain.answers import answer_value
+from tether.domain.decisions import actions_for, needs_answer
 from tether.domain.diff import DiffRow, RunDiff, StepSummary, Totals
 from tether.domain.events import Event
 from tether.domain.records import (
@@ -345,16 +346,17 @@ def pending_text(item: PendingItem, limit: int | None = 300) -> Text:
 
 
 def how_to_answer(run_id: str, items: list[PendingItem]) -> list[str]:
-    """The commands that answer each pending item."""
+    """The commands that answer each pending item (the answers that fit it: domain/decisions.py)."""
+    flags = {"rerun": "--rerun", "supply": "--supply TEXT", "continue": "--continue", "abort": "--abort"}
     out = []
     for item in items:
-        base = cmd(f"runs answer {run_id} {item.id}")
-        if item.reason == "uncertain":
-            out.append(f"{base} --rerun | --supply RESULT | --abort")
-        elif item.reason == "client_tool":
-            out.append(f"{base} --supply OUTPUT | --abort")
-        else:
-            out.append(f"{base} --continue | --abort")
+        ok = [a for a in actions_for(item) if a != "continue" or not needs_answer(item)]
+        given = [flag for action, flag in flags.items() if action in ok]
+        line = f"{cmd(f'runs answer {run_id} {item.id}')} {' | '.join(given)}"
+        in_debugger = [a for a in ok if a in ("approve", "deny", "edit", "skip")]
+        if in_debugger:
+            line += f"   (or {cmd(f'debug {run_id}')}: {', '.join(in_debugger)})"
+        out.append(line)
     out.append(cmd(f"runs cancel {run_id}") + "   (abort the run)")
     return out
 
