@@ -8,7 +8,7 @@ log's reader; None when unknown, e.g. a fork's edits). `type` tells the types ap
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from tether.domain.messages import Message, ToolCall, message_to_dict
 
@@ -136,8 +136,19 @@ class Abort:
     action: ClassVar[Action] = "abort"
 
 
+class _ByType:
+    """Tells pydantic (which loads only in the codec) that answers are told apart by `type`, so a
+    record is decoded with one look-up rather than by trying each type in turn."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        from pydantic import Field
+
+        return handler.generate_schema(Annotated[source, Field(discriminator="type")])
+
+
 Edit = EditMessages | EditResponse | EditArguments | EditResult | EditOutput
 Answer = Continue | Step | Edit | Skip | Supply | Approve | Deny | Rerun | Abort
+TaggedAnswer = Annotated[Answer, _ByType()]  # the type of a decision's answer field
 
 
 def answer_value(a: Answer) -> Any:

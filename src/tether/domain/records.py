@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from tether.domain.agents import AgentSnapshot
 from tether.domain.answers import Action as Action  # re-exported: the actions are named in answers.py
-from tether.domain.answers import Answer
+from tether.domain.answers import TaggedAnswer
 from tether.domain.messages import Message
 from tether.domain.models import ModelResponse
 from tether.domain.usage import Usage
@@ -109,7 +109,7 @@ class Decision:
 
     pause_id: str
     item_id: str
-    answer: Answer
+    answer: TaggedAnswer
     by: str = "api"
     call_id: str | None = None  # the tool call it concerns, if it concerns one
     step: int | None = None

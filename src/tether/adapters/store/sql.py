@@ -752,7 +752,7 @@ class SqlStore:
         # Whoever loads a run starts from the log: forget what this store remembered about it.
         self._broken.pop(run_id, None)
         self._infos.pop(run_id, None)
-        return [Record(run_id, seq, ts, load_payload(payload), v) for seq, ts, payload, v in rows]
+        return [Record(run_id, seq, ts, load_payload(payload, v), v) for seq, ts, payload, v in rows]
 
     async def get_run(self, run_id: str) -> RunInfo | None:
         def op(conn: sa.Connection) -> RunInfo | None:
