@@ -592,3 +592,14 @@ def test_how_to_answer_offers_what_fits():
     lines = how_to_answer("run_1", [approval, uncertain])
     assert "--continue" not in lines[0] and "--abort" in lines[0] and "approve, deny" in lines[0]
     assert lines[1].endswith("--rerun | --supply TEXT | --abort")
+
+
+async def test_a_budget_can_be_lifted_and_raised_limits_must_be_whole_where_they_count(service):
+    run = await service.start(agent(adder(3), limits=Limits(max_steps=1, max_tokens=150)), "go")
+    with pytest.raises(TetherError, match="max_steps must be a positive number, a whole one"):
+        await service.answer(run.id, {run.pending[0].id: ("continue", {"limits": {"max_steps": 2.5}})})
+    with pytest.raises(TetherError, match="max_steps must be a positive number"):
+        await service.answer(run.id, {run.pending[0].id: ("continue", {"limits": {"max_steps": None}})})
+    run = await service.answer(run.id, {run.pending[0].id: ("continue", {"limits": {"max_steps": 10,
+                                                                                   "max_tokens": None}})})
+    assert run.status == "completed" and run.output == "result 3"

@@ -53,7 +53,7 @@ def make_answer(item: PendingItem, action: Action, value: Any, view: RunView) ->
         return value
     if action == "continue":
         raw = value.get("limits") if isinstance(value, dict) else None
-        return Continue(check_limits(raw, {})) if raw is not None else Continue()
+        return Continue(check_limits(raw)) if raw is not None else Continue()
     if action == "edit":
         return edit_answer(item, value, view)
     if action == "supply":
@@ -71,7 +71,7 @@ def make_answer(item: PendingItem, action: Action, value: Any, view: RunView) ->
     return simple[action]
 
 
-def check_limits(new: Any, current: dict[str, Any]) -> dict[str, int | float | None]:
+def check_limits(new: Any, current: dict[str, Any] | None = None) -> dict[str, int | float | None]:
     """Budgets raised at a budget pause: known names, positive numbers (whole ones for steps and
     tokens; null: no limit, except for max_steps). Returns those that differ from `current`."""
     if not isinstance(new, dict):
@@ -87,7 +87,7 @@ def check_limits(new: Any, current: dict[str, Any]) -> dict[str, int | float | N
         if not ok:
             raise TetherError(f"{name} must be a positive number{', a whole one' if whole else ''}"
                               + ("" if name == "max_steps" else " (or null: no limit)") + f", not {value!r}")
-        if value != current.get(name):
+        if current is None or value != current.get(name):
             out[name] = int(value) if whole and value is not None else value
     return out
 
