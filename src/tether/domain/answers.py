@@ -7,6 +7,7 @@ log's reader; None when unknown, e.g. a fork's edits). `type` tells the types ap
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -160,16 +161,24 @@ def answer_value(a: Answer) -> Any:
     if isinstance(a, Continue):
         return {"limits": a.limits} if a.limits else None
     if isinstance(a, Approve):
-        return None if a.arguments is None else {"arguments": a.arguments}
+        return None if a.arguments is None else {"arguments": _json(a.arguments)}
     if isinstance(a, EditMessages):
         return {"messages": [message_to_dict(m) for m in a.messages]}
     if isinstance(a, EditResponse):
-        return {"text": a.text, "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments}
+        return {"text": a.text, "tool_calls": [{"id": c.id, "name": c.name, "arguments": _json(c.arguments)}
                                                for c in a.tool_calls]}
     if isinstance(a, EditArguments):
-        return {"arguments": a.arguments}
+        return {"arguments": _json(a.arguments)}
     if isinstance(a, EditResult):
         return {"result": a.result}
     if isinstance(a, EditOutput):
         return {"output": a.output}
     return None
+
+
+def _json(text: str) -> Any:
+    """Arguments as JSON data to show (the text itself if it is not JSON)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -380,8 +380,7 @@ class Debugger:
         answer = make_answer(item, "edit", new, self.view)  # fails early on a bad value
         self.staged[item.id] = Staged(answer, new)
         for key, value in (answer_value(answer) or {}).items():
-            shown = parse_json(value) if key == "arguments" else new if key in ("response", "messages") else value
-            self.screen.block(f"staged: edit the {key}", shown)
+            self.screen.block(f"staged: edit the {key}", new if key in ("response", "messages") else value)
         self.out(Text("c sends it and goes on; edit again to change it", style="dim"))
 
     def current_value(self, item: PendingItem) -> Any:

@@ -202,8 +202,9 @@ class Screen:
             self.out(Text("nothing staged: c sends continue for every item", style="dim"))
         for item in view.pending:
             if item.id in staged:
-                answer = staged[item.id].answer
-                self.block(f"{where(item)}: {answer.action}", answer_value(answer))
+                st = staged[item.id]
+                self.block(f"{where(item)}: {st.answer.action}",
+                           st.value if st.value is not None else answer_value(st.answer))
 
     # -- steps -----------------------------------------------------------------------------------
 

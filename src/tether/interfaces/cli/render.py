@@ -355,7 +355,7 @@ def how_to_answer(run_id: str, items: list[PendingItem]) -> list[str]:
         line = f"{cmd(f'runs answer {run_id} {item.id}')} {' | '.join(given)}"
         in_debugger = [a for a in ok if a in ("approve", "deny", "edit", "skip")]
         if in_debugger:
-            line += f"   (or {cmd(f'debug {run_id}')}: {', '.join(in_debugger)})"
+            line += f"   (in the debugger, {cmd(f'debug {run_id}')}: also {', '.join(in_debugger)})"
         out.append(line)
     out.append(cmd(f"runs cancel {run_id}") + "   (abort the run)")
     return out
