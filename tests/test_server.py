@@ -225,6 +225,10 @@ def test_breakpoint_edit_arguments_and_continue(client, http, script, calc_assis
     wrong = http.post(f"/tether/runs/{run_id}/answer", json={"pause_id": view["pause_id"], "answers": {
         item["id"]: {"action": "supply", "payload": "4"}}})
     assert wrong.status_code == 400 and "'supply' does not answer a breakpoint" in wrong.json()["error"]["message"]
+    assert wrong.json()["error"]["param"] == f"answers.{item['id']}.action", wrong.text
+    bad = answer(http, run_id, view["pause_id"], "edit", {"arguments": "not json"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "payload", bad.text
+    assert "the arguments are not valid JSON" in bad.json()["error"]["message"]
     r = answer(http, run_id, view["pause_id"], "edit", {"arguments": {"expression": "3*7"}})
     assert r.status_code == 200, r.text
     after = r.json()

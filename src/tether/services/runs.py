@@ -23,7 +23,7 @@ from tether.adapters.process import start_ticks, this_host
 from tether.domain.agents import AgentSnapshot
 from tether.domain.answers import Abort, Answer
 from tether.domain.breakpoints import Breakpoint, parse_breakpoint
-from tether.domain.decisions import actions_for, decision_for
+from tether.domain.decisions import actions_for, check_action, decision_for
 from tether.domain.errors import (
     AlreadyResumed,
     ConfigError,
@@ -450,8 +450,21 @@ class RunsService:
         if unknown:
             raise InvalidRequest(f"Pause {view.pause_id} has no items {sorted(unknown)}; its items are "
                                  f"{[i.id for i in view.pending]}", param="answers")
-        full = {i.id: (answers or {}).get(i.id, (default, value)) for i in view.pending}
-        return await self.decide(run_id, view.pause_id, full, by=by, on_event=on_event, drive=drive)
+        typed: dict[str, Answer] = {}
+        for item in view.pending:  # checked here too, to name the field a mistake is in
+            own = item.id in (answers or {})
+            given = (answers or {})[item.id] if own else (default, value)
+            action, raw = (given.action, given) if isinstance(given, ANSWER_TYPES) else given
+            where = f"answers.{item.id}." if own else ""
+            try:
+                check_action(item, action)
+            except TetherError as e:
+                raise InvalidRequest(str(e), param=where + "action") from None
+            try:
+                typed[item.id] = make_answer(item, action, raw, view)
+            except TetherError as e:
+                raise InvalidRequest(str(e), param=where + "payload") from None
+        return await self.decide(run_id, view.pause_id, typed, by=by, on_event=on_event, drive=drive)
 
     async def fork(self, run_id: str, step: int, edits: dict[str, Any] | None = None, *,
                    on_event: Callable[[Event], None] | None = None, drive: bool = True) -> RunView:
