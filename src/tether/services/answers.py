@@ -28,7 +28,7 @@ from tether.domain.answers import (
     Supply,
 )
 from tether.domain.breakpoints import Breakpoint, unknown_paths, uses_cost
-from tether.domain.decisions import check_action, edits
+from tether.domain.decisions import Effects, apply_answer, check_action, edits
 from tether.domain.errors import TetherError
 from tether.domain.ids import new_id
 from tether.domain.messages import Message, ToolCall, message_from_dict, message_to_dict
@@ -139,12 +139,21 @@ def fork_edit(state: RunState, step: int, edits: dict[str, Any]) -> Decision:
 def limits_now(view: RunView) -> dict[str, Any]:
     """The run's budgets now: its agent's, as raised by earlier answers to budget pauses."""
     agent_limits = view.agent.limits if view.agent is not None else None
-    limits = {name: getattr(agent_limits, name, None) for name in BUDGETS}
+    raised = _RaisedLimits({name: getattr(agent_limits, name, None) for name in BUDGETS})
     for r in view.records:
-        p = r.payload
-        if isinstance(p, Decision) and isinstance(p.answer, Continue):
-            limits.update(p.answer.limits)
-    return limits
+        if isinstance(r.payload, Decision):
+            apply_answer(r.payload, raised)
+    return raised.limits
+
+
+class _RaisedLimits(Effects):
+    """Of what answers change, only the limits."""
+
+    def __init__(self, limits: dict[str, Any]) -> None:
+        self.limits = limits
+
+    def raise_limits(self, limits: dict[str, int | float | None]) -> None:
+        self.limits.update(limits)
 
 
 def current_value(item: PendingItem, view: RunView) -> Any:
