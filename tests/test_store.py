@@ -21,6 +21,7 @@ from tether.adapters.store.memory import MemoryStore
 from tether.adapters.store.migrations import LATEST, SchemaError
 from tether.adapters.store.sql import INFO_COLUMNS, SqlStore, default_url, open_store, tether_home
 from tether.domain.agents import AgentSnapshot, Limits, ToolSpec
+from tether.domain.answers import Approve, Continue, Deny
 from tether.domain.errors import ConfigError, RunNotFound, StoreConflict
 from tether.domain.ids import new_id
 from tether.domain.messages import ImagePart, Message, RefusalPart, TextPart, ToolCall
@@ -115,7 +116,7 @@ class Run:
         )
 
     def decision(self, pause_id: str = "pause_1") -> Record:
-        return self.record(Decision(pause_id, "call_1", "approve", {"why": "fine"}, "alice"))
+        return self.record(Decision(pause_id, "call_1", Approve('{"a": 2}'), "alice", "call_1"))
 
     def finish(self, output: str = "5") -> Record:
         return self.record(Finished("completed", output, {"answer": 5}, None, Usage(10, 5), 0.002))
@@ -438,13 +439,13 @@ async def test_decide_is_compare_and_set(store: SqlStore) -> None:
     model, pause = run.model(), run.pause("pause_1")
     store.append([model, pause])
     assert not await store.decide(
-        run.id, "pause_other", [Record(run.id, 4, time.time(), Decision("pause_other", "i", "continue"))]
+        run.id, "pause_other", [Record(run.id, 4, time.time(), Decision("pause_other", "i", Continue()))]
     )
     first = run.decision("pause_1")
     assert await store.decide(run.id, "pause_1", [first])
     info = await store.get_run(run.id)
     assert info is not None and (info.status, info.pause_id, info.last_seq) == ("queued", None, 4)
-    late = Record(run.id, 4, time.time(), Decision("pause_1", "call_1", "deny", by="bob"))
+    late = Record(run.id, 4, time.time(), Decision("pause_1", "call_1", Deny("no"), by="bob"))
     assert not await store.decide(run.id, "pause_1", [late])
     assert await store.load(run.id) == [run.first, model, pause, first]  # nothing of the loser's
     # The run goes on from the decision.
@@ -479,6 +480,7 @@ DECIDER = textwrap.dedent(
     """
     import asyncio, json, sys, time
     from tether.adapters.store.sql import SqlStore
+    from tether.domain.answers import Continue
     from tether.domain.records import Decision, Record
 
     url, start, who, *runs = sys.argv[1:]
@@ -490,7 +492,7 @@ DECIDER = textwrap.dedent(
         for run_id in runs:
             while time.time() < at:
                 time.sleep(0.0005)
-            record = Record(run_id, 3, time.time(), Decision("pause_1", "call_1", "continue", by=who))
+            record = Record(run_id, 3, time.time(), Decision("pause_1", "call_1", Continue(), by=who))
             results.append(await store.decide(run_id, "pause_1", [record]))
             at += 0.3  # the next race starts together too
         await store.close()

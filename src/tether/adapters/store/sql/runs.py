@@ -91,7 +91,7 @@ class Runs:
             # Reading only newer records (an event stream) does not reset the writer: the reader is
             # not the run's writer.
             self._writer.forget(run_id)
-        return [Record(run_id, seq, ts, load_payload(payload), v) for seq, ts, payload, v in rows]
+        return [Record(run_id, seq, ts, load_payload(payload, v), v) for seq, ts, payload, v in rows]
 
     async def get_run(self, run_id: str) -> RunInfo | None:
         def op(conn: sa.Connection) -> RunInfo | None:
