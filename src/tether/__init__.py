@@ -24,17 +24,21 @@ __all__ = [
     "MemoryStore",
     "Message",
     "ModelError",
+    "PauseReason",
     "PendingItem",
     "Record",
     "ReplayDiverged",
     "Run",
     "RunInfo",
     "RunNotFound",
+    "RunStatus",
     "RunView",
     "RunsService",
     "SchemaError",
     "ScriptedModel",
     "Step",
+    "StepStatus",
+    "Stop",
     "StoreConflict",
     "StoreError",
     "TetherError",
@@ -71,10 +75,14 @@ _EXPORTS = {
     "Event": "tether.domain.events",
     "Record": "tether.domain.records",
     "PendingItem": "tether.domain.records",
+    "RunStatus": "tether.domain.records",
+    "PauseReason": "tether.domain.records",
     "RunInfo": "tether.domain.runs",
     "Step": "tether.domain.steps",
+    "StepStatus": "tether.domain.steps",
     "Usage": "tether.domain.usage",
     "Breakpoint": "tether.domain.breakpoints",
+    "Stop": "tether.domain.breakpoints",
     # every error class, from the one module that gathers them
     "AlreadyResumed": "tether.errors",
     "BreakpointError": "tether.errors",
@@ -96,12 +104,12 @@ if typing.TYPE_CHECKING:
     from tether.adapters.tools.client import ClientTool
     from tether.adapters.tools.function import FunctionTool, tool
     from tether.domain.agents import Limits
-    from tether.domain.breakpoints import Breakpoint
+    from tether.domain.breakpoints import Breakpoint, Stop
     from tether.domain.events import Event
     from tether.domain.messages import Message
-    from tether.domain.records import PendingItem, Record
+    from tether.domain.records import PauseReason, PendingItem, Record, RunStatus
     from tether.domain.runs import RunInfo
-    from tether.domain.steps import Step
+    from tether.domain.steps import Step, StepStatus
     from tether.domain.tools import ToolContext, ToolPolicy
     from tether.domain.usage import Usage
     from tether.errors import (

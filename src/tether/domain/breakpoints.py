@@ -34,19 +34,28 @@ import re
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, cast
+from enum import StrEnum
+from typing import Any, NamedTuple
 
 from tether.domain.errors import TetherError
 
-Stop = Literal[
-    "before_model", "after_model", "before_tool", "after_tool", "on_error", "on_budget", "before_finish",
-    "on_uncertain",
-]
-STOPS: tuple[Stop, ...] = (
-    "before_model", "after_model", "before_tool", "after_tool", "on_error", "on_budget", "before_finish",
-    "on_uncertain",
-)
-TOOL_STOPS: tuple[Stop, ...] = ("before_tool", "after_tool", "on_error", "on_uncertain")  # may have a tool glob
+
+class Stop(StrEnum):
+    """A place in the loop where a run can pause (the figure in DESIGN.md). The value is the name
+    written in breakpoints, records and the wire."""
+
+    BEFORE_MODEL = "before_model"
+    AFTER_MODEL = "after_model"
+    BEFORE_TOOL = "before_tool"
+    AFTER_TOOL = "after_tool"
+    ON_ERROR = "on_error"
+    ON_BUDGET = "on_budget"
+    BEFORE_FINISH = "before_finish"
+    ON_UNCERTAIN = "on_uncertain"
+
+
+STOPS: tuple[Stop, ...] = tuple(Stop)
+TOOL_STOPS: tuple[Stop, ...] = (Stop.BEFORE_TOOL, Stop.AFTER_TOOL, Stop.ON_ERROR, Stop.ON_UNCERTAIN)  # a tool glob fits
 
 MAX_CONDITION_LENGTH = 1000  # characters of condition text
 MAX_DEPTH = 30  # nesting of the condition's expression tree
@@ -72,9 +81,9 @@ _ALL: tuple[Stop, ...] = STOPS
 CONDITION_NAMES: dict[str, ConditionName] = {
     "tool": ConditionName("str", TOOL_STOPS, "the tool's name (at on_error only when a tool call failed)"),
     "args": ConditionName("dict", TOOL_STOPS, "the tool call's arguments, e.g. args.path or args[\"path\"]"),
-    "result": ConditionName("str", ("after_tool",), "the tool's result text"),
-    "error": ConditionName("str", ("on_error",), "the error text of the failed model or tool call"),
-    "output": ConditionName("str", ("after_model", "before_finish"), "the model's text"),
+    "result": ConditionName("str", (Stop.AFTER_TOOL,), "the tool's result text"),
+    "error": ConditionName("str", (Stop.ON_ERROR,), "the error text of the failed model or tool call"),
+    "output": ConditionName("str", (Stop.AFTER_MODEL, Stop.BEFORE_FINISH), "the model's text"),
     "step": ConditionName("int", _ALL, "the number of the step this stop belongs to"),
     "run.steps": ConditionName("int", _ALL, "steps taken so far in the run"),
     "run.tokens": ConditionName("int", _ALL, "tokens used so far in the run"),
@@ -548,10 +557,10 @@ def _available(path: str, stop: Stop) -> bool:
     return any(stop in d.stops for name, d in CONDITION_NAMES.items() if name.startswith(path + "."))
 
 
-def unknown_paths(condition: Condition | str, stop: Stop) -> list[str]:
+def unknown_paths(condition: Condition | str, stop: Stop | str) -> list[str]:
     """The names/paths the condition uses that never have a value at this stop (sorted), to warn about."""
-    _check_stop(stop)
-    return sorted(p for p in _as_condition(condition).paths if not _available(p, stop))
+    at = as_stop(stop)
+    return sorted(p for p in _as_condition(condition).paths if not _available(p, at))
 
 
 def uses_cost(condition: Condition | str) -> bool:
@@ -562,11 +571,18 @@ def uses_cost(condition: Condition | str) -> bool:
 # --- breakpoints ------------------------------------------------------------------------------------
 
 
-def _check_stop(stop: object) -> None:
-    if stop not in STOPS:
-        close = difflib.get_close_matches(str(stop), STOPS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise BreakpointError(f"unknown stop {stop!r}{hint} valid stops: {', '.join(STOPS)}")
+def as_stop(stop: object) -> Stop:
+    """`stop` as a Stop (text read from a user, a request or storage); raises BreakpointError."""
+    if isinstance(stop, Stop):
+        return stop
+    if isinstance(stop, str) and stop in _STOP_VALUES:
+        return Stop(stop)
+    close = difflib.get_close_matches(str(stop), _STOP_VALUES, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise BreakpointError(f"unknown stop {stop!r}{hint} valid stops: {', '.join(_STOP_VALUES)}")
+
+
+_STOP_VALUES = [s.value for s in Stop]
 
 
 @dataclass(slots=True)
@@ -581,7 +597,7 @@ class Breakpoint:
     _compiled: Condition | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _check_stop(self.stop)
+        self.stop = as_stop(self.stop)  # a Breakpoint made from text holds a member too
         if self.tool is not None:
             if not isinstance(self.tool, str) or not self.tool or any(c.isspace() for c in self.tool):
                 raise BreakpointError(f"bad tool glob {self.tool!r}: write a tool name or glob such as delete_*")
@@ -604,7 +620,7 @@ class Breakpoint:
     def compiled(self) -> Condition | None:
         return None if self.condition is None else self._condition()
 
-    def matches(self, stop: str, context: Mapping[str, Any]) -> bool:
+    def matches(self, stop: Stop, context: Mapping[str, Any]) -> bool:
         """Whether the run should pause here: same stop, enabled (and not spent if once), tool glob, condition."""
         if stop != self.stop or not self.enabled or (self.once and self.hits > 0):
             return False
@@ -620,7 +636,7 @@ class Breakpoint:
         return text if self.condition is None else f"{text} if {self.condition.strip()}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "stop": self.stop, "tool": self.tool, "condition": self.condition,
+        return {"id": self.id, "stop": self.stop.value, "tool": self.tool, "condition": self.condition,
                 "once": self.once, "hits": self.hits, "enabled": self.enabled}
 
     @classmethod
@@ -654,8 +670,7 @@ def parse_breakpoint(text: str, *, id: str, once: bool = False) -> Breakpoint:
     source = text.strip()
     if (m := re.match(r"[A-Za-z_][A-Za-z0-9_]*", source)) is None:
         raise BreakpointError(f"bad breakpoint {text!r}: {_FORM}")
-    stop, rest = m.group(), source[m.end():]
-    _check_stop(stop)
+    stop, rest = as_stop(m.group()), source[m.end():]
     tool = None
     if rest.lstrip().startswith(":"):
         after = rest.lstrip()[1:].lstrip()
@@ -671,4 +686,4 @@ def parse_breakpoint(text: str, *, id: str, once: bool = False) -> Breakpoint:
         condition = found.group(1).strip()
         if not condition:
             raise BreakpointError(f"bad breakpoint {text!r}: a condition must follow 'if'; {_FORM}")
-    return Breakpoint(id=id, stop=cast(Stop, stop), tool=tool, condition=condition, once=once)
+    return Breakpoint(id=id, stop=stop, tool=tool, condition=condition, once=once)

@@ -28,6 +28,7 @@ from tether.domain.answers import (
     Step,
     Supply,
 )
+from tether.domain.breakpoints import Stop
 from tether.domain.messages import ToolCall, message_from_dict
 from tether.domain.models import ModelResponse
 from tether.domain.records import Decision, Payload, Record
@@ -92,9 +93,11 @@ def decision_from_v1(d: dict[str, Any]) -> Decision:
     """A format-1 decision: `action` beside an untyped `payload`, and an item id that was either
     a call id or "STOP:STEP" (the only place such an id is still read apart)."""
     item_id = d["item_id"]
-    call_id, step, stop = item_id, None, None
+    call_id: str | None = item_id
+    step: int | None = None
+    stop: Stop | None = None
     if m := _STOP_STEP.fullmatch(item_id):
-        call_id, stop, step = None, m.group(1), int(m.group(2))
+        call_id, stop, step = None, Stop(m.group(1)), int(m.group(2))
     answer = _answer_from_v1(d["action"], d.get("payload"))
     return Decision(d["pause_id"], item_id, answer, d.get("by", "api"), call_id, step, stop)
 

@@ -25,40 +25,43 @@ from tether.domain.answers import (
     Step,
     Supply,
 )
+from tether.domain.breakpoints import Stop
 from tether.domain.errors import TetherError
 from tether.domain.messages import Message, ToolCall
-from tether.domain.records import Decision, PendingItem
+from tether.domain.records import Decision, PauseReason, PendingItem
 
 # -- which answers fit which pending item ---------------------------------------------------------
 
-# Where an action fits, within a reason: at any item, only at a tool call's item, only before the
-# tool runs, or only where there is something to edit (see EDITS).
-Where = Literal["any", "tool", "before_tool", "editable"]
+# Where an action fits, within a reason: at any item, only at a tool call's item, only at a tool
+# call's item before the tool runs, or only where there is something to edit (see EDITS).
+Where = Literal["any", "tool", "before_call", "editable"]
 
-ANSWERS: dict[str, dict[Action, Where]] = {
-    "breakpoint": {"continue": "any", "step": "any", "edit": "editable", "skip": "before_tool", "abort": "any"},
-    "budget": {"continue": "any", "step": "any", "abort": "any"},
-    "approval": {"approve": "tool", "deny": "tool", "skip": "tool", "abort": "any"},
-    "client_tool": {"supply": "tool", "abort": "any"},
-    "uncertain": {"rerun": "tool", "supply": "tool", "continue": "any", "abort": "any"},
+ANSWERS: dict[PauseReason, dict[Action, Where]] = {
+    PauseReason.BREAKPOINT: {"continue": "any", "step": "any", "edit": "editable", "skip": "before_call",
+                             "abort": "any"},
+    PauseReason.BUDGET: {"continue": "any", "step": "any", "abort": "any"},
+    PauseReason.APPROVAL: {"approve": "tool", "deny": "tool", "skip": "tool", "abort": "any"},
+    PauseReason.CLIENT_TOOL: {"supply": "tool", "abort": "any"},
+    PauseReason.UNCERTAIN: {"rerun": "tool", "supply": "tool", "continue": "any", "abort": "any"},
 }
 # Reasons a plain "go on" answers: the others wait for a person's (or a client's) explicit answer.
-GO_ON_ANSWERS = frozenset(r for r, actions in ANSWERS.items() if "continue" in actions and r != "uncertain")
+GO_ON_ANSWERS = frozenset(r for r, actions in ANSWERS.items()
+                          if "continue" in actions and r != PauseReason.UNCERTAIN)
 
 # What an edit changes at each stop (a tool stop's edit needs its call).
-EDITS: dict[str, str] = {
-    "before_model": "messages",
-    "after_model": "response",
-    "before_tool": "arguments",
-    "after_tool": "result",
-    "on_error": "result",
-    "before_finish": "output",
+EDITS: dict[Stop, str] = {
+    Stop.BEFORE_MODEL: "messages",
+    Stop.AFTER_MODEL: "response",
+    Stop.BEFORE_TOOL: "arguments",
+    Stop.AFTER_TOOL: "result",
+    Stop.ON_ERROR: "result",
+    Stop.BEFORE_FINISH: "output",
 }
 
 
 def edits(item: PendingItem) -> str | None:
     """What an edit of `item` changes: messages, response, arguments, result, output; None: nothing."""
-    what = EDITS.get(item.stop or "")
+    what = EDITS.get(item.stop) if item.stop is not None else None
     if what in ("arguments", "result") and item.call_id is None:
         return None
     return what
@@ -67,8 +70,8 @@ def edits(item: PendingItem) -> str | None:
 def _fits(item: PendingItem, where: Where) -> bool:
     if where == "tool":
         return item.call_id is not None
-    if where == "before_tool":
-        return item.call_id is not None and item.stop == "before_tool"
+    if where == "before_call":
+        return item.call_id is not None and item.stop == Stop.BEFORE_TOOL
     if where == "editable":
         return edits(item) is not None
     return True

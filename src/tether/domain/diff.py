@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tether.domain.records import Finished, ModelCalled, Record
-from tether.domain.steps import Step, steps_of
+from tether.domain.records import Finished, ModelCalled, Record, RunStatus
+from tether.domain.steps import DONE, Step, StepStatus, steps_of
 from tether.domain.usage import Usage
 
 IDENTICAL = "the runs took the same steps"
@@ -27,7 +27,7 @@ class StepSummary:
 
     number: int
     type: Literal["model", "tool"]
-    status: str = "completed"  # completed, failed, in_progress, pending (see `Step.status`)
+    status: StepStatus = StepStatus.COMPLETED
     # model steps
     fingerprint: str | None = None
     text: str | None = None
@@ -112,8 +112,8 @@ class RunDiff:
     rows: list[DiffRow]
     totals_a: Totals
     totals_b: Totals
-    status_a: str | None = None  # how each run ended (None: not finished)
-    status_b: str | None = None
+    status_a: RunStatus | None = None  # how each run ended (None: not finished)
+    status_b: RunStatus | None = None
 
     @property
     def identical(self) -> bool:
@@ -159,8 +159,7 @@ def compare_steps(a: StepSummary, b: StepSummary) -> tuple[str, tuple[str, ...]]
 
 
 def _outcome(s: StepSummary) -> tuple[str, str | None, str | None]:
-    done = s.status in ("completed", "failed")
-    return ("done" if done else s.status), s.result, s.error
+    return ("done" if s.status in DONE else s.status), s.result, s.error
 
 
 def diff_runs(a_records: list[Record], b_records: list[Record]) -> RunDiff:
@@ -186,7 +185,7 @@ def diff_runs(a_records: list[Record], b_records: list[Record]) -> RunDiff:
                    totals_a, totals_b, _status(a_records), _status(b_records))
 
 
-def _status(records: list[Record]) -> str | None:
+def _status(records: list[Record]) -> RunStatus | None:
     for r in reversed(records):
         if isinstance(r.payload, Finished):
             return r.payload.status

@@ -7,7 +7,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from tether.domain.models import ModelRequest, ModelResponse
 from tether.domain.objects import StoredObject
-from tether.domain.records import Record
+from tether.domain.records import Record, RunStatus
 from tether.domain.runs import RunInfo
 from tether.domain.tools import ToolContext, ToolPolicy
 
@@ -69,7 +69,7 @@ class Store(Protocol):
     async def get_run(self, run_id: str) -> RunInfo | None: ...
 
     async def list_runs(
-        self, *, limit: int = 50, status: str | None = None, thread_id: str | None = None
+        self, *, limit: int = 50, status: RunStatus | None = None, thread_id: str | None = None
     ) -> list[RunInfo]: ...
 
     async def acquire_lease(self, run_id: str, owner: str, ttl_s: float) -> bool: ...

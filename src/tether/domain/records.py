@@ -7,22 +7,61 @@ types; the store serialises them, the executor never reads them back while it ru
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal
 
 from tether.domain.agents import AgentSnapshot
 from tether.domain.answers import Action as Action  # re-exported: the actions are named in answers.py
 from tether.domain.answers import TaggedAnswer
+from tether.domain.breakpoints import Stop
+from tether.domain.errors import InvalidRequest
 from tether.domain.messages import Message
 from tether.domain.models import ModelResponse
 from tether.domain.usage import Usage
 
 FORMAT_VERSION = 2  # 2: a decision's answer is typed (domain/answers.py); codec.py reads version 1
 
-RunStatus = Literal["queued", "running", "paused", "completed", "failed", "cancelled", "incomplete"]
-TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled", "incomplete"})
-ACTIVE: frozenset[str] = frozenset({"queued", "running", "paused"})
 
-PauseReason = Literal["breakpoint", "approval", "client_tool", "budget", "uncertain"]
+class RunStatus(StrEnum):
+    """Where a run stands (DESIGN.md, "Statuses"). A member is its value as a string, and the value
+    is what stores, records and the wire hold, so comparing with a member needs no conversion."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INCOMPLETE = "incomplete"
+
+
+TERMINAL: frozenset[RunStatus] = frozenset(
+    {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.INCOMPLETE})
+ACTIVE: frozenset[RunStatus] = frozenset({RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.PAUSED})
+
+
+def as_status(value: object) -> RunStatus:
+    """`value` (text from a user or a request) as a RunStatus; InvalidRequest says which there are."""
+    if isinstance(value, RunStatus):
+        return value
+    if isinstance(value, str) and value in _STATUS_VALUES:
+        return RunStatus(value)
+    raise InvalidRequest(f"unknown status {value!r}; use one of {', '.join(_STATUS_VALUES)}", "status")
+
+
+_STATUS_VALUES = [s.value for s in RunStatus]
+# Active and not paused: an actor advances the run or it waits for one (the log alone calls both running).
+UNPAUSED: frozenset[RunStatus] = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
+
+
+class PauseReason(StrEnum):
+    """Why a pending item waits (DESIGN.md, "the log": a `paused` record's items)."""
+
+    BREAKPOINT = "breakpoint"
+    APPROVAL = "approval"
+    CLIENT_TOOL = "client_tool"
+    BUDGET = "budget"
+    UNCERTAIN = "uncertain"
 
 
 @dataclass(slots=True)
@@ -84,9 +123,14 @@ class PendingItem:
     name: str | None = None
     arguments: str | None = None
     detail: str = ""
-    stop: str | None = None  # where in the loop: before_tool, after_model, on_budget, ...
+    stop: Stop | None = None  # where in the loop: before_tool, after_model, on_budget, ...
     step: int | None = None
     breakpoint_id: str | None = None  # the breakpoint that hit, if one did
+
+    def __post_init__(self) -> None:  # an item made with plain strings holds members too
+        self.reason = PauseReason(self.reason)
+        if self.stop is not None:
+            self.stop = Stop(self.stop)
 
     @property
     def key(self) -> str:
@@ -113,8 +157,12 @@ class Decision:
     by: str = "api"
     call_id: str | None = None  # the tool call it concerns, if it concerns one
     step: int | None = None
-    stop: str | None = None
+    stop: Stop | None = None
     kind: Literal["decision"] = "decision"
+
+    def __post_init__(self) -> None:
+        if self.stop is not None:
+            self.stop = Stop(self.stop)
 
     @property
     def action(self) -> Action:
@@ -130,6 +178,9 @@ class Finished:
     usage: Usage = field(default_factory=Usage)
     cost_usd: float | None = None
     kind: Literal["finished"] = "finished"
+
+    def __post_init__(self) -> None:
+        self.status = RunStatus(self.status)
 
 
 Payload = RunStarted | ModelCalled | ToolStarted | ToolFinished | Paused | Decision | Finished

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tether.domain.records import Decision, Finished, ModelCalled, Paused, Record, RunStarted, RunStatus
+from tether.domain.records import UNPAUSED, Decision, Finished, ModelCalled, Paused, Record, RunStarted, RunStatus
 
 
 @dataclass(slots=True)
@@ -30,7 +30,7 @@ class RunInfo:
 def released_status(status: RunStatus) -> RunStatus:
     """A run's status once its owner gives the lease back without pausing or finishing it (it was
     interrupted): nothing advances it, so it waits, queued, for `resume`."""
-    return "queued" if status == "running" else status
+    return RunStatus.QUEUED if status == RunStatus.RUNNING else status
 
 
 def shown_status(logged: RunStatus, row: RunStatus | None) -> RunStatus:
@@ -40,7 +40,7 @@ def shown_status(logged: RunStatus, row: RunStatus | None) -> RunStatus:
     recorded progress since it started, was answered or taken over) or `queued` (waiting for
     one: new, answered, or interrupted) only the row says; the fold of the log calls both running.
     """
-    if logged in ("queued", "running") and row in ("queued", "running"):
+    if logged in UNPAUSED and row in UNPAUSED:
         return row
     return logged
 
@@ -50,7 +50,7 @@ def info_from_start(record: Record, now: float) -> RunInfo:
     assert isinstance(p, RunStarted), "a run begins with its run_started record"
     return RunInfo(
         id=record.run_id,
-        status="queued",
+        status=RunStatus.QUEUED,
         agent_name=p.agent.name,
         model=p.agent.model,
         created_at=record.ts,
@@ -70,13 +70,13 @@ def update_info(info: RunInfo, record: Record) -> None:
         info.output_tokens += p.response.usage.output_tokens
         if p.cost_usd is not None:
             info.cost_usd = (info.cost_usd or 0.0) + p.cost_usd
-        if info.status != "running":
-            info.status = "running"
+        if info.status != RunStatus.RUNNING:
+            info.status = RunStatus.RUNNING
     elif isinstance(p, Paused):
-        info.status, info.pause_id = "paused", p.pause_id
+        info.status, info.pause_id = RunStatus.PAUSED, p.pause_id
         info.lease_owner = info.lease_expires = None  # a paused run holds no lease
     elif isinstance(p, Decision):
-        info.status, info.pause_id = "queued", None
+        info.status, info.pause_id = RunStatus.QUEUED, None
     elif isinstance(p, Finished):
         info.status, info.pause_id = p.status, None
         info.lease_owner = info.lease_expires = None

@@ -50,7 +50,7 @@ class CallState:
 @dataclass(slots=True)
 class RunState(Effects):
     run_id: str
-    status: RunStatus = "queued"
+    status: RunStatus = RunStatus.QUEUED
     agent: AgentSnapshot | None = None
     thread_id: str | None = None
     fork: ForkOrigin | None = None
@@ -97,13 +97,13 @@ class RunState(Effects):
             self.agent, self.thread_id, self.fork = p.agent, p.thread_id, p.fork
             self.limits = replace(p.agent.limits)
             self.started_at = record.ts
-            self.status = "running"
+            self.status = RunStatus.RUNNING
             self._hash = hashlib.sha256()
             for m in p.input:
                 self._add_message(m)
             self.input_count = len(p.input)
         elif isinstance(p, Paused):
-            self.pause, self.decisions, self.status = p, [], "paused"
+            self.pause, self.decisions, self.status = p, [], RunStatus.PAUSED
             self.stepping, self.paused_at = False, record.ts
             for item in p.items:
                 if item.breakpoint_id is not None:
@@ -141,7 +141,7 @@ class RunState(Effects):
         self.decisions.append(d)
         assert self.pause is not None
         if len(self.decisions) >= len(self.pause.items):
-            self.pause, self.status = None, "running"
+            self.pause, self.status = None, RunStatus.RUNNING
             self.close_batch()
 
     def _item(self, d: Decision) -> PendingItem | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Literal
 
 from tether.domain.decisions import Effects, apply_answer
@@ -11,11 +12,23 @@ from tether.domain.records import Decision, ModelCalled, Record, ToolFinished, T
 from tether.domain.usage import Usage
 
 
+class StepStatus(StrEnum):
+    """Where a step stands. Not a run's status: a tool step is pending until it starts."""
+
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+DONE = frozenset({StepStatus.COMPLETED, StepStatus.FAILED})  # the step has a result or an error
+
+
 @dataclass(slots=True)
 class Step:
     number: int
     type: Literal["model", "tool"]
-    status: Literal["in_progress", "completed", "failed", "pending"] = "completed"
+    status: StepStatus = StepStatus.COMPLETED
     # model steps
     text: str | None = None
     tool_calls: list[tuple[str, str, str]] = field(default_factory=list)  # (call id, name, arguments)
@@ -48,15 +61,15 @@ def steps_of(records: list[Record]) -> list[Step]:
                                  usage=resp.usage, cost_usd=p.cost_usd, duration_s=p.duration_s,
                                  reused=p.reused, started_at=r.ts - p.duration_s, finished_at=r.ts)
             for i, c in enumerate(resp.tool_calls):
-                s = Step(p.step + 1 + i, "tool", "pending", call_id=c.id, name=c.name, arguments=c.arguments,
+                s = Step(p.step + 1 + i, "tool", StepStatus.PENDING, call_id=c.id, name=c.name, arguments=c.arguments,
                          started_at=r.ts)
                 steps[s.number] = by_call[c.id] = s
         elif isinstance(p, ToolStarted):
             s = by_call[p.call_id]
-            s.status, s.attempts, s.started_at = "in_progress", p.attempt, r.ts
+            s.status, s.attempts, s.started_at = StepStatus.IN_PROGRESS, p.attempt, r.ts
         elif isinstance(p, ToolFinished):
             s = by_call[p.call_id]
-            s.status = "failed" if p.error is not None else "completed"
+            s.status = StepStatus.FAILED if p.error is not None else StepStatus.COMPLETED
             s.result, s.error, s.duration_s, s.reused, s.finished_at = (
                 p.result, p.error, p.duration_s, p.reused, r.ts)
         elif isinstance(p, Decision):
@@ -74,14 +87,14 @@ class _StepsEffects(Effects):
     def set_result(self, call_id: str, result: str, by: str, *, edited: bool = False) -> None:
         s = self.by_call.get(call_id)
         if s is not None:
-            s.status, s.result, s.error, s.supplied_by, s.edited = "completed", result, None, by, edited
+            s.status, s.result, s.error, s.supplied_by, s.edited = StepStatus.COMPLETED, result, None, by, edited
             if not edited:
                 s.finished_at = self.ts
 
     def set_error(self, call_id: str, error: str, by: str) -> None:
         s = self.by_call.get(call_id)
         if s is not None:
-            s.status, s.error, s.supplied_by, s.finished_at = "failed", error, by, self.ts
+            s.status, s.error, s.supplied_by, s.finished_at = StepStatus.FAILED, error, by, self.ts
 
     def set_arguments(self, call_id: str, arguments: str) -> None:
         s = self.by_call.get(call_id)
@@ -99,7 +112,7 @@ class _StepsEffects(Effects):
         model.text = text
         model.tool_calls = [(c.id, c.name, c.arguments) for c in calls]
         for i, c in enumerate(calls):
-            t = Step(model.number + 1 + i, "tool", "pending", call_id=c.id, name=c.name, arguments=c.arguments,
+            t = Step(model.number + 1 + i, "tool", StepStatus.PENDING, call_id=c.id, name=c.name, arguments=c.arguments,
                      started_at=self.ts)
             self.steps[t.number] = self.by_call[c.id] = t
 

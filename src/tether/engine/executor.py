@@ -29,6 +29,7 @@ from tether.domain.records import (
     Finished,
     ModelCalled,
     Paused,
+    PauseReason,
     Payload,
     PendingItem,
     Record,
@@ -90,19 +91,19 @@ class Executor:
         self._static = _static_fingerprint(agent.instructions, self._schemas(), agent.settings,
                                            agent.output_schema)
         try:
-            while state.status == "running":
+            while state.status == RunStatus.RUNNING:
                 if self._cancelled is not None or state.aborted is not None:
-                    self._finish(state, "cancelled", error=self._cancelled or state.aborted)
+                    self._finish(state, RunStatus.CANCELLED, error=self._cancelled or state.aborted)
                 elif state.batch:
                     await self._tool_calls(state)
                 elif _needs_model(state):
                     await self._model_call(state)
-                elif item := self._stop(state, "before_finish", state.last_step, output=state.final_text()):
+                elif item := self._stop(state, Stop.BEFORE_FINISH, state.last_step, output=state.final_text()):
                     await self._pause(state, [item])
                 else:
-                    self._finish(state, "completed")
+                    self._finish(state, RunStatus.COMPLETED)
         except ModelError as e:
-            self._finish(state, "failed", error=str(e))
+            self._finish(state, RunStatus.FAILED, error=str(e))
         await self.store.sync()
         return state
 
@@ -113,21 +114,21 @@ class Executor:
         assert agent is not None
         limits, step = state.limits, state.next_step
         if (reason := _token_limit(limits, state.usage)) is not None:
-            self._finish(state, "incomplete", error=reason)  # a hard limit: no call, no pause
+            self._finish(state, RunStatus.INCOMPLETE, error=reason)  # a hard limit: no call, no pause
             return
         final = False
         if (over := self._over_budget(state)) is not None and f"on_budget:on_budget:{step}" not in state.passed:
             budget, detail = over
             policy = getattr(limits, f"on_{budget}")
-            if policy == "pause" or self._stop(state, "on_budget", step, budget=budget):
-                await self._pause(state, [PendingItem(f"on_budget:{step}", "budget", detail=detail,
-                                                      stop="on_budget", step=step)])
+            if policy == "pause" or self._stop(state, Stop.ON_BUDGET, step, budget=budget):
+                await self._pause(state, [PendingItem(f"on_budget:{step}", PauseReason.BUDGET, detail=detail,
+                                                      stop=Stop.ON_BUDGET, step=step)])
                 return
             if policy == "fail":
-                self._finish(state, "failed", error=detail)
+                self._finish(state, RunStatus.FAILED, error=detail)
                 return
             final = True  # "finish": one last call without tools, that must answer
-        if item := self._stop(state, "before_model", step):
+        if item := self._stop(state, Stop.BEFORE_MODEL, step):
             await self._pause(state, [item])
             return
 
@@ -142,7 +143,7 @@ class Executor:
                 raise  # our own task is being cancelled (a shutdown): not a cancel of the run
             return  # cancel() interrupted the call: the loop ends the run as cancelled
         except ModelError as e:
-            if isinstance(e, ReplayDiverged) or not (item := self._stop(state, "on_error", step, error=str(e))):
+            if isinstance(e, ReplayDiverged) or not (item := self._stop(state, Stop.ON_ERROR, step, error=str(e))):
                 raise
             item.detail = f"the model call failed: {e}; continue to try it again"
             await self._pause(state, [item])
@@ -159,12 +160,12 @@ class Executor:
         if (reason := _incomplete_after(state, response)) is not None:
             self._record(state, ModelCalled(step, request.fingerprint, response, self.model.cost_usd(response),
                                             duration, final=final))
-            self._finish(state, "incomplete", error=reason)
+            self._finish(state, RunStatus.INCOMPLETE, error=reason)
             return
         if not calls and (reason := _no_answer(response)) is not None:
             self._record(state, ModelCalled(step, request.fingerprint, response, self.model.cost_usd(response),
                                             duration, final=final))
-            self._finish(state, "failed", error=reason)
+            self._finish(state, RunStatus.FAILED, error=reason)
             return
         rejected = None
         if not calls and agent.output_schema is not None:
@@ -173,13 +174,14 @@ class Executor:
                 if state.output_rejections >= limits.max_output_retries:
                     self._record(state, ModelCalled(step, request.fingerprint, response,
                                                     self.model.cost_usd(response), duration, final=final))
-                    self._finish(state, "failed", error=f"the answer did not match the output schema: {problem}")
+                    self._finish(state, RunStatus.FAILED,
+                                 error=f"the answer did not match the output schema: {problem}")
                     return
                 rejected = (f"Your answer does not match the required JSON schema: {problem}. "
                             "Reply again with only a JSON value that matches the schema.")
         self._record(state, ModelCalled(step, request.fingerprint, response, self.model.cost_usd(response),
                                         duration, rejected=rejected, final=final))
-        if item := self._stop(state, "after_model", step, output=response.text):
+        if item := self._stop(state, Stop.AFTER_MODEL, step, output=response.text):
             await self._pause(state, [item])
 
     def _over_budget(self, state: RunState) -> tuple[str, str] | None:
@@ -264,20 +266,20 @@ class Executor:
         except ToolError as e:
             return self._tool_done(state, c, error=str(e))
         if tool.kind == "client":
-            return PendingItem(call.id, "client_tool", call.id, call.name, call.arguments,
+            return PendingItem(call.id, PauseReason.CLIENT_TOOL, call.id, call.name, call.arguments,
                                "the client runs this tool and submits its output", step=c.step)
         policy = tool.policy
         if policy.requires_approval and call.id not in state.approved and not c.started:
-            return PendingItem(call.id, "approval", call.id, call.name, call.arguments,
+            return PendingItem(call.id, PauseReason.APPROVAL, call.id, call.name, call.arguments,
                                "this tool needs a person's approval: approve, deny, or approve with other arguments",
-                               stop="before_tool", step=c.step)
-        if not c.started and (item := self._stop(state, "before_tool", c.step, call, args=args)):
+                               stop=Stop.BEFORE_TOOL, step=c.step)
+        if not c.started and (item := self._stop(state, Stop.BEFORE_TOOL, c.step, call, args=args)):
             return item
         if c.started and not policy.idempotent:
             # Started before a crash and never finished: it may or may not have taken effect.
-            return PendingItem(call.id, "uncertain", call.id, call.name, call.arguments,
+            return PendingItem(call.id, PauseReason.UNCERTAIN, call.id, call.name, call.arguments,
                                "started before an interruption and not known to have finished; "
-                               "rerun it, supply its result, or abort", stop="on_uncertain", step=c.step)
+                               "rerun it, supply its result, or abort", stop=Stop.ON_UNCERTAIN, step=c.step)
         attempt = c.attempts + 1
         limit = self._tool_limits.get(call.name)
         while True:
@@ -295,9 +297,9 @@ class Executor:
             except TimeoutError:
                 if not tool.cancellable and not policy.idempotent:
                     # The call goes on in a thread we cannot stop: whether it takes effect is unknown.
-                    return PendingItem(call.id, "uncertain", call.id, call.name, call.arguments,
+                    return PendingItem(call.id, PauseReason.UNCERTAIN, call.id, call.name, call.arguments,
                                        f"timed out after {policy.timeout_s:g}s and may still be running; "
-                                       "rerun it, supply its result, or abort", stop="on_uncertain", step=c.step)
+                                       "rerun it, supply its result, or abort", stop=Stop.ON_UNCERTAIN, step=c.step)
                 error = f"the tool timed out after {policy.timeout_s:g}s"
             except ToolError as e:
                 error = str(e) or type(e).__name__
@@ -308,13 +310,13 @@ class Executor:
             else:
                 result = _render(value, policy.max_result_chars)
                 self._tool_done(state, c, result=result, duration=time.perf_counter() - started)
-                return self._stop(state, "after_tool", c.step, call, args=args, result=result)
+                return self._stop(state, Stop.AFTER_TOOL, c.step, call, args=args, result=result)
             if policy.retryable and attempt <= policy.max_retries:
                 await asyncio.sleep(min(0.1 * 2 ** (attempt - 1), 2.0))
                 attempt += 1
                 continue
             self._tool_done(state, c, error=error, duration=time.perf_counter() - started)
-            return self._stop(state, "on_error", c.step, call, args=args, error=error)
+            return self._stop(state, Stop.ON_ERROR, c.step, call, args=args, error=error)
 
     async def _call_tool(self, state: RunState, c: CallState, tool: Tool, validated: Any, ctx: ToolContext,
                          started: float) -> Any:
@@ -366,7 +368,7 @@ class Executor:
         if hit is None and not state.stepping:
             return None
         detail = f"breakpoint {hit.spec()}" if hit is not None else "stepped here"
-        return PendingItem(item_id, "breakpoint", call.id if call else None, call.name if call else None,
+        return PendingItem(item_id, PauseReason.BREAKPOINT, call.id if call else None, call.name if call else None,
                            call.arguments if call else None, detail, stop, step, hit.id if hit else None)
 
     def _context(self, state: RunState, step: int, call: ToolCall | None, values: dict[str, Any]) -> dict[str, Any]:
@@ -393,7 +395,7 @@ class Executor:
             if not c.done:
                 self._record(state, ToolFinished(c.step, c.call.id, c.call.name, None, f"not run: run {status}"))
         output, structured = None, None
-        if status == "completed":
+        if status == RunStatus.COMPLETED:
             output = state.final_text()
             if state.agent is not None and state.agent.output_schema is not None and output is not None:
                 structured = parse_output(output)

@@ -27,14 +27,14 @@ from tether.domain.answers import (
     Step,
     Supply,
 )
-from tether.domain.breakpoints import Breakpoint, unknown_paths, uses_cost
+from tether.domain.breakpoints import Breakpoint, Stop, unknown_paths, uses_cost
 from tether.domain.decisions import Effects, apply_answer, check_action, edits
 from tether.domain.errors import TetherError
 from tether.domain.ids import new_id
 from tether.domain.messages import Message, ToolCall, message_from_dict, message_to_dict
 from tether.domain.models import ModelResponse
 from tether.domain.protocols import Model
-from tether.domain.records import Decision, PendingItem
+from tether.domain.records import Decision, PauseReason, PendingItem
 from tether.domain.state import RunState
 from tether.services.views import RunView
 
@@ -122,13 +122,14 @@ def fork_edit(state: RunState, step: int, edits: dict[str, Any]) -> Decision:
     if call is not None:
         cid = call.call.id
         if "result" in edits:
-            return Decision("fork", cid, Skip(as_text(edits["result"])), "fork", cid, step, "before_tool")
+            return Decision("fork", cid, Skip(as_text(edits["result"])), "fork", cid, step, Stop.BEFORE_TOOL)
         if "arguments" in edits:
             return Decision("fork", cid, EditArguments(json_object(edits["arguments"])), "fork", cid, step,
-                            "before_tool")
+                            Stop.BEFORE_TOOL)
     elif "messages" in edits:
         messages = check_messages(edits["messages"])  # fail now on a bad message, not in the fold
-        return Decision("fork", f"before_model:{step}", EditMessages(messages), "fork", None, step, "before_model")
+        return Decision("fork", f"{Stop.BEFORE_MODEL}:{step}", EditMessages(messages), "fork", None, step,
+                        Stop.BEFORE_MODEL)
     where = "a tool step: give arguments or result" if call is not None else "a model step: give messages"
     raise TetherError(f"step {step} is {where} (got {sorted(edits)})")
 
@@ -158,7 +159,7 @@ class _RaisedLimits(Effects):
 
 def current_value(item: PendingItem, view: RunView) -> Any:
     """What an edit of `item` replaces, as JSON data (the form an edit of it is given in)."""
-    if item.reason == "budget":
+    if item.reason == PauseReason.BUDGET:
         return limits_now(view)
     what = edits(item)
     if what == "arguments":

@@ -39,7 +39,17 @@ from tether.domain.leases import owner_is_gone, owner_of, owner_string
 from tether.domain.messages import Message
 from tether.domain.models import ModelResponse
 from tether.domain.protocols import Store
-from tether.domain.records import TERMINAL, Action, Paused, Record, RunStarted
+from tether.domain.records import (
+    TERMINAL,
+    UNPAUSED,
+    Action,
+    Paused,
+    PauseReason,
+    Record,
+    RunStarted,
+    RunStatus,
+    as_status,
+)
 from tether.domain.runs import RunInfo, shown_status
 from tether.domain.state import RunState, fold
 from tether.engine.executor import Executor
@@ -125,7 +135,7 @@ class RunsService:
         if not runs:
             return []
         latest = runs[0]
-        if latest.status not in ("completed", "failed", "cancelled", "incomplete"):
+        if latest.status not in TERMINAL:
             raise StoreConflict(f"thread {thread_id} already has an active run ({latest.id}, {latest.status}); "
                                 "wait for it, answer its pause, or cancel it")
         return fold(latest.id, await self.store.load(latest.id)).messages
@@ -150,7 +160,7 @@ class RunsService:
             self._active.pop(state.run_id, None)
             await agent.close_tools()  # MCP sessions close when the run pauses or ends
             await self.store.sync()
-            if state.status not in ("paused", *TERMINAL):  # a pause or the end released it already
+            if state.status not in (RunStatus.PAUSED, *TERMINAL):  # a pause or the end released it already
                 await self.store.release_lease(state.run_id, self.owner)
         return view_of(state, records)
 
@@ -193,9 +203,10 @@ class RunsService:
         view.status = shown_status(state.status, info.status if info is not None else None)  # as `list` says
         return view
 
-    async def list(self, *, limit: int = 50, status: str | None = None,
+    async def list(self, *, limit: int = 50, status: RunStatus | str | None = None,
                    thread_id: str | None = None) -> builtins.list[RunInfo]:
-        return await self.store.list_runs(limit=limit, status=status, thread_id=thread_id)
+        wanted = None if status is None else as_status(status)  # InvalidRequest for an unknown status
+        return await self.store.list_runs(limit=limit, status=wanted, thread_id=thread_id)
 
     # -- answer a pause --------------------------------------------------------------------------
 
@@ -257,7 +268,7 @@ class RunsService:
         """
         if pause_id is None:
             view = await self.get(run_id)
-            if not view.paused or any(i.reason != "client_tool" for i in view.pending):
+            if not view.paused or any(i.reason != PauseReason.CLIENT_TOOL for i in view.pending):
                 raise TetherError(f"run {run_id} is not waiting for tool outputs (it is {view.status})")
             pause_id = view.pause_id
         assert pause_id is not None
@@ -293,9 +304,9 @@ class RunsService:
         info = await self.store.get_run(run_id)
         if info is None:
             raise RunNotFound(f"no run {run_id!r}")
-        if info.status in ("completed", "failed", "cancelled", "incomplete"):
+        if info.status in TERMINAL:
             raise TetherError(f"run {run_id} already finished ({info.status}); there is nothing to cancel")
-        if info.status == "paused":  # cancelling answers the pause: "abort" for every item
+        if info.status == RunStatus.PAUSED:  # cancelling answers the pause: "abort" for every item
             view = await self.get(run_id)
             assert view.pause_id is not None
             return await self.decide(run_id, view.pause_id, {i.id: ("abort", None) for i in view.pending}, by=by)
@@ -305,7 +316,7 @@ class RunsService:
             # API's "cancelling", the run may still show as running when this returns.
             await self.store.request_cancel(run_id, f"cancelled by {by}")
             deadline = time.monotonic() + (self.lease_ttl_s / 3 + 1.0 if wait else 0.0)
-            while (view := await self.get(run_id)).status in ("queued", "running") and time.monotonic() < deadline:
+            while (view := await self.get(run_id)).status in UNPAUSED and time.monotonic() < deadline:
                 await asyncio.sleep(min(0.2, self.lease_ttl_s / 10))
             return view
         records = await self.store.load(run_id)
@@ -344,7 +355,7 @@ class RunsService:
                               f"it can be resumed once that lease expires{_lease_left(info)}")
         records = await self.store.load(run_id)  # again, under the lease: the log may have grown
         state = fold(run_id, records)
-        if state.status != "running":
+        if state.status != RunStatus.RUNNING:
             await self.store.release_lease(run_id, self.owner)
             return view_of(state, records)
         return await self._drive(state, records, agent, on_event)
@@ -355,7 +366,7 @@ class RunsService:
         and started again takes its runs back at once, not when their leases expire)."""
         ids = await self.store.expired_runs()
         if dead_owners:
-            for status in ("queued", "running"):
+            for status in (RunStatus.QUEUED, RunStatus.RUNNING):
                 active = await self.store.list_runs(limit=100_000, status=status)
                 ids += [r.id for r in active if r.id not in ids and r.lease_owner and _gone(r.lease_owner)]
         return ids
@@ -501,7 +512,7 @@ class RunsService:
         await self.store.sync()
         for r in records:
             _emit(on_event, Event(fork_id, "record", r))
-        if state.status != "running":  # the parent's log ended paused or finished before `step`
+        if state.status != RunStatus.RUNNING:  # the parent's log ended paused or finished before `step`
             await self.store.release_lease(fork_id, self.owner)
             return view_of(state, records)
         if not drive:
@@ -604,7 +615,7 @@ def _emit(on_event: Callable[[Event], None] | None, event: Event) -> None:
 def _queued(state: RunState, records: list[Record]) -> RunView:
     """The view of a run made or answered without advancing it: queued until `resume` takes it."""
     view = view_of(state, records)
-    view.status = "queued"
+    view.status = RunStatus.QUEUED
     return view
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from tether.domain.agents import AgentSnapshot
 from tether.domain.messages import Message
-from tether.domain.records import PendingItem, Record, RunStarted
+from tether.domain.records import PendingItem, Record, RunStarted, RunStatus
 from tether.domain.state import RunState
 from tether.domain.steps import Step, steps_of
 from tether.domain.usage import Usage
@@ -23,7 +23,7 @@ class Run:
     """
 
     id: str
-    status: str
+    status: RunStatus
     output: str | None
     structured: Any
     error: str | None
@@ -42,7 +42,7 @@ class Run:
 
     @property
     def paused(self) -> bool:
-        return self.status == "paused"
+        return self.status == RunStatus.PAUSED
 
     @property
     def fork_warnings(self) -> list[str]:
@@ -51,7 +51,7 @@ class Run:
         return list(first.metadata.get("fork_warnings", [])) if isinstance(first, RunStarted) else []
 
     def __repr__(self) -> str:
-        what = self.output if self.status == "completed" else (self.error or [i.reason for i in self.pending])
+        what = self.output if self.status == RunStatus.COMPLETED else (self.error or [i.reason for i in self.pending])
         return f"<Run {self.id} {self.status}: {what!r}>"
 
 

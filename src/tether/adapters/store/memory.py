@@ -10,7 +10,7 @@ from typing import Any, Literal
 from tether.adapters.store.paging import check_page
 from tether.domain.errors import RunNotFound, StoreConflict
 from tether.domain.objects import StoredObject
-from tether.domain.records import ACTIVE, Record
+from tether.domain.records import ACTIVE, UNPAUSED, Record, RunStatus
 from tether.domain.runs import RunInfo, info_from_start, released_status, update_info
 
 
@@ -95,7 +95,7 @@ class MemoryStore:
 
     async def decide(self, run_id: str, pause_id: str, decisions: Sequence[Record]) -> bool:
         info = self._runs[run_id]
-        if info.status != "paused" or info.pause_id != pause_id:
+        if info.status != RunStatus.PAUSED or info.pause_id != pause_id:
             return False
         self.append(decisions)
         return True
@@ -105,7 +105,7 @@ class MemoryStore:
         return [
             r.id
             for r in self._runs.values()
-            if r.status in ("queued", "running") and (r.lease_owner is None or (r.lease_expires or 0) < now)
+            if r.status in UNPAUSED and (r.lease_owner is None or (r.lease_expires or 0) < now)
         ]
 
     async def set_breakpoints(self, run_id: str, breakpoints: list[dict[str, Any]] | None) -> None:

@@ -55,9 +55,11 @@ from rich.console import Console
 from rich.text import Text
 
 from tether.domain.answers import Action, Continue, answer_value
+from tether.domain.breakpoints import Stop
 from tether.domain.decisions import actions_for, edits, needs_answer
 from tether.domain.errors import TetherError
-from tether.domain.records import TERMINAL, PendingItem, RunStarted
+from tether.domain.records import TERMINAL, PauseReason, PendingItem, RunStarted
+from tether.domain.steps import StepStatus
 from tether.interfaces.cli.debugger_views import LiveView, Screen, Staged, compact, hint, where
 from tether.interfaces.cli.invocation import cmd
 from tether.interfaces.cli.render import STATUS_STYLE, RunPrinter, fmt_cost, fmt_tokens
@@ -275,7 +277,7 @@ class Debugger:
             step = next((s for s in view.steps if s.type == "model" and s.number == item.step), None)
             if item.arguments is not None:
                 screen.block(f"arguments of {item.name}", parse_json(item.arguments))
-            elif item.stop == "after_model" and step is not None and step.tool_calls:
+            elif item.stop == Stop.AFTER_MODEL and step is not None and step.tool_calls:
                 for _, name, args in step.tool_calls:
                     screen.block(f"arguments of {name}", parse_json(args))
             else:
@@ -285,9 +287,9 @@ class Debugger:
             tool_step = next((s for s in view.steps if item.call_id is not None and s.call_id == item.call_id), None)
             if tool_step is None:
                 raise DebuggerError(f"no tool call at {item.stop or item.reason}, so no result")
-            if tool_step.status == "failed":
+            if tool_step.status == StepStatus.FAILED:
                 screen.block("error", tool_step.error or "")
-            elif tool_step.status == "completed":
+            elif tool_step.status == StepStatus.COMPLETED:
                 screen.block("result", parse_result(tool_step.result or ""))
             else:
                 self.out(Text(f"{tool_step.name} has not run yet", style="dim"))
@@ -344,7 +346,7 @@ class Debugger:
 
     def cmd_edit(self, rest: str) -> None:
         item = self.item()
-        budget = item.reason == "budget"  # its limits are edited, and sent with "continue"
+        budget = item.reason == PauseReason.BUDGET  # its limits are edited, and sent with "continue"
         if not budget and "edit" not in actions_for(item):
             if "approve" in actions_for(item):
                 raise DebuggerError("this call waits for approval: approve it with other arguments instead, "
@@ -386,7 +388,7 @@ class Debugger:
     def current_value(self, item: PendingItem) -> Any:
         """What an edit of `item` replaces, as JSON data (a staged edit's value, if there is one)."""
         staged = self.staged.get(item.id)
-        if item.reason == "budget":
+        if item.reason == PauseReason.BUDGET:
             limits = current_value(item, self.view)
             if staged is not None and isinstance(staged.answer, Continue):
                 limits.update(staged.answer.limits)

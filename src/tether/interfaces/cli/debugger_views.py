@@ -14,11 +14,12 @@ from rich.console import Console
 from rich.text import Text
 
 from tether.domain.answers import Answer, answer_value
+from tether.domain.breakpoints import Stop
 from tether.domain.decisions import needs_answer
 from tether.domain.events import Event
 from tether.domain.messages import Message
-from tether.domain.records import TERMINAL, Paused, PendingItem
-from tether.domain.steps import Step
+from tether.domain.records import TERMINAL, Paused, PauseReason, PendingItem
+from tether.domain.steps import DONE, Step, StepStatus
 from tether.interfaces.cli.render import (
     STATUS_STYLE,
     RunPrinter,
@@ -37,9 +38,9 @@ COMPACT = 100  # characters of text, arguments and results in the one-line views
 
 # How to answer an item that waits for an explicit answer, in the debugger's commands.
 HINTS = {
-    "approval": "approve [JSON] or deny [MESSAGE] (or skip RESULT)",
-    "client_tool": "skip OUTPUT (the client tool's output)",
-    "uncertain": "rerun, or skip RESULT (supply its result)",
+    PauseReason.APPROVAL: "approve [JSON] or deny [MESSAGE] (or skip RESULT)",
+    PauseReason.CLIENT_TOOL: "skip OUTPUT (the client tool's output)",
+    PauseReason.UNCERTAIN: "rerun, or skip RESULT (supply its result)",
 }
 
 
@@ -128,14 +129,14 @@ class Screen:
             show("tool", item.name or "?", call_text(item.name, item.arguments, limit))
             if full:
                 self.block("arguments", parse_json(item.arguments), indent)
-            if item.stop in ("after_tool", "on_error") and step is not None:
-                if step.status == "failed":
+            if item.stop in (Stop.AFTER_TOOL, Stop.ON_ERROR) and step is not None:
+                if step.status == StepStatus.FAILED:
                     show("error", step.error or "", Text.assemble(("→ error: ", "red"),
                                                                   (one_line(step.error, limit), "red")))
-                elif step.status == "completed":
+                elif step.status == StepStatus.COMPLETED:
                     show("result", parse_result(step.result or ""),
                          Text.assemble(("→ ", "dim"), (one_line(step.result, limit), "green")))
-        elif item.stop == "after_model" and step is not None:
+        elif item.stop == Stop.AFTER_MODEL and step is not None:
             show("model text", step.text if step.text is not None else "(none)",
                  Text.assemble(("model text: ", "bold"),
                                one_line(step.text, limit) if step.text else ("(none)", "dim")))
@@ -147,13 +148,13 @@ class Screen:
                 show("tool calls", [{"name": n, "arguments": parse_json(a)} for _, n, a in step.tool_calls], calls)
             else:
                 self.out(Text(f"{indent}no tool calls: this is the answer", style="dim"))
-        elif item.stop == "before_model":
+        elif item.stop == Stop.BEFORE_MODEL:
             self.out(Text(f"{indent}about to call the model with {len(view.messages)} messages", style="bold"))
             if full:
                 self.messages(view, indent)
             elif view.messages:
                 self.out(Text.assemble((f"{indent}last: ", "dim"), message_line(view.messages[-1], limit)))
-        elif item.stop == "before_finish":
+        elif item.stop == Stop.BEFORE_FINISH:
             output = final_text(view)
             show("answer", output or "", Text.assemble(("answer: ", "bold"), (one_line(output, limit), "green")))
         if full:
@@ -162,9 +163,9 @@ class Screen:
                                    (str(item.step) if item.step is not None else "—", "")))
             if item.detail:
                 self.out(Text.assemble((f"{indent}why: ", "dim"), (item.detail, "")))
-        elif item.stop in ("on_error", "on_budget") and item.call_id is None:
+        elif item.stop in (Stop.ON_ERROR, Stop.ON_BUDGET) and item.call_id is None:
             self.out(Text(indent + item.detail, style="yellow"))
-        if item.reason == "budget":
+        if item.reason == PauseReason.BUDGET:
             self.block("limits", limits_now(view), indent)
             if not full:
                 self.out(Text(f"{indent}raise one with edit, e.g. edit {{\"max_steps\": 10}}; c goes on",
@@ -240,16 +241,16 @@ class Screen:
         else:
             line.append("tool  ", style="magenta")
             line.append_text(call_text(s.name, s.arguments, 60))
-            if s.status == "completed":
+            if s.status == StepStatus.COMPLETED:
                 line.append(" → ", style="dim")
                 line.append(one_line(s.result, 60), style="green")
                 if s.supplied_by:
                     line.append(f"  ({supplied(s)})", style="yellow")
-            elif s.status == "failed":
+            elif s.status == StepStatus.FAILED:
                 line.append(" → error: ", style="red")
                 line.append(one_line(s.error, 60), style="red")
             else:
-                line.append("  … not run yet" if s.status == "pending" else "  … started", style="yellow")
+                line.append("  … not run yet" if s.status == StepStatus.PENDING else "  … started", style="yellow")
         if s.reused:
             line.append("  (reused)", style="dim")
         if mark:
@@ -273,15 +274,15 @@ class Screen:
         else:
             self.out(Text.assemble(("  tool: ", "bold"), (s.name or "?", "bold"), (f"  ({s.call_id})", "dim")))
             self.block("arguments", parse_json(s.arguments))
-            if s.status == "failed":
+            if s.status == StepStatus.FAILED:
                 self.block("error", s.error or "")
-            elif s.status == "completed":
+            elif s.status == StepStatus.COMPLETED:
                 self.block("result", parse_result(s.result or ""))
                 if s.supplied_by:
                     self.out(Text(f"  ({supplied(s)})", style="yellow"))
             if s.attempts > 1:
                 self.out(Text(f"  {s.attempts} attempts", style="dim"))
-            if s.status in ("completed", "failed") and not s.supplied_by:
+            if s.status in DONE and not s.supplied_by:
                 self.out(Text(f"  {fmt_duration(s.duration_s)}", style="dim"))
         return True
 
@@ -319,8 +320,8 @@ class LiveView:
 
 def where(item: PendingItem) -> str:
     """"before_tool of step 4: calculator", "approval of step 2: delete_file", "on_budget at step 5"."""
-    what = item.stop or item.reason
-    if item.reason in ("approval", "client_tool", "uncertain"):
+    what: str = item.stop or item.reason
+    if item.reason in (PauseReason.APPROVAL, PauseReason.CLIENT_TOOL, PauseReason.UNCERTAIN):
         what = item.reason.replace("_", " ")
     step = f" of step {item.step}" if item.step is not None else ""
     return f"{what}{step}" + (f": {item.name}" if item.name else "")

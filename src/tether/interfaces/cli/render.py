@@ -27,17 +27,18 @@ from tether.domain.records import (
     PendingItem,
     Record,
     RunStarted,
+    RunStatus,
     ToolFinished,
     ToolStarted,
 )
 from tether.domain.runs import RunInfo
-from tether.domain.steps import Step, steps_of
+from tether.domain.steps import DONE, Step, StepStatus, steps_of
 from tether.domain.usage import Usage
 from tether.interfaces.cli.invocation import cmd
 
-STATUS_STYLE = {
-    "completed": "green", "failed": "red", "cancelled": "yellow", "incomplete": "yellow",
-    "paused": "magenta", "running": "cyan", "queued": "blue",
+STATUS_STYLE: dict[str, str] = {  # keyed by RunStatus; looked up with any text
+    RunStatus.COMPLETED: "green", RunStatus.FAILED: "red", RunStatus.CANCELLED: "yellow",
+    RunStatus.INCOMPLETE: "yellow", RunStatus.PAUSED: "magenta", RunStatus.RUNNING: "cyan", RunStatus.QUEUED: "blue",
 }
 
 # -- small formats ------------------------------------------------------------------------------
@@ -268,21 +269,21 @@ class RunPrinter:
             return
         self._printed.add((s.call_id, s.status, s.attempts))
         line = head + call_text(s.name, s.arguments, self.limit)
-        if s.status == "failed":
+        if s.status == StepStatus.FAILED:
             line.append(" → error: ", style="red")
             line.append(one_line(s.error, self.limit), style="red")
-        elif s.status == "completed":
+        elif s.status == StepStatus.COMPLETED:
             line.append(" → ", style="dim")
             line.append(one_line(s.result, self.limit), style="green")
             if s.supplied_by:
                 line.append(f"  (supplied by {s.supplied_by})", style="yellow")
-        elif s.status == "in_progress":
+        elif s.status == StepStatus.IN_PROGRESS:
             line.append(f"  … started (attempt {s.attempts}), not finished", style="yellow")
         else:
             line.append("  … not run yet", style="yellow")
-        if s.status in ("completed", "failed") and not s.supplied_by and s.duration_s > 0:
+        if s.status in DONE and not s.supplied_by and s.duration_s > 0:
             line.append(f"   {fmt_duration(s.duration_s)}", style="dim")
-        if s.attempts > 1 and s.status != "in_progress":
+        if s.attempts > 1 and s.status != StepStatus.IN_PROGRESS:
             line.append(f"  ({s.attempts} attempts)", style="dim")
         if s.reused:
             line.append("  (reused)", style="dim")
@@ -290,7 +291,7 @@ class RunPrinter:
 
     def _paused(self, p: Paused) -> None:
         for s in self._steps().values():  # calls cut off mid-way (the `uncertain` ones)
-            if s.type == "tool" and s.status == "in_progress" and self._new(s):
+            if s.type == "tool" and s.status == StepStatus.IN_PROGRESS and self._new(s):
                 self._step(s, None)
         n = len(p.items)
         self._print(Text.assemble(("⏸ paused", "bold magenta"), (f" ({p.pause_id})", "dim"),
@@ -533,19 +534,19 @@ def _diff_cell(s: StepSummary | None, row: DiffRow, limit: int | None) -> Text:
         cell.append("(")
         cell.append(one_line(s.arguments or "", limit), style=mark("arguments", "yellow"))
         cell.append(")")
-        if s.status == "failed":
+        if s.status == StepStatus.FAILED:
             cell.append(" → error: ", style=mark("result", "red"))
             cell.append(one_line(s.error, limit), style=mark("result", "red"))
-        elif s.status == "completed":
+        elif s.status == StepStatus.COMPLETED:
             cell.append(" → ", style="dim")
             cell.append(one_line(s.result, limit), style=mark("result", "green"))
             if s.supplied_by:
                 cell.append(f"  (supplied by {s.supplied_by})", style="yellow")
-        elif s.status == "in_progress":
+        elif s.status == StepStatus.IN_PROGRESS:
             cell.append("  … started, not finished", style=mark("result", "yellow"))
         else:
             cell.append("  … not run yet", style=mark("result", "yellow"))
-        meta = f"\n{fmt_duration(s.duration_s)}" if s.status in ("completed", "failed") else "\n"
+        meta = f"\n{fmt_duration(s.duration_s)}" if s.status in DONE else "\n"
     cell.append(meta, style="dim")
     cell.append(" · reused" if s.reused else " · live", style="dim" if s.reused else "")
     return cell

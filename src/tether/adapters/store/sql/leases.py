@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from tether.adapters.store.sql.database import Call, Database
 from tether.adapters.store.sql.schema import require_run, runs_table
+from tether.domain.records import RunStatus
 
 
 class Leases:
@@ -74,7 +75,7 @@ class Leases:
                     runs_table.update()
                     .where(c.id == run_id, c.lease_owner == owner)
                     .values(lease_owner=None, lease_expires=None, status=sa.case(
-                        (c.status == "running", "queued"), else_=c.status))  # see released_status
+                        (c.status == RunStatus.RUNNING, RunStatus.QUEUED), else_=c.status))  # see released_status
                 ).rowcount
                 if released != 1:
                     require_run(conn, run_id)
@@ -91,7 +92,7 @@ class Leases:
                     conn.execute(
                         sa.select(c.id)
                         .where(
-                            c.status.in_(("queued", "running")),
+                            c.status.in_((RunStatus.QUEUED, RunStatus.RUNNING)),
                             sa.or_(c.lease_owner.is_(None), c.lease_expires.is_(None), c.lease_expires < now),
                         )
                         .order_by(c.id)

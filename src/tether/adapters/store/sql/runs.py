@@ -17,6 +17,7 @@ from sqlalchemy import exc as sa_exc
 from tether.adapters.store.sql.database import Database
 from tether.adapters.store.sql.schema import (
     INFO_SELECT,
+    info_from_row,
     info_values,
     read_info,
     record_values,
@@ -28,7 +29,7 @@ from tether.adapters.store.sql.schema import (
 from tether.adapters.store.sql.writer import GroupCommitWriter
 from tether.domain.codec import load_payload
 from tether.domain.errors import StoreConflict
-from tether.domain.records import Record
+from tether.domain.records import Record, RunStatus
 from tether.domain.runs import RunInfo, info_from_start, update_info
 
 
@@ -101,7 +102,7 @@ class Runs:
         return await self._call(op)
 
     async def list_runs(
-        self, *, limit: int = 50, status: str | None = None, thread_id: str | None = None
+        self, *, limit: int = 50, status: RunStatus | None = None, thread_id: str | None = None
     ) -> list[RunInfo]:
         query = sa.select(*INFO_SELECT).order_by(runs_table.c.id.desc()).limit(limit)
         if status is not None:
@@ -111,7 +112,7 @@ class Runs:
 
         def op(conn: sa.Connection) -> list[RunInfo]:
             with self._db.tx(conn, write=False):
-                return [RunInfo(*row) for row in conn.execute(query)]
+                return [info_from_row(row) for row in conn.execute(query)]
 
         return await self._call(op)
 
@@ -126,11 +127,11 @@ class Runs:
                     info = read_info(conn, run_id)
                     if info is None:
                         require_run(conn, run_id)
-                    return info if info and info.status == "paused" and info.pause_id == pause_id else None
+                    return info if info and info.status == RunStatus.PAUSED and info.pause_id == pause_id else None
                 won = conn.execute(
                     runs_table.update()
-                    .where(c.id == run_id, c.status == "paused", c.pause_id == pause_id)
-                    .values(status="queued", pause_id=None)
+                    .where(c.id == run_id, c.status == RunStatus.PAUSED, c.pause_id == pause_id)
+                    .values(status=RunStatus.QUEUED, pause_id=None)
                 ).rowcount
                 if won != 1:
                     require_run(conn, run_id)

@@ -10,6 +10,7 @@ interface's documents).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,7 +18,7 @@ import sqlalchemy as sa
 from tether.domain.codec import dump_payload
 from tether.domain.errors import RunNotFound
 from tether.domain.objects import StoredObject
-from tether.domain.records import ACTIVE, TERMINAL, Record
+from tether.domain.records import ACTIVE, TERMINAL, Record, RunStatus
 from tether.domain.runs import RunInfo
 
 metadata = sa.MetaData()
@@ -106,12 +107,17 @@ def update_values(info: RunInfo) -> dict[str, Any]:
 
 def releases_lease(info: RunInfo) -> bool:
     """A pause or the end gives the lease back in the same commit: a paused run holds nothing."""
-    return info.status == "paused" or info.status in TERMINAL
+    return info.status == RunStatus.PAUSED or info.status in TERMINAL
+
+
+def info_from_row(row: Sequence[Any]) -> RunInfo:
+    """A run row (INFO_COLUMNS) as a RunInfo: its status, stored as text, becomes a RunStatus here."""
+    return RunInfo(row[0], RunStatus(row[1]), *row[2:])
 
 
 def read_info(conn: sa.Connection, run_id: str) -> RunInfo | None:
     row = conn.execute(sa.select(*INFO_SELECT).where(runs_table.c.id == run_id)).first()
-    return RunInfo(*row) if row is not None else None
+    return info_from_row(row) if row is not None else None
 
 
 def require_run(conn: sa.Connection, run_id: str) -> bool:

@@ -22,7 +22,7 @@ from tether.adapters.store.sql.objects import Objects
 from tether.adapters.store.sql.runs import Runs
 from tether.adapters.store.sql.writer import GroupCommitWriter
 from tether.domain.objects import StoredObject
-from tether.domain.records import Record
+from tether.domain.records import Record, RunStatus
 from tether.domain.runs import RunInfo
 
 
@@ -58,7 +58,7 @@ class SqlStore:
         return await self._runs.get_run(run_id)
 
     async def list_runs(
-        self, *, limit: int = 50, status: str | None = None, thread_id: str | None = None
+        self, *, limit: int = 50, status: RunStatus | None = None, thread_id: str | None = None
     ) -> list[RunInfo]:
         return await self._runs.list_runs(limit=limit, status=status, thread_id=thread_id)
 

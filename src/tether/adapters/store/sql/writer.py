@@ -32,6 +32,7 @@ from tether.adapters.store.sql.schema import (
     INFO_COLUMNS,
     RECORD_COLUMNS,
     Row,
+    info_from_row,
     read_info,
     record_row,
     records_table,
@@ -428,7 +429,7 @@ class GroupCommitWriter:
 
     def _read_sqlite(self, run_id: str) -> RunInfo | None:
         row = self._raw.execute(_SQLITE_SELECT, (run_id,)).fetchone()
-        return RunInfo(*row) if row is not None else None
+        return info_from_row(row) if row is not None else None
 
     def _write_core(
         self, groups: dict[str, tuple[list[Record], list[Row]]], use_cache: bool
