@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
-import math
 import os
 import socket
 import threading
@@ -183,6 +182,10 @@ class RunsService:
         info = await self.store.get_run(run_id)
         view.status = shown_status(state.status, info.status if info is not None else None)  # as `list` says
         return view
+
+    async def records_after(self, run_id: str, after: int) -> builtins.list[Record]:
+        """The run's records with seq > `after`: what a follower has not seen yet."""
+        return [r for r in await self.store.load(run_id) if r.seq > after]
 
     async def list(self, *, limit: int = 50, status: str | None = None,
                    thread_id: str | None = None) -> builtins.list[RunInfo]:
@@ -615,12 +618,11 @@ _default: RunsService | None = None
 
 
 def open_service(url: str | None = None, *, lease_ttl_s: float = LEASE_TTL_S) -> RunsService:
-    """A service on the store at `url` (default: TETHER_DATABASE_URL, else the SQLite file in TETHER_HOME)."""
-    from tether.adapters.store.sql import open_store
+    """A service on the store at `url` (default: the operator configuration's, else TETHER_DATABASE_URL,
+    else the SQLite file in TETHER_HOME), built by the composition root like every face's."""
+    from tether.services.compose import open_services
 
-    if not 0 < lease_ttl_s < math.inf:  # also refuses NaN
-        raise ConfigError(f"--lease-ttl must be a positive number of seconds, not {lease_ttl_s}")
-    return RunsService(open_store(url), lease_ttl_s=lease_ttl_s)
+    return open_services(lease_ttl_s=lease_ttl_s, database_url=url).runs
 
 
 async def default_service() -> RunsService:
