@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from tether.domain.models import ModelRequest, ModelResponse
 from tether.domain.objects import StoredObject
@@ -59,7 +59,12 @@ class Store(Protocol):
         """Return once everything appended so far has committed (or raise its error)."""
         ...
 
-    async def load(self, run_id: str) -> list[Record]: ...
+    async def load(self, run_id: str, after: int = 0) -> list[Record]:
+        """The run's records with `seq > after`, in seq order, appended ones included (committed first).
+
+        A full load (`after` 0) also starts the store's view of the run afresh (a run whose write failed
+        can be appended to again); reading only newer records (`after` > 0) leaves it as it was."""
+        ...
 
     async def get_run(self, run_id: str) -> RunInfo | None: ...
 
@@ -110,8 +115,23 @@ class ObjectStore(Protocol):
 
     async def get_object(self, object_id: str) -> StoredObject | None: ...
 
-    async def list_objects(self, kind: str, tenant: str, parent_id: str | None = None) -> list[StoredObject]:
-        """Every object of a kind (of one parent, if given), oldest first."""
+    async def list_objects(
+        self,
+        kind: str,
+        tenant: str,
+        parent_id: str | None = None,
+        *,
+        after: str | None = None,
+        before: str | None = None,
+        limit: int | None = None,
+        order: Literal["asc", "desc"] = "asc",
+    ) -> list[StoredObject]:
+        """The objects of a kind (of one parent, if given), by id (ids sort by creation time).
+
+        A page of them, as OpenAI's lists page: in `order`, only those after `after` and before
+        `before` in that order (both exclusive; a cursor need not exist any more), at most `limit`.
+        When `before` is given, the page is the `limit` objects nearest to it, still in `order`.
+        With no keywords: every object, oldest first."""
         ...
 
     async def delete_object(self, object_id: str) -> bool: ...

@@ -5,12 +5,20 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from tether.domain.errors import RunNotFound, StoreConflict
 from tether.domain.objects import StoredObject
 from tether.domain.records import ACTIVE, Record
 from tether.domain.runs import RunInfo, info_from_start, released_status, update_info
+
+
+def check_page(limit: int | None, order: str) -> None:
+    """The arguments of a page of objects that no store can serve (the interfaces check them first)."""
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be 0 or more, not {limit}")
+    if order not in ("asc", "desc"):
+        raise ValueError(f"order must be 'asc' or 'desc', not {order!r}")
 
 
 class MemoryStore:
@@ -47,8 +55,8 @@ class MemoryStore:
     async def sync(self) -> None:
         return None
 
-    async def load(self, run_id: str) -> list[Record]:
-        return list(self._logs.get(run_id, ()))
+    async def load(self, run_id: str, after: int = 0) -> list[Record]:
+        return self._logs.get(run_id, [])[max(after, 0):]  # seq n is at index n - 1
 
     async def get_run(self, run_id: str) -> RunInfo | None:
         return self._runs.get(run_id)
@@ -130,9 +138,27 @@ class MemoryStore:
         obj = self._objects.get(object_id)
         return copy.deepcopy(obj) if obj is not None else None
 
-    async def list_objects(self, kind: str, tenant: str, parent_id: str | None = None) -> list[StoredObject]:
-        return [copy.deepcopy(o) for _, o in sorted(self._objects.items())
-                if o.kind == kind and o.tenant == tenant and (parent_id is None or o.parent_id == parent_id)]
+    async def list_objects(
+        self,
+        kind: str,
+        tenant: str,
+        parent_id: str | None = None,
+        *,
+        after: str | None = None,
+        before: str | None = None,
+        limit: int | None = None,
+        order: Literal["asc", "desc"] = "asc",
+    ) -> list[StoredObject]:
+        check_page(limit, order)
+        forward = order == "asc"
+        page = [o for _, o in sorted(self._objects.items(), reverse=not forward)
+                if o.kind == kind and o.tenant == tenant and (parent_id is None or o.parent_id == parent_id)
+                and (after is None or (o.id > after if forward else o.id < after))
+                and (before is None or (o.id < before if forward else o.id > before))]  # fmt: skip
+        if limit is not None:
+            # With `before`, the page is the objects nearest to it (the end of the list), still in order.
+            page = page[max(len(page) - limit, 0):] if before is not None else page[:limit]
+        return [copy.deepcopy(o) for o in page]
 
     async def delete_object(self, object_id: str) -> bool:
         return self._objects.pop(object_id, None) is not None

@@ -35,7 +35,7 @@ from typing import Any, Literal, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from tether.adapters.store.memory import MemoryStore
+from tether.adapters.store.memory import MemoryStore, check_page
 from tether.adapters.store.migrations import LATEST, check_version, current_version, migrate
 from tether.domain.codec import dump_payload, load_payload
 from tether.domain.errors import ConfigError, RunNotFound, StoreConflict, TetherError
@@ -736,22 +736,24 @@ class SqlStore:
             )
         return StoreConflict(f"run {info.id} could not be created: it conflicts with a stored run")
 
-    async def load(self, run_id: str) -> list[Record]:
+    async def load(self, run_id: str, after: int = 0) -> list[Record]:
         def op(conn: sa.Connection) -> list[Any]:
             with self._tx(conn, write=False):
                 return list(
                     conn.execute(
                         sa.select(records_table.c.seq, records_table.c.ts, records_table.c.payload,
                                   records_table.c.v)
-                        .where(records_table.c.run_id == run_id)
+                        .where(records_table.c.run_id == run_id, records_table.c.seq > after)
                         .order_by(records_table.c.seq)
                     )
                 )  # fmt: skip
 
-        rows = await self._call(op)
-        # Whoever loads a run starts from the log: forget what this store remembered about it.
-        self._broken.pop(run_id, None)
-        self._infos.pop(run_id, None)
+        rows = await self._call(op)  # pending appends commit first, so they are read like the rest
+        if after <= 0:
+            # Whoever loads a whole run starts from the log: forget what this store remembered about
+            # it. Reading only newer records (an event stream) does not: it is not the run's writer.
+            self._broken.pop(run_id, None)
+            self._infos.pop(run_id, None)
         return [Record(run_id, seq, ts, load_payload(payload), v) for seq, ts, payload, v in rows]
 
     async def get_run(self, run_id: str) -> RunInfo | None:
@@ -972,18 +974,43 @@ class SqlStore:
         row = await self._call(op)
         return None if row is None else _object(row)
 
-    async def list_objects(self, kind: str, tenant: str, parent_id: str | None = None) -> list[StoredObject]:
-        """Every object of a kind (of one parent, if given), oldest first."""
+    async def list_objects(
+        self,
+        kind: str,
+        tenant: str,
+        parent_id: str | None = None,
+        *,
+        after: str | None = None,
+        before: str | None = None,
+        limit: int | None = None,
+        order: Literal["asc", "desc"] = "asc",
+    ) -> list[StoredObject]:
+        """A page of the objects of a kind (of one parent, if given), by id: see `ObjectStore`.
+        The index `objects_list` (tenant, kind, parent_id, id) serves it."""
+        check_page(limit, order)
         t = objects_table
-        query = sa.select(t).where(t.c.tenant == tenant, t.c.kind == kind).order_by(t.c.id)
+        query = sa.select(t).where(t.c.tenant == tenant, t.c.kind == kind)
         if parent_id is not None:
             query = query.where(t.c.parent_id == parent_id)
+        forward = order == "asc"
+        if after is not None:
+            query = query.where(t.c.id > after if forward else t.c.id < after)
+        if before is not None:
+            query = query.where(t.c.id < before if forward else t.c.id > before)
+        # With `before`, the page is the rows nearest to it: read away from it, then turn them round.
+        backwards = before is not None
+        query = query.order_by(t.c.id if forward != backwards else t.c.id.desc())
+        if limit is not None:
+            query = query.limit(limit)
 
         def op(conn: sa.Connection) -> list[Any]:
             with self._tx(conn, write=False):
                 return list(conn.execute(query))
 
-        return [_object(row) for row in await self._call(op)]
+        rows = await self._call(op)
+        if backwards:
+            rows.reverse()
+        return [_object(row) for row in rows]
 
     async def delete_object(self, object_id: str) -> bool:
         def op(conn: sa.Connection) -> bool:
