@@ -14,11 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from tether.adapters.models.refs import ModelBackend, resolve_model
-from tether.adapters.tools.client import ClientTool
-from tether.domain.agents import AgentSnapshot, Limits
-from tether.domain.breakpoints import BreakpointError, parse_breakpoint
-from tether.domain.errors import AlreadyResumed, ConfigError, StoreConflict, TetherError
+from tether.adapters.models.refs import ModelBackend
+from tether.domain.errors import AlreadyResumed, StoreConflict, TetherError
 from tether.domain.ids import new_id
 from tether.domain.messages import ContentPart, ImagePart, Message, TextPart
 from tether.domain.objects import StoredObject
@@ -27,13 +24,12 @@ from tether.domain.records import ACTIVE, RunStarted
 from tether.domain.state import fold
 from tether.interfaces.server import schemas, wire
 from tether.interfaces.server.errors import ApiError, bad_request, not_found
-from tether.interfaces.server.wire import CODE_INTERPRETER, RunLog
-from tether.services.agents import Agent
+from tether.interfaces.server.wire import RunLog
+from tether.services.assistants import AGENT_REF_PREFIX, ApiAgents, api_agent_resolver
 from tether.services.runs import RunsService
 from tether.services.server_tools import ServerTools
 
 FINISHED_CACHE = 2000
-MAX_STEPS = 50  # model calls an API run may make before it fails (a plain client cannot answer a budget pause)
 
 
 @dataclass(slots=True)
@@ -82,7 +78,9 @@ class AssistantsApi:
         self.service, self.config = service, config
         # The run store keeps the documents too (SqlStore and MemoryStore are both).
         self.store = cast(ObjectStore, service.store)
-        service.resolvers["api"] = self._agent_of_snapshot
+        self.agents = ApiAgents(config.tools, config.models, config.allow_file_models)
+        service.resolvers[AGENT_REF_PREFIX] = api_agent_resolver(self.store, config.tools, config.models,
+                                                                 config.allow_file_models)
         self._finished: OrderedDict[str, RunLog] = OrderedDict()  # terminal runs never change: kept, the
         # most recently used FINISHED_CACHE of them
 
@@ -134,7 +132,7 @@ class AssistantsApi:
 
     def _check_settings(self, data: dict[str, Any]) -> None:
         """Fail now, not when a run starts: the model reference, the tools, the breakpoints."""
-        self._agent("check", data)
+        self.agents.check(data)
 
     # -- threads -------------------------------------------------------------------------------
 
@@ -313,7 +311,7 @@ class AssistantsApi:
         if additional_instructions:
             settings["instructions"] = f"{settings['instructions']}\n\n{additional_instructions}".strip()
         run_id = new_id("run")
-        agent = self._agent(run_id, settings)
+        agent = self.agents.build(run_id, settings)
 
         history = [_to_message(m) for m in await self.thread_messages(tenant, thread_id)]
         ids = [new_id("msg") for _ in additional]  # minted now: they sort before the run's answers
@@ -400,78 +398,6 @@ class AssistantsApi:
                                     message_id=message_id)
         await self.store.put_object(StoredObject(view.id, "run", tenant, now, dict(parent.data), view.thread_id))
         return view
-
-    # -- agents --------------------------------------------------------------------------------
-
-    async def _agent_of_snapshot(self, snapshot: AgentSnapshot) -> Agent:
-        """Rebuild the agent of an API run (its settings are stored with it) to resume it."""
-        run_id = (snapshot.agent_ref or "").partition(":")[2]
-        row = await self.store.get_object(run_id)
-        if row is None or row.kind != "run":
-            raise ConfigError(f"run {run_id} has no stored settings; it cannot be continued here")
-        return self._agent(run_id, row.data)
-
-    def _code_interpreter(self, param: str) -> Any:
-        """`code_interpreter` runs in the sandboxed python tool, as the operator configured it."""
-        try:
-            return self.config.tools.builtin("python", None, param, name=CODE_INTERPRETER)
-        except ConfigError as e:
-            raise bad_request(f"code_interpreter is not available on this server: {e}", param) from None
-
-    def _agent(self, run_id: str, s: dict[str, Any]) -> Agent:
-        """The agent an API run runs: its model, instructions, client and server tools, limits."""
-        try:
-            model = resolve_model(s["model"], allow_files=self.config.allow_file_models, backend=self.config.models)
-        except ConfigError as e:
-            raise bad_request(f"Invalid value for 'model': {e}", "model") from None
-        tools: list[Any] = []
-        mcp = []
-        for i, t in enumerate(s.get("tools") or []):
-            if t["type"] == "function":
-                f = t["function"]
-                tools.append(ClientTool(f["name"], f.get("description") or "", f.get("parameters")))
-            elif t["type"] == "code_interpreter":
-                tools.append(self._code_interpreter(f"tools[{i}]"))
-        for i, t in enumerate(s.get("tether_tools") or []):
-            param = f"tether_tools[{i}]"
-            if t["type"] == "mcp":
-                mcp.append(self.config.tools.mcp(t.get("server"), t.get("options"), param))
-                continue
-            if t.get("server") is not None:
-                raise bad_request(f"Invalid value for '{param}.server': only an mcp tool names a server.",
-                                  f"{param}.server")
-            tools.append(self.config.tools.builtin(t["type"], t.get("options"), param))
-        names = [t.name for t in tools]
-        if len(set(names)) != len(names):
-            raise bad_request(f"Two tools have the same name: {sorted(n for n in names if names.count(n) > 1)}",
-                              "tools")
-        for spec in s.get("tether_breakpoints") or []:
-            try:
-                parse_breakpoint(spec, id="bp_check")
-            except BreakpointError as e:
-                raise bad_request(f"Invalid value for 'tether_breakpoints': {e}", "tether_breakpoints") from None
-        settings = {k: s[k] for k in ("temperature", "top_p") if s.get(k) is not None}
-        if s.get("tools") or s.get("tether_tools"):
-            settings["parallel_tool_calls"] = bool(s.get("parallel_tool_calls", True))
-            choice = s.get("tool_choice") or "auto"
-            if isinstance(choice, dict):
-                name = (choice.get("function") or {}).get("name") or CODE_INTERPRETER
-                choice = {"type": "function", "function": {"name": name}}
-            settings["tool_choice"] = choice
-        output_schema = None
-        fmt = s.get("response_format")
-        if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-            output_schema = fmt["json_schema"].get("schema") or {}
-        elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
-            settings["response_format"] = {"type": "json_object"}
-        limits = Limits(max_steps=MAX_STEPS, on_max_steps="fail", max_prompt_tokens=s.get("max_prompt_tokens"),
-                        max_completion_tokens=s.get("max_completion_tokens"))
-        try:
-            return Agent(s.get("assistant_id") or "assistant", model, instructions=s.get("instructions") or "",
-                         tools=tools, limits=limits, output_schema=output_schema, settings=settings,
-                         mcp_servers=mcp, ref=f"api:{run_id}")
-        except ConfigError as e:
-            raise bad_request(str(e)) from None
 
 
 def _stored_part(p: schemas.ContentPart) -> dict[str, Any]:

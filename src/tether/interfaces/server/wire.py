@@ -19,8 +19,8 @@ from tether.domain.objects import StoredObject
 from tether.domain.records import Finished, ModelCalled, Record, RunStarted
 from tether.domain.state import RunState
 from tether.domain.steps import Step, steps_of
+from tether.services.assistants import CODE_INTERPRETER
 
-CODE_INTERPRETER = "code_interpreter"  # the python tool's name when a client asked for code_interpreter
 _TERMINAL_STATUS = {"completed": "completed", "failed": "failed", "cancelled": "cancelled",
                     "incomplete": "incomplete"}
 
