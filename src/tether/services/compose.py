@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tether.domain.errors import ConfigError
+from tether.services.assistants import AGENT_REF_PREFIX, api_agent_resolver
 from tether.services.dispatch import Dispatcher, InProcessDispatcher
 from tether.services.events import RunEvents
 from tether.services.operator import OperatorConfig, load_operator_config
@@ -85,6 +86,9 @@ def services_for(runs: RunsService, operator: OperatorConfig | None = None, *, c
                  database_url: str = "") -> Services:
     """The services around a runs service made elsewhere (a test's, a user's own store)."""
     operator = operator or load_operator_config(None)
+    # Runs `tether serve` made, rebuilt with the operator's backend and tools (only when one is acted on)
+    runs.resolvers[AGENT_REF_PREFIX] = api_agent_resolver(runs.store, operator.server_tools(), operator.models,
+                                                          operator.server.allow_file_models)
     dispatcher = InProcessDispatcher(runs, concurrency=concurrency or operator.server.concurrency)
     return Services(runs, dispatcher, RunEvents(runs, dispatcher.bus), operator, database_url)
 

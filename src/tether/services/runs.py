@@ -185,7 +185,7 @@ class RunsService:
 
     async def records_after(self, run_id: str, after: int) -> builtins.list[Record]:
         """The run's records with seq > `after`: what a follower has not seen yet."""
-        return [r for r in await self.store.load(run_id) if r.seq > after]
+        return await self.store.load(run_id, after=after)
 
     async def list(self, *, limit: int = 50, status: str | None = None,
                    thread_id: str | None = None) -> builtins.list[RunInfo]:
