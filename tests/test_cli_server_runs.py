@@ -153,3 +153,13 @@ def test_a_wrong_configuration_is_one_clear_line(cli, tmp_path):
     typo.write_text('[stor]\nurl = "sqlite:///x.db"\n')
     out = cli("runs", "show", "run_x", "--config", str(typo))
     assert out.returncode == 2 and "stor" in out.stderr, out.all
+
+
+def test_tether_config_is_the_configuration_of_serve_and_config_show_too(cli, tmp_path):
+    config = tmp_path / "tether.toml"
+    config.write_text('[server]\nport = 8765\n')
+    shown = cli("config", "show", extra_env={"TETHER_CONFIG": str(config)})
+    assert shown.returncode == 0, shown.all
+    assert f"(from {config})" in shown.stdout and "port = 8765" in shown.stdout
+    served = cli("serve", extra_env={"TETHER_CONFIG": str(tmp_path / "missing.toml")})
+    assert served.returncode == 2 and "TETHER_CONFIG" in served.stderr, served.all
