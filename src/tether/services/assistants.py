@@ -4,13 +4,13 @@ An API run stores its settings (the assistant's, narrowed by the run's request) 
 `run` document; its agent reference is `api:RUN_ID`. `ApiAgents` builds the agent from those
 settings (model reference, client tools, the operator's server tools, breakpoints, limits), and
 `api_agent_resolver` rebuilds it from a run's snapshot so that any process (the server, the CLI)
-can continue, fork or replay a run the server made. Bad settings are `InvalidRequest`s naming the
-field, so every interface reports them its own way.
+can continue, fork or replay a run the server made. Settings are typed (`RunSettings`); bad ones
+are `InvalidRequest`s naming the field, so every interface reports them its own way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -21,6 +21,7 @@ from tether.domain.breakpoints import BreakpointError, parse_breakpoint
 from tether.domain.errors import ConfigError, InvalidRequest
 from tether.domain.protocols import ObjectStore, Store
 from tether.services.agents import Agent
+from tether.services.assistant_documents import RunSettings
 from tether.services.server_tools import ServerTools
 
 MAX_STEPS = 50  # model calls an API run may make before it fails (a plain client cannot answer a budget pause)
@@ -36,44 +37,44 @@ class ApiAgents:
     models: ModelBackend | None = None  # where bare model names go (None: OPENAI_BASE_URL / OPENAI_API_KEY)
     allow_file_models: bool = False
 
-    def check(self, settings: Mapping[str, Any]) -> None:
+    def check(self, settings: RunSettings) -> None:
         """Fail now, not when a run starts: the model reference, the tools, the breakpoints."""
         self.build("check", settings)
 
-    def build(self, run_id: str, s: Mapping[str, Any]) -> Agent:
+    def build(self, run_id: str, s: RunSettings) -> Agent:
         """The agent an API run runs: its model, instructions, client and server tools, limits."""
         try:
-            model = resolve_model(s["model"], allow_files=self.allow_file_models, backend=self.models)
+            model = resolve_model(s.model, allow_files=self.allow_file_models, backend=self.models)
         except ConfigError as e:
             raise InvalidRequest(f"Invalid value for 'model': {e}", "model") from None
         tools: list[Any] = []
         mcp = []
-        for i, t in enumerate(s.get("tools") or []):
-            if t["type"] == "function":
-                f = t["function"]
-                tools.append(ClientTool(f["name"], f.get("description") or "", f.get("parameters")))
-            elif t["type"] == "code_interpreter":
+        for i, t in enumerate(s.tools):
+            if t.type == "function" and t.function is not None:
+                f = t.function
+                tools.append(ClientTool(f.name, f.description or "", f.parameters))
+            elif t.type == "code_interpreter":
                 tools.append(self._code_interpreter(f"tools[{i}]"))
-        for i, t in enumerate(s.get("tether_tools") or []):
+        for i, st in enumerate(s.tether_tools):
             param = f"tether_tools[{i}]"
-            if t["type"] == "mcp":
-                mcp.append(self.tools.mcp(t.get("server"), t.get("options"), param))
+            if st.type == "mcp":
+                mcp.append(self.tools.mcp(st.server, st.options, param))
                 continue
-            if t.get("server") is not None:
+            if st.server is not None:
                 raise InvalidRequest(f"Invalid value for '{param}.server': only an mcp tool names a server.",
                                      f"{param}.server")
-            tools.append(self.tools.builtin(t["type"], t.get("options"), param))
+            tools.append(self.tools.builtin(st.type, st.options, param))
         names = [t.name for t in tools]
         if len(set(names)) != len(names):
             raise InvalidRequest(f"Two tools have the same name: {sorted(n for n in names if names.count(n) > 1)}",
                                  "tools")
-        for spec in s.get("tether_breakpoints") or []:
+        for spec in s.tether_breakpoints:
             try:
                 parse_breakpoint(spec, id="bp_check")
             except BreakpointError as e:
                 raise InvalidRequest(f"Invalid value for 'tether_breakpoints': {e}", "tether_breakpoints") from None
         try:
-            return Agent(s.get("assistant_id") or "assistant", model, instructions=s.get("instructions") or "",
+            return Agent(s.assistant_id or "assistant", model, instructions=s.instructions or "",
                          tools=tools, limits=_limits(s), output_schema=_output_schema(s),
                          settings=_model_settings(s), mcp_servers=mcp, ref=f"{AGENT_REF_PREFIX}:{run_id}")
         except ConfigError as e:
@@ -87,32 +88,33 @@ class ApiAgents:
             raise InvalidRequest(f"code_interpreter is not available on this server: {e}", param) from None
 
 
-def _model_settings(s: Mapping[str, Any]) -> dict[str, Any]:
+def _model_settings(s: RunSettings) -> dict[str, Any]:
     """What the model is sent besides the messages: sampling, tool choice, JSON mode."""
-    settings = {k: s[k] for k in ("temperature", "top_p") if s.get(k) is not None}
-    if s.get("tools") or s.get("tether_tools"):
-        settings["parallel_tool_calls"] = bool(s.get("parallel_tool_calls", True))
-        choice = s.get("tool_choice") or "auto"
+    settings: dict[str, Any] = {k: v for k, v in (("temperature", s.temperature), ("top_p", s.top_p))
+                                if v is not None}
+    if s.tools or s.tether_tools:
+        settings["parallel_tool_calls"] = s.parallel_tool_calls
+        choice = s.tool_choice or "auto"
         if isinstance(choice, dict):
             name = (choice.get("function") or {}).get("name") or CODE_INTERPRETER
             choice = {"type": "function", "function": {"name": name}}
         settings["tool_choice"] = choice
-    fmt = s.get("response_format")
+    fmt = s.response_format
     if isinstance(fmt, dict) and fmt.get("type") == "json_object":
         settings["response_format"] = {"type": "json_object"}
     return settings
 
 
-def _output_schema(s: Mapping[str, Any]) -> dict[str, Any] | None:
-    fmt = s.get("response_format")
+def _output_schema(s: RunSettings) -> dict[str, Any] | None:
+    fmt = s.response_format
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
         return cast("dict[str, Any]", fmt["json_schema"].get("schema") or {})
     return None
 
 
-def _limits(s: Mapping[str, Any]) -> Limits:
-    return Limits(max_steps=MAX_STEPS, on_max_steps="fail", max_prompt_tokens=s.get("max_prompt_tokens"),
-                  max_completion_tokens=s.get("max_completion_tokens"))
+def _limits(s: RunSettings) -> Limits:
+    return Limits(max_steps=MAX_STEPS, on_max_steps="fail", max_prompt_tokens=s.max_prompt_tokens,
+                  max_completion_tokens=s.max_completion_tokens)
 
 
 def api_agent_resolver(store: ObjectStore | Store, tools: ServerTools, models: ModelBackend | None,
@@ -129,6 +131,6 @@ def api_agent_resolver(store: ObjectStore | Store, tools: ServerTools, models: M
         row = await objects.get_object(run_id)
         if row is None or row.kind != "run":
             raise ConfigError(f"run {run_id} has no stored settings; it cannot be continued here")
-        return agents.build(run_id, row.data)
+        return agents.build(run_id, RunSettings.model_validate(row.data))
 
     return agent_of_snapshot

@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tether.domain.errors import AlreadyResumed, ConfigError, InvalidRequest, RunNotFound, TetherError
+from tether.domain.errors import AlreadyResumed, ConfigError, InvalidRequest, NotFound, RunNotFound, TetherError
 from tether.domain.ids import new_id
 from tether.interfaces.server import schemas
 from tether.interfaces.server.assistants import AssistantsApi, ServerConfig, tenant_of
@@ -109,6 +109,10 @@ def create_app(services: Services | RunsService, config: ServerConfig | None = N
     async def config_error(request: Request, e: ConfigError) -> Response:
         return _error_response(ApiError(400, str(e)), request)
 
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, e: NotFound) -> Response:
+        return _error_response(ApiError(404, str(e)), request)
+
     @app.exception_handler(RunNotFound)
     async def run_not_found(request: Request, e: RunNotFound) -> Response:
         return _error_response(ApiError(404, str(e)), request)
@@ -167,14 +171,7 @@ def create_app(services: Services | RunsService, config: ServerConfig | None = N
     # before /v1/threads/{thread_id}: that route would take POST /v1/threads/runs for a thread "runs"
     @app.post("/v1/threads/runs", tags=["runs"])
     async def create_thread_and_run(request: Request, body: schemas.ThreadAndRun) -> Any:
-        t = tenant(request)
-        await api.assistant(t, body.assistant_id)  # 404 before a thread is made
-        thread = await api.create_thread(t, body.thread)
-        try:
-            run_id = await api.prepare_run(t, thread["id"], body)
-        except BaseException:
-            await api.store.delete_object(thread["id"])
-            raise
+        thread, run_id = await api.create_thread_and_run(tenant(request), body)
         return await started(run_id, thread["id"], body.stream, request, [sse("thread.created", thread)])
 
     @app.get("/v1/threads/{thread_id}", tags=["threads"])

@@ -17,12 +17,12 @@ from fastapi.responses import StreamingResponse
 
 from tether.domain.breakpoints import BreakpointError
 from tether.domain.codec import dump_payload
-from tether.domain.errors import AlreadyResumed
+from tether.domain.errors import AlreadyResumed, NotFound
 from tether.domain.records import TERMINAL, Paused, Record
 from tether.domain.steps import steps_of
 from tether.interfaces.server import schemas
 from tether.interfaces.server.assistants import AssistantsApi
-from tether.interfaces.server.errors import ApiError, not_found
+from tether.interfaces.server.errors import ApiError
 from tether.interfaces.server.streaming import KEEPALIVE, sse
 from tether.services.compose import Services
 from tether.services.events import Quiet
@@ -36,12 +36,11 @@ def add_debug_routes(app: FastAPI, api: AssistantsApi, services: Services, *, ke
 
     async def debug_run(request: Request, run_id: str) -> str:
         """The run, if this tenant may debug it (its own API runs; on a keyless loopback server, any)."""
-        row = await api.store.get_object(run_id)
-        if row is not None and row.kind == "run" and row.tenant == tenant(request):
+        if await api.assistants.is_tenant_run(tenant(request), run_id):
             return run_id
-        if keyless and await service.store.get_run(run_id) is not None:
+        if keyless and await service.info(run_id) is not None:
             return run_id
-        raise not_found("run", run_id)
+        raise NotFound("run", run_id)
 
     async def debug_view(run_id: str) -> dict[str, Any]:
         view = await service.get(run_id)
