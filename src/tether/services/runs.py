@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
-import math
 import os
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tether.adapters.importing import import_attr
@@ -25,6 +25,7 @@ from tether.domain.answers import Abort, Answer
 from tether.domain.breakpoints import Breakpoint, parse_breakpoint
 from tether.domain.decisions import actions_for, check_action, decision_for
 from tether.domain.errors import (
+    AlreadyFinished,
     AlreadyResumed,
     ConfigError,
     InvalidRequest,
@@ -39,7 +40,7 @@ from tether.domain.leases import owner_is_gone, owner_of, owner_string
 from tether.domain.messages import Message
 from tether.domain.models import ModelResponse
 from tether.domain.protocols import Store
-from tether.domain.records import TERMINAL, Action, Paused, Record, RunStarted
+from tether.domain.records import ACTIVE, TERMINAL, Action, Paused, Record, RunStarted
 from tether.domain.runs import RunInfo, shown_status
 from tether.domain.state import RunState, fold
 from tether.engine.executor import Executor
@@ -50,6 +51,12 @@ from tether.services.views import RunView, view_of
 T = TypeVar("T")
 log = logging.getLogger("tether.runs")
 LEASE_TTL_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    queued: bool  # waits for a worker: no process advances it
+    cancel_requested: bool  # a cancel was asked for, and the run is still active
 
 
 class RunsService:
@@ -193,6 +200,10 @@ class RunsService:
         view.status = shown_status(state.status, info.status if info is not None else None)  # as `list` says
         return view
 
+    async def records_after(self, run_id: str, after: int) -> builtins.list[Record]:
+        """The run's records with seq > `after`: what a follower has not seen yet."""
+        return await self.store.load(run_id, after=after)
+
     async def list(self, *, limit: int = 50, status: str | None = None,
                    thread_id: str | None = None) -> builtins.list[RunInfo]:
         return await self.store.list_runs(limit=limit, status=status, thread_id=thread_id)
@@ -281,35 +292,64 @@ class RunsService:
 
     async def cancel(self, run_id: str, *, by: str = "api", wait: bool = True) -> RunView:
         """Cancel a run: paused (answers its pause with abort), running here, or running in another
-        process (which is asked, and cancels it at its next transition: the view that comes back
-        may still be running then). With `wait=False`, a run that is being advanced is only asked
-        to stop, and the view comes back at once."""
+        process (which cancels it at its next transition: the view that comes back may still be
+        running then). The request is recorded first, so whichever process advances the run acts on
+        it; a race lost to another actor (the run moved on meanwhile) leaves the request standing.
+        With `wait=False`, a run that is being advanced is only asked to stop, and the view comes
+        back at once. One semantics for every interface (the CLI's `runs cancel`, HTTP's cancel)."""
+        info = await self.store.get_run(run_id)
+        if info is None:
+            raise RunNotFound(f"no run {run_id!r}")
+        if info.status in TERMINAL:
+            raise AlreadyFinished(f"run {run_id} already finished ({info.status}); there is nothing to cancel")
+        reason = f"cancelled by {by}"
+        await self.store.request_cancel(run_id, reason)
+        try:
+            return await self._cancel(run_id, reason, wait)
+        except (AlreadyResumed, AlreadyFinished, StoreConflict):
+            return await self.get(run_id)  # it moved on meanwhile: its owner acts on the request
+
+    async def _cancel(self, run_id: str, reason: str, wait: bool) -> RunView:
         executor = self._active.get(run_id)
         if executor is not None:
-            executor.cancel(f"cancelled by {by}")
+            executor.cancel(reason)
             while wait and run_id in self._active:
                 await asyncio.sleep(0.005)
             return await self.get(run_id)
         info = await self.store.get_run(run_id)
-        if info is None:
-            raise RunNotFound(f"no run {run_id!r}")
-        if info.status in ("completed", "failed", "cancelled", "incomplete"):
-            raise TetherError(f"run {run_id} already finished ({info.status}); there is nothing to cancel")
+        if info is None or info.status in TERMINAL:
+            raise AlreadyFinished(f"run {run_id} already finished")
+        by = reason.removeprefix("cancelled by ")
         if info.status == "paused":  # cancelling answers the pause: "abort" for every item
             view = await self.get(run_id)
-            assert view.pause_id is not None
+            if view.pause_id is None:
+                raise AlreadyResumed(f"run {run_id} is no longer paused")
             return await self.decide(run_id, view.pause_id, {i.id: ("abort", None) for i in view.pending}, by=by)
         if not await self._take_lease(run_id):
-            # Another process advances it: ask, and its heartbeat cancels it at the next transition.
-            # It ends at its next transition (a tool call in flight finishes first): like the Assistants
-            # API's "cancelling", the run may still show as running when this returns.
-            await self.store.request_cancel(run_id, f"cancelled by {by}")
+            # Another process advances it: its heartbeat reads the request and cancels it at the next
+            # transition (a tool call in flight finishes first): like the Assistants API's
+            # "cancelling", the run may still show as running when this returns.
             deadline = time.monotonic() + (self.lease_ttl_s / 3 + 1.0 if wait else 0.0)
             while (view := await self.get(run_id)).status in ("queued", "running") and time.monotonic() < deadline:
                 await asyncio.sleep(min(0.2, self.lease_ttl_s / 10))
             return view
         records = await self.store.load(run_id)
-        return await self._end(fold(run_id, records), records, reason=f"cancelled by {by}")
+        return await self._end(fold(run_id, records), records, reason=reason)
+
+    async def queue_state(self, run_id: str) -> QueueState:
+        """Whether the run waits for a worker (queued, and no process advances it: neither this one
+        nor another holding a live lease on it), and whether a cancel was asked for (still active)."""
+        info = await self.store.get_run(run_id)
+        if info is None:
+            return QueueState(False, False)
+        elsewhere = info.lease_owner not in (None, self.owner) and (info.lease_expires or 0) > time.time()
+        queued = info.status == "queued" and not self.advancing(run_id) and not elsewhere
+        asked = info.status in ACTIVE and await self.store.cancel_requested(run_id) is not None
+        return QueueState(queued, asked)
+
+    async def info(self, run_id: str) -> RunInfo | None:
+        """The run's entry in the runs index (None: no such run)."""
+        return await self.store.get_run(run_id)
 
     async def _end(self, state: RunState, records: builtins.list[Record], *, reason: str | None = None,
                    on_event: Callable[[Event], None] | None = None) -> RunView:
@@ -645,12 +685,11 @@ _default: RunsService | None = None
 
 
 def open_service(url: str | None = None, *, lease_ttl_s: float = LEASE_TTL_S) -> RunsService:
-    """A service on the store at `url` (default: TETHER_DATABASE_URL, else the SQLite file in TETHER_HOME)."""
-    from tether.adapters.store.sql import open_store
+    """A service on the store at `url` (default: the operator configuration's, else TETHER_DATABASE_URL,
+    else the SQLite file in TETHER_HOME), built by the composition root like every face's."""
+    from tether.services.compose import open_services
 
-    if not 0 < lease_ttl_s < math.inf:  # also refuses NaN
-        raise ConfigError(f"--lease-ttl must be a positive number of seconds, not {lease_ttl_s}")
-    return RunsService(open_store(url), lease_ttl_s=lease_ttl_s)
+    return open_services(lease_ttl_s=lease_ttl_s, database_url=url).runs
 
 
 async def default_service() -> RunsService:

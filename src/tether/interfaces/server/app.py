@@ -1,13 +1,13 @@
 """The HTTP server: OpenAI's Assistants API (v2) and Tether's debug API, over the runs service.
 
-`create_app(service, config)` builds the FastAPI app; `tether serve` runs it with uvicorn. Keys
+`create_app(services, config)` builds the FastAPI app over the services of the composition root
+(services/compose.py; a bare runs service gets the default ones); `tether serve` runs it. Keys
 and tenants, OpenAI's error envelope, `x-request-id` and the poll hint are handled here once for
 every route; the routes themselves are thin (the behaviour is in `assistants.py`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
@@ -20,17 +20,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tether.domain.errors import AlreadyResumed, ConfigError, InvalidRequest, RunNotFound, TetherError
-from tether.domain.events import Event
+from tether.domain.errors import AlreadyResumed, ConfigError, InvalidRequest, NotFound, RunNotFound, TetherError
 from tether.domain.ids import new_id
 from tether.interfaces.server import schemas
 from tether.interfaces.server.assistants import AssistantsApi, ServerConfig, tenant_of
 from tether.interfaces.server.debug import add_debug_routes
 from tether.interfaces.server.errors import ApiError, envelope, validation_message
 from tether.interfaces.server.guard import HostGuard
-from tether.interfaces.server.scheduler import Scheduler
-from tether.interfaces.server.streaming import DONE, AssistantStream, follow, log_after, sse
+from tether.interfaces.server.streaming import DONE, KEEPALIVE, AssistantStream, sse
 from tether.interfaces.server.wire import RunLog
+from tether.services.compose import Services, services_for
+from tether.services.events import Quiet, Subscription
 from tether.services.runs import RunsService
 
 log = logging.getLogger("tether.server")
@@ -40,20 +40,22 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 Include = Annotated[list[str] | None, Query(alias="include[]")]
 
 
-def create_app(service: RunsService, config: ServerConfig | None = None) -> FastAPI:
+def create_app(services: Services | RunsService, config: ServerConfig | None = None) -> FastAPI:
     config = config or ServerConfig()
+    if isinstance(services, RunsService):
+        services = services_for(services, concurrency=config.concurrency)
+    service, dispatcher = services.runs, services.dispatcher
     api = AssistantsApi(service, config)
-    scheduler = Scheduler(service, concurrency=config.concurrency)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        scheduler.start()  # also resumes the runs a dead server left (their leases expired)
+        dispatcher.start()  # also resumes the runs a dead server left (their leases expired)
         yield
-        await scheduler.close()
+        await dispatcher.close()
 
     app = FastAPI(title="Tether: Assistants API", version="2", lifespan=lifespan,
                   description="OpenAI's Assistants API (v2) over Tether's durable runs, plus Tether's debug API.")
-    app.state.api, app.state.scheduler = api, scheduler
+    app.state.api, app.state.services = api, services
 
     # -- keys, tenants, request ids ---------------------------------------------------------
 
@@ -106,6 +108,10 @@ def create_app(service: RunsService, config: ServerConfig | None = None) -> Fast
     @app.exception_handler(ConfigError)
     async def config_error(request: Request, e: ConfigError) -> Response:
         return _error_response(ApiError(400, str(e)), request)
+
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, e: NotFound) -> Response:
+        return _error_response(ApiError(404, str(e)), request)
 
     @app.exception_handler(RunNotFound)
     async def run_not_found(request: Request, e: RunNotFound) -> Response:
@@ -165,14 +171,7 @@ def create_app(service: RunsService, config: ServerConfig | None = None) -> Fast
     # before /v1/threads/{thread_id}: that route would take POST /v1/threads/runs for a thread "runs"
     @app.post("/v1/threads/runs", tags=["runs"])
     async def create_thread_and_run(request: Request, body: schemas.ThreadAndRun) -> Any:
-        t = tenant(request)
-        await api.assistant(t, body.assistant_id)  # 404 before a thread is made
-        thread = await api.create_thread(t, body.thread)
-        try:
-            run_id = await api.prepare_run(t, thread["id"], body)
-        except BaseException:
-            await api.store.delete_object(thread["id"])
-            raise
+        thread, run_id = await api.create_thread_and_run(tenant(request), body)
         return await started(run_id, thread["id"], body.stream, request, [sse("thread.created", thread)])
 
     @app.get("/v1/threads/{thread_id}", tags=["threads"])
@@ -214,14 +213,15 @@ def create_app(service: RunsService, config: ServerConfig | None = None) -> Fast
     # -- runs ---------------------------------------------------------------------------------
 
     async def advance(log_: RunLog, stream: bool | None, prelude: Callable[[dict[str, Any]], list[str]]) -> Any:
-        """Hand the run to the scheduler; answer with the run, or with its event stream (`prelude(run)` first)."""
+        """Hand the run to the dispatcher; answer with the run, or with its event stream (`prelude(run)` first)."""
         if not stream:
-            scheduler.submit(log_.id)
+            dispatcher.submit(log_.id)
             return await api.run_object(log_)
-        queue = scheduler.bus.subscribe(log_.id)  # before it starts: no event is missed
+        # Subscribed before it starts: no event is missed
+        subscription = services.events.subscribe(log_.id, after=log_.records[-1].seq)
         events = prelude(await api.run_object(log_))
-        scheduler.submit(log_.id)
-        return run_stream(log_, queue, events)
+        dispatcher.submit(log_.id)
+        return run_stream(log_, subscription, events)
 
     async def started(run_id: str, thread_id: str, stream: bool | None, request: Request,
                       first: list[str]) -> Any:
@@ -229,7 +229,7 @@ def create_app(service: RunsService, config: ServerConfig | None = None) -> Fast
         return await advance(log_, stream, lambda run: [*first, sse("thread.run.created", run),
                                                         sse("thread.run.queued", run)])
 
-    def run_stream(log_: RunLog, queue: asyncio.Queue[Event | None], prelude: list[str]) -> StreamingResponse:
+    def run_stream(log_: RunLog, subscription: Subscription, prelude: list[str]) -> StreamingResponse:
         stream = AssistantStream(log_, api.run_object)
 
         async def events() -> AsyncIterator[str]:
@@ -237,10 +237,9 @@ def create_app(service: RunsService, config: ServerConfig | None = None) -> Fast
                 for chunk in prelude:
                     yield chunk
                 yield sse("thread.run.in_progress", log_.run())
-                async for item in follow(queue, log_after(service.store, log_.id), lambda: stream.seen,
-                                         keepalive_s=config.keepalive_s):
-                    if isinstance(item, str):
-                        yield item
+                async for item in subscription.events(keepalive_s=config.keepalive_s, backlog=False):
+                    if isinstance(item, Quiet):
+                        yield KEEPALIVE
                     elif item.type == "delta" and item.delta:
                         for chunk in stream.on_delta(item.delta):
                             yield chunk
@@ -255,7 +254,7 @@ def create_app(service: RunsService, config: ServerConfig | None = None) -> Fast
                 yield sse("error", envelope(f"the event stream failed: {type(e).__name__}", "server_error"))
                 yield DONE
             finally:
-                scheduler.bus.unsubscribe(log_.id, queue)
+                subscription.close()
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
@@ -322,7 +321,7 @@ def create_app(service: RunsService, config: ServerConfig | None = None) -> Fast
             app.add_api_route(path, _not_served(what), methods=["GET", "POST", "DELETE", "PUT", "PATCH"],
                               include_in_schema=False)
 
-    add_debug_routes(app, api, scheduler, keyless=not keys)
+    add_debug_routes(app, api, services, keyless=not keys)
     if not keys or config.allowed_hosts:  # outermost: every path, before a route or a key is looked at
         app.add_middleware(HostGuard, allowed_hosts=config.allowed_hosts, check_origin=not keys)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -29,15 +29,10 @@ def serve(config: OperatorConfig) -> None:
     tools = config.server_tools()
     import uvicorn
 
-    from tether.adapters.store.sql import default_url, open_store
     from tether.interfaces.server.app import create_app
-    from tether.services.runs import RunsService
+    from tether.services.compose import open_services
 
-    database_url = config.database_url or default_url()
-    store = open_store(database_url)
-    if not hasattr(store, "put_object"):
-        raise ConfigError("the server needs a store with objects (SQLite or Postgres)")
-    service = RunsService(store, lease_ttl_s=settings.lease_ttl_s)
+    services = open_services(config, documents=True)
     server_config = ServerConfig(api_keys=keys, allow_file_models=settings.allow_file_models,
                                  concurrency=settings.concurrency, tools=tools, models=config.models,
                                  keepalive_s=settings.keepalive_s, allowed_hosts=hosts)
@@ -50,9 +45,9 @@ def serve(config: OperatorConfig) -> None:
         raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per model call is noise
-    app = create_app(service, server_config)
+    app = create_app(services, server_config)
     _raise_file_limit(settings.max_connections)
-    for line in summary(config, database_url, server_config, limits):
+    for line in summary(config, services.database_url, server_config, limits):
         log.info("%s", line)
     # uvicorn shuts down gracefully on SIGTERM, then raises it again (the default handler would end
     # the process with -15): a graceful stop exits 0. Before uvicorn listens, SIGTERM just exits.
