@@ -190,11 +190,17 @@ def test_rows_written_by_the_previous_version_read_as_before() -> None:
         answer_id = run.thread_messages()[0].id
         await svc.objects.put_object(StoredObject(answer_id, "message", TENANT, 1.0, {
             "override": True, "metadata": {"old": "1"}}, thread_id))
+        deleted = await ask(svc, assistant_id, thread_id, "q1")
+        await svc.objects.put_object(StoredObject(deleted.thread_messages()[0].id, "message", TENANT, 1.0, {
+            "override": True, "deleted": True, "metadata": {}}, thread_id))
         svc._finished.clear()
         again = await svc.run(TENANT, thread_id, run.id)
         assert again.settings.assistant_id == assistant_id and again.settings.model == MODEL
         page = await svc.list_messages(TENANT, thread_id, Cursor(limit=10, order="asc"))
-        assert texts(page) == ["q0", "echo q0"] and page.data[1].fields.metadata == {"old": "1"}
+        assert texts(page) == ["q0", "echo q0", "q1"] and page.data[1].fields.metadata == {"old": "1"}
+        await svc.objects.delete_object(f"{thread_id}.projected")  # rebuilt: the deletion is still known
+        assert texts(await svc.list_messages(TENANT, thread_id, Cursor(limit=10, order="asc"))) == [
+            "q0", "echo q0", "q1"]
 
     asyncio.run(main())
 
