@@ -15,7 +15,7 @@ from tether.domain.agents import AgentSnapshot
 from tether.domain.errors import AlreadyFinished, ConfigError, InvalidRequest, NotFound
 from tether.domain.objects import StoredObject
 from tether.domain.records import Record
-from tether.services.assistant_documents import RunSettings
+from tether.services.assistant_documents import AssistantSettings, RunSettings
 from tether.services.assistants import ApiAgents, api_agent_resolver
 from tether.services.assistants_service import AssistantsService, NewMessage
 from tether.services.pages import Cursor, Page
@@ -238,5 +238,24 @@ def test_cancel_records_the_request_for_whoever_advances_the_run() -> None:
         assert (await svc.runs.get(run.id)).status == "cancelled"
         with pytest.raises(AlreadyFinished):
             await other.cancel(run.id, by="cli")
+
+    asyncio.run(main())
+
+
+def test_settings_are_typed_at_the_boundary() -> None:
+    async def main() -> None:
+        svc = service()
+        with pytest.raises(InvalidRequest) as e:
+            await svc.create_assistant(TENANT, {"model": MODEL, "tools": [{"type": "function", "function": {}}]})
+        assert e.value.param == "tools[0].function.name"
+        a = await svc.create_assistant(TENANT, {"model": MODEL, "temperature": 0.3, "tether_tools": [
+            {"type": "calculator"}]})
+        assert isinstance(a.settings, AssistantSettings) and a.settings.temperature == 0.3
+        row = await svc.objects.get_object(a.id)
+        assert row is not None and row.data["tether_tools"] == [{"type": "calculator"}]  # as the client wrote it
+        reset = await svc.update_assistant(TENANT, a.id, {"temperature": None, "name": "n"})
+        assert reset.settings.temperature == 1.0 and reset.settings.name == "n"
+        with pytest.raises(InvalidRequest, match="Unrecognized request argument supplied: colour"):
+            await svc.update_assistant(TENANT, a.id, {"colour": "red"})
 
     asyncio.run(main())

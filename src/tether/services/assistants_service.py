@@ -73,7 +73,7 @@ def _validated(model: type[M], data: Mapping[str, Any]) -> M:
         return model.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
-        param = ".".join(str(x) for x in first["loc"]) or None
+        param = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in first["loc"]).lstrip(".") or None
         raise InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param) from None
 
 
@@ -117,6 +117,8 @@ class AssistantsService(Generic[RunT]):
         defaults = AssistantSettings.model_fields
         data = a.settings.stored()
         for key, value in given.items():
+            if key not in defaults:
+                raise InvalidRequest(f"Unrecognized request argument supplied: {key}", key)
             data[key] = defaults[key].get_default(call_default_factory=True) if value is None else value
         a.settings = _validated(AssistantSettings, data)
         self.agents.check(RunSettings.of_assistant(None, a.settings))
