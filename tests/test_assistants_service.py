@@ -259,3 +259,14 @@ def test_settings_are_typed_at_the_boundary() -> None:
             await svc.update_assistant(TENANT, a.id, {"colour": "red"})
 
     asyncio.run(main())
+
+
+def test_a_run_on_an_unknown_thread_is_not_made() -> None:
+    async def main() -> None:
+        svc = service()
+        a = await svc.create_assistant(TENANT, {"model": MODEL})
+        with pytest.raises(NotFound, match="No thread found with id 'thread_nope'"):
+            await svc.prepare_run(TENANT, "thread_nope", a.id, {})
+        assert await svc.runs.list() == []  # before, a run was made, then the thread was looked up
+
+    asyncio.run(main())

@@ -47,8 +47,8 @@ async def advance(request: Request, log_: RunLog, stream: bool | None,
     return run_stream(api, scheduler_, log_, queue, events)
 
 
-async def started(run_id: str, thread_id: str, stream: bool | None, request: Request, first: list[str]) -> Any:
-    log_ = await face(request).run_log(tenant(request), thread_id, run_id)
+async def started(log_: RunLog, stream: bool | None, request: Request, first: list[str]) -> Any:
+    """A run just made: queued, or its stream (`first` events, then the run's own)."""
     return await advance(request, log_, stream, lambda run: [*first, sse("thread.run.created", run),
                                                              sse("thread.run.queued", run)])
 
@@ -91,10 +91,10 @@ def run_stream(api: AssistantsApi, scheduler: Scheduler, log_: RunLog, queue: as
 async def create_run(request: Request, thread_id: str, body: schemas.RunCreate,
                      include: Include = None) -> Any:
     check_include(include)
-    run_id = await face(request).prepare_run(tenant(request), thread_id, body,
-                                             additional=body.additional_messages or [],
-                                             additional_instructions=body.additional_instructions)
-    return await started(run_id, thread_id, body.stream, request, [])
+    log_ = await face(request).prepare_run(tenant(request), thread_id, body,
+                                           additional=body.additional_messages or [],
+                                           additional_instructions=body.additional_instructions)
+    return await started(log_, body.stream, request, [])
 
 
 @router.get("/v1/threads/{thread_id}/runs", tags=["runs"])

@@ -23,8 +23,8 @@ async def create_thread(request: Request, body: Annotated[schemas.ThreadCreate |
 # before /v1/threads/{thread_id}: that route would take POST /v1/threads/runs for a thread "runs"
 @router.post("/v1/threads/runs", tags=["runs"])
 async def create_thread_and_run(request: Request, body: schemas.ThreadAndRun) -> Any:
-    thread, run_id = await face(request).create_thread_and_run(tenant(request), body)
-    return await started(run_id, thread["id"], body.stream, request, [sse("thread.created", thread)])
+    thread, log_ = await face(request).create_thread_and_run(tenant(request), body)
+    return await started(log_, body.stream, request, [sse("thread.created", thread)])
 
 
 @router.get("/v1/threads/{thread_id}", tags=["threads"])
