@@ -43,8 +43,6 @@ def tenant_of(api_key: str | None) -> str:
     return "k_" + hashlib.sha256(api_key.encode()).hexdigest()[:24]
 
 
-
-
 def new_message(m: schemas.MessageCreate) -> NewMessage:
     """A message of a request, in the service's terms (its content in the stored shape)."""
     content = (wire.text_content(m.content) if isinstance(m.content, str) else [_stored_part(p) for p in m.content])
