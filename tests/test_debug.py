@@ -11,6 +11,7 @@ from tether.adapters.models.scripted import ScriptedModel, call_tool, calls, rep
 from tether.adapters.store.memory import MemoryStore
 from tether.adapters.tools.function import tool
 from tether.domain.agents import Limits
+from tether.domain.answers import EditArguments
 from tether.domain.breakpoints import BreakpointError
 from tether.domain.errors import AlreadyResumed, ConfigError, TetherError
 from tether.domain.models import ModelRequest
@@ -188,8 +189,8 @@ async def test_edit_arguments_reach_the_tool(service):
     assert seen_args == [{"a": 40, "b": 2}]
     assert run.output == "result 42"
     edit = next(r.payload for r in run.records if isinstance(r.payload, Decision))
-    assert edit.action == "edit" and edit.payload["old"] == '{"a": 0, "b": 1}'
-    assert json.loads(edit.payload["arguments"]) == {"a": 40, "b": 2}
+    assert edit.action == "edit" and isinstance(edit.answer, EditArguments) and edit.answer.old == '{"a": 0, "b": 1}'
+    assert json.loads(edit.answer.arguments) == {"a": 40, "b": 2}
 
 
 async def test_an_edited_result_is_what_the_model_sees_next(service):
@@ -492,3 +493,113 @@ async def test_cancel_a_run_another_process_is_advancing():
     finished = await task  # the owner cancels at its next transition: after the slow call
     assert finished.status == "cancelled" and "cancelled by api" in finished.error
     assert [s.name for s in finished.steps if s.type == "tool"] == ["slow"]  # it did not go on calling
+
+
+# -- typed decisions: one table of answers, decisions that name what they concern ------------------
+
+
+def test_one_table_says_which_answers_fit_which_item():
+    from tether.domain.decisions import actions_for, check_action, needs_answer
+    from tether.domain.records import PendingItem
+
+    def item(reason, stop=None, call=True):
+        return PendingItem("call_1" if call else f"{stop}:3", reason, "call_1" if call else None, stop=stop, step=3)
+
+    assert actions_for(item("breakpoint", "before_tool")) == ["continue", "step", "edit", "skip", "abort"]
+    assert actions_for(item("breakpoint", "after_tool")) == ["continue", "step", "edit", "abort"]
+    assert actions_for(item("breakpoint", "before_model", call=False)) == ["continue", "step", "edit", "abort"]
+    assert actions_for(item("breakpoint", "on_budget", call=False)) == ["continue", "step", "abort"]
+    assert actions_for(item("budget", "on_budget", call=False)) == ["continue", "step", "abort"]
+    assert actions_for(item("approval", "before_tool")) == ["skip", "approve", "deny", "abort"]
+    assert actions_for(item("client_tool")) == ["supply", "abort"]
+    assert actions_for(item("uncertain", "on_uncertain")) == ["continue", "rerun", "supply", "abort"]
+    assert [needs_answer(item(r)) for r in ("breakpoint", "budget", "approval", "client_tool", "uncertain")] == [
+        False, False, True, True, True]
+    with pytest.raises(TetherError, match="'skip' does not answer a breakpoint item"):
+        check_action(item("breakpoint", "after_model", call=False), "skip")
+    with pytest.raises(TetherError, match="nothing to edit at on_budget"):
+        check_action(item("breakpoint", "on_budget", call=False), "edit")
+
+
+async def test_decisions_name_what_they_concern(service):
+    from tether.domain.answers import EditResponse
+
+    run = await service.start(agent(adder(1)), "go", breakpoints=["after_model if step == 1", "before_tool"])
+    new = {"text": None, "tool_calls": [{"name": "add", "arguments": {"a": 1, "b": 1}}]}
+    run = await service.answer(run.id, {run.pending[0].id: ("edit", new)})
+    call_id = run.pending[0].call_id
+    run = await service.answer(run.id, {run.pending[0].id: ("edit", {"a": 2, "b": 2})})
+    edits = [r.payload for r in run.records if isinstance(r.payload, Decision)]
+    assert [(d.stop, d.step, d.call_id) for d in edits] == [("after_model", 1, None), ("before_tool", 2, call_id)]
+    assert isinstance(edits[0].answer, EditResponse) and edits[0].answer.tool_calls[0].id == call_id
+    assert run.output == "result 4"
+
+
+async def test_typed_answers_are_taken_as_they_are_and_checked(service):
+    from tether.domain.answers import Approve, EditArguments, Skip
+
+    run = await service.start(agent(adder(1)), "go", breakpoints=["before_tool"])
+    run = await service.answer(run.id, {run.pending[0].id: EditArguments('{"a": 3, "b": 3}')})
+    assert run.output == "result 6"
+    run = await service.start(agent(adder(1)), "go", breakpoints=["after_model"])
+    with pytest.raises(TetherError, match="'skip' does not answer"):
+        await service.answer(run.id, {run.pending[0].id: Skip("1")})
+    with pytest.raises(TetherError, match="'approve' does not answer"):
+        await service.answer(run.id, {run.pending[0].id: Approve()})
+    assert (await service.get(run.id)).status == "paused"
+
+
+async def test_answers_to_a_pause_that_never_was_or_to_items_it_lacks_name_the_field(service):
+    from tether.domain.errors import InvalidRequest
+
+    run = await service.start(agent(adder(1)), "go", breakpoints=["before_tool"])
+    with pytest.raises(InvalidRequest, match="has no pause 'pause_never'") as e:
+        await service.answer(run.id, pause_id="pause_never")
+    assert e.value.param == "pause_id"
+    with pytest.raises(InvalidRequest, match=r"has no items \['call_nope'\]") as e:
+        await service.answer(run.id, {"call_nope": ("continue", None)}, pause_id=run.pause_id)
+    assert e.value.param == "answers"
+    first = run.pause_id
+    run = await service.answer(run.id, pause_id=first)
+    with pytest.raises(AlreadyResumed, match="already resumed"):
+        await service.answer(run.id, pause_id=first)
+
+
+async def test_steps_show_an_approval_with_other_arguments_and_a_denial_as_the_model_saw_them(service):
+    @tool(requires_approval=True)
+    async def send_email(to: str) -> str:
+        """Send an email."""
+        return f"sent to {to}"
+
+    def script(r):
+        results = [m.text for m in r.messages if m.role == "tool"]
+        return reply(results[0]) if results else call_tool("send_email", {"to": "boss@example.com"})
+
+    run = await service.start(agent(script, tools=[send_email]), "go")
+    run = await service.answer(run.id, {run.pending[0].id: ("approve", {"arguments": {"to": "me@example.com"}})})
+    assert run.steps[1].arguments == '{"to": "me@example.com"}'  # JSON text, like every step's arguments
+    run = await service.start(agent(script, tools=[send_email]), "go")
+    run = await service.answer(run.id, {run.pending[0].id: ("deny", "no")})
+    assert run.steps[1].error == "a person denied this call: no" == run.output.removeprefix("Error: ")
+
+
+def test_how_to_answer_offers_what_fits():
+    from tether.domain.records import PendingItem
+    from tether.interfaces.cli.render import how_to_answer
+
+    approval = PendingItem("call_1", "approval", "call_1", "send_email", stop="before_tool", step=2)
+    uncertain = PendingItem("call_2", "uncertain", "call_2", "charge", stop="on_uncertain", step=2)
+    lines = how_to_answer("run_1", [approval, uncertain])
+    assert "--continue" not in lines[0] and "--abort" in lines[0] and "approve, deny" in lines[0]
+    assert lines[1].endswith("--rerun | --supply TEXT | --abort")
+
+
+async def test_a_budget_can_be_lifted_and_raised_limits_must_be_whole_where_they_count(service):
+    run = await service.start(agent(adder(3), limits=Limits(max_steps=1, max_tokens=150)), "go")
+    with pytest.raises(TetherError, match="max_steps must be a positive number, a whole one"):
+        await service.answer(run.id, {run.pending[0].id: ("continue", {"limits": {"max_steps": 2.5}})})
+    with pytest.raises(TetherError, match="max_steps must be a positive number"):
+        await service.answer(run.id, {run.pending[0].id: ("continue", {"limits": {"max_steps": None}})})
+    run = await service.answer(run.id, {run.pending[0].id: ("continue", {"limits": {"max_steps": 10,
+                                                                                   "max_tokens": None}})})
+    assert run.status == "completed" and run.output == "result 3"

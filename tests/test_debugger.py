@@ -23,6 +23,7 @@ from tether.adapters.store.memory import MemoryStore
 from tether.adapters.tools.function import tool
 from tether.domain.agents import Limits
 from tether.interfaces.cli.debugger import Debugger, DebuggerError, edit_in_editor
+from tether.interfaces.cli.debugger_views import supplied
 from tether.services.agents import Agent
 from tether.services.runs import RunsService
 
@@ -293,6 +294,25 @@ async def test_edits_at_each_stop_and_stale_answers():
     where = answer_of("w", out)
     assert "paused here: before_finish" in where and "deleted /etc/passwd" in where
     assert final.messages[0].text == "tidy up"  # type: ignore[attr-defined]
+
+
+@pytest.mark.anyio
+async def test_commands_follow_the_table_of_answers_and_show_edits_in_the_steps():
+    """What each command may answer comes from domain/decisions.py; an edited result shows as edited."""
+    service = RunsService(MemoryStore())
+    agent = Agent("files", ScriptedModel(_script), tools=[read_file, delete_file])
+    view = await service.start(agent, "clean up", breakpoints=["after_model if step == 1", "after_tool:read_file"])
+    out, final = await _debug(service, view.id, [
+        "skip 1", "rerun", "deny", "approve", "c", "item 2", 'edit "x"', "item 1", 'edit "changed"', "item 2",
+        "approve"])
+    assert "skip replaces a tool call before it runs" in answer_of("skip 1", out)
+    assert "rerun answers an uncertain tool call" in answer_of("rerun", out)
+    assert "deny answers a call that needs approval; this is a breakpoint item" in answer_of("deny", out)
+    assert "approve it with other arguments instead" in answer_of('edit "x"', out)
+    assert final.status == "completed"  # type: ignore[attr-defined]
+    assert final.output == "done: changed | deleted /etc/passwd"  # type: ignore[attr-defined]
+    edited = final.steps[1]  # type: ignore[attr-defined]
+    assert (edited.result, edited.edited, supplied(edited)) == ("changed", True, "edited by debugger")
 
 
 def test_editor_round_trip(tmp_path):

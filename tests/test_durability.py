@@ -46,7 +46,7 @@ def test_two_processes_racing_to_continue_a_paused_run_exactly_one_wins(tmp_path
         assert final.status == "completed"
         decisions = [r for r in final.records if isinstance(r.payload, Decision)]
         assert len(decisions) == 1  # the loser wrote nothing
-        assert final.output == f"the weather is {decisions[0].payload.payload}"
+        assert final.output == f"the weather is {decisions[0].payload.answer.result}"
         assert winners[0] == f"won completed {final.output}"
 
 

@@ -42,3 +42,13 @@ def test_the_readme_python_snippet_says_why_a_run_failed(tmp_path):
     first = out.stdout.splitlines()[0]
     assert first.startswith("failed "), out.stdout
     assert "gpt-4o-mini" in first and "400" in first, first  # the model's error, where the user looks
+
+
+def test_the_readme_typed_answers_example_runs():
+    """The README's example of a typed answer, and of the table of which answers fit an item."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    snippet = readme.split("<!-- typed-answers -->", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    out = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["before_tool add ['continue', 'step', 'edit', 'skip', 'abort']",
+                                       "the sum is 42"]

@@ -218,6 +218,17 @@ def test_breakpoint_edit_arguments_and_continue(client, http, script, calc_assis
     pause = (run.model_extra or {}).get("tether_pause") or getattr(run, "tether_pause", None)
     assert pause and pause["pause_id"] == view["pause_id"], run
 
+    # The service checks the answers; the route only passes them on, and each mistake names its field.
+    unknown = http.post(f"/tether/runs/{run_id}/answer", json={"pause_id": view["pause_id"],
+                                                                "answers": {"call_nope": {"action": "continue"}}})
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "answers", unknown.text
+    wrong = http.post(f"/tether/runs/{run_id}/answer", json={"pause_id": view["pause_id"], "answers": {
+        item["id"]: {"action": "supply", "payload": "4"}}})
+    assert wrong.status_code == 400 and "'supply' does not answer a breakpoint" in wrong.json()["error"]["message"]
+    assert wrong.json()["error"]["param"] == f"answers.{item['id']}.action", wrong.text
+    bad = answer(http, run_id, view["pause_id"], "edit", {"arguments": "not json"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "payload", bad.text
+    assert "the arguments are not valid JSON" in bad.json()["error"]["message"]
     r = answer(http, run_id, view["pause_id"], "edit", {"arguments": {"expression": "3*7"}})
     assert r.status_code == 200, r.text
     after = r.json()

@@ -21,6 +21,7 @@ from tether.adapters.store.memory import MemoryStore
 from tether.adapters.store.migrations import LATEST, SchemaError
 from tether.adapters.store.sql import INFO_COLUMNS, SqlStore, default_url, open_store, tether_home
 from tether.domain.agents import AgentSnapshot, Limits, ToolSpec
+from tether.domain.answers import Approve, Continue, Deny
 from tether.domain.errors import ConfigError, RunNotFound, StoreConflict
 from tether.domain.ids import new_id
 from tether.domain.messages import ImagePart, Message, RefusalPart, TextPart, ToolCall
@@ -115,7 +116,7 @@ class Run:
         )
 
     def decision(self, pause_id: str = "pause_1") -> Record:
-        return self.record(Decision(pause_id, "call_1", "approve", {"why": "fine"}, "alice"))
+        return self.record(Decision(pause_id, "call_1", Approve('{"a": 2}'), "alice", "call_1"))
 
     def finish(self, output: str = "5") -> Record:
         return self.record(Finished("completed", output, {"answer": 5}, None, Usage(10, 5), 0.002))
@@ -204,8 +205,9 @@ async def test_grouped_commit_of_many_runs(store: SqlStore, monkeypatch: pytest.
     for run in runs:
         await store.create_run(run.first, owner=None)
     writes = []
-    real_write = store._write
-    monkeypatch.setattr(store, "_write", lambda batch: (writes.append(len(batch.groups)), real_write(batch)))
+    writer = store._writer
+    real_write = writer._write
+    monkeypatch.setattr(writer, "_write", lambda batch: (writes.append(len(batch.groups)), real_write(batch)))
     expected = {}
     for run in runs:  # all within one event-loop iteration: no await in between
         records = [run.model(), run.record(ToolStarted(2, "c", "t", "{}")),
@@ -437,13 +439,13 @@ async def test_decide_is_compare_and_set(store: SqlStore) -> None:
     model, pause = run.model(), run.pause("pause_1")
     store.append([model, pause])
     assert not await store.decide(
-        run.id, "pause_other", [Record(run.id, 4, time.time(), Decision("pause_other", "i", "continue"))]
+        run.id, "pause_other", [Record(run.id, 4, time.time(), Decision("pause_other", "i", Continue()))]
     )
     first = run.decision("pause_1")
     assert await store.decide(run.id, "pause_1", [first])
     info = await store.get_run(run.id)
     assert info is not None and (info.status, info.pause_id, info.last_seq) == ("queued", None, 4)
-    late = Record(run.id, 4, time.time(), Decision("pause_1", "call_1", "deny", by="bob"))
+    late = Record(run.id, 4, time.time(), Decision("pause_1", "call_1", Deny("no"), by="bob"))
     assert not await store.decide(run.id, "pause_1", [late])
     assert await store.load(run.id) == [run.first, model, pause, first]  # nothing of the loser's
     # The run goes on from the decision.
@@ -478,6 +480,7 @@ DECIDER = textwrap.dedent(
     """
     import asyncio, json, sys, time
     from tether.adapters.store.sql import SqlStore
+    from tether.domain.answers import Continue
     from tether.domain.records import Decision, Record
 
     url, start, who, *runs = sys.argv[1:]
@@ -489,7 +492,7 @@ DECIDER = textwrap.dedent(
         for run_id in runs:
             while time.time() < at:
                 time.sleep(0.0005)
-            record = Record(run_id, 3, time.time(), Decision("pause_1", "call_1", "continue", by=who))
+            record = Record(run_id, 3, time.time(), Decision("pause_1", "call_1", Continue(), by=who))
             results.append(await store.decide(run_id, "pause_1", [record]))
             at += 0.3  # the next race starts together too
         await store.close()
@@ -575,7 +578,7 @@ def test_sqlite_settings(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "er" / "t.db"  # folders are created on first use
     for mode, number in (("NORMAL", 1), ("FULL", 2)):
         store = SqlStore(f"sqlite:///{path}", synchronous=mode)  # type: ignore[arg-type]
-        raw = store._raw
+        raw = store._db.raw
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert raw.execute("PRAGMA synchronous").fetchone()[0] == number
         assert raw.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
@@ -631,7 +634,7 @@ def test_open_store_reads_synchronous_mode_from_the_environment(tmp_path, monkey
 
     monkeypatch.setenv("TETHER_SQLITE_SYNCHRONOUS", "full")
     store = open_store(f"sqlite:///{tmp_path / 'f.db'}")
-    assert store._raw.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert store._db.raw.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     monkeypatch.setenv("TETHER_SQLITE_SYNCHRONOUS", "sometimes")
     with pytest.raises(ConfigError, match="NORMAL or FULL"):
         open_store(f"sqlite:///{tmp_path / 'g.db'}")
@@ -759,14 +762,14 @@ async def test_reads_after_a_cursor_are_index_searches_on_sqlite(tmp_path: Path)
         await store.create_run(run.first, owner=None)
         await store.put_object(StoredObject("msg_1", "message", "t1", 1.0, {}, parent_id="thread_1"))
         statements: list[str] = []
-        store._raw.set_trace_callback(statements.append)
+        store._db.raw.set_trace_callback(statements.append)
         await store.load(run.id, after=1)
         await store.list_objects("message", "t1", "thread_1", after="msg_0", limit=5)
         await store.list_objects("message", "t1", "thread_1", before="msg_9", limit=5)
-        store._raw.set_trace_callback(None)
+        store._db.raw.set_trace_callback(None)
         selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
         assert len(selects) == 3
-        plans = [" / ".join(row[3] for row in store._raw.execute("EXPLAIN QUERY PLAN " + sql)) for sql in selects]
+        plans = [" / ".join(row[3] for row in store._db.raw.execute("EXPLAIN QUERY PLAN " + sql)) for sql in selects]
         for sql, plan in zip(selects, plans, strict=True):
             assert "SEARCH" in plan and "TEMP B-TREE" not in plan, (sql, plan)
         assert "seq>?" in plans[0].replace(" ", "")  # the primary key finds the first newer record
@@ -840,3 +843,78 @@ async def test_a_page_of_objects_refuses_a_negative_limit_or_an_unknown_order(
         await any_store.list_objects("message", "t1", limit=-1)
     with pytest.raises(ValueError, match="order"):
         await any_store.list_objects("message", "t1", order="sideways")  # type: ignore[arg-type]
+
+
+# -- the SQL store's parts, one concept a module ------------------------------------------------
+
+
+async def test_each_part_of_the_sql_store_works_on_a_bare_database(store_url: str) -> None:
+    """The parts compose into SqlStore, but each stands on a `Database` alone (statements run with
+    `db.execute`, without a writer to wait for), so that each can be tested by itself."""
+    from tether.adapters.store.sql.controls import Controls
+    from tether.adapters.store.sql.database import Database
+    from tether.adapters.store.sql.leases import Leases
+    from tether.adapters.store.sql.objects import Objects
+    from tether.adapters.store.sql.runs import Runs
+    from tether.adapters.store.sql.writer import GroupCommitWriter
+    from tether.domain.objects import StoredObject
+
+    db = Database(store_url)
+    writer = GroupCommitWriter(db)
+    try:
+        runs = Runs(db, writer)
+        run = Run()
+        await runs.create_run(run.first, owner=None)
+        records = [run.model(), run.pause()]
+        writer.append(records)
+        await writer.sync()
+        assert await runs.load(run.id) == [run.first, *records]
+        assert await runs.decide(run.id, "pause_1", [run.decision()]) is True
+
+        leases = Leases(db, db.execute)
+        assert await leases.acquire_lease(run.id, "a", 30) is True
+        assert await leases.acquire_lease(run.id, "b", 30) is False
+        assert await leases.take_over_lease(run.id, "a", "b", 30) is True
+        controls = Controls(db, db.execute)
+        await controls.request_cancel(run.id, "enough")
+        assert await controls.cancel_requested(run.id) == "enough"
+        objects = Objects(db, db.execute)
+        await objects.put_object(StoredObject("asst_1", "assistant", "t1", 1.0, {"name": "a"}))
+        assert [o.id for o in await objects.list_objects("assistant", "t1", limit=1)] == ["asst_1"]
+        info = await runs.get_run(run.id)
+        assert info is not None and info.status == "queued" and info.lease_owner == "b"
+    finally:
+        await writer.sync()
+        writer.close()
+        db.close()
+
+
+def test_the_sql_store_parts_import_only_what_they_build_on() -> None:
+    """Each part names the parts below it and no other: the writer knows no runs query, the runs
+    index no lease; only `store` composes them all."""
+    import ast
+
+    import tether.adapters.store.sql as package
+
+    below = {
+        "location": set(),
+        "schema": set(),
+        "database": {"location"},
+        "writer": {"database", "schema"},
+        "runs": {"database", "schema", "writer"},
+        "leases": {"database", "schema"},
+        "controls": {"database", "schema"},
+        "objects": {"database", "schema"},
+        "store": {"controls", "database", "leases", "objects", "runs", "writer"},
+    }
+    folder = Path(package.__file__).parent
+    assert {p.stem for p in folder.glob("*.py")} == {*below, "__init__"}
+    prefix = "tether.adapters.store.sql."
+    for name, allowed in below.items():
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        imported = {
+            node.module.removeprefix(prefix)
+            for node in tree.body  # module level only: not under TYPE_CHECKING, not inside a function
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(prefix)
+        }
+        assert imported <= allowed, (name, imported - allowed)

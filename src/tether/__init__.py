@@ -1,22 +1,62 @@
 """Tether: a runtime for tool-using AI agents that you can stop, look inside, change and continue.
 
 The public API is loaded lazily, so `import tether` stays light: SDKs, SQLAlchemy and pricing
-data load only when first used.
+data load only when first used. `__all__` is a literal list and every name is imported under
+`TYPE_CHECKING`, so type checkers see the real types (tests/test_public_api.py keeps the three in step).
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import typing  # as `typing.TYPE_CHECKING` below, which mypy and pyright both read
 
 __version__ = "0.1.0"
 
+__all__ = [
+    "Agent",
+    "AlreadyResumed",
+    "Breakpoint",
+    "BreakpointError",
+    "ClientTool",
+    "ConfigError",
+    "Event",
+    "FunctionTool",
+    "InvalidRequest",
+    "Limits",
+    "MemoryStore",
+    "Message",
+    "ModelError",
+    "PendingItem",
+    "Record",
+    "ReplayDiverged",
+    "Run",
+    "RunInfo",
+    "RunNotFound",
+    "RunView",
+    "RunsService",
+    "SchemaError",
+    "ScriptedModel",
+    "Step",
+    "StoreConflict",
+    "StoreError",
+    "TetherError",
+    "ToolContext",
+    "ToolError",
+    "ToolPolicy",
+    "Usage",
+    "call_tool",
+    "load_agent_file",
+    "open_service",
+    "reply",
+    "tool",
+]
+
+# Where each public name lives; imported on first use.
 _EXPORTS = {
     "Agent": "tether.services.agents",
     "load_agent_file": "tether.services.agents",
     "RunsService": "tether.services.runs",
-    "RunView": "tether.services.runs",
     "open_service": "tether.services.runs",
+    "Run": "tether.services.views",
+    "RunView": "tether.services.views",
     "tool": "tether.adapters.tools.function",
     "FunctionTool": "tether.adapters.tools.function",
     "ClientTool": "tether.adapters.tools.client",
@@ -26,40 +66,73 @@ _EXPORTS = {
     "MemoryStore": "tether.adapters.store.memory",
     "ToolPolicy": "tether.domain.tools",
     "ToolContext": "tether.domain.tools",
-    "ToolError": "tether.domain.tools",
     "Limits": "tether.domain.agents",
     "Message": "tether.domain.messages",
     "Event": "tether.domain.events",
-    "TetherError": "tether.domain.errors",
-    "ConfigError": "tether.domain.errors",
-    "AlreadyResumed": "tether.domain.errors",
-    "ReplayDiverged": "tether.domain.errors",
+    "Record": "tether.domain.records",
+    "PendingItem": "tether.domain.records",
+    "RunInfo": "tether.domain.runs",
+    "Step": "tether.domain.steps",
+    "Usage": "tether.domain.usage",
+    "Breakpoint": "tether.domain.breakpoints",
+    # every error class, from the one module that gathers them
+    "AlreadyResumed": "tether.errors",
+    "BreakpointError": "tether.errors",
+    "ConfigError": "tether.errors",
+    "InvalidRequest": "tether.errors",
+    "ModelError": "tether.errors",
+    "ReplayDiverged": "tether.errors",
+    "RunNotFound": "tether.errors",
+    "SchemaError": "tether.errors",
+    "StoreConflict": "tether.errors",
+    "StoreError": "tether.errors",
+    "TetherError": "tether.errors",
+    "ToolError": "tether.errors",
 }
 
-__all__ = sorted(_EXPORTS)
-
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from tether.adapters.models.scripted import ScriptedModel, call_tool, reply
     from tether.adapters.store.memory import MemoryStore
     from tether.adapters.tools.client import ClientTool
     from tether.adapters.tools.function import FunctionTool, tool
     from tether.domain.agents import Limits
-    from tether.domain.errors import AlreadyResumed, ConfigError, ReplayDiverged, TetherError
+    from tether.domain.breakpoints import Breakpoint
     from tether.domain.events import Event
     from tether.domain.messages import Message
-    from tether.domain.tools import ToolContext, ToolError, ToolPolicy
+    from tether.domain.records import PendingItem, Record
+    from tether.domain.runs import RunInfo
+    from tether.domain.steps import Step
+    from tether.domain.tools import ToolContext, ToolPolicy
+    from tether.domain.usage import Usage
+    from tether.errors import (
+        AlreadyResumed,
+        BreakpointError,
+        ConfigError,
+        InvalidRequest,
+        ModelError,
+        ReplayDiverged,
+        RunNotFound,
+        SchemaError,
+        StoreConflict,
+        StoreError,
+        TetherError,
+        ToolError,
+    )
     from tether.services.agents import Agent, load_agent_file
-    from tether.services.runs import RunsService, RunView, open_service
+    from tether.services.runs import RunsService, open_service
+    from tether.services.views import Run, RunView
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tether' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+if not typing.TYPE_CHECKING:  # hidden from type checkers: they would let `tether.anything` through
+
+    def __getattr__(name: str) -> object:
+        module = _EXPORTS.get(name)
+        if module is None:
+            raise AttributeError(f"module 'tether' has no attribute {name!r}")
+        value = getattr(_importlib.import_module(module), name)
+        globals()[name] = value
+        return value
 
 
 def __dir__() -> list[str]:
-    return [*globals(), *__all__]
+    return sorted({*globals(), *__all__})

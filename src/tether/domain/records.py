@@ -10,18 +10,19 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tether.domain.agents import AgentSnapshot
+from tether.domain.answers import Action as Action  # re-exported: the actions are named in answers.py
+from tether.domain.answers import TaggedAnswer
 from tether.domain.messages import Message
 from tether.domain.models import ModelResponse
 from tether.domain.usage import Usage
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a decision's answer is typed (domain/answers.py); codec.py reads version 1
 
 RunStatus = Literal["queued", "running", "paused", "completed", "failed", "cancelled", "incomplete"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled", "incomplete"})
 ACTIVE: frozenset[str] = frozenset({"queued", "running", "paused"})
 
 PauseReason = Literal["breakpoint", "approval", "client_tool", "budget", "uncertain"]
-Action = Literal["continue", "step", "edit", "skip", "approve", "deny", "rerun", "supply", "abort"]
 
 
 @dataclass(slots=True)
@@ -77,7 +78,7 @@ class ToolFinished:
 
 @dataclass(slots=True)
 class PendingItem:
-    id: str  # unique within the pause; for a tool call, its call id; else "STOP:STEP"
+    id: str  # unique within the pause, opaque (read call_id, stop and step instead of parsing it)
     reason: PauseReason
     call_id: str | None = None
     name: str | None = None
@@ -102,12 +103,22 @@ class Paused:
 
 @dataclass(slots=True)
 class Decision:
+    """One answer to one pending item. A fork's edits are decisions with pause id "fork" (there
+    is no pause to answer); the fields after `by` name what the answer concerns, so nothing has
+    to be read back out of the item's id."""
+
     pause_id: str
     item_id: str
-    action: Action
-    payload: Any = None  # e.g. the supplied result for "supply"
+    answer: TaggedAnswer
     by: str = "api"
+    call_id: str | None = None  # the tool call it concerns, if it concerns one
+    step: int | None = None
+    stop: str | None = None
     kind: Literal["decision"] = "decision"
+
+    @property
+    def action(self) -> Action:
+        return self.answer.action
 
 
 @dataclass(slots=True)

@@ -6,13 +6,13 @@ re-reads the log; resuming folds the stored records into a fresh state. Nothing 
 
 from __future__ import annotations
 
+import copy
 import hashlib
-import json
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from tether.domain.agents import AgentSnapshot, Limits
-from tether.domain.messages import Message, TextPart, ToolCall, message_from_dict
+from tether.domain.decisions import Effects, apply_answer
+from tether.domain.messages import Message, TextPart, ToolCall
 from tether.domain.records import (
     Decision,
     Finished,
@@ -48,7 +48,7 @@ class CallState:
 
 
 @dataclass(slots=True)
-class RunState:
+class RunState(Effects):
     run_id: str
     status: RunStatus = "queued"
     agent: AgentSnapshot | None = None
@@ -135,27 +135,7 @@ class RunState:
         item = self._item(d)
         if item is not None:
             self.passed.add(item.key)
-        a, payload = d.action, d.payload if isinstance(d.payload, dict) else {}
-        if a in ("supply", "skip"):
-            self._set_result(d.item_id, result=_text(d.payload))
-        elif a == "deny":
-            reason = d.payload if isinstance(d.payload, str) else payload.get("message")
-            self._set_result(d.item_id, error=f"a person denied this call: {reason or 'no reason given'}")
-        elif a == "rerun":
-            self.call(d.item_id).started = False
-        elif a == "abort":
-            self.aborted = f"aborted by {d.by}"  # the executor finishes it as cancelled, closing open calls
-        elif a == "step":
-            self.stepping = True
-        elif a == "approve":
-            self.approved.add(d.item_id)
-            if "arguments" in payload:
-                self._set_arguments(d.item_id, payload["arguments"])
-        elif a == "continue" and "limits" in payload:
-            for name, value in payload["limits"].items():
-                setattr(self.limits, name, value)
-        elif a == "edit":
-            self._edit(item.stop if item is not None else payload.get("stop"), d.item_id, payload)
+        apply_answer(d, self)
         if d.pause_id == "fork":
             return
         self.decisions.append(d)
@@ -169,38 +149,19 @@ class RunState:
             return None
         return next((i for i in self.pause.items if i.id == d.item_id), None)
 
-    def _edit(self, stop: str | None, item_id: str, payload: dict[str, Any]) -> None:
-        """Change what is pending; the run's history changes from here on."""
-        if "messages" in payload:  # before_model: the conversation the next request sends
-            self.close_batch()  # the results it replaces must not join it afterwards
-            self.messages = [message_from_dict(m) for m in payload["messages"]]
-            self._rehash()
-        elif "response" in payload:  # after_model: the response, before its tool calls run
-            r = payload["response"]
-            calls = [ToolCall(c["id"], c["name"], c.get("arguments") or "{}") for c in r.get("tool_calls", [])]
-            step = self.last_step - len(self.batch)  # the model call's own step
-            self.messages[-1] = Message.assistant(r.get("text"), calls)
-            self.batch = [CallState(step + 1 + i, c) for i, c in enumerate(calls)]
-            self.last_step = step + len(calls)
-            self._rehash()
-        elif "arguments" in payload:  # before_tool: one call's arguments
-            self._set_arguments(item_id, payload["arguments"])
-        elif "result" in payload:  # after_tool / on_error: a result before the model sees it
-            self._set_result(item_id, result=_text(payload["result"]))
-        elif "output" in payload:  # before_finish: the answer
-            self.messages[-1] = Message.assistant(_text(payload["output"]))
-            self._rehash()
-        else:
-            raise ValueError(f"an edit at {stop} needs messages, response, arguments, result or output")
+    # -- what answers change (the Effects that domain/decisions.py `apply_answer` calls) -----------
 
-    def _set_result(self, call_id: str, *, result: str | None = None, error: str | None = None) -> None:
+    def set_result(self, call_id: str, result: str, by: str, *, edited: bool = False) -> None:
         c = self.call(call_id)
-        c.result, c.error, c.done = result, error, True
+        c.result, c.error, c.done = result, None, True
 
-    def _set_arguments(self, call_id: str, arguments: Any) -> None:
+    def set_error(self, call_id: str, error: str, by: str) -> None:
         c = self.call(call_id)
-        text = arguments if isinstance(arguments, str) else json.dumps(arguments)
-        new = ToolCall(c.call.id, c.call.name, text, c.call.provider_id)
+        c.result, c.error, c.done = None, error, True
+
+    def set_arguments(self, call_id: str, arguments: str) -> None:
+        c = self.call(call_id)
+        new = ToolCall(c.call.id, c.call.name, arguments, c.call.provider_id)
         # A new object, also in the assistant message: the recorded response stays as it was.
         for m in reversed(self.messages):
             if m.role == "assistant" and any(x.id == new.id for x in m.tool_calls):
@@ -208,6 +169,40 @@ class RunState:
                 break
         c.call = new
         self._rehash()
+
+    def set_response(self, step: int | None, text: str | None, calls: list[ToolCall]) -> None:
+        """after_model: the response, before its tool calls run; the history changes from here on."""
+        first = self.last_step - len(self.batch)  # the model call's own step
+        self.messages[-1] = Message.assistant(text, calls)
+        self.batch = [CallState(first + 1 + i, c) for i, c in enumerate(calls)]
+        self.last_step = first + len(calls)
+        self._rehash()
+
+    def set_messages(self, messages: list[Message]) -> None:
+        """before_model: the conversation the next request sends."""
+        self.close_batch()  # the results it replaces must not join it afterwards
+        self.messages = copy.deepcopy(messages)  # the fold changes its messages; the decision stays
+        self._rehash()
+
+    def set_output(self, text: str) -> None:
+        self.messages[-1] = Message.assistant(text)
+        self._rehash()
+
+    def approve(self, call_id: str) -> None:
+        self.approved.add(call_id)
+
+    def rerun(self, call_id: str) -> None:
+        self.call(call_id).started = False
+
+    def raise_limits(self, limits: dict[str, int | float | None]) -> None:
+        for name, value in limits.items():
+            setattr(self.limits, name, value)
+
+    def step(self) -> None:
+        self.stepping = True
+
+    def abort(self, by: str) -> None:
+        self.aborted = f"aborted by {by}"  # the executor finishes it as cancelled, closing open calls
 
     def _rehash(self) -> None:
         messages, self.messages = self.messages, []
@@ -267,9 +262,3 @@ def fold(run_id: str, records: list[Record]) -> RunState:
         state.apply(r)
     state.close_batch()
     return state
-
-
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)

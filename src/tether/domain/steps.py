@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
+from tether.domain.decisions import Effects, apply_answer
+from tether.domain.messages import ToolCall
 from tether.domain.records import Decision, ModelCalled, Record, ToolFinished, ToolStarted
 from tether.domain.usage import Usage
 
@@ -28,6 +29,7 @@ class Step:
     error: str | None = None
     attempts: int = 0
     supplied_by: str | None = None  # a decision supplied this result instead of a live call
+    edited: bool = False  # a decision edited its result (supplied_by says who)
     duration_s: float = 0.0
     reused: bool = False
     started_at: float = 0.0
@@ -58,39 +60,49 @@ def steps_of(records: list[Record]) -> list[Step]:
             s.result, s.error, s.duration_s, s.reused, s.finished_at = (
                 p.result, p.error, p.duration_s, p.reused, r.ts)
         elif isinstance(p, Decision):
-            _apply_decision(p, r.ts, steps, by_call)
+            apply_answer(p, _StepsEffects(steps, by_call, r.ts))
     return [steps[n] for n in sorted(steps)]
 
 
-def _apply_decision(d: Decision, ts: float, steps: dict[int, Step], by_call: dict[str, Step]) -> None:
-    """Show what an answer changed: a supplied or edited result, edited arguments, an edited response."""
-    payload = d.payload if isinstance(d.payload, dict) else {}
-    s = by_call.get(d.item_id)
-    if d.action in ("supply", "skip") and s is not None:
-        s.status, s.result, s.error, s.supplied_by, s.finished_at = "completed", _text(d.payload), None, d.by, ts
-    elif d.action == "deny" and s is not None:
-        s.status, s.error, s.supplied_by, s.finished_at = "failed", f"denied: {d.payload}", d.by, ts
-    elif "arguments" in payload and s is not None:
-        s.arguments = payload["arguments"]
-    elif d.action == "edit" and "result" in payload and s is not None:
-        s.status, s.result, s.error, s.supplied_by = "completed", _text(payload["result"]), None, d.by
-    elif d.action == "edit" and "response" in payload:
-        number = int(d.item_id.rsplit(":", 1)[1])
-        model = steps[number]
+class _StepsEffects(Effects):
+    """What an answer shows in the steps: a supplied, denied or edited result, edited arguments,
+    an edited response (its tool calls replace the old ones), an edited answer."""
+
+    def __init__(self, steps: dict[int, Step], by_call: dict[str, Step], ts: float) -> None:
+        self.steps, self.by_call, self.ts = steps, by_call, ts
+
+    def set_result(self, call_id: str, result: str, by: str, *, edited: bool = False) -> None:
+        s = self.by_call.get(call_id)
+        if s is not None:
+            s.status, s.result, s.error, s.supplied_by, s.edited = "completed", result, None, by, edited
+            if not edited:
+                s.finished_at = self.ts
+
+    def set_error(self, call_id: str, error: str, by: str) -> None:
+        s = self.by_call.get(call_id)
+        if s is not None:
+            s.status, s.error, s.supplied_by, s.finished_at = "failed", error, by, self.ts
+
+    def set_arguments(self, call_id: str, arguments: str) -> None:
+        s = self.by_call.get(call_id)
+        if s is not None:
+            s.arguments = arguments
+
+    def set_response(self, step: int | None, text: str | None, calls: list[ToolCall]) -> None:
+        model = self.steps.get(step) if step is not None else None
+        if model is None:
+            return
         for old_id, _, _ in model.tool_calls:
-            old = by_call.pop(old_id, None)
+            old = self.by_call.pop(old_id, None)
             if old is not None:
-                steps.pop(old.number, None)
-        calls = payload["response"].get("tool_calls", [])
-        model.text = payload["response"].get("text")
-        model.tool_calls = [(c["id"], c["name"], c["arguments"]) for c in calls]
+                self.steps.pop(old.number, None)
+        model.text = text
+        model.tool_calls = [(c.id, c.name, c.arguments) for c in calls]
         for i, c in enumerate(calls):
-            t = Step(number + 1 + i, "tool", "pending", call_id=c["id"], name=c["name"], arguments=c["arguments"],
-                     started_at=ts)
-            steps[t.number] = by_call[c["id"]] = t
-    elif d.action == "edit" and "output" in payload and steps:
-        steps[max(steps)].text = _text(payload["output"])
+            t = Step(model.number + 1 + i, "tool", "pending", call_id=c.id, name=c.name, arguments=c.arguments,
+                     started_at=self.ts)
+            self.steps[t.number] = self.by_call[c.id] = t
 
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    def set_output(self, text: str) -> None:
+        if self.steps:
+            self.steps[max(self.steps)].text = text

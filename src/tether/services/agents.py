@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether.adapters.config_files import read_text
 from tether.adapters.importing import import_attr
@@ -17,6 +17,12 @@ from tether.domain.breakpoints import Breakpoint, BreakpointError, parse_breakpo
 from tether.domain.errors import ConfigError
 from tether.domain.protocols import Model, Tool
 from tether.domain.tools import ToolPolicy
+
+if TYPE_CHECKING:
+    from tether.domain.events import Event
+    from tether.domain.messages import Message
+    from tether.services.runs import RunsService
+    from tether.services.views import Run
 
 AGENT_FILE_KEYS = {"name", "model", "instructions", "tools", "limits", "settings", "output_schema",
                    "breakpoints", "mcp_servers", "policies", "tool_options"}
@@ -140,24 +146,39 @@ class Agent:
 
     # -- running: shorthands for the runs service on the default store -------------------------
 
-    async def run(self, task: str, **options: Any) -> Any:
-        """Run the agent on `task` and return the run (answer, steps, usage, or its pending items)."""
+    async def run(self, task: str | Sequence[Message], *, service: RunsService | None = None,
+                  breakpoints: Sequence[str | Breakpoint] = (), thread_id: str | None = None,
+                  metadata: dict[str, Any] | None = None,
+                  on_event: Callable[[Event], None] | None = None) -> Run:
+        """Run the agent on `task` and return the run (answer, steps, usage, or its pending items).
+
+        `service` defaults to the process-wide one on the default store (TETHER_DATABASE_URL, else
+        the SQLite file in TETHER_HOME); `breakpoints` (e.g. "before_tool:delete_*") join the
+        agent's own for this run; `on_event` sees every event as it happens.
+        """
         from tether.services.runs import default_service
 
-        service = options.pop("service", None) or await default_service()
-        return await service.start(self, task, **options)
+        chosen = service or await default_service()
+        return await chosen.start(self, task, thread_id=thread_id, metadata=metadata, breakpoints=breakpoints,
+                                  on_event=on_event)
 
-    def run_sync(self, task: str, **options: Any) -> Any:
+    def run_sync(self, task: str | Sequence[Message], *, service: RunsService | None = None,
+                 breakpoints: Sequence[str | Breakpoint] = (), thread_id: str | None = None,
+                 metadata: dict[str, Any] | None = None,
+                 on_event: Callable[[Event], None] | None = None) -> Run:
         """`run`, for code without an event loop (and inside one, e.g. Jupyter: it uses a thread)."""
         from tether.services.runs import run_blocking
 
-        return run_blocking(self.run(task, **options))
+        return run_blocking(self.run(task, service=service, breakpoints=breakpoints, thread_id=thread_id,
+                                     metadata=metadata, on_event=on_event))
 
-    def iter(self, task: str, **options: Any) -> Any:
+    def iter(self, task: str, *, service: RunsService | None = None, breakpoints: Sequence[str | Breakpoint] = (),
+             thread_id: str | None = None, metadata: dict[str, Any] | None = None) -> AsyncIterator[Event]:
         """Iterate over the run's events as they happen: `async for event in agent.iter(task)`."""
         from tether.services.runs import iter_events
 
-        return iter_events(self, task, **options)
+        return iter_events(self, task, service=service, breakpoints=breakpoints, thread_id=thread_id,
+                           metadata=metadata)
 
     def __repr__(self) -> str:
         return f"Agent(name={self.name!r}, model={self.model_ref!r}, tools={list(self.tools)})"

@@ -15,18 +15,21 @@ import os
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tether.adapters.importing import import_attr
 from tether.adapters.process import start_ticks, this_host
 from tether.domain.agents import AgentSnapshot
+from tether.domain.answers import Abort, Answer
 from tether.domain.breakpoints import Breakpoint, parse_breakpoint
+from tether.domain.decisions import actions_for, check_action, decision_for
 from tether.domain.errors import (
     AlreadyFinished,
     AlreadyResumed,
     ConfigError,
+    InvalidRequest,
     RunNotFound,
     StoreConflict,
     TetherError,
@@ -38,12 +41,12 @@ from tether.domain.leases import owner_is_gone, owner_of, owner_string
 from tether.domain.messages import Message
 from tether.domain.models import ModelResponse
 from tether.domain.protocols import Store
-from tether.domain.records import ACTIVE, TERMINAL, Action, Decision, Record, RunStarted
+from tether.domain.records import ACTIVE, TERMINAL, Action, Paused, Record, RunStarted
 from tether.domain.runs import RunInfo, shown_status
 from tether.domain.state import RunState, fold
 from tether.engine.executor import Executor
 from tether.services.agents import Agent, load_agent_file
-from tether.services.answers import breakpoint_warnings, check_action, edit_payload, fork_edit
+from tether.services.answers import ANSWER_TYPES, breakpoint_warnings, fork_edit, make_answer
 from tether.services.views import RunView, view_of
 
 T = TypeVar("T")
@@ -204,14 +207,15 @@ class RunsService:
 
     # -- answer a pause --------------------------------------------------------------------------
 
-    async def decide(self, run_id: str, pause_id: str, answers: dict[str, tuple[Action, Any]], *,
+    async def decide(self, run_id: str, pause_id: str, answers: Mapping[str, tuple[Action, Any] | Answer], *,
                      by: str = "api", on_event: Callable[[Event], None] | None = None,
                      drive: bool = True) -> RunView:
         """Answer every pending item of pause `pause_id`, then continue the run.
 
-        `answers` maps item id → (action, payload). Of two racing answers to the same pause, one
-        wins; the other gets `AlreadyResumed`. With `drive=False` the answer is only recorded (the
-        run is queued): `resume(run_id)` advances it.
+        `answers` maps item id → (action, value), or → a typed answer (domain/answers.py); each is
+        checked against its item before anything is written. Of two racing answers to the same
+        pause, one wins; the other gets `AlreadyResumed`. With `drive=False` the answer is only
+        recorded (the run is queued): `resume(run_id)` advances it.
         """
         records = await self.store.load(run_id)
         if not records:
@@ -225,16 +229,18 @@ class RunsService:
         if missing or extra:
             raise TetherError(f"pause {pause_id} of run {run_id} needs an answer for exactly these items: "
                               f"{sorted(items)} (missing {sorted(missing)}, unknown {sorted(extra)})")
+        view = view_of(state, records)
+        decisions = []
+        for item_id, given in answers.items():
+            action, value = (given.action, given) if isinstance(given, ANSWER_TYPES) else given
+            answer = make_answer(items[item_id], action, value, view)
+            decisions.append(decision_for(pause_id, items[item_id], answer, by))
         # Before deciding (fail, change nothing): the agent and its model, unless the answer ends the
         # run, which calls neither (so an abort works where the model cannot be reached).
         agent = None
-        if not any(action == "abort" for action, _ in answers.values()):
+        if not any(isinstance(d.answer, Abort) for d in decisions):
             agent = await self.agent_for(state.agent)  # type: ignore[arg-type]
             _ = agent.model
-        decisions = []
-        for item_id, (action, payload) in answers.items():
-            check_action(items[item_id], action, payload)
-            decisions.append(Decision(pause_id, item_id, action, payload, by))
         seq = state.last_seq
         recs = [Record(run_id, seq + i + 1, time.time(), d) for i, d in enumerate(decisions)]
         if not await self.store.decide(run_id, pause_id, recs):
@@ -273,7 +279,7 @@ class RunsService:
         if view.pause_id is None or item is None:
             raise TetherError(f"run {run_id} has no uncertain call {call_id} pending (it is {view.status}); "
                               "if you answered it already, it was already resumed")
-        if action in ("rerun", "supply") and item.reason not in ("uncertain", "client_tool"):
+        if action in ("rerun", "supply") and not {"rerun", "supply"} & set(actions_for(item)):
             raise AlreadyResumed(f"run {run_id} was already resumed: call {call_id} now waits at {item.stop} "
                                  f"({item.reason}), not for an answer about whether it ran")
         answers = {i.id: (action, result) if i.id == call_id else ("continue", None) for i in view.pending}
@@ -455,29 +461,47 @@ class RunsService:
         if executor is not None:
             executor.breakpoints = bps
 
-    async def answer(self, run_id: str, answers: dict[str, tuple[Action, Any]] | None = None, *,
-                     default: Action = "continue", pause_id: str | None = None, by: str = "api",
-                     on_event: Callable[[Event], None] | None = None, drive: bool = True) -> RunView:
-        """Answer the run's pause: `answers` for some items, `default` for the rest, then go on.
+    async def answer(self, run_id: str, answers: Mapping[str, tuple[Action, Any] | Answer] | None = None, *,
+                     default: Action = "continue", value: Any = None, pause_id: str | None = None,
+                     by: str = "api", on_event: Callable[[Event], None] | None = None,
+                     drive: bool = True) -> RunView:
+        """Answer the run's pause: `answers` for some items, `default` (with `value`) for the rest,
+        then go on.
 
         Actions: continue, step (pause again at the very next stop), edit (payload: the new
         value), skip (payload: the result to use instead of calling the tool), approve (payload:
         None or {"arguments": ...}), deny (payload: the message the model sees), supply, rerun,
-        abort.
+        abort. Which fit which item: `tether.domain.decisions.ANSWERS`. A `pause_id` that the run
+        never had, or an item the pause does not have, is an `InvalidRequest` naming the field;
+        a pause the run has left is `AlreadyResumed`.
         """
         view = await self.get(run_id)
         if pause_id is not None and view.pause_id != pause_id:
-            raise AlreadyResumed(f"run {run_id} was already resumed from pause {pause_id} (it is "
-                                 f"{view.status} now)")
+            where = f"it is paused at {view.pause_id}" if view.pause_id else f"it is {view.status}"
+            if not any(isinstance(r.payload, Paused) and r.payload.pause_id == pause_id for r in view.records):
+                raise InvalidRequest(f"Run {run_id} has no pause {pause_id!r} ({where}).", param="pause_id")
+            raise AlreadyResumed(f"run {run_id} was already resumed from pause {pause_id} ({where} now)")
         if view.pause_id is None:
             raise TetherError(f"run {run_id} is not paused (it is {view.status}); there is nothing to answer")
-        full: dict[str, tuple[Action, Any]] = {}
-        for item in view.pending:
-            action, payload = (answers or {}).get(item.id, (default, None))
-            if action == "edit":
-                payload = edit_payload(item, payload, view)
-            full[item.id] = (action, payload)
-        return await self.decide(run_id, view.pause_id, full, by=by, on_event=on_event, drive=drive)
+        unknown = set(answers or {}) - {i.id for i in view.pending}
+        if unknown:
+            raise InvalidRequest(f"Pause {view.pause_id} has no items {sorted(unknown)}; its items are "
+                                 f"{[i.id for i in view.pending]}", param="answers")
+        typed: dict[str, Answer] = {}
+        for item in view.pending:  # checked here too, to name the field a mistake is in
+            own = item.id in (answers or {})
+            given = (answers or {})[item.id] if own else (default, value)
+            action, raw = (given.action, given) if isinstance(given, ANSWER_TYPES) else given
+            where = f"answers.{item.id}." if own else ""
+            try:
+                check_action(item, action)
+            except TetherError as e:
+                raise InvalidRequest(str(e), param=where + "action") from None
+            try:
+                typed[item.id] = make_answer(item, action, raw, view)
+            except TetherError as e:
+                raise InvalidRequest(str(e), param=where + "payload") from None
+        return await self.decide(run_id, view.pause_id, typed, by=by, on_event=on_event, drive=drive)
 
     async def fork(self, run_id: str, step: int, edits: dict[str, Any] | None = None, *,
                    on_event: Callable[[Event], None] | None = None, drive: bool = True) -> RunView:

@@ -1,4 +1,4 @@
-"""A run as the user sees it."""
+"""A run as the user sees it: `Run`, what `Agent.run` and every `RunsService` operation return."""
 
 from __future__ import annotations
 
@@ -14,8 +14,13 @@ from tether.domain.usage import Usage
 
 
 @dataclass(slots=True)
-class RunView:
-    """A run as the user sees it: where it stands, its answer or its pending items."""
+class Run:
+    """A run as the user sees it: where it stands, its answer or its pending items.
+
+    `status` is one of queued, running, paused, completed, failed, cancelled, incomplete; `output`
+    is the answer of a completed run (and `structured` its parsed value when the agent has an
+    output schema), `error` says why a run failed, `pending` holds what a paused run waits for.
+    """
 
     id: str
     status: str
@@ -50,8 +55,11 @@ class RunView:
         return f"<Run {self.id} {self.status}: {what!r}>"
 
 
-def view_of(s: RunState, records: list[Record]) -> RunView:
+RunView = Run  # its name before 0.2; kept so code written for it still works
+
+
+def view_of(s: RunState, records: list[Record]) -> Run:
     pending = list(s.pause.items) if s.pause else []
-    return RunView(s.run_id, s.status, s.output, s.structured, s.error, pending,
+    return Run(s.run_id, s.status, s.output, s.structured, s.error, pending,
                    s.pause.pause_id if s.pause else None, s.usage, s.cost_usd, s.thread_id, s.agent,
                    s.messages, records)

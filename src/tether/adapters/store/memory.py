@@ -7,18 +7,11 @@ import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from tether.adapters.store.paging import check_page
 from tether.domain.errors import RunNotFound, StoreConflict
 from tether.domain.objects import StoredObject
 from tether.domain.records import ACTIVE, Record
 from tether.domain.runs import RunInfo, info_from_start, released_status, update_info
-
-
-def check_page(limit: int | None, order: str) -> None:
-    """The arguments of a page of objects that no store can serve (the interfaces check them first)."""
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit must be 0 or more, not {limit}")
-    if order not in ("asc", "desc"):
-        raise ValueError(f"order must be 'asc' or 'desc', not {order!r}")
 
 
 class MemoryStore:

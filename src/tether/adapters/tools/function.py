@@ -8,12 +8,15 @@ import hashlib
 import inspect
 import json
 from collections.abc import Callable
-from typing import Any, overload
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from tether.domain.tools import ToolContext, ToolError, ToolPolicy
 
+P = ParamSpec("P")
+R = TypeVar("R")
 
-class FunctionTool:
+
+class FunctionTool(Generic[P, R]):
     """A sync or async function the model can call.
 
     A parameter annotated `ToolContext` is filled in by Tether and hidden from the model. Sync
@@ -23,7 +26,7 @@ class FunctionTool:
 
     kind = "function"
 
-    def __init__(self, fn: Callable[..., Any], *, name: str | None = None, description: str | None = None,
+    def __init__(self, fn: Callable[P, R], *, name: str | None = None, description: str | None = None,
                  policy: ToolPolicy | None = None) -> None:
         from pydantic import ConfigDict, create_model
 
@@ -70,11 +73,13 @@ class FunctionTool:
         kwargs = {k: getattr(validated, k) for k in type(validated).model_fields}
         if self._ctx_param is not None:
             kwargs[self._ctx_param] = ctx
+        fn: Callable[..., Any] = self.fn  # called with validated keywords, not P's signature
         if self.is_async:
-            return await self.fn(**kwargs)
-        return await asyncio.to_thread(functools.partial(self.fn, **kwargs))
+            return await fn(**kwargs)
+        return await asyncio.to_thread(functools.partial(fn, **kwargs))
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call the function itself, as if it were not a tool (e.g. in a test)."""
         return self.fn(*args, **kwargs)
 
     def __repr__(self) -> str:
@@ -82,13 +87,15 @@ class FunctionTool:
 
 
 @overload
-def tool(fn: Callable[..., Any], /) -> FunctionTool: ...
+def tool(fn: Callable[P, R], /) -> FunctionTool[P, R]: ...
 @overload
-def tool(*, name: str | None = None, description: str | None = None,
-         policy: ToolPolicy | None = None, **options: Any) -> Callable[[Callable[..., Any]], FunctionTool]: ...
+def tool(*, name: str | None = None, description: str | None = None, policy: ToolPolicy | None = None,
+         timeout_s: float | None = ..., idempotent: bool = ..., retryable: bool = ..., max_retries: int = ...,
+         max_concurrency: int | None = ..., max_result_chars: int = ..., requires_approval: bool = ...,
+         ) -> Callable[[Callable[P, R]], FunctionTool[P, R]]: ...
 
 
-def tool(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
+def tool(fn: Callable[P, R] | None = None, /, *, name: str | None = None,
          description: str | None = None, policy: ToolPolicy | None = None, **options: Any) -> Any:
     """Make a function a tool: `@tool` or `@tool(timeout_s=5, idempotent=True)`.
 
@@ -99,7 +106,7 @@ def tool(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
             raise TypeError("give either policy=ToolPolicy(...) or its fields as keywords, not both")
         policy = ToolPolicy(**options)
 
-    def wrap(f: Callable[..., Any]) -> FunctionTool:
+    def wrap(f: Callable[P, R]) -> FunctionTool[P, R]:
         return FunctionTool(f, name=name, description=description, policy=policy)
 
     return wrap(fn) if fn is not None else wrap

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tether.domain.answers import Skip, Supply
 from tether.domain.errors import ReplayDiverged
 from tether.domain.records import Decision, ModelCalled, Record, ToolFinished, ToolStarted
 from tether.domain.tools import ToolContext, ToolError, ToolPolicy
@@ -53,7 +54,7 @@ def recorded_results(records: list[Record]) -> dict[int, tuple[str, str | None, 
             args[p.call_id] = p.arguments
         elif isinstance(p, ToolFinished):
             out[p.step] = (p.name, args.get(p.call_id), p)
-        elif isinstance(p, Decision) and p.action in ("supply", "skip") and p.item_id in calls:
-            step, name = calls[p.item_id]
-            out[step] = (name, None, ToolFinished(step, p.item_id, name, str(p.payload)))
+        elif isinstance(p, Decision) and isinstance(p.answer, Skip | Supply) and p.call_id in calls:
+            step, name = calls[p.call_id]
+            out[step] = (name, None, ToolFinished(step, p.call_id, name, p.answer.result))
     return out

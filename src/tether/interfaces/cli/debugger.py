@@ -36,7 +36,6 @@ Interactive (stdin a terminal): prompt-toolkit with history and completion; an e
 `s` or `c`. Otherwise lines are read from stdin and echoed after the prompt, so a debugging session
 can be scripted (`printf 'p\\nc\\n' | tether debug RUN_ID`) and its transcript read.
 """
-
 from __future__ import annotations
 
 import contextlib
@@ -55,27 +54,19 @@ from typing import TYPE_CHECKING, Any, TextIO
 from rich.console import Console
 from rich.text import Text
 
+from tether.domain.answers import Action, Continue, answer_value
+from tether.domain.decisions import actions_for, edits, needs_answer
 from tether.domain.errors import TetherError
-from tether.domain.events import Event
-from tether.domain.messages import Message, message_to_dict
-from tether.domain.records import TERMINAL, Action, Decision, Paused, PendingItem, RunStarted
-from tether.domain.steps import Step
+from tether.domain.records import TERMINAL, PendingItem, RunStarted
+from tether.interfaces.cli.debugger_views import LiveView, Screen, Staged, compact, hint, where
 from tether.interfaces.cli.invocation import cmd
-from tether.interfaces.cli.render import (
-    STATUS_STYLE,
-    RunPrinter,
-    call_text,
-    fmt_cost,
-    fmt_duration,
-    fmt_tokens,
-    one_line,
-)
+from tether.interfaces.cli.render import STATUS_STYLE, RunPrinter, fmt_cost, fmt_tokens
+from tether.services.answers import check_limits, current_value, final_text, make_answer, parse_json, parse_result
 
 if TYPE_CHECKING:
     from tether.services.runs import RunsService, RunView
 
 PROMPT = "(debug) "
-COMPACT = 100  # characters of text, arguments and results in the one-line views
 
 
 class DebuggerError(TetherError):
@@ -111,11 +102,6 @@ COMMANDS: tuple[Command, ...] = (
 )
 _BY_NAME = {name: c.names[0] for c in COMMANDS for name in c.names}
 PRINTABLE = ("args", "result", "output", "messages", "usage", "cost", "step", "breakpoints", "staged")
-_NEEDS_ANSWER = {
-    "approval": "approve [JSON] or deny [MESSAGE] (or skip RESULT)",
-    "client_tool": "skip OUTPUT (the client tool's output)",
-    "uncertain": "rerun, or skip RESULT (supply its result)",
-}
 
 
 class Debugger:
@@ -130,15 +116,16 @@ class Debugger:
         self.service = service
         self.view = view
         self.console = console or Console(highlight=False)
-        self.soft = not self.console.is_terminal
+        self.screen = Screen(self.console)
         self.stdin = stdin or sys.stdin
         self.interactive = self.stdin.isatty() if interactive is None else interactive
         self.current = 0  # index of the pending item edit/skip/approve/deny apply to
-        self.staged: dict[str, tuple[Action, Any]] = {}  # item id → answer, for the current pause
+        self.staged: dict[str, Staged] = {}  # item id → answer, for the current pause
         self.done = False
         self.last_move: str | None = None  # "continue" or "step": what an empty line repeats
         self._session: Any = None
         self.left: list[str] = []  # runs the REPL left paused when it followed a fork
+
 
     @property
     def run_id(self) -> str:
@@ -241,32 +228,13 @@ class Debugger:
 
     # -- output ----------------------------------------------------------------------------------
 
+    # -- output (debugger_views.py prints) -------------------------------------------------------
+
     def out(self, text: Text | str = "") -> None:
-        """Print a line; a plain string is printed as it is (never read as rich markup)."""
-        self.console.print(text if isinstance(text, Text) else Text(text), soft_wrap=self.soft)
+        self.screen.out(text)
 
     def error(self, message: str) -> None:
-        self.out(Text.assemble(("error: ", "bold red"), (message, "red")))
-
-    def block(self, label: str, value: Any, indent: str = "  ") -> None:
-        """A labelled value: short ones on one line, JSON pretty on the lines below."""
-        if isinstance(value, str):
-            lines = value.splitlines() or [""]
-            if len(lines) == 1 and len(value) <= 100:
-                self.out(Text.assemble((f"{indent}{label}: ", "bold"), value))
-                return
-            self.out(Text(f"{indent}{label}:", style="bold"))
-            for line in lines:
-                self.out(indent + "  " + line)
-            return
-        dumped = json.dumps(value, indent=2, ensure_ascii=False, default=str)
-        if "\n" not in dumped or len(json.dumps(value, ensure_ascii=False, default=str)) <= 80:
-            self.out(Text.assemble((f"{indent}{label}: ", "bold"),
-                                   (json.dumps(value, ensure_ascii=False, default=str), "yellow")))
-            return
-        self.out(Text(f"{indent}{label}:", style="bold"))
-        for line in dumped.splitlines():
-            self.out(Text(indent + "  " + line, style="yellow"))
+        self.screen.error(message)
 
     # -- where the run is ------------------------------------------------------------------------
 
@@ -277,94 +245,7 @@ class Debugger:
         return pending[min(self.current, len(pending) - 1)]
 
     def show_location(self) -> None:
-        view = self.view
-        items = view.pending
-        if len(items) == 1:
-            item = items[0]
-            self.out(Text.assemble(("⏸ paused at ", "bold magenta"), (_where(item), "bold"),
-                                   (f"  ({_why(item)})", "dim")))
-            self.describe(item, full=False)
-        else:
-            self.out(Text.assemble(("⏸ paused: ", "bold magenta"), (f"{len(items)} items pending", "bold"),
-                                   ("  (a parallel batch; `item N` chooses the one edit/skip/approve/deny "
-                                    "apply to)", "dim")))
-            for i, item in enumerate(items):
-                mark = "▶" if i == self.current else " "
-                self.out(Text.assemble((f"{mark} [{i + 1}] ", "bold"), (_where(item), "bold"),
-                                       (f"  ({_why(item)})", "dim")))
-                self.describe(item, full=False, indent="      ")
-        self.out(Text(f"run {view.id} · {len(_steps(view))} steps so far · {fmt_tokens(view.usage)} · cost "
-                      f"{fmt_cost(view.cost_usd)}", style="dim"))
-        self.out(Text("c continue · s step · edit [JSON] · skip RESULT · p print · w where · "
-                      "b breakpoints · q abort · detach · help", style="dim"))
-
-    def describe(self, item: PendingItem, *, full: bool, indent: str = "  ") -> None:
-        """What the item holds: the call and its arguments, the result, the model's text, ..."""
-        view = self.view
-        limit = None if full else COMPACT
-        step = _step(view, item)
-
-        def show(label: str, value: Any, short: Text) -> None:
-            if full:
-                self.block(label, value, indent)
-            else:
-                self.out(Text(indent) + short)
-
-        if item.call_id is not None:  # a tool call: before_tool, after_tool, on_error, approval, ...
-            show("tool", item.name or "?", call_text(item.name, item.arguments, limit))
-            if full:
-                self.block("arguments", _parse(item.arguments), indent)
-            if item.stop in ("after_tool", "on_error") and step is not None:
-                if step.status == "failed":
-                    show("error", step.error or "", Text.assemble(("→ error: ", "red"),
-                                                                  (one_line(step.error, limit), "red")))
-                elif step.status == "completed":
-                    show("result", _parse_structured(step.result or ""),
-                         Text.assemble(("→ ", "dim"), (one_line(step.result, limit), "green")))
-        elif item.stop == "after_model" and step is not None:
-            show("model text", step.text if step.text is not None else "(none)",
-                 Text.assemble(("model text: ", "bold"),
-                               one_line(step.text, limit) if step.text else ("(none)", "dim")))
-            if step.tool_calls:
-                calls = Text("tool calls: ", style="bold")
-                for i, (_, name, args) in enumerate(step.tool_calls):
-                    calls += Text(", ") if i else Text()
-                    calls += call_text(name, args, limit)
-                show("tool calls", [{"name": n, "arguments": _parse(a)} for _, n, a in step.tool_calls], calls)
-            else:
-                self.out(Text(f"{indent}no tool calls: this is the answer", style="dim"))
-        elif item.stop == "before_model":
-            self.out(Text(f"{indent}about to call the model with {len(view.messages)} messages", style="bold"))
-            if full:
-                self.print_messages(indent)
-            elif view.messages:
-                self.out(Text.assemble((f"{indent}last: ", "dim"), _message_line(view.messages[-1], limit)))
-        elif item.stop == "before_finish":
-            output = _final_text(view)
-            show("answer", output or "", Text.assemble(("answer: ", "bold"), (one_line(output, limit), "green")))
-        if full:
-            self.out(Text.assemble((f"{indent}item: ", "dim"), (item.id, ""), ("  reason: ", "dim"), (item.reason, ""),
-                                   ("  stop: ", "dim"), (item.stop or "—", ""), ("  step: ", "dim"),
-                                   (str(item.step) if item.step is not None else "—", "")))
-            if item.detail:
-                self.out(Text.assemble((f"{indent}why: ", "dim"), (item.detail, "")))
-        elif item.stop in ("on_error", "on_budget") and item.call_id is None:
-            self.out(Text(indent + item.detail, style="yellow"))
-        if item.reason == "budget":
-            self.block("limits", _limits(view), indent)
-            if not full:
-                self.out(Text(f"{indent}raise one with edit, e.g. edit {{\"max_steps\": 10}}; c goes on",
-                              style="dim"))
-        if item.reason in _NEEDS_ANSWER and item.id not in self.staged:
-            self.out(Text(f"{indent}needs an answer: {_NEEDS_ANSWER[item.reason]}", style="yellow"))
-        if item.id in self.staged:
-            action, payload = self.staged[item.id]
-            self.out(Text.assemble((f"{indent}staged: ", "bold yellow"), (action, "bold"),
-                                   ("" if payload is None else " " + _compact(payload, limit), "yellow")))
-
-    def print_messages(self, indent: str = "  ") -> None:
-        for i, m in enumerate(self.view.messages):
-            self.out(Text(f"{indent}[{i}] ") + _message_line(m, None))
+        self.screen.location(self.view, self.current, self.staged)
 
     # -- looking ---------------------------------------------------------------------------------
 
@@ -378,97 +259,46 @@ class Debugger:
         self.out(Text("breakpoints: STOP[:TOOL_GLOB] [if CONDITION]; stops: before_model, after_model, "
                       "before_tool, after_tool, on_error, on_budget, before_finish, on_uncertain", style="dim"))
 
-    def cmd_where(self, rest: str) -> None:
-        view = self.view
-        marks: dict[int, list[str]] = {}
-        for item in view.pending:
-            if item.step is not None:
-                marks.setdefault(item.step, []).append(item.stop or item.reason)
-        steps = _steps(view)
-        shown = {s.number for s in steps}
-        for s in steps:
-            self._step_line(s, marks.get(s.number))
-        for number in sorted(set(marks) - shown):  # a stop before its step exists: before_model, on_budget
-            self.out(Text.assemble(("▶ ", "bold magenta"), (f"#{number} ", "bold"), ("(not started)", "dim"),
-                                   (f"   ◀ paused here: {', '.join(marks[number])}", "bold magenta")))
-        if not steps and not marks:
-            self.out(Text("no steps yet", style="dim"))
 
-    def _step_line(self, s: Step, mark: list[str] | None) -> None:
-        line = Text("▶ " if mark else "  ", style="bold magenta")
-        line.append(f"#{s.number} ", style="bold")
-        if s.type == "model":
-            line.append("model ", style="cyan")
-            if s.tool_calls:
-                line.append("→ ", style="dim")
-                for i, (_, name, args) in enumerate(s.tool_calls):
-                    if i:
-                        line.append(", ")
-                    line.append_text(call_text(name, args, 60))
-            elif s.text is not None:
-                line.append("answer: ", style="green")
-                line.append(one_line(s.text, COMPACT))
-        else:
-            line.append("tool  ", style="magenta")
-            line.append_text(call_text(s.name, s.arguments, 60))
-            if s.status == "completed":
-                line.append(" → ", style="dim")
-                line.append(one_line(s.result, 60), style="green")
-                if s.supplied_by:
-                    line.append(f"  ({_supplied(s)})", style="yellow")
-            elif s.status == "failed":
-                line.append(" → error: ", style="red")
-                line.append(one_line(s.error, 60), style="red")
-            else:
-                line.append("  … not run yet" if s.status == "pending" else "  … started", style="yellow")
-        if s.reused:
-            line.append("  (reused)", style="dim")
-        if mark:
-            line.append(f"   ◀ paused here: {', '.join(mark)}", style="bold magenta")
-        self.out(line)
+    def cmd_where(self, rest: str) -> None:
+        self.screen.where(self.view)
 
     async def cmd_print(self, rest: str) -> None:
         what, _, arg = rest.partition(" ")
         what, arg = what.strip().lower(), arg.strip()
-        view = self.view
+        view, screen = self.view, self.screen
         if not what:
-            several = len(view.pending) > 1
-            for i, item in enumerate(view.pending):
-                if several:
-                    mark = "▶" if i == self.current else " "
-                    self.out(Text.assemble((f"{mark} [{i + 1}] ", "bold"), (_where(item), "bold")))
-                else:
-                    self.out(Text(_where(item), style="bold"))
-                self.describe(item, full=True, indent="      " if several else "  ")
+            screen.pending(view, self.current, self.staged)
             return
         if what in ("args", "arguments"):
             item = self.item()
+            step = next((s for s in view.steps if s.type == "model" and s.number == item.step), None)
             if item.arguments is not None:
-                self.block(f"arguments of {item.name}", _parse(item.arguments))
-            elif item.stop == "after_model" and (step := _step(view, item)) is not None and step.tool_calls:
+                screen.block(f"arguments of {item.name}", parse_json(item.arguments))
+            elif item.stop == "after_model" and step is not None and step.tool_calls:
                 for _, name, args in step.tool_calls:
-                    self.block(f"arguments of {name}", _parse(args))
+                    screen.block(f"arguments of {name}", parse_json(args))
             else:
                 raise DebuggerError(f"no tool call at {item.stop or item.reason}, so no arguments")
         elif what == "result":
             item = self.item()
-            step = _step(view, item)
-            if step is None or step.type != "tool":
+            tool_step = next((s for s in view.steps if item.call_id is not None and s.call_id == item.call_id), None)
+            if tool_step is None:
                 raise DebuggerError(f"no tool call at {item.stop or item.reason}, so no result")
-            if step.status == "failed":
-                self.block("error", step.error or "")
-            elif step.status == "completed":
-                self.block("result", _parse_structured(step.result or ""))
+            if tool_step.status == "failed":
+                screen.block("error", tool_step.error or "")
+            elif tool_step.status == "completed":
+                screen.block("result", parse_result(tool_step.result or ""))
             else:
-                self.out(Text(f"{step.name} has not run yet", style="dim"))
+                self.out(Text(f"{tool_step.name} has not run yet", style="dim"))
         elif what == "output":
-            text = _final_text(view)
+            text = final_text(view)
             if text is None:
                 self.out(Text("no model text yet", style="dim"))
             else:
-                self.block("model text", text)
+                screen.block("model text", text)
         elif what == "messages":
-            self.print_messages()
+            screen.messages(view)
         elif what in ("usage", "tokens"):
             u = view.usage
             self.out(f"{fmt_tokens(u)} ({u.total_tokens:,} total"
@@ -477,45 +307,16 @@ class Debugger:
             self.out(fmt_cost(view.cost_usd) + ("  (unknown: the model's price is not known)"
                                                 if view.cost_usd is None else ""))
         elif what == "step":
-            self.print_step(_int(arg, "p step N: the step's number"))
+            number = _int(arg, "p step N: the step's number")
+            if not screen.step(view, number):
+                n = len(view.steps)
+                raise DebuggerError(f"run {self.run_id} has steps 1..{n}" if n else "no steps yet")
         elif what in ("breakpoints", "b", "break"):
             await self.cmd_break("")
         elif what == "staged":
-            if not self.staged:
-                self.out(Text("nothing staged: c sends continue for every item", style="dim"))
-            for item in view.pending:
-                if item.id in self.staged:
-                    action, payload = self.staged[item.id]
-                    self.block(f"{_where(item)}: {action}", payload)
+            screen.staged(view, self.staged)
         else:
             raise DebuggerError(f"p what? one of {', '.join(PRINTABLE)} (or nothing: the pending items)")
-
-    def print_step(self, number: int) -> None:
-        steps = {s.number: s for s in _steps(self.view)}
-        s = steps.get(number)
-        if s is None:
-            raise DebuggerError(f"run {self.run_id} has steps 1..{len(steps)}" if steps else "no steps yet")
-        self.out(Text.assemble((f"step {s.number}: ", "bold"), (s.type, "cyan" if s.type == "model" else "magenta"),
-                               (f"  {s.status}" + ("  (reused)" if s.reused else ""), "dim")))
-        if s.type == "model":
-            self.block("text", s.text if s.text is not None else "(none)")
-            if s.tool_calls:
-                self.block("tool calls", [{"id": i, "name": n, "arguments": _parse(a)} for i, n, a in s.tool_calls])
-            self.out(Text(f"  {fmt_tokens(s.usage)} · {fmt_cost(s.cost_usd)} · {fmt_duration(s.duration_s)}",
-                          style="dim"))
-        else:
-            self.out(Text.assemble(("  tool: ", "bold"), (s.name or "?", "bold"), (f"  ({s.call_id})", "dim")))
-            self.block("arguments", _parse(s.arguments))
-            if s.status == "failed":
-                self.block("error", s.error or "")
-            elif s.status == "completed":
-                self.block("result", _parse_structured(s.result or ""))
-                if s.supplied_by:
-                    self.out(Text(f"  ({_supplied(s)})", style="yellow"))
-            if s.attempts > 1:
-                self.out(Text(f"  {s.attempts} attempts", style="dim"))
-            if s.status in ("completed", "failed") and not s.supplied_by:
-                self.out(Text(f"  {fmt_duration(s.duration_s)}", style="dim"))
 
     def cmd_item(self, rest: str) -> None:
         items = self.view.pending
@@ -525,12 +326,9 @@ class Debugger:
                 raise DebuggerError(f"there {'is' if len(items) == 1 else 'are'} {len(items)} pending "
                                     f"item{'s' if len(items) != 1 else ''}; choose 1..{len(items)}")
             self.current = n - 1
-        for i, item in enumerate(items):
-            mark = "▶" if i == self.current else " "
-            self.out(Text.assemble((f"{mark} [{i + 1}] ", "bold"), (_where(item), "bold"),
-                                   (f"  ({_why(item)})", "dim")))
+        self.screen.items(self.view, self.current)
 
-    # -- answering -------------------------------------------------------------------------------
+    # -- answering: the rules come from domain/decisions.py and services/answers.py --------------
 
     async def cmd_continue(self, rest: str) -> None:
         self.last_move = "continue"
@@ -538,24 +336,28 @@ class Debugger:
 
     async def cmd_step(self, rest: str) -> None:
         self.last_move = "step"
-        if all(self.staged.get(i.id, ("step",))[0] == "edit" for i in self.view.pending):
+        if self.view.pending and all(i.id in self.staged and self.staged[i.id].answer.action == "edit"
+                                     for i in self.view.pending):
             self.out(Text("(an edit is sent as it is, and does not step: the run goes on to the next "
                           "breakpoint)", style="dim"))
         await self.send("step")
 
     def cmd_edit(self, rest: str) -> None:
         item = self.item()
-        if item.reason == "approval":
-            raise DebuggerError("this call waits for approval: approve it with other arguments instead, "
-                                "e.g. approve {\"x\": 1}")
-        if item.reason not in ("breakpoint", "budget"):
-            raise DebuggerError(f"a {item.reason} item cannot be edited; it needs {_NEEDS_ANSWER.get(item.reason)}")
+        budget = item.reason == "budget"  # its limits are edited, and sent with "continue"
+        if not budget and "edit" not in actions_for(item):
+            if "approve" in actions_for(item):
+                raise DebuggerError("this call waits for approval: approve it with other arguments instead, "
+                                    "e.g. approve {\"x\": 1}")
+            if needs_answer(item):
+                raise DebuggerError(f"a {item.reason} item cannot be edited; it needs {hint(item)}")
+            raise DebuggerError(f"there is nothing to edit at {item.stop or item.reason}")
         current = self.current_value(item)
         if rest:
             new = _json(rest, f"the edit at {item.stop}")
         elif not self.interactive:
             raise DebuggerError(f"give the new value inline: edit JSON (stdin is not a terminal, so no editor). "
-                                f"Now: {_compact(current, 200)}")
+                                f"Now: {compact(current, 200)}")
         else:
             new = edit_in_editor(current)
             if new is None:
@@ -564,74 +366,61 @@ class Debugger:
             if new == current:
                 self.out(Text("no change: nothing staged", style="yellow"))
                 return
-        if item.reason == "budget":
-            limits = _check_limits(new, current)
-            self.staged[item.id] = ("continue", {"limits": limits})
-            self.block("staged: continue with the limits", limits)
+        if budget:
+            try:
+                limits = check_limits(new, current)
+            except TetherError as e:
+                raise DebuggerError(str(e)) from None
+            if not limits:
+                raise DebuggerError("no limit changed: nothing staged")
+            self.staged[item.id] = Staged(Continue(limits), {"limits": limits})
+            self.screen.block("staged: continue with the limits", limits)
             self.out(Text("c sends it and goes on; edit again to change it", style="dim"))
             return
-        from tether.services.answers import edit_payload
-
-        payload = edit_payload(item, new, self.view)  # fails early on a bad value; the service checks again
-        self.staged[item.id] = ("edit", new)
-        for key, value in payload.items():
-            if key != "old":
-                shown = _parse(value) if key == "arguments" else new if key in ("response", "messages") else value
-                self.block(f"staged: edit the {key}", shown)
+        answer = make_answer(item, "edit", new, self.view)  # fails early on a bad value
+        self.staged[item.id] = Staged(answer, new)
+        for key, value in (answer_value(answer) or {}).items():
+            self.screen.block(f"staged: edit the {key}", new if key in ("response", "messages") else value)
         self.out(Text("c sends it and goes on; edit again to change it", style="dim"))
 
     def current_value(self, item: PendingItem) -> Any:
         """What an edit of `item` replaces, as JSON data (a staged edit's value, if there is one)."""
-        view, stop = self.view, item.stop
+        staged = self.staged.get(item.id)
         if item.reason == "budget":
-            limits = _limits(view)
-            staged = self.staged.get(item.id)
-            if staged is not None and isinstance(staged[1], dict):
-                limits.update(staged[1].get("limits", {}))
+            limits = current_value(item, self.view)
+            if staged is not None and isinstance(staged.answer, Continue):
+                limits.update(staged.answer.limits)
             return limits
-        if item.id in self.staged and self.staged[item.id][0] == "edit":
-            return self.staged[item.id][1]
-        if stop == "before_tool":
-            return _parse(item.arguments)
-        if stop in ("after_tool", "on_error") and item.call_id is not None:
-            step = _step(view, item)
-            if step is None:
-                raise DebuggerError(f"no step for {item.call_id}")
-            return _parse_structured(step.result if step.result is not None else step.error or "")
-        if stop == "after_model":
-            step = _step(view, item)
-            if step is None:
-                raise DebuggerError(f"no model step {item.step}")
-            return {"text": step.text, "tool_calls": [{"id": i, "name": n, "arguments": _parse(a)}
-                                                      for i, n, a in step.tool_calls]}
-        if stop == "before_model":
-            return [_plain_message(m) for m in view.messages]
-        if stop == "before_finish":
-            return _final_text(view)
-        raise DebuggerError(f"there is nothing to edit at {stop or item.reason}")
+        if staged is not None and staged.answer.action == "edit":
+            return staged.value
+        try:
+            return current_value(item, self.view)
+        except TetherError as e:
+            raise DebuggerError(str(e)) from None
 
     async def cmd_skip(self, rest: str) -> None:
         item = self.item()
         if not rest:
             raise DebuggerError("give the result the model should see instead: skip RESULT")
-        if item.reason in ("client_tool", "uncertain"):
+        ok = actions_for(item)
+        if "supply" in ok:  # a client tool's output, an uncertain call's result
             await self.answer_item(item, "supply", rest)
-        elif item.reason == "approval" or (item.reason == "breakpoint" and item.stop == "before_tool"):
+        elif "skip" in ok:
             await self.answer_item(item, "skip", rest)
         else:
-            hint = "; edit its result instead (edit JSON)" if item.stop in ("after_tool", "on_error") else ""
+            hint_ = "; edit its result instead (edit JSON)" if edits(item) == "result" else ""
             raise DebuggerError(f"skip replaces a tool call before it runs (before_tool); this is "
-                                f"{item.stop or item.reason}{hint}")
+                                f"{item.stop or item.reason}{hint_}")
 
     async def cmd_rerun(self, rest: str) -> None:
         item = self.item()
-        if item.reason != "uncertain":
+        if "rerun" not in actions_for(item):
             raise DebuggerError("rerun answers an uncertain tool call (one cut off by a crash or a timeout)")
         await self.answer_item(item, "rerun", None)
 
     async def cmd_approve(self, rest: str) -> None:
         item = self.item()
-        if item.reason != "approval":
+        if "approve" not in actions_for(item):
             raise DebuggerError(f"approve answers a call that needs approval; this is a {item.reason} item "
                                 "(c goes on)")
         payload = None
@@ -644,41 +433,35 @@ class Debugger:
 
     async def cmd_deny(self, rest: str) -> None:
         item = self.item()
-        if item.reason != "approval":
+        if "deny" not in actions_for(item):
             raise DebuggerError(f"deny answers a call that needs approval; this is a {item.reason} item "
                                 "(skip RESULT replaces a tool call; q aborts the run)")
         await self.answer_item(item, "deny", rest or None)
 
-    async def answer_item(self, item: PendingItem, action: Action, payload: Any) -> None:
+    async def answer_item(self, item: PendingItem, action: Action, value: Any) -> None:
         """Stage an answer for one item; answer the pause at once if the others can simply go on."""
-        self.staged[item.id] = (action, payload)
-        waiting = [i for i, it in enumerate(self.view.pending)
-                   if it.id not in self.staged and it.reason not in ("breakpoint", "budget")]
+        self.staged[item.id] = Staged(make_answer(item, action, value, self.view), value)
+        waiting = [i for i, it in enumerate(self.view.pending) if it.id not in self.staged and needs_answer(it)]
         if not waiting:
             await self.send("continue")
             return
         self.current = waiting[0]
         nxt = self.view.pending[self.current]
-        self.out(Text.assemble(("staged ", "yellow"), (action, "bold"), (f" for {_where(item)}; ", "yellow"),
-                               (f"item {self.current + 1} ({_where(nxt)}) still needs an answer: "
-                                f"{_NEEDS_ANSWER.get(nxt.reason, 'c')}", "yellow")))
+        self.out(Text.assemble(("staged ", "yellow"), (action, "bold"), (f" for {where(item)}; ", "yellow"),
+                               (f"item {self.current + 1} ({where(nxt)}) still needs an answer: {hint(nxt)}",
+                                "yellow")))
 
     async def send(self, default: Action) -> None:
         """Answer the pause (staged answers, `default` for the rest) and follow the run live."""
         view = self.view
-        answers: dict[str, tuple[Action, Any]] = {}
         for i, item in enumerate(view.pending):
-            if item.id in self.staged:
-                answers[item.id] = self.staged[item.id]
-            elif item.reason in ("breakpoint", "budget"):
-                answers[item.id] = (default, None)
-            else:
-                raise DebuggerError(f"item {i + 1} ({_where(item)}) needs an answer first: "
-                                    f"{_NEEDS_ANSWER.get(item.reason, 'c')}" + (" (item N chooses it)"
-                                                                               if len(view.pending) > 1 else ""))
+            if item.id not in self.staged and needs_answer(item):
+                raise DebuggerError(f"item {i + 1} ({where(item)}) needs an answer first: {hint(item)}"
+                                    + (" (item N chooses it)" if len(view.pending) > 1 else ""))
+        answers = {item_id: s.answer for item_id, s in self.staged.items()}
         printer = RunPrinter(self.console, live=True)
         printer.load(view.records)
-        live = _LiveView(printer)
+        live = LiveView(printer)
         with printer:
             new = await self.service.answer(self.run_id, answers, default=default, pause_id=view.pause_id,
                                             by="debugger", on_event=live)
@@ -742,7 +525,7 @@ class Debugger:
                                     'at a tool step, {"messages": […]} at a model step')
         parent = self.run_id
         printer = RunPrinter(self.console, live=True)
-        live = _LiveView(printer)
+        live = LiveView(printer)
         with printer:
             new = await self.service.fork(parent, step, edits, on_event=live)
         live.summary(new)
@@ -763,7 +546,7 @@ class Debugger:
             return
         style = STATUS_STYLE.get(new.status, "")
         self.out(Text.assemble(("the fork ended ", ""), (new.status, f"bold {style}"),
-                               (f"; still debugging run {parent}, paused at {_where(self.item())}", "")))
+                               (f"; still debugging run {parent}, paused at {where(self.item())}", "")))
 
     # -- leaving ---------------------------------------------------------------------------------
 
@@ -778,8 +561,8 @@ class Debugger:
         self.detach()
 
     def detach(self) -> None:
-        where = _where(self.item()) if self.view.pending else self.view.status
-        self.out(Text.assemble(("detached: run ", ""), (self.run_id, "bold"), (f" stays paused at {where}; ", ""),
+        at = where(self.item()) if self.view.pending else self.view.status
+        self.out(Text.assemble(("detached: run ", ""), (self.run_id, "bold"), (f" stays paused at {at}; ", ""),
                                ("attach again with ", "dim"), (cmd(f"debug {self.run_id}"), "bold")))
         self.done = True
 
@@ -817,179 +600,6 @@ def edit_in_editor(value: Any, *, editor: str | None = None) -> Any:
                 os.unlink(path)
 
 
-_LIMITS = {"max_steps": int, "max_tokens": int, "max_cost_usd": float, "max_wall_s": float}
-
-
-def _limits(view: RunView) -> dict[str, Any]:
-    """The run's budgets now: its agent's, as raised by earlier answers to budget pauses."""
-    agent_limits = view.agent.limits if view.agent is not None else None
-    limits = {name: getattr(agent_limits, name, None) for name in _LIMITS}
-    for r in view.records:
-        p = r.payload
-        if isinstance(p, Decision) and p.action == "continue" and isinstance(p.payload, dict):
-            limits.update({k: v for k, v in p.payload.get("limits", {}).items() if k in _LIMITS})
-    return limits
-
-
-def _check_limits(new: Any, current: dict[str, Any]) -> dict[str, Any]:
-    """The limits an edit at on_budget changes (checked: known names, numbers)."""
-    if not isinstance(new, dict):
-        raise DebuggerError('at on_budget, edit the limits: a JSON object such as {"max_steps": 10}')
-    changed = {}
-    for name, value in new.items():
-        kind = _LIMITS.get(name)
-        if kind is None:
-            raise DebuggerError(f"unknown limit {name!r}; the limits are {', '.join(_LIMITS)}")
-        ok = (value is None and name != "max_steps") or (
-            isinstance(value, int | float) and not isinstance(value, bool) and value > 0
-            and (kind is float or isinstance(value, int)))
-        if not ok:
-            raise DebuggerError(f"{name} must be a positive {'whole number' if kind is int else 'number'}"
-                                + ("" if name == "max_steps" else " (or null: no limit)"))
-        if value != current.get(name):
-            changed[name] = value
-    if not changed:
-        raise DebuggerError("no limit changed: nothing staged")
-    return changed
-
-
-class _LiveView:
-    """The live view of a run going on, minus the pause record (the debugger shows where the run
-    stopped itself). A failure to print must not stop the run: it is reported once, then the view
-    goes quiet and `summary` says how the run ended."""
-
-    def __init__(self, printer: RunPrinter) -> None:
-        self.printer = printer
-        self.broken: Exception | None = None
-
-    def __call__(self, event: Event) -> None:
-        if self.broken is not None or (event.record is not None and isinstance(event.record.payload, Paused)):
-            return
-        try:
-            self.printer.on_event(event)
-        except Exception as e:
-            self.broken = e
-            self.printer.console.print(Text(f"(the live view failed: {type(e).__name__}: {e}; the run goes on)",
-                                            style="yellow"))
-
-    def summary(self, view: RunView) -> None:
-        if self.broken is None or view.status not in TERMINAL:
-            return
-        console = self.printer.console
-        console.print(Text.assemble(("■ ", ""), (view.status, f"bold {STATUS_STYLE.get(view.status, '')}")))
-        if view.error:
-            console.print(Text.assemble(("error: ", "bold red"), (view.error, "red")))
-        if view.output is not None:
-            console.print(Text("answer:", style="bold"))
-            console.print(Text(view.output))
-
-
-def _where(item: PendingItem) -> str:
-    """"before_tool of step 4: calculator", "approval of step 2: delete_file", "on_budget at step 5"."""
-    what = item.stop or item.reason
-    if item.reason in ("approval", "client_tool", "uncertain"):
-        what = item.reason.replace("_", " ")
-    step = f" of step {item.step}" if item.step is not None else ""
-    return f"{what}{step}" + (f": {item.name}" if item.name else "")
-
-
-def _why(item: PendingItem) -> str:
-    if item.breakpoint_id is not None:
-        return f"{item.breakpoint_id}: {item.detail.removeprefix('breakpoint ')}"
-    return item.detail or item.reason
-
-
-def _steps(view: RunView) -> list[Step]:
-    """The run's steps, with the edits answers made to tool calls shown (arguments, results)."""
-    try:
-        steps = view.steps
-    except Exception:  # a log the step view cannot read (e.g. tool calls replaced at after_model): show none
-        return []
-    by_call = {s.call_id: s for s in steps if s.call_id is not None}
-    for r in view.records:
-        p = r.payload
-        if isinstance(p, Decision) and p.item_id in by_call and isinstance(p.payload, dict):
-            s = by_call[p.item_id]
-            if p.action in ("edit", "approve") and "arguments" in p.payload:
-                new = p.payload["arguments"]
-                s.arguments = new if isinstance(new, str) else json.dumps(new, ensure_ascii=False)
-            elif p.action == "edit" and "result" in p.payload:
-                new = p.payload["result"]
-                s.result = new if isinstance(new, str) else json.dumps(new, ensure_ascii=False)
-                s.error, s.status, s.supplied_by = None, "completed", f"edited by {p.by}"
-    return steps
-
-
-def _supplied(s: Step) -> str:
-    by = s.supplied_by or ""
-    return by if by.startswith("edited by") else f"supplied by {by}, not called"
-
-
-def _step(view: RunView, item: PendingItem) -> Step | None:
-    for s in _steps(view):
-        if (item.call_id is not None and s.call_id == item.call_id) or (item.call_id is None and s.number == item.step
-                                                                       and s.type == "model"):
-            return s
-    return None
-
-
-def _final_text(view: RunView) -> str | None:
-    if view.output is not None:
-        return view.output
-    for m in reversed(view.messages):
-        if m.role == "assistant":
-            return m.text if m.text else None
-    return None
-
-
-def _parse(arguments: str | None) -> Any:
-    """Tool arguments as JSON data (the text itself if it is not JSON)."""
-    if arguments is None:
-        return {}
-    try:
-        return json.loads(arguments)
-    except ValueError:
-        return arguments
-
-
-def _parse_structured(text: str) -> Any:
-    """A tool result: parsed when it is a JSON object or list, else the text (so "2.40" stays "2.40")."""
-    stripped = text.strip()
-    if stripped.startswith(("{", "[")):
-        try:
-            return json.loads(stripped)
-        except ValueError:
-            pass
-    return text
-
-
-def _plain_message(m: Message) -> dict[str, Any]:
-    """A message for editing: its content as one string when it is one text part."""
-    d = message_to_dict(m)
-    content = d["content"]
-    if not content:
-        d["content"] = ""
-    elif len(content) == 1 and content[0].get("type") == "text":
-        d["content"] = content[0]["text"]
-    return d
-
-
-def _message_line(m: Message, limit: int | None) -> Text:
-    line = Text.assemble((m.role, "bold"), (":", ""))
-    if m.role == "tool":
-        line.append(f" ({m.name})", style="magenta")
-    if m.text:
-        line.append(" " + one_line(m.text, limit))
-    for c in m.tool_calls:
-        line.append(" → ", style="dim")
-        line.append_text(call_text(c.name, c.arguments, limit))
-    return line
-
-
-def _compact(value: Any, limit: int | None) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    return one_line(text, limit)
-
 
 def _json(text: str, what: str) -> Any:
     try:
@@ -1004,3 +614,4 @@ def _int(text: str, usage: str) -> int:
         return int(text.strip())
     except ValueError:
         raise DebuggerError(usage) from None
+

@@ -15,6 +15,8 @@ from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 
+from tether.domain.answers import answer_value
+from tether.domain.decisions import actions_for, needs_answer
 from tether.domain.diff import DiffRow, RunDiff, StepSummary, Totals
 from tether.domain.events import Event
 from tether.domain.records import (
@@ -197,8 +199,8 @@ class RunPrinter:
     def flush_open_steps(self) -> None:
         """Tool calls that never finished (in progress, pending): shown at the end of a stored log."""
         done = {r.payload.call_id for r in self.records if isinstance(r.payload, ToolFinished)}
-        done |= {r.payload.item_id for r in self.records
-                 if isinstance(r.payload, Decision) and r.payload.action in ("supply", "skip")}
+        done |= {r.payload.call_id for r in self.records if isinstance(r.payload, Decision)
+                 and r.payload.action in ("supply", "skip") and r.payload.call_id is not None}
         for s in self._steps().values():
             if s.type == "tool" and s.call_id not in done and self._new(s):
                 self._step(s, None)
@@ -299,13 +301,13 @@ class RunPrinter:
     def _decision(self, d: Decision, ts: float) -> None:
         line = Text.assemble(("  ↳ decision ", "magenta"), (d.action, "bold"), (f" on {d.item_id}", ""),
                              (f" by {d.by}", "dim"))
-        if d.payload is not None:
+        value = answer_value(d.answer)
+        if value is not None:
             line.append(": ")
-            payload = d.payload if isinstance(d.payload, str) else json.dumps(d.payload, default=str)
-            line.append(one_line(payload, self.limit))
+            line.append(one_line(value if isinstance(value, str) else json.dumps(value, default=str), self.limit))
         self._print(line + self._when(ts))
         if d.action in ("supply", "skip"):
-            step = next((s for s in self._steps().values() if s.call_id == d.item_id), None)
+            step = next((s for s in self._steps().values() if s.call_id == d.call_id), None)
             if step is not None:
                 self._step(step, ts)
 
@@ -344,16 +346,17 @@ def pending_text(item: PendingItem, limit: int | None = 300) -> Text:
 
 
 def how_to_answer(run_id: str, items: list[PendingItem]) -> list[str]:
-    """The commands that answer each pending item."""
+    """The commands that answer each pending item (the answers that fit it: domain/decisions.py)."""
+    flags = {"rerun": "--rerun", "supply": "--supply TEXT", "continue": "--continue", "abort": "--abort"}
     out = []
     for item in items:
-        base = cmd(f"runs answer {run_id} {item.id}")
-        if item.reason == "uncertain":
-            out.append(f"{base} --rerun | --supply RESULT | --abort")
-        elif item.reason == "client_tool":
-            out.append(f"{base} --supply OUTPUT | --abort")
-        else:
-            out.append(f"{base} --continue | --abort")
+        ok = [a for a in actions_for(item) if a != "continue" or not needs_answer(item)]
+        given = [flag for action, flag in flags.items() if action in ok]
+        line = f"{cmd(f'runs answer {run_id} {item.id}')} {' | '.join(given)}"
+        in_debugger = [a for a in ok if a in ("approve", "deny", "edit", "skip")]
+        if in_debugger:
+            line += f"   (in the debugger, {cmd(f'debug {run_id}')}: also {', '.join(in_debugger)})"
+        out.append(line)
     out.append(cmd(f"runs cancel {run_id}") + "   (abort the run)")
     return out
 

@@ -17,8 +17,8 @@ from fastapi.responses import StreamingResponse
 
 from tether.domain.breakpoints import BreakpointError
 from tether.domain.codec import dump_payload
-from tether.domain.errors import AlreadyResumed, NotFound
-from tether.domain.records import TERMINAL, Paused, Record
+from tether.domain.errors import NotFound
+from tether.domain.records import TERMINAL, Record
 from tether.domain.steps import steps_of
 from tether.interfaces.server import schemas
 from tether.interfaces.server.assistants import AssistantsApi
@@ -101,22 +101,10 @@ def add_debug_routes(app: FastAPI, api: AssistantsApi, scheduler: Scheduler, *, 
     @app.post("/v1/tether/runs/{run_id}/answer", tags=["debug"])
     async def debug_answer(request: Request, run_id: str, body: schemas.Answer) -> dict[str, Any]:
         await debug_run(request, run_id)
-        view = await service.get(run_id)
-        if view.pause_id != body.pause_id and not any(
-                isinstance(r.payload, Paused) and r.payload.pause_id == body.pause_id for r in view.records):
-            where = f"it is paused at {view.pause_id}" if view.pause_id else f"it is {view.status}"
-            raise ApiError(400, f"Run {run_id} has no pause {body.pause_id!r} ({where}).", param="pause_id")
-        if view.pause_id != body.pause_id:
-            raise AlreadyResumed(f"run {run_id} is not paused at {body.pause_id} (it is {view.status}"
-                                 + (f", paused at {view.pause_id}" if view.pause_id else "") + ")")
-        given = body.answers or {}
-        unknown = set(given) - {i.id for i in view.pending}
-        if unknown:
-            raise ApiError(400, f"Pause {body.pause_id} has no items {sorted(unknown)}; its items are "
-                                f"{[i.id for i in view.pending]}", param="answers")
-        answers = {i.id: (given[i.id].action, given[i.id].payload) if i.id in given else (body.action, body.payload)
-                   for i in view.pending}
-        await service.answer(run_id, answers, pause_id=body.pause_id, by="http", drive=False)  # type: ignore[arg-type]
+        given = {item_id: (a.action, a.payload) for item_id, a in (body.answers or {}).items()}
+        # The service checks the pause id, the items and each answer (InvalidRequest names the field).
+        await service.answer(run_id, given, default=body.action, value=body.payload, pause_id=body.pause_id,
+                             by="http", drive=False)
         scheduler.submit(run_id)
         return await debug_view(run_id)
 

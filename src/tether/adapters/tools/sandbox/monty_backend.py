@@ -26,11 +26,25 @@ from typing import Any
 
 from tether.adapters.tools.sandbox.subprocess_backend import _folder_lock
 from tether.adapters.tools.sandbox.tool import SandboxLimits, SandboxResult, _size
+from tether.domain.errors import ConfigError
 
 WORK = "/work"
 MODULES = ("asyncio", "base64", "binascii", "bisect", "collections", "copy", "csv", "dataclasses", "datetime",
            "decimal", "functools", "hashlib", "itertools", "json", "math", "os (files only)", "pathlib", "random",
            "re", "sys", "time", "tomllib", "typing", "unicodedata")
+
+
+MISSING = ("the python tool's monty backend needs pydantic-monty, which is not installed: "
+           "pip install 'tether[monty]' (or use backend = \"subprocess\")")
+
+
+def require_monty() -> None:
+    """Refuse a monty backend when pydantic-monty is not installed (it is the `tether[monty]` extra)."""
+    try:
+        import pydantic_monty
+    except ImportError:
+        raise ConfigError(MISSING) from None
+    del pydantic_monty
 
 
 @functools.lru_cache(maxsize=1)

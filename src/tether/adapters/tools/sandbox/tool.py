@@ -241,8 +241,9 @@ def python_tool(backend: Literal["subprocess", "monty"] = "subprocess", *, name:
 
         chosen = SubprocessBackend()
     elif backend == "monty":
-        from tether.adapters.tools.sandbox.monty_backend import MontyBackend
+        from tether.adapters.tools.sandbox.monty_backend import MontyBackend, require_monty
 
+        require_monty()  # an optional dependency: say how to install it, now rather than at the first call
         chosen = MontyBackend()
     else:
         raise ValueError(f"unknown python sandbox backend {backend!r}; use 'subprocess' or 'monty'")

@@ -1,0 +1,134 @@
+"""`SqlStore`: the run store in SQLite (default) or Postgres, the one object the rest of Tether gets.
+
+Same contract as `MemoryStore` (see "The run contract" in DESIGN.md). It is composed of one part a
+concept, each in its own module, and only hands each call to its part:
+
+- `database`: the connection(s), transactions, and where a statement runs;
+- `writer`: the group-commit writer (`append`, `sync`), which every other statement waits for;
+- `runs`: creating runs, reading their records and rows, `decide`;
+- `leases`: who advances a run; `controls`: breakpoints and cancel requests set on a run;
+- `objects`: the HTTP interface's documents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from tether.adapters.store.sql.controls import Controls
+from tether.adapters.store.sql.database import Database
+from tether.adapters.store.sql.leases import Leases
+from tether.adapters.store.sql.objects import Objects
+from tether.adapters.store.sql.runs import Runs
+from tether.adapters.store.sql.writer import GroupCommitWriter
+from tether.domain.objects import StoredObject
+from tether.domain.records import Record
+from tether.domain.runs import RunInfo
+
+
+class SqlStore:
+    """The run log, the run index and the documents in SQLite or Postgres. See the module docstring."""
+
+    append: Callable[[Sequence[Record]], None]
+    """Queue records for commit: the writer's own method, so that the hot path takes no extra call."""
+
+    def __init__(self, url: str, *, synchronous: Literal["NORMAL", "FULL"] = "NORMAL") -> None:
+        self._db = Database(url, synchronous=synchronous)
+        self.url = self._db.url  # safe to show: no password
+        self.dialect = self._db.dialect
+        self._writer = GroupCommitWriter(self._db)
+        self.append = self._writer.append
+        self._runs = Runs(self._db, self._writer)
+        self._leases = Leases(self._db, self._writer.call)
+        self._controls = Controls(self._db, self._writer.call)
+        self._objects = Objects(self._db, self._writer.call)
+
+    # -- the log: `append` (above), sync and reads -----------------------------------------------
+
+    async def sync(self) -> None:
+        await self._writer.sync()
+
+    async def create_run(self, record: Record, *, owner: str | None, lease_ttl_s: float = 30.0) -> None:
+        await self._runs.create_run(record, owner=owner, lease_ttl_s=lease_ttl_s)
+
+    async def load(self, run_id: str, after: int = 0) -> list[Record]:
+        return await self._runs.load(run_id, after)
+
+    async def get_run(self, run_id: str) -> RunInfo | None:
+        return await self._runs.get_run(run_id)
+
+    async def list_runs(
+        self, *, limit: int = 50, status: str | None = None, thread_id: str | None = None
+    ) -> list[RunInfo]:
+        return await self._runs.list_runs(limit=limit, status=status, thread_id=thread_id)
+
+    async def decide(self, run_id: str, pause_id: str, decisions: Sequence[Record]) -> bool:
+        return await self._runs.decide(run_id, pause_id, decisions)
+
+    # -- leases ---------------------------------------------------------------------------------
+
+    async def acquire_lease(self, run_id: str, owner: str, ttl_s: float) -> bool:
+        return await self._leases.acquire_lease(run_id, owner, ttl_s)
+
+    async def take_over_lease(self, run_id: str, old_owner: str, owner: str, ttl_s: float) -> bool:
+        return await self._leases.take_over_lease(run_id, old_owner, owner, ttl_s)
+
+    async def renew_lease(self, run_id: str, owner: str, ttl_s: float) -> bool:
+        return await self._leases.renew_lease(run_id, owner, ttl_s)
+
+    async def release_lease(self, run_id: str, owner: str) -> None:
+        await self._leases.release_lease(run_id, owner)
+
+    async def expired_runs(self) -> list[str]:
+        return await self._leases.expired_runs()
+
+    # -- controls set on a run from outside -----------------------------------------------------
+
+    async def set_breakpoints(self, run_id: str, breakpoints: list[dict[str, Any]] | None) -> None:
+        await self._controls.set_breakpoints(run_id, breakpoints)
+
+    async def get_breakpoints(self, run_id: str) -> list[dict[str, Any]] | None:
+        return await self._controls.get_breakpoints(run_id)
+
+    async def request_cancel(self, run_id: str, reason: str) -> None:
+        await self._controls.request_cancel(run_id, reason)
+
+    async def cancel_requested(self, run_id: str) -> str | None:
+        return await self._controls.cancel_requested(run_id)
+
+    # -- the HTTP interface's documents ----------------------------------------------------------
+
+    async def put_object(self, obj: StoredObject) -> None:
+        await self._objects.put_object(obj)
+
+    async def get_object(self, object_id: str) -> StoredObject | None:
+        return await self._objects.get_object(object_id)
+
+    async def list_objects(
+        self,
+        kind: str,
+        tenant: str,
+        parent_id: str | None = None,
+        *,
+        after: str | None = None,
+        before: str | None = None,
+        limit: int | None = None,
+        order: Literal["asc", "desc"] = "asc",
+    ) -> list[StoredObject]:
+        return await self._objects.list_objects(
+            kind, tenant, parent_id, after=after, before=before, limit=limit, order=order
+        )
+
+    async def delete_object(self, object_id: str) -> bool:
+        return await self._objects.delete_object(object_id)
+
+    # -- closing --------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self._writer.closed:
+            return
+        try:
+            await self._writer.sync()
+        finally:
+            self._writer.close()
+            self._db.close()
