@@ -7,7 +7,7 @@ official `openai` SDK (max_retries=0), for pages of 20 messages: the newest page
 cursor in the middle, and a page before a cursor. The first listing is timed on its own (it may
 do one-time work, e.g. a projection of finished runs), then each page CALLS times.
 
-    uv run python benchmarks/threads.py [N]        (default N=500; the issue's figure is N=10000)
+    uv run python benchmarks/threads.py [N [CALLS]]     (default N=500, CALLS=50; the issue's N is 10000)
 
 Run it against another checkout (e.g. the code before a change) with
 `PYTHONPATH=/path/to/checkout/src uv run python benchmarks/threads.py N`: the server subprocess
@@ -64,7 +64,7 @@ def ms(xs: list[float]) -> str:
     return f"{statistics.median(xs) * 1e3:8.2f} / {pct(xs, 0.95) * 1e3:8.2f} ms"
 
 
-def timed(fn: Callable[[], Any], n: int, warmup: int = 3) -> list[float]:
+def timed(fn: Callable[[], Any], n: int, warmup: int = 2) -> list[float]:
     for _ in range(warmup):
         fn()
     out = []
@@ -84,8 +84,8 @@ def _settings(assistant_id: str) -> dict[str, Any]:
             "metadata": {}}
 
 
-async def seed(url: str, n: int) -> str:
-    """A thread of `n` messages in the store at `url`; returns its id."""
+async def seed(url: str, n: int) -> tuple[str, str]:
+    """A thread of `n` messages in the store at `url`: its id, and the id of its middle message."""
     store = SqlStore(url)
     now = time.time()
     assistant_id = new_id("asst")
@@ -95,9 +95,13 @@ async def seed(url: str, n: int) -> str:
         "tether_breakpoints": [], "model": MODEL}))
     thread_id = new_id("thread")
     await store.put_object(StoredObject(thread_id, "thread", TENANT, now, {"metadata": {}, "tool_resources": {}}))
+    middle = ""
     for i in range(n // 2):
         text = f"question {i}"
-        await store.put_object(StoredObject(new_id("msg"), "message", TENANT, time.time(), {
+        message_id = new_id("msg")
+        if i == n // 4:
+            middle = message_id
+        await store.put_object(StoredObject(message_id, "message", TENANT, time.time(), {
             "role": "user", "content": [{"type": "text", "text": {"value": text, "annotations": []}}],
             "assistant_id": None, "run_id": None, "attachments": [], "metadata": {}, "status": "completed",
             "completed_at": int(time.time()), "incomplete_at": None, "incomplete_details": None}, thread_id))
@@ -114,48 +118,45 @@ async def seed(url: str, n: int) -> str:
             Record(run_id, 3, ts + 0.002, Finished("completed", f"answer {i}", usage=usage))])
         await store.sync()
     await store.close()
-    return thread_id
+    return thread_id, middle
 
 
-def bench(server: TetherServer, thread_id: str, n: int) -> None:
+def bench(server: TetherServer, thread_id: str, cursor: str, n: int, calls: int) -> None:
     client = openai.OpenAI(api_key=KEY, base_url=server.base_url, max_retries=0, timeout=600)
     t = time.perf_counter()
     first = client.beta.threads.messages.list(thread_id, limit=20)
     first_s = time.perf_counter() - t
     if len(first.data) != 20 or not first.has_more:
         raise RuntimeError(f"the first page has {len(first.data)} messages (has_more {first.has_more})")
-    # A cursor in the middle of the thread: walk there once with big pages (not timed).
-    cursor, seen = None, 0
-    while seen < n // 2:
-        page = client.beta.threads.messages.list(thread_id, limit=100, order="asc", after=cursor or openai.NOT_GIVEN)
-        cursor, seen = page.data[-1].id, seen + len(page.data)
-    assert cursor is not None
-    newest = timed(lambda: client.beta.threads.messages.list(thread_id, limit=20), CALLS)
-    after = timed(lambda: client.beta.threads.messages.list(thread_id, limit=20, after=cursor), CALLS)
-    before = timed(lambda: client.beta.threads.messages.list(thread_id, limit=20, before=cursor), CALLS)
+    newest = timed(lambda: client.beta.threads.messages.list(thread_id, limit=20), calls)
+    after = timed(lambda: client.beta.threads.messages.list(thread_id, limit=20, after=cursor), calls)
+    before = timed(lambda: client.beta.threads.messages.list(thread_id, limit=20, before=cursor), calls)
+    if len(client.beta.threads.messages.list(thread_id, limit=20, after=cursor).data) != 20:
+        raise RuntimeError("the page after the middle cursor is not full")
     load = os.getloadavg()
     print(f"messages.list(limit=20) of a thread of {n} messages ({n // 2} client messages, {n // 2} finished runs); "
           f"SQLite; {os.cpu_count()} cores; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"{'':38}{'median / p95':>24}")
     print(f"{'the first listing (once)':38}{first_s * 1e3:>11.2f} ms")
-    print(f"{'newest page':38}{ms(newest):>24}   {CALLS} calls")
-    print(f"{'page after a middle cursor':38}{ms(after):>24}   {CALLS} calls")
-    print(f"{'page before a middle cursor':38}{ms(before):>24}   {CALLS} calls")
+    print(f"{'newest page':38}{ms(newest):>24}   {calls} calls")
+    print(f"{'page after a middle cursor':38}{ms(after):>24}   {calls} calls")
+    print(f"{'page before a middle cursor':38}{ms(before):>24}   {calls} calls")
     client.close()
 
 
 def main() -> int:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 500
+    calls = int(sys.argv[2]) if len(sys.argv) > 2 else CALLS
     home = Path(tempfile.mkdtemp(prefix="tether-bench-threads-"))
     url = f"sqlite:///{home / 't.db'}"
     t = time.perf_counter()
-    thread_id = asyncio.run(seed(url, n))
+    thread_id, middle = asyncio.run(seed(url, n))
     print(f"(seeded {n} messages in {time.perf_counter() - t:.1f} s)")
     fake = FakeOpenAI().start()
     server = TetherServer(model_base_url=fake.base_url, api_keys=[KEY], database_url=url, home=home)
     try:
         server.start()
-        bench(server, thread_id, n)
+        bench(server, thread_id, middle, n, calls)
     finally:
         server.terminate()
         fake.close()

@@ -15,7 +15,7 @@ from tether.domain.agents import AgentSnapshot
 from tether.domain.errors import AlreadyFinished, ConfigError, InvalidRequest, NotFound
 from tether.domain.objects import StoredObject
 from tether.domain.records import Record
-from tether.services.assistant_documents import RunSettings
+from tether.services.assistant_documents import AssistantSettings, RunSettings
 from tether.services.assistants import ApiAgents, api_agent_resolver
 from tether.services.assistants_service import AssistantsService, NewMessage
 from tether.services.pages import Cursor, Page
@@ -190,11 +190,17 @@ def test_rows_written_by_the_previous_version_read_as_before() -> None:
         answer_id = run.thread_messages()[0].id
         await svc.objects.put_object(StoredObject(answer_id, "message", TENANT, 1.0, {
             "override": True, "metadata": {"old": "1"}}, thread_id))
+        deleted = await ask(svc, assistant_id, thread_id, "q1")
+        await svc.objects.put_object(StoredObject(deleted.thread_messages()[0].id, "message", TENANT, 1.0, {
+            "override": True, "deleted": True, "metadata": {}}, thread_id))
         svc._finished.clear()
         again = await svc.run(TENANT, thread_id, run.id)
         assert again.settings.assistant_id == assistant_id and again.settings.model == MODEL
         page = await svc.list_messages(TENANT, thread_id, Cursor(limit=10, order="asc"))
-        assert texts(page) == ["q0", "echo q0"] and page.data[1].fields.metadata == {"old": "1"}
+        assert texts(page) == ["q0", "echo q0", "q1"] and page.data[1].fields.metadata == {"old": "1"}
+        await svc.objects.delete_object(f"{thread_id}.projected")  # rebuilt: the deletion is still known
+        assert texts(await svc.list_messages(TENANT, thread_id, Cursor(limit=10, order="asc"))) == [
+            "q0", "echo q0", "q1"]
 
     asyncio.run(main())
 
@@ -232,5 +238,35 @@ def test_cancel_records_the_request_for_whoever_advances_the_run() -> None:
         assert (await svc.runs.get(run.id)).status == "cancelled"
         with pytest.raises(AlreadyFinished):
             await other.cancel(run.id, by="cli")
+
+    asyncio.run(main())
+
+
+def test_settings_are_typed_at_the_boundary() -> None:
+    async def main() -> None:
+        svc = service()
+        with pytest.raises(InvalidRequest) as e:
+            await svc.create_assistant(TENANT, {"model": MODEL, "tools": [{"type": "function", "function": {}}]})
+        assert e.value.param == "tools[0].function.name"
+        a = await svc.create_assistant(TENANT, {"model": MODEL, "temperature": 0.3, "tether_tools": [
+            {"type": "calculator"}]})
+        assert isinstance(a.settings, AssistantSettings) and a.settings.temperature == 0.3
+        row = await svc.objects.get_object(a.id)
+        assert row is not None and row.data["tether_tools"] == [{"type": "calculator"}]  # as the client wrote it
+        reset = await svc.update_assistant(TENANT, a.id, {"temperature": None, "name": "n"})
+        assert reset.settings.temperature == 1.0 and reset.settings.name == "n"
+        with pytest.raises(InvalidRequest, match="Unrecognized request argument supplied: colour"):
+            await svc.update_assistant(TENANT, a.id, {"colour": "red"})
+
+    asyncio.run(main())
+
+
+def test_a_run_on_an_unknown_thread_is_not_made() -> None:
+    async def main() -> None:
+        svc = service()
+        a = await svc.create_assistant(TENANT, {"model": MODEL})
+        with pytest.raises(NotFound, match="No thread found with id 'thread_nope'"):
+            await svc.prepare_run(TENANT, "thread_nope", a.id, {})
+        assert await svc.runs.list() == []  # before, a run was made, then the thread was looked up
 
     asyncio.run(main())

@@ -73,7 +73,7 @@ def _validated(model: type[M], data: Mapping[str, Any]) -> M:
         return model.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
-        param = ".".join(str(x) for x in first["loc"]) or None
+        param = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in first["loc"]).lstrip(".") or None
         raise InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param) from None
 
 
@@ -117,6 +117,8 @@ class AssistantsService(Generic[RunT]):
         defaults = AssistantSettings.model_fields
         data = a.settings.stored()
         for key, value in given.items():
+            if key not in defaults:
+                raise InvalidRequest(f"Unrecognized request argument supplied: {key}", key)
             data[key] = defaults[key].get_default(call_default_factory=True) if value is None else value
         a.settings = _validated(AssistantSettings, data)
         self.agents.check(RunSettings.of_assistant(None, a.settings))
@@ -247,6 +249,7 @@ class AssistantsService(Generic[RunT]):
         """Create a run on the thread, queued (a dispatcher advances it). `given`: the run's own
         settings (a None is "the assistant's")."""
         assistant = await self.assistant(tenant, assistant_id)
+        await self._row(tenant, "thread", thread_id)
         if (active := await self.active_run(thread_id)) is not None:
             raise InvalidRequest(f"Thread {thread_id} already has an active run {active}.")
         data = RunSettings.of_assistant(assistant.id, assistant.settings).stored()
@@ -271,8 +274,9 @@ class AssistantsService(Generic[RunT]):
         row = StoredObject(run_id, "run", tenant, _now(), settings.stored(), thread_id)
         await self.objects.put_object(row)
         try:
-            await self.runs.start(agent, [], thread_id=thread_id, history=history, run_id=run_id, drive=False,
-                                  breakpoints=settings.tether_breakpoints, metadata={"api": "assistants"})
+            view = await self.runs.start(agent, [], thread_id=thread_id, history=history, run_id=run_id,
+                                         drive=False, breakpoints=settings.tether_breakpoints,
+                                         metadata={"api": "assistants"})
         except StoreConflict:
             await self.objects.delete_object(run_id)
             active = await self.active_run(thread_id)
@@ -282,7 +286,7 @@ class AssistantsService(Generic[RunT]):
             raise
         for message_id, m in zip(ids, additional, strict=True):
             await self._put_message(tenant, thread_id, m, message_id=message_id)
-        return await self.run(tenant, thread_id, run_id)
+        return self.make_run(row, list(view.records), fold(run_id, view.records))
 
     async def create_thread_and_run(self, tenant: str, assistant_id: str, given: Mapping[str, Any],
                                     thread: Mapping[str, Any] | None, messages: Sequence[NewMessage]

@@ -8,8 +8,9 @@ run wrote them), the first time a listing meets the finished run; a row per thre
 before the next starts) every run is projected, so a listing finds the runs to project with one
 query. The projection is idempotent (a row already there is kept) and can be rebuilt from the logs:
 a client's changes to a run's message before its projection (metadata, deletion) are kept in a
-`message_override` row that the projection folds in, and a deleted projected message leaves one.
-The run still going on (at most one per thread) is merged in memory. A page costs O(page).
+`message_override` row beside it (id `MESSAGE_ID.change`, so it never takes the message's place)
+that the projection folds in, and a deleted projected message leaves one. The run still going on
+(at most one per thread) is merged in memory. A page costs O(page).
 """
 
 from __future__ import annotations
@@ -29,8 +30,13 @@ OVERRIDE: ObjectKind = "message_override"  # a change to a run's message not pro
 LoadRun = Callable[[StoredObject], Awaitable[ThreadRun | None]]  # None: the run has no records (yet)
 
 
+def _change_id(message_id: str) -> str:
+    return f"{message_id}.change"
+
+
 def _change_of(row: StoredObject | None) -> MessageChange | None:
-    """The change an override row holds (rows of older versions are messages marked `override`)."""
+    """The change an override row holds (rows of older versions are messages marked `override`,
+    with the message's own id)."""
     if row is None or not (row.kind == OVERRIDE or (row.kind == "message" and row.data.get("override"))):
         return None
     return MessageChange.model_validate(row.data)
@@ -103,13 +109,18 @@ class ThreadMessages:
                 assert row is not None
                 out.append(ThreadMessage.of_row(row))
                 continue
-            change = _change_of(row)
+            change = await self._change(m.id, row)
             if change is not None and change.deleted:
                 continue
             if change is not None:
                 m.fields.metadata = change.metadata
             out.append(m)
         return out
+
+    async def _change(self, message_id: str, row: StoredObject | None) -> MessageChange | None:
+        """The change made to a run's message (`row`: what is stored at its id, if anything)."""
+        change = _change_of(await self.objects.get_object(_change_id(message_id)))
+        return change if change is not None else _change_of(row)
 
     # -- project ---------------------------------------------------------------------------------
 
@@ -143,14 +154,15 @@ class ThreadMessages:
             row = await self.objects.get_object(m.id)
             if _is_message(row):
                 continue  # projected already (and maybe changed since)
-            change = _change_of(row)
+            change = await self._change(m.id, row)
             if change is not None and change.deleted:
-                if row is not None and row.kind != OVERRIDE:  # an older version's row: kept in today's kind
+                if row is not None:  # an older version's change, at the message's id: moved beside it
                     await self.objects.put_object(_override(tenant, m, change))
+                    await self.objects.delete_object(m.id)
                 continue
             if change is not None:
                 m.fields.metadata = change.metadata
-            await self.objects.put_object(m.row(tenant))
+            await self.objects.put_object(m.row(tenant))  # in place of an older version's change, if any
 
     # -- change ----------------------------------------------------------------------------------
 
@@ -167,15 +179,15 @@ class ThreadMessages:
 
     async def delete(self, tenant: str, thread_id: str, message_id: str) -> None:
         m = await self.get(tenant, thread_id, message_id)
-        if m.fields.run_id is None:  # a message a client wrote
-            await self.objects.delete_object(m.id)
-            return
-        # A run's message: its log still has it, so its deletion is kept (a rebuilt projection skips it).
-        await self.objects.put_object(_override(tenant, m, MessageChange(metadata=m.fields.metadata, deleted=True)))
+        if m.fields.run_id is not None:
+            # A run's message: its log still has it, so its deletion is kept (a rebuilt projection skips it).
+            change = MessageChange(metadata=m.fields.metadata, deleted=True)
+            await self.objects.put_object(_override(tenant, m, change))
+        await self.objects.delete_object(m.id)
 
 
 def _override(tenant: str, m: ThreadMessage, change: MessageChange) -> StoredObject:
-    return StoredObject(m.id, OVERRIDE, tenant, m.created_at, change.stored(), m.thread_id)
+    return StoredObject(_change_id(m.id), OVERRIDE, tenant, m.created_at, change.stored(), m.thread_id)
 
 
 def _merged(rows: list[ThreadMessage], live: list[ThreadMessage]) -> list[ThreadMessage]:

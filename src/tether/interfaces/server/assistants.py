@@ -43,8 +43,6 @@ def tenant_of(api_key: str | None) -> str:
     return "k_" + hashlib.sha256(api_key.encode()).hexdigest()[:24]
 
 
-
-
 def new_message(m: schemas.MessageCreate) -> NewMessage:
     """A message of a request, in the service's terms (its content in the stored shape)."""
     content = (wire.text_content(m.content) if isinstance(m.content, str) else [_stored_part(p) for p in m.content])
@@ -130,21 +128,20 @@ class AssistantsApi:
 
     async def prepare_run(self, tenant: str, thread_id: str, body: schemas.RunFields, *,
                           additional: Sequence[schemas.MessageCreate] = (), additional_instructions: str | None = None,
-                          ) -> str:
-        """Create a run on the thread, queued: the scheduler advances it. Returns its id."""
+                          ) -> RunLog:
+        """Create a run on the thread, queued: the dispatcher advances it."""
         given = body.given()
-        run = await self.assistants.prepare_run(tenant, thread_id, given["assistant_id"], given,
-                                                additional=[new_message(m) for m in additional],
-                                                additional_instructions=additional_instructions)
-        return run.id
+        return await self.assistants.prepare_run(tenant, thread_id, given["assistant_id"], given,
+                                                 additional=[new_message(m) for m in additional],
+                                                 additional_instructions=additional_instructions)
 
-    async def create_thread_and_run(self, tenant: str, body: schemas.ThreadAndRun) -> tuple[dict[str, Any], str]:
+    async def create_thread_and_run(self, tenant: str, body: schemas.ThreadAndRun) -> tuple[dict[str, Any], RunLog]:
         given = body.given()
         thread_body = body.thread
         messages = [new_message(m) for m in (thread_body.messages or [])] if thread_body is not None else []
         thread, run = await self.assistants.create_thread_and_run(
             tenant, body.assistant_id, given, thread_body.given() if thread_body is not None else None, messages)
-        return wire.thread(thread), run.id
+        return wire.thread(thread), run
 
     async def update_run(self, log: RunLog, body: schemas.MetadataUpdate) -> None:
         await self.assistants.update_run(log, body.metadata)
