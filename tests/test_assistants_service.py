@@ -15,13 +15,13 @@ from tether.domain.agents import AgentSnapshot
 from tether.domain.errors import AlreadyFinished, ConfigError, InvalidRequest, NotFound
 from tether.domain.objects import StoredObject
 from tether.domain.records import Record
-from tether.services.assistant_documents import AssistantSettings, RunSettings
-from tether.services.assistants import ApiAgents, api_agent_resolver
-from tether.services.assistants_service import AssistantsService, NewMessage
+from tether.services.assistants.agents import ApiAgents, api_agent_resolver
+from tether.services.assistants.documents import AssistantSettings, RunSettings
+from tether.services.assistants.service import AssistantsService, NewMessage
+from tether.services.assistants.thread_runs import ThreadMessage, ThreadRun
 from tether.services.pages import Cursor, Page
 from tether.services.runs import RunsService
 from tether.services.server_tools import ServerTools
-from tether.services.thread_runs import ThreadMessage, ThreadRun
 
 BACKEND = ModelBackend("http://127.0.0.1:9/v1", "sk-test")  # never called: agents are only built
 SETTINGS = {"assistant_id": "asst_1", "model": "qwen2.5:7b", "instructions": "Be brief.",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tether.domain.errors import ConfigError
-from tether.services.assistants import AGENT_REF_PREFIX, api_agent_resolver
+from tether.services.assistants.agents import AGENT_REF_PREFIX, api_agent_resolver
 from tether.services.dispatch import Dispatcher, InProcessDispatcher
 from tether.services.events import RunEvents
 from tether.services.operator import OperatorConfig, load_operator_config

@@ -1,6 +1,6 @@
 """The Assistants API's face over `AssistantsService`: request bodies in, wire objects out.
 
-The behaviour (documents, runs of threads, pagination) is in `services.assistants_service`; this
+The behaviour (documents, runs of threads, pagination) is in `services.assistants.service`; this
 turns the HTTP bodies (`schemas`) into the service's typed inputs and its typed values into the
 JSON the SDK reads (`wire`). The debug API and the SSE streams use it too.
 """
@@ -16,8 +16,8 @@ from tether.adapters.models.refs import ModelBackend
 from tether.domain.errors import NotFound
 from tether.interfaces.server import schemas, wire
 from tether.interfaces.server.wire import RunLog
-from tether.services.assistants import ApiAgents
-from tether.services.assistants_service import AssistantsService, NewMessage
+from tether.services.assistants.agents import ApiAgents
+from tether.services.assistants.service import AssistantsService, NewMessage
 from tether.services.pages import Cursor, Page
 from tether.services.runs import RunsService
 from tether.services.server_tools import ServerTools

@@ -18,10 +18,10 @@ from tether.domain.objects import StoredObject
 from tether.domain.records import Record
 from tether.domain.state import RunState
 from tether.domain.steps import Step
-from tether.services.assistant_documents import Assistant, Thread
-from tether.services.assistants import CODE_INTERPRETER
+from tether.services.assistants.agents import CODE_INTERPRETER
+from tether.services.assistants.documents import Assistant, Thread
+from tether.services.assistants.thread_runs import ThreadMessage, ThreadRun, message_id, step_ids, text_content
 from tether.services.pages import Cursor, Page, paged
-from tether.services.thread_runs import ThreadMessage, ThreadRun, message_id, step_ids, text_content
 
 __all__ = ["RunLog", "message_id", "step_ids", "text_content"]  # the ids streaming.py reads from here
 T = TypeVar("T")

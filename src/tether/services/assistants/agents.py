@@ -21,7 +21,7 @@ from tether.domain.breakpoints import BreakpointError, parse_breakpoint
 from tether.domain.errors import ConfigError, InvalidRequest
 from tether.domain.protocols import ObjectStore, Store
 from tether.services.agents import Agent
-from tether.services.assistant_documents import RunSettings
+from tether.services.assistants.documents import RunSettings
 from tether.services.server_tools import ServerTools
 
 MAX_STEPS = 50  # model calls an API run may make before it fails (a plain client cannot answer a budget pause)

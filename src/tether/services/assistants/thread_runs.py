@@ -16,7 +16,7 @@ from tether.domain.objects import StoredObject
 from tether.domain.records import Finished, ModelCalled, PendingItem, Record, RunStarted
 from tether.domain.state import RunState
 from tether.domain.steps import Step, steps_of
-from tether.services.assistant_documents import MessageFields, RunSettings
+from tether.services.assistants.documents import MessageFields, RunSettings
 
 _TERMINAL_STATUS = {"completed": "completed", "failed": "failed", "cancelled": "cancelled",
                     "incomplete": "incomplete"}

@@ -20,9 +20,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from tether.domain.errors import NotFound
 from tether.domain.objects import ObjectKind, StoredObject
 from tether.domain.protocols import ObjectStore
-from tether.services.assistant_documents import MessageChange
+from tether.services.assistants.documents import MessageChange
+from tether.services.assistants.thread_runs import ThreadMessage, ThreadRun
 from tether.services.pages import Cursor, Page, paged
-from tether.services.thread_runs import ThreadMessage, ThreadRun
 
 PROJECTION: ObjectKind = "projection"  # the row that says through which run a thread's runs are projected
 OVERRIDE: ObjectKind = "message_override"  # a change to a run's message not projected yet, or a deletion

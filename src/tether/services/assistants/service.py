@@ -26,7 +26,8 @@ from tether.domain.objects import StoredObject
 from tether.domain.protocols import ObjectStore
 from tether.domain.records import ACTIVE, Action, Record, RunStarted
 from tether.domain.state import RunState, fold
-from tether.services.assistant_documents import (
+from tether.services.assistants.agents import AGENT_REF_PREFIX, ApiAgents, api_agent_resolver
+from tether.services.assistants.documents import (
     Assistant,
     AssistantSettings,
     MessageFields,
@@ -34,11 +35,10 @@ from tether.services.assistant_documents import (
     Thread,
     ThreadFields,
 )
-from tether.services.assistants import AGENT_REF_PREFIX, ApiAgents, api_agent_resolver
+from tether.services.assistants.thread_messages import ThreadMessages
+from tether.services.assistants.thread_runs import ThreadMessage, ThreadRun, text_content
 from tether.services.pages import Cursor, Page, paged
 from tether.services.runs import RunsService
-from tether.services.thread_messages import ThreadMessages
-from tether.services.thread_runs import ThreadMessage, ThreadRun, text_content
 from tether.services.views import RunView
 
 FINISHED_CACHE = 2000  # finished runs kept in memory (they never change): the most recently used
