@@ -38,7 +38,7 @@ def snapshot_of(run_id: str) -> AgentSnapshot:
 def test_the_resolver_rebuilds_an_api_run_agent_from_its_stored_settings() -> None:
     store = MemoryStore()
     asyncio.run(store.put_object(StoredObject("run_1", "run", "local", 1.0, SETTINGS, "thread_1")))
-    resolve = api_agent_resolver(store, ServerTools(), BACKEND, False)
+    resolve = api_agent_resolver(store, ApiAgents(ServerTools(), BACKEND))
     agent = asyncio.run(resolve(snapshot_of("run_1")))
     assert agent.ref == "api:run_1" and agent.name == "asst_1" and agent.instructions == "Be brief."
     assert sorted(agent.tools) == ["calculator", "weather"]
@@ -49,7 +49,7 @@ def test_the_resolver_rebuilds_an_api_run_agent_from_its_stored_settings() -> No
 
 
 def test_the_resolver_refuses_a_run_without_stored_settings() -> None:
-    resolve = api_agent_resolver(MemoryStore(), ServerTools(), BACKEND, False)
+    resolve = api_agent_resolver(MemoryStore(), ApiAgents(ServerTools(), BACKEND))
     with pytest.raises(ConfigError, match="run run_x has no stored settings"):
         asyncio.run(resolve(snapshot_of("run_x")))
 

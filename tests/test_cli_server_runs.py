@@ -9,6 +9,7 @@ replay, fork — each works; cancel works with no model backend configured at al
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -126,6 +127,18 @@ def test_a_server_run_is_supplied_replayed_and_forked_from_the_cli(cli, server, 
     forked = cli("runs", "fork", run_id, "2", "--edit", '{"result": "rainy"}', "--no-debug", extra_env=env)
     assert forked.returncode == 0, forked.all
     assert "The answer is rainy" in forked.stdout
+    # The fork of an API run gets a thread of its own, as a fork made over HTTP does: the Assistants API
+    # shows it whole (the conversation it started from, then its answer) beside the parent's.
+    (fork_id,) = set(re.findall(r"run_[0-9a-f]{26}", forked.stdout)) - {run_id}
+    fork_thread = debug_view(server, fork_id)["thread_id"]
+    assert fork_thread not in (None, thread_id)
+    thread = client.beta.threads.retrieve(fork_thread)
+    assert thread.metadata == {"forked_from": f"{thread_id}/{run_id}@2"}
+    assert client.beta.threads.runs.retrieve(fork_id, thread_id=fork_thread).status == "completed"
+    texts = [m.content[0].text.value for m in  # type: ignore[union-attr]
+             client.beta.threads.messages.list(fork_thread, order="asc").data]
+    assert texts == ["look it up, please", "The answer is rainy"]
+    assert answer_text(client, thread_id) == "The answer is sunny"  # the parent's thread is as it was
 
 
 def test_a_server_run_is_cancelled_from_the_cli_with_no_model_backend(cli, server, client, assistant):

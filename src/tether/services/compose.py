@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tether.domain.errors import ConfigError
-from tether.services.assistants.agents import AGENT_REF_PREFIX, api_agent_resolver
+from tether.services.assistants.agents import ApiAgents
+from tether.services.assistants.service import AssistantsService
+from tether.services.assistants.thread_runs import ThreadRun
 from tether.services.dispatch import Dispatcher, InProcessDispatcher
 from tether.services.events import RunEvents
 from tether.services.operator import OperatorConfig, load_operator_config
@@ -31,11 +33,14 @@ CONFIG_ENV = "TETHER_CONFIG"
 @dataclass(slots=True)
 class Services:
     """What a face needs: the runs service, the dispatcher that advances runs in the background,
-    run event subscriptions, and the operator configuration they were built from."""
+    run event subscriptions, the Assistants documents (and how an API run's agent is built, under
+    the operator's grants), and the operator configuration they were built from."""
 
     runs: RunsService
     dispatcher: Dispatcher
     events: RunEvents
+    api_agents: ApiAgents
+    assistants: AssistantsService[ThreadRun]
     operator: OperatorConfig
     database_url: str  # where the runs live (as configured: print it with `operator.shown_url`)
 
@@ -86,11 +91,13 @@ def services_for(runs: RunsService, operator: OperatorConfig | None = None, *, c
                  database_url: str = "") -> Services:
     """The services around a runs service made elsewhere (a test's, a user's own store)."""
     operator = operator or load_operator_config(None)
-    # Runs `tether serve` made, rebuilt with the operator's backend and tools (only when one is acted on)
-    runs.resolvers[AGENT_REF_PREFIX] = api_agent_resolver(runs.store, operator.server_tools(), operator.models,
-                                                          operator.server.allow_file_models)
+    # The operator's grants, built once. The Assistants service registers, for every face, how the
+    # runs `tether serve` made are rebuilt (only when one is acted on) and what their forks get.
+    api_agents = ApiAgents(operator.server_tools(), operator.models, operator.server.allow_file_models)
+    assistants = AssistantsService(runs, api_agents, ThreadRun)
     dispatcher = InProcessDispatcher(runs, concurrency=concurrency or operator.server.concurrency)
-    return Services(runs, dispatcher, RunEvents(runs, dispatcher.bus), operator, database_url)
+    return Services(runs, dispatcher, RunEvents(runs, dispatcher.bus), api_agents, assistants, operator,
+                    database_url)
 
 
 def tether_home() -> Path:

@@ -49,6 +49,8 @@ from tether.services.answers import ANSWER_TYPES, breakpoint_warnings, fork_edit
 from tether.services.views import RunView, view_of
 
 T = TypeVar("T")
+# Told of a fork before it exists (parent run id, step); returns what to do once it does, or None.
+ForkListener = Callable[[str, int], Awaitable["Callable[[RunView], Awaitable[None]] | None"]]
 log = logging.getLogger("tether.runs")
 LEASE_TTL_S = 30.0
 
@@ -68,6 +70,8 @@ class RunsService:
         self._active: dict[str, Executor] = {}
         # Agent refs "PREFIX:…" that an interface knows how to rebuild (e.g. the server's "api:RUN_ID").
         self.resolvers: dict[str, Callable[[AgentSnapshot], Awaitable[Agent]]] = {}
+        # Documents that follow a fork, whichever face forks (e.g. the new thread of an API run's fork).
+        self.fork_listeners: dict[str, ForkListener] = {}
 
     def advancing(self, run_id: str) -> bool:
         """Whether this process is advancing the run right now."""
@@ -524,6 +528,7 @@ class RunsService:
         assert parent_state.agent is not None
         agent = await self.agent_for(parent_state.agent)
         _ = agent.model  # a model that cannot be reached fails here, before the fork exists
+        followers = [f for listen in self.fork_listeners.values() if (f := await listen(run_id, step)) is not None]
         thread_id = new_id("thread") if parent_state.thread_id else None  # a fork of a thread's run: a new thread
         fork_id = new_id("run")
         records = reused_prefix(parent, step, fork_id, time.time(), thread_id)
@@ -539,6 +544,8 @@ class RunsService:
         await self.store.create_run(records[0], owner=self.owner, lease_ttl_s=self.lease_ttl_s)
         self.store.append(records[1:])
         await self.store.sync()
+        for follow in followers:
+            await follow(view_of(state, records))
         for r in records:
             _emit(on_event, Event(fork_id, "record", r))
         if state.status != "running":  # the parent's log ended paused or finished before `step`

@@ -1,7 +1,7 @@
 """The HTTP server: OpenAI's Assistants API (v2) and Tether's debug API, over the runs service.
 
 `create_app(services, config)` builds the FastAPI app over the services of the composition root
-(services/compose.py; a bare runs service gets the default ones); `tether serve` runs it. Keys
+(services/compose.py); `tether serve` runs it. Keys
 and tenants (`keys.py`), OpenAI's error envelope (`errors.py`), `x-request-id` and the poll hint
 are handled once for every route; the routes are one module per resource (`routes/`, `debug.py`),
 thin over the Assistants face (`assistants.py`) and the services.
@@ -21,16 +21,13 @@ from tether.interfaces.server.errors import ApiError, add_error_handlers
 from tether.interfaces.server.guard import HostGuard
 from tether.interfaces.server.keys import add_key_middleware
 from tether.interfaces.server.routes import assistants, messages, runs, threads
-from tether.services.compose import Services, services_for
-from tether.services.runs import RunsService
+from tether.services.compose import Services
 
 
-def create_app(services: Services | RunsService, config: ServerConfig | None = None) -> FastAPI:
+def create_app(services: Services, config: ServerConfig | None = None) -> FastAPI:
     config = config or ServerConfig()
-    if isinstance(services, RunsService):
-        services = services_for(services, concurrency=config.concurrency)
-    service, dispatcher = services.runs, services.dispatcher
-    api = AssistantsApi(service, config)
+    dispatcher = services.dispatcher
+    api = AssistantsApi(services, config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -12,27 +12,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether.adapters.models.refs import ModelBackend
 from tether.domain.errors import NotFound
 from tether.interfaces.server import schemas, wire
 from tether.interfaces.server.wire import RunLog
-from tether.services.assistants.agents import ApiAgents
 from tether.services.assistants.service import AssistantsService, NewMessage
+from tether.services.compose import Services
 from tether.services.pages import Cursor, Page
-from tether.services.runs import RunsService
-from tether.services.server_tools import ServerTools
-from tether.services.views import RunView
 
 
 @dataclass(slots=True)
 class ServerConfig:
+    """The HTTP face's own settings (what runs may do is the operator's, in `Services`)."""
+
     api_keys: list[str] = field(default_factory=list)
-    allow_file_models: bool = False
     concurrency: int = 16
     poll_after_ms: int = 200
     keepalive_s: float = 10.0
-    tools: ServerTools = field(default_factory=ServerTools)  # the operator's server-side tools and MCP servers
-    models: ModelBackend | None = None  # where bare model names go (None: OPENAI_BASE_URL / OPENAI_API_KEY)
     allowed_hosts: list[str] = field(default_factory=list)  # Host names served besides loopback ("*": any)
 
 
@@ -57,10 +52,10 @@ def _stored_part(p: schemas.ContentPart) -> dict[str, Any]:
 
 
 class AssistantsApi:
-    def __init__(self, service: RunsService, config: ServerConfig) -> None:
-        self.service, self.config = service, config
-        agents = ApiAgents(config.tools, config.models, config.allow_file_models)
-        self.assistants: AssistantsService[RunLog] = AssistantsService(service, agents, RunLog)
+    def __init__(self, services: Services, config: ServerConfig) -> None:
+        self.service, self.config = services.runs, config
+        # Handing out runs as wire-ready `RunLog`s; the agents and grants are the composition root's.
+        self.assistants: AssistantsService[RunLog] = AssistantsService(services.runs, services.api_agents, RunLog)
 
     # -- assistants ----------------------------------------------------------------------------
 
@@ -165,6 +160,3 @@ class AssistantsApi:
             if s["id"] == step_id:
                 return s
         raise NotFound("run step", step_id)
-
-    async def fork(self, tenant: str, run_id: str, step: int, edits: dict[str, Any] | None) -> RunView:
-        return await self.assistants.fork(tenant, run_id, step, edits)

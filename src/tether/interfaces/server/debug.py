@@ -112,7 +112,8 @@ def add_debug_routes(app: FastAPI, api: AssistantsApi, services: Services, *, ke
     @app.post("/v1/tether/runs/{run_id}/fork", tags=["debug"])
     async def debug_fork(request: Request, run_id: str, body: schemas.Fork) -> dict[str, Any]:
         await debug_run(request, run_id)
-        view = await api.fork(tenant(request), run_id, body.step, body.edits)
+        # The fork of an API run gets a new thread of its own (the Assistants service listens to forks)
+        view = await service.fork(run_id, body.step, body.edits, drive=False)
         if view.status not in TERMINAL and view.status != "paused":
             dispatcher.submit(view.id)
         return await debug_view(view.id)

@@ -117,14 +117,12 @@ def _limits(s: RunSettings) -> Limits:
                   max_completion_tokens=s.max_completion_tokens)
 
 
-def api_agent_resolver(store: ObjectStore | Store, tools: ServerTools, models: ModelBackend | None,
-                       allow_file_models: bool) -> Callable[[AgentSnapshot], Awaitable[Agent]]:
+def api_agent_resolver(store: ObjectStore | Store, agents: ApiAgents) -> Callable[[AgentSnapshot], Awaitable[Agent]]:
     """The resolver of `api:RUN_ID` agent references (register it as `service.resolvers["api"]`):
     rebuilds the agent of a run the server made from the settings stored with it.
 
     `store` is the run store, which keeps the documents too (SqlStore and MemoryStore are both)."""
     objects = cast(ObjectStore, store)
-    agents = ApiAgents(tools, models, allow_file_models)
 
     async def agent_of_snapshot(snapshot: AgentSnapshot) -> Agent:
         run_id = (snapshot.agent_ref or "").partition(":")[2]

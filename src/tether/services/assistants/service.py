@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
@@ -85,8 +85,9 @@ class AssistantsService(Generic[RunT]):
                  make_run: Callable[[StoredObject, list[Record], RunState], RunT]) -> None:
         self.runs, self.agents, self.make_run = runs, agents, make_run
         self.objects = cast(ObjectStore, runs.store)  # the run store keeps the documents too
-        runs.resolvers[AGENT_REF_PREFIX] = api_agent_resolver(self.objects, agents.tools, agents.models,
-                                                              agents.allow_file_models)
+        # Any face can continue (resolver) and fork (listener) the runs this service made.
+        runs.resolvers[AGENT_REF_PREFIX] = api_agent_resolver(self.objects, agents)
+        runs.fork_listeners[AGENT_REF_PREFIX] = self.forking
         self.messages = ThreadMessages(self.objects, self._load)
         self._finished: OrderedDict[str, RunT] = OrderedDict()
 
@@ -332,25 +333,32 @@ class AssistantsService(Generic[RunT]):
 
     # -- forks -----------------------------------------------------------------------------------
 
-    async def fork(self, tenant: str, run_id: str, step: int, edits: dict[str, Any] | None) -> RunView:
-        """Fork a run (see RunsService.fork). The fork of an API run gets a new thread that holds the
-        conversation the run started from, so the Assistants API shows it whole."""
+    async def forking(self, run_id: str, step: int) -> Callable[[RunView], Awaitable[None]] | None:
+        """A fork listener (RunsService.fork_listeners), so a fork from any face does this: the fork of
+        an API run gets a new thread of the parent's tenant holding the conversation the run started
+        from, and the parent's settings, so the Assistants API shows it whole."""
         parent = await self.objects.get_object(run_id)
+        if parent is None or parent.kind != "run":
+            return None
         records = await self.runs.store.load(run_id)
         start = records[0].payload if records else None
         inputs = [m for m in start.input if m.role in ("user", "assistant") and m.text] \
             if isinstance(start, RunStarted) else []
-        ids = [new_id("msg") for _ in inputs]  # minted before the fork: they sort before its answers
-        view = await self.runs.fork(run_id, step, edits, drive=False)
-        if parent is None or parent.kind != "run" or view.thread_id is None:
-            return view
-        now = _now()
-        fields = ThreadFields(metadata={"forked_from": f"{parent.parent_id}/{run_id}@{step}"})
-        await self.objects.put_object(StoredObject(view.thread_id, "thread", tenant, now, fields.stored()))
-        for message_id, m in zip(ids, inputs, strict=True):
-            await self._put_message(tenant, view.thread_id, NewMessage.text(m.role, m.text), message_id=message_id)
-        await self.objects.put_object(StoredObject(view.id, "run", tenant, now, dict(parent.data), view.thread_id))
-        return view
+        ids = [new_id("msg") for _ in inputs]  # minted before the fork exists: they sort before its answers
+
+        async def documents(view: RunView) -> None:
+            if view.thread_id is None:
+                return
+            now, tenant = _now(), parent.tenant
+            fields = ThreadFields(metadata={"forked_from": f"{parent.parent_id}/{run_id}@{step}"})
+            await self.objects.put_object(StoredObject(view.thread_id, "thread", tenant, now, fields.stored()))
+            for message_id, m in zip(ids, inputs, strict=True):
+                await self._put_message(tenant, view.thread_id, NewMessage.text(m.role, m.text),
+                                        message_id=message_id)
+            await self.objects.put_object(StoredObject(view.id, "run", tenant, now, dict(parent.data),
+                                                       view.thread_id))
+
+        return documents
 
     async def is_tenant_run(self, tenant: str, run_id: str) -> bool:
         """Whether `run_id` is an API run of this tenant's."""
