@@ -591,7 +591,7 @@ def test_how_to_answer_offers_what_fits():
     uncertain = PendingItem("call_2", "uncertain", "call_2", "charge", stop="on_uncertain", step=2)
     lines = how_to_answer("run_1", [approval, uncertain])
     assert "--continue" not in lines[0] and "--abort" in lines[0] and "approve, deny" in lines[0]
-    assert lines[1].endswith("--rerun | --supply TEXT | --abort")
+    assert lines[1].endswith("--rerun | --supply RESULT | --abort")
 
 
 async def test_a_budget_can_be_lifted_and_raised_limits_must_be_whole_where_they_count(service):

@@ -7,13 +7,19 @@ import time
 import pytest
 
 from tether.domain.ids import new_id
-from tether.interfaces.server.assistants import page, tenant_of
+from tether.interfaces.server.assistants import tenant_of
 from tether.interfaces.server.errors import validation_message
 from tether.interfaces.server.guard import allowed_host, host_of, is_loopback
 from tether.interfaces.server.wire import message_id, step_ids
+from tether.interfaces.server.wire import page as wire_page
 from tether.services.operator import redact_url
+from tether.services.pages import Cursor
 
 ITEMS = [{"id": f"x_{i:02d}"} for i in range(10)]  # oldest first
+
+
+def page(items: list[dict], *, after: str | None, before: str | None, limit: int, order: str) -> dict:
+    return wire_page(items, Cursor(after=after, before=before, limit=limit, order=order))  # type: ignore[arg-type]
 
 
 def ids(envelope: dict) -> list[str]:

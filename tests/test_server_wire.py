@@ -161,9 +161,10 @@ def _openapi_document() -> dict[str, Any]:
     must exist at import time; test_fuzzed_document_is_the_served_one checks it is the served one)."""
     from tether.adapters.store.sql import open_store
     from tether.interfaces.server import create_app
+    from tether.services.compose import services_for
     from tether.services.runs import RunsService
 
-    return create_app(RunsService(open_store("memory://"))).openapi()
+    return create_app(services_for(RunsService(open_store("memory://")))).openapi()
 
 
 DOCUMENT = _openapi_document()

@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Agent",
+    "AlreadyFinished",
     "AlreadyResumed",
     "Breakpoint",
     "BreakpointError",
@@ -24,6 +25,7 @@ __all__ = [
     "MemoryStore",
     "Message",
     "ModelError",
+    "NotFound",
     "PauseReason",
     "PendingItem",
     "Record",
@@ -84,11 +86,13 @@ _EXPORTS = {
     "Breakpoint": "tether.domain.breakpoints",
     "Stop": "tether.domain.breakpoints",
     # every error class, from the one module that gathers them
+    "AlreadyFinished": "tether.errors",
     "AlreadyResumed": "tether.errors",
     "BreakpointError": "tether.errors",
     "ConfigError": "tether.errors",
     "InvalidRequest": "tether.errors",
     "ModelError": "tether.errors",
+    "NotFound": "tether.errors",
     "ReplayDiverged": "tether.errors",
     "RunNotFound": "tether.errors",
     "SchemaError": "tether.errors",
@@ -113,11 +117,13 @@ if typing.TYPE_CHECKING:
     from tether.domain.tools import ToolContext, ToolPolicy
     from tether.domain.usage import Usage
     from tether.errors import (
+        AlreadyFinished,
         AlreadyResumed,
         BreakpointError,
         ConfigError,
         InvalidRequest,
         ModelError,
+        NotFound,
         ReplayDiverged,
         RunNotFound,
         SchemaError,

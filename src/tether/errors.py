@@ -12,10 +12,12 @@ import typing  # as `typing.TYPE_CHECKING` below, which mypy and pyright both re
 from tether.adapters.store.migrations import SchemaError
 from tether.domain.breakpoints import BreakpointError
 from tether.domain.errors import (
+    AlreadyFinished,
     AlreadyResumed,
     ConfigError,
     InvalidRequest,
     ModelError,
+    NotFound,
     ReplayDiverged,
     RunNotFound,
     StoreConflict,
@@ -24,11 +26,13 @@ from tether.domain.errors import (
 from tether.domain.tools import ToolError
 
 __all__ = [
+    "AlreadyFinished",
     "AlreadyResumed",
     "BreakpointError",
     "ConfigError",
     "InvalidRequest",
     "ModelError",
+    "NotFound",
     "ReplayDiverged",
     "RunNotFound",
     "SchemaError",

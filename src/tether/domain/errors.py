@@ -12,7 +12,8 @@ class ConfigError(TetherError):
 
 
 class InvalidRequest(ConfigError):
-    """A client asked for something the operator does not allow; `param` names the field."""
+    """A request that cannot be served as asked (a bad field, something the operator does not allow,
+    a thread that is busy); `param` names the field, if one is at fault."""
 
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
@@ -29,6 +30,18 @@ class AlreadyResumed(TetherError):
 
 class RunNotFound(TetherError):
     pass
+
+
+class AlreadyFinished(TetherError):
+    """The run ended already; there is nothing to cancel."""
+
+
+class NotFound(TetherError):
+    """No object of this kind with this id (for this tenant): "No assistant found with id 'x'."."""
+
+    def __init__(self, kind: str, object_id: str) -> None:
+        super().__init__(f"No {kind} found with id '{object_id}'.")
+        self.kind, self.object_id = kind, object_id
 
 
 class ModelError(TetherError):

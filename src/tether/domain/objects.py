@@ -11,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-ObjectKind = Literal["assistant", "thread", "message", "run"]
+# "projection": through which run a thread's finished runs have their messages projected as message
+# rows; "message_override": a change to a message a run wrote (see services/thread_messages.py).
+# At most 16 characters (the column's width).
+ObjectKind = Literal["assistant", "thread", "message", "run", "projection", "message_override"]
 
 
 @dataclass(slots=True)

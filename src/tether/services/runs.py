@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import builtins
 import logging
-import math
 import os
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tether.adapters.importing import import_attr
@@ -25,6 +25,7 @@ from tether.domain.answers import Abort, Answer
 from tether.domain.breakpoints import Breakpoint, parse_breakpoint
 from tether.domain.decisions import actions_for, check_action, decision_for
 from tether.domain.errors import (
+    AlreadyFinished,
     AlreadyResumed,
     ConfigError,
     InvalidRequest,
@@ -40,6 +41,7 @@ from tether.domain.messages import Message
 from tether.domain.models import ModelResponse
 from tether.domain.protocols import Store
 from tether.domain.records import (
+    ACTIVE,
     TERMINAL,
     UNPAUSED,
     Action,
@@ -58,8 +60,16 @@ from tether.services.answers import ANSWER_TYPES, breakpoint_warnings, fork_edit
 from tether.services.views import RunView, view_of
 
 T = TypeVar("T")
+# Told of a fork before it exists (parent run id, step); returns what to do once it does, or None.
+ForkListener = Callable[[str, int], Awaitable["Callable[[RunView], Awaitable[None]] | None"]]
 log = logging.getLogger("tether.runs")
 LEASE_TTL_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    queued: bool  # waits for a worker: no process advances it
+    cancel_requested: bool  # a cancel was asked for, and the run is still active
 
 
 class RunsService:
@@ -71,6 +81,8 @@ class RunsService:
         self._active: dict[str, Executor] = {}
         # Agent refs "PREFIX:…" that an interface knows how to rebuild (e.g. the server's "api:RUN_ID").
         self.resolvers: dict[str, Callable[[AgentSnapshot], Awaitable[Agent]]] = {}
+        # Documents that follow a fork, whichever face forks (e.g. the new thread of an API run's fork).
+        self.fork_listeners: dict[str, ForkListener] = {}
 
     def advancing(self, run_id: str) -> bool:
         """Whether this process is advancing the run right now."""
@@ -203,6 +215,10 @@ class RunsService:
         view.status = shown_status(state.status, info.status if info is not None else None)  # as `list` says
         return view
 
+    async def records_after(self, run_id: str, after: int) -> builtins.list[Record]:
+        """The run's records with seq > `after`: what a follower has not seen yet."""
+        return await self.store.load(run_id, after=after)
+
     async def list(self, *, limit: int = 50, status: RunStatus | str | None = None,
                    thread_id: str | None = None) -> builtins.list[RunInfo]:
         wanted = None if status is None else as_status(status)  # InvalidRequest for an unknown status
@@ -292,35 +308,64 @@ class RunsService:
 
     async def cancel(self, run_id: str, *, by: str = "api", wait: bool = True) -> RunView:
         """Cancel a run: paused (answers its pause with abort), running here, or running in another
-        process (which is asked, and cancels it at its next transition: the view that comes back
-        may still be running then). With `wait=False`, a run that is being advanced is only asked
-        to stop, and the view comes back at once."""
-        executor = self._active.get(run_id)
-        if executor is not None:
-            executor.cancel(f"cancelled by {by}")
-            while wait and run_id in self._active:
-                await asyncio.sleep(0.005)
-            return await self.get(run_id)
+        process (which cancels it at its next transition: the view that comes back may still be
+        running then). The request is recorded first, so whichever process advances the run acts on
+        it; a race lost to another actor (the run moved on meanwhile) leaves the request standing.
+        With `wait=False`, a run that is being advanced is only asked to stop, and the view comes
+        back at once. One semantics for every interface (the CLI's `runs cancel`, HTTP's cancel)."""
         info = await self.store.get_run(run_id)
         if info is None:
             raise RunNotFound(f"no run {run_id!r}")
         if info.status in TERMINAL:
-            raise TetherError(f"run {run_id} already finished ({info.status}); there is nothing to cancel")
+            raise AlreadyFinished(f"run {run_id} already finished ({info.status}); there is nothing to cancel")
+        reason = f"cancelled by {by}"
+        await self.store.request_cancel(run_id, reason)
+        try:
+            return await self._cancel(run_id, reason, wait)
+        except (AlreadyResumed, AlreadyFinished, StoreConflict):
+            return await self.get(run_id)  # it moved on meanwhile: its owner acts on the request
+
+    async def _cancel(self, run_id: str, reason: str, wait: bool) -> RunView:
+        executor = self._active.get(run_id)
+        if executor is not None:
+            executor.cancel(reason)
+            while wait and run_id in self._active:
+                await asyncio.sleep(0.005)
+            return await self.get(run_id)
+        info = await self.store.get_run(run_id)
+        if info is None or info.status in TERMINAL:
+            raise AlreadyFinished(f"run {run_id} already finished")
+        by = reason.removeprefix("cancelled by ")
         if info.status == RunStatus.PAUSED:  # cancelling answers the pause: "abort" for every item
             view = await self.get(run_id)
-            assert view.pause_id is not None
+            if view.pause_id is None:
+                raise AlreadyResumed(f"run {run_id} is no longer paused")
             return await self.decide(run_id, view.pause_id, {i.id: ("abort", None) for i in view.pending}, by=by)
         if not await self._take_lease(run_id):
-            # Another process advances it: ask, and its heartbeat cancels it at the next transition.
-            # It ends at its next transition (a tool call in flight finishes first): like the Assistants
-            # API's "cancelling", the run may still show as running when this returns.
-            await self.store.request_cancel(run_id, f"cancelled by {by}")
+            # Another process advances it: its heartbeat reads the request and cancels it at the next
+            # transition (a tool call in flight finishes first): like the Assistants API's
+            # "cancelling", the run may still show as running when this returns.
             deadline = time.monotonic() + (self.lease_ttl_s / 3 + 1.0 if wait else 0.0)
             while (view := await self.get(run_id)).status in UNPAUSED and time.monotonic() < deadline:
                 await asyncio.sleep(min(0.2, self.lease_ttl_s / 10))
             return view
         records = await self.store.load(run_id)
-        return await self._end(fold(run_id, records), records, reason=f"cancelled by {by}")
+        return await self._end(fold(run_id, records), records, reason=reason)
+
+    async def queue_state(self, run_id: str) -> QueueState:
+        """Whether the run waits for a worker (queued, and no process advances it: neither this one
+        nor another holding a live lease on it), and whether a cancel was asked for (still active)."""
+        info = await self.store.get_run(run_id)
+        if info is None:
+            return QueueState(False, False)
+        elsewhere = info.lease_owner not in (None, self.owner) and (info.lease_expires or 0) > time.time()
+        queued = info.status == "queued" and not self.advancing(run_id) and not elsewhere
+        asked = info.status in ACTIVE and await self.store.cancel_requested(run_id) is not None
+        return QueueState(queued, asked)
+
+    async def info(self, run_id: str) -> RunInfo | None:
+        """The run's entry in the runs index (None: no such run)."""
+        return await self.store.get_run(run_id)
 
     async def _end(self, state: RunState, records: builtins.list[Record], *, reason: str | None = None,
                    on_event: Callable[[Event], None] | None = None) -> RunView:
@@ -495,6 +540,7 @@ class RunsService:
         assert parent_state.agent is not None
         agent = await self.agent_for(parent_state.agent)
         _ = agent.model  # a model that cannot be reached fails here, before the fork exists
+        followers = [f for listen in self.fork_listeners.values() if (f := await listen(run_id, step)) is not None]
         thread_id = new_id("thread") if parent_state.thread_id else None  # a fork of a thread's run: a new thread
         fork_id = new_id("run")
         records = reused_prefix(parent, step, fork_id, time.time(), thread_id)
@@ -510,6 +556,8 @@ class RunsService:
         await self.store.create_run(records[0], owner=self.owner, lease_ttl_s=self.lease_ttl_s)
         self.store.append(records[1:])
         await self.store.sync()
+        for follow in followers:
+            await follow(view_of(state, records))
         for r in records:
             _emit(on_event, Event(fork_id, "record", r))
         if state.status != RunStatus.RUNNING:  # the parent's log ended paused or finished before `step`
@@ -656,12 +704,11 @@ _default: RunsService | None = None
 
 
 def open_service(url: str | None = None, *, lease_ttl_s: float = LEASE_TTL_S) -> RunsService:
-    """A service on the store at `url` (default: TETHER_DATABASE_URL, else the SQLite file in TETHER_HOME)."""
-    from tether.adapters.store.sql import open_store
+    """A service on the store at `url` (default: the operator configuration's, else TETHER_DATABASE_URL,
+    else the SQLite file in TETHER_HOME), built by the composition root like every face's."""
+    from tether.services.compose import open_services
 
-    if not 0 < lease_ttl_s < math.inf:  # also refuses NaN
-        raise ConfigError(f"--lease-ttl must be a positive number of seconds, not {lease_ttl_s}")
-    return RunsService(open_store(url), lease_ttl_s=lease_ttl_s)
+    return open_services(lease_ttl_s=lease_ttl_s, database_url=url).runs
 
 
 async def default_service() -> RunsService:

@@ -1,6 +1,8 @@
 """The `tether` command: run agents, watch their steps live, and look at, answer, cancel, resume and
-replay recorded runs, and debug them (`--break`, `tether debug`). Everything goes through the runs
-service; runs live in the default store (the SQLite file in $TETHER_HOME, or $TETHER_DATABASE_URL).
+replay recorded runs, and debug them (`--break`, `tether debug`). Everything goes through the
+services the composition root builds (services/compose.py) from the operator configuration
+(`--config`, else $TETHER_CONFIG); runs live in its store (else $TETHER_DATABASE_URL, else the SQLite
+file in $TETHER_HOME), so a run `tether serve` made can be answered, forked or replayed here too.
 
 Exit codes: 0 completed (or done), 1 failed / cancelled / incomplete, 2 a usage mistake (bad file,
 unknown run, no model configured, ...), 3 paused and waiting for an answer, 130 interrupted.
@@ -8,7 +10,6 @@ unknown run, no model configured, ...), 3 paused and waiting for an answer, 130 
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import shlex
@@ -39,6 +40,7 @@ from tether.interfaces.cli.render import (
 
 if TYPE_CHECKING:
     from tether.services.agents import Agent
+    from tether.services.operator import OperatorConfig
     from tether.services.runs import RunsService, RunView
 
 T = TypeVar("T")
@@ -105,25 +107,49 @@ _lease_ttl_s = 30.0  # set by the command that runs (one a process), from its --
 
 
 def _use_lease_ttl(seconds: float) -> None:
-    """Use a --lease-ttl for the runs service this command opens (`open_service` checks it)."""
+    """Use a --lease-ttl for the runs service this command opens (`open_services` checks it)."""
     global _lease_ttl_s
     _lease_ttl_s = seconds
 
 
+RunsConfig = Annotated[Path | None, typer.Option(
+    "--config", metavar="FILE",
+    help="The operator configuration (TOML, as `tether serve --config` reads it; default $TETHER_CONFIG): "
+         "its [store] url is where the runs are, and its [models], [tools] and [mcp_servers] rebuild the "
+         "agents of runs the server made (see docs/server.md).")]
+_config_path: Path | None = None  # set by the command that runs, from its --config
+_operator: OperatorConfig | None = None  # read once a process
+
+
+def _use_config(path: Path | None) -> None:
+    """Use a --config for the services this command opens (else $TETHER_CONFIG)."""
+    global _config_path
+    _config_path = path
+
+
+def _operator_of_command() -> OperatorConfig:
+    global _operator
+    if _operator is None:
+        from tether.services.compose import operator_config
+
+        _operator = operator_config(_config_path)
+    return _operator
+
+
 def _service_call(fn: Callable[[RunsService], Awaitable[T]]) -> T:
-    """Open the default runs service, run `fn` with it on an event loop, and close the store."""
-    from tether.services.runs import open_service, run_blocking
+    """Open the services (from the operator configuration), run `fn` with the runs service on an event
+    loop, and close them."""
+    from tether.services.compose import open_services
+    from tether.services.runs import run_blocking
+
+    operator = _operator_of_command()  # a bad configuration fails here, before anything is opened
 
     async def go() -> T:
-        service = open_service(lease_ttl_s=_lease_ttl_s)
+        services = open_services(operator, lease_ttl_s=_lease_ttl_s)
         try:
-            return await fn(service)
+            return await fn(services.runs)
         finally:
-            close = getattr(service.store, "close", None)
-            if close is not None:
-                result = close()
-                if inspect.isawaitable(result):
-                    await result
+            await services.close()
 
     return run_blocking(go())
 
@@ -376,7 +402,7 @@ def demo_cmd(
 
 @app.command("debug")
 def debug_cmd(run_id: Annotated[str, typer.Argument(help="The paused run (run_…).", show_default=False)],
-              lease_ttl: LeaseTtl = 30.0) -> None:
+              lease_ttl: LeaseTtl = 30.0, config: RunsConfig = None) -> None:
     """Attach the debugger to a paused run, from any process (`help` at its prompt lists the commands).
 
     Without a terminal, commands are read from stdin: `printf 'p\\nc\\n' | tether debug RUN_ID`.
@@ -384,6 +410,7 @@ def debug_cmd(run_id: Annotated[str, typer.Argument(help="The paused run (run_�
     paused (`detach`, or end of input). A run that already finished is only described (exit 0 or 1 by
     its status); one that is running or queued elsewhere cannot be attached to (exit 2).
     """
+    _use_config(config)
     _use_lease_ttl(lease_ttl)
     view = _service_call(lambda service: service.get(run_id))
     if view.status in TERMINAL:
@@ -410,10 +437,12 @@ def list_cmd(
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many runs, newest first.")] = 20,
     status: Annotated[str | None, typer.Option("--status", "-s", help=f"Only runs with this status: "
                                                                       f"{', '.join(STATUSES)}.")] = None,
+    config: RunsConfig = None,
 ) -> None:
     """List recent runs: id, status, agent, model, tokens, cost, created, output.
 
     In a pipe or a file: one line a run, those columns tab-separated and whole, no header."""
+    _use_config(config)
     if status is not None and status not in STATUSES:
         raise UsageMistake(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
     runs = _service_call(lambda service: service.list(limit=limit, status=status))
@@ -430,9 +459,11 @@ def show_cmd(
     full: Annotated[bool, typer.Option("--full", help="Show long texts, arguments and results in "
                                                       "full.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run and its steps as JSON.")] = False,
+    config: RunsConfig = None,
 ) -> None:
     """Show a run's log: every step with its model text, tool calls and arguments, results, errors,
     tokens, cost and timing; pauses and decisions; the final status and answer."""
+    _use_config(config)
     view = _service_call(lambda service: service.get(run_id))
     if as_json:
         _print_json(run_to_dict(view))
@@ -452,11 +483,12 @@ def show_cmd(
 
 @runs_app.command("cancel")
 def cancel_cmd(run_id: Annotated[str, typer.Argument(help="The run to cancel.", show_default=False)],
-               lease_ttl: LeaseTtl = 30.0) -> None:
+               lease_ttl: LeaseTtl = 30.0, config: RunsConfig = None) -> None:
     """Cancel a run that is queued, running or paused (pending tool calls get a "cancelled" result).
 
     Needs no model backend. Exits 0 once the run is cancelled; 1 when it is not (yet): another process
     advancing it was asked to stop it at its next step, or it ended otherwise first."""
+    _use_config(config)
     _use_lease_ttl(lease_ttl)
     view = _service_call(lambda service: service.cancel(run_id, by="cli"))
     console.print(Text.assemble(("run ", ""), (view.id, "bold"), (" is ", ""),
@@ -475,12 +507,13 @@ def cancel_cmd(run_id: Annotated[str, typer.Argument(help="The run to cancel.", 
 
 @runs_app.command("resume")
 def resume_cmd(run_id: Annotated[str, typer.Argument(help="The run to resume.", show_default=False)],
-               lease_ttl: LeaseTtl = 30.0) -> None:
+               lease_ttl: LeaseTtl = 30.0, config: RunsConfig = None) -> None:
     """Resume a run whose owner is gone from its log: at once when the owner was a process of this
     machine that no longer exists (a killed `tether run`), else once its lease expires.
 
     Completed tool calls are never run again; a call that was started but not known to have finished
     pauses the run as **uncertain** (answer it with `tether runs answer`)."""
+    _use_config(config)
     _use_lease_ttl(lease_ttl)
     async def resume(service: RunsService, on_event: Callable[[Any], None]) -> RunView:
         before = await service.get(run_id)
@@ -508,11 +541,13 @@ def answer_cmd(
     go_on: Annotated[bool, typer.Option("--continue", help="Go on (for breakpoint, approval and budget "
                                                            "pauses).")] = False,
     lease_ttl: LeaseTtl = 30.0,
+    config: RunsConfig = None,
 ) -> None:
     """Answer a paused run's pending item, then continue the run with a live view.
 
     For an **uncertain** call (started before a crash, not known to have finished): --rerun, --supply
     TEXT or --abort. For a client tool: --supply OUTPUT."""
+    _use_config(config)
     _use_lease_ttl(lease_ttl)
     chosen = [name for name, on in (("rerun", rerun), ("supply", supply is not None), ("abort", abort),
                                     ("continue", go_on)) if on]
@@ -531,9 +566,11 @@ def break_cmd(
     spec: Annotated[str | None, typer.Argument(help="STOP[:TOOL_GLOB] [if CONDITION]; without it, list the "
                                                     "run's breakpoints.", show_default=False)] = None,
     once: Annotated[bool, typer.Option("--once", help="A one-shot breakpoint.")] = False,
+    config: RunsConfig = None,
 ) -> None:
     """Add a breakpoint to a run (or list them, with their hit counts). A run advancing in another
     process picks it up at its next stop."""
+    _use_config(config)
     if spec is None:
         bps = _service_call(lambda service: service.breakpoints(run_id))
         if not bps:
@@ -554,8 +591,10 @@ def clear_cmd(
     run_id: Annotated[str, typer.Argument(help="The run.", show_default=False)],
     breakpoint_id: Annotated[str, typer.Argument(help="The breakpoint: its id (bp_2) or number (2).",
                                                  show_default=False)],
+    config: RunsConfig = None,
 ) -> None:
     """Remove a breakpoint from a run."""
+    _use_config(config)
     bp_id = f"bp_{breakpoint_id}" if breakpoint_id.isdigit() else breakpoint_id
     _service_call(lambda service: service.remove_breakpoint(run_id, bp_id))
     console.print(Text.assemble(("breakpoint ", ""), (bp_id, "bold"), (" removed from ", ""), (run_id, "bold")),
@@ -574,11 +613,13 @@ def fork_cmd(
     no_debug: Annotated[bool, typer.Option("--no-debug", help="When the fork pauses, don't open the debugger."
                                            )] = False,
     lease_ttl: LeaseTtl = 30.0,
+    config: RunsConfig = None,
 ) -> None:
     """A new run that reuses the steps before STEP from RUN_ID's log (no model or tool call is made for
     them), applies the edits at STEP and goes on live.
 
     Example: `tether runs fork run_… 4 --edit '{"result": "9.99"}'`"""
+    _use_config(config)
     _use_lease_ttl(lease_ttl)
     edits = None
     if edit is not None:
@@ -607,9 +648,11 @@ def replay_cmd(
     full: Annotated[bool, typer.Option("--full", help="Serve tool results from the log too (nothing is "
                                                       "called for real).")] = False,
     lease_ttl: LeaseTtl = 30.0,
+    config: RunsConfig = None,
 ) -> None:
     """Run a recorded run again as a new run, from its recorded model responses (tools run live,
     unless --full). A request that differs from the recording fails with "diverged at step N"."""
+    _use_config(config)
     _use_lease_ttl(lease_ttl)
     view = _service_call(lambda service: service.replay(run_id, full=full))
     console.print(Text.assemble(("replayed ", ""), (run_id, "bold"), (" as ", ""), (view.id, "bold"),
@@ -625,6 +668,7 @@ def diff_cmd(
     full: Annotated[bool, typer.Option("--full", help="Show long texts, arguments and results in "
                                                       "full.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the diff as JSON.")] = False,
+    config: RunsConfig = None,
 ) -> None:
     """Compare two runs step by step: the first step where they diverge, then their steps side by side.
 
@@ -633,6 +677,7 @@ def diff_cmd(
     are marked **reused**: their cost is shown but not counted as spent by that run.
 
     Example: `tether runs diff run_A run_B` (then `tether runs show` either of them)."""
+    _use_config(config)
     from dataclasses import asdict
 
     from tether.domain.diff import diff_runs
@@ -654,17 +699,19 @@ def cassette_cmd(
     run_id: Annotated[str, typer.Argument(help="The run to export.", show_default=False)],
     path: Annotated[Path, typer.Argument(help="Where to write the cassette (JSON lines).",
                                          show_default=False)],
+    config: RunsConfig = None,
 ) -> None:
     """Export a run's model responses as a cassette file, to replay with --model replay:PATH.
 
     A cassette holds responses only: never headers, keys or other secrets."""
-    from tether.adapters.models.replay import write_cassette
+    from tether.services.cassettes import export_cassette
 
-    view = _service_call(lambda service: service.get(run_id))
+    _use_config(config)
     try:
-        n = write_cassette(path, view.records, source=run_id)
+        written = _service_call(lambda service: export_cassette(service, run_id, path))
     except OSError as e:
         raise UsageMistake(f"cannot write {path}: {e.strerror}") from None
+    view, n = written.run, written.model_calls
     console.print(f"wrote {n} model call{'s' if n != 1 else ''} of {run_id} to {path}")
     agent = view.agent
     where = agent.agent_ref[5:] if agent is not None and agent.agent_ref and \
@@ -674,7 +721,8 @@ def cassette_cmd(
 
 
 ConfigFile = Annotated[Path | None, typer.Option(
-    "--config", help="The operator configuration file (TOML; see docs/server.md). Flags override it.")]
+    "--config", help="The operator configuration file (TOML; see docs/server.md; default $TETHER_CONFIG). "
+                     "Flags override it.")]
 
 
 @app.command("serve")
@@ -736,10 +784,10 @@ def config_show(config: ConfigFile = None) -> None:
     console.print(Text(_operator_config(config, None).redacted_toml().rstrip("\n")), soft_wrap=True)
 
 
-def _operator_config(path: Path | None, mcp_config: Path | None, **server: Any) -> Any:
-    from tether.services.operator import load_operator_config
+def _operator_config(path: Path | None, mcp_config: Path | None, **server: Any) -> OperatorConfig:
+    from tether.services.compose import operator_config
 
-    config = load_operator_config(path).with_server(**server)
+    config = operator_config(path).with_server(**server)
     return config.with_mcp_json(mcp_config) if mcp_config is not None else config
 
 

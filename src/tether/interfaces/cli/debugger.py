@@ -181,7 +181,7 @@ class Debugger:
 
             history: History = InMemoryHistory()
             with contextlib.suppress(OSError, ImportError):
-                from tether.adapters.store.sql import tether_home
+                from tether.services.compose import tether_home
 
                 home = tether_home()
                 home.mkdir(parents=True, exist_ok=True)

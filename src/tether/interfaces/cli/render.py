@@ -348,9 +348,11 @@ def pending_text(item: PendingItem, limit: int | None = 300) -> Text:
 
 def how_to_answer(run_id: str, items: list[PendingItem]) -> list[str]:
     """The commands that answer each pending item (the answers that fit it: domain/decisions.py)."""
-    flags = {"rerun": "--rerun", "supply": "--supply TEXT", "continue": "--continue", "abort": "--abort"}
     out = []
     for item in items:
+        # a client tool's output, or the result of a call that may have run
+        supply = "--supply OUTPUT" if item.reason == "client_tool" else "--supply RESULT"
+        flags = {"rerun": "--rerun", "supply": supply, "continue": "--continue", "abort": "--abort"}
         ok = [a for a in actions_for(item) if a != "continue" or not needs_answer(item)]
         given = [flag for action, flag in flags.items() if action in ok]
         line = f"{cmd(f'runs answer {run_id} {item.id}')} {' | '.join(given)}"

@@ -1,50 +1,33 @@
-"""The Assistants API's behaviour over the runs service: assistants, threads, messages, runs.
+"""The Assistants API's face over `AssistantsService`: request bodies in, wire objects out.
 
-Routes (`routes.py`) parse HTTP and call this; the debug API and the SSE streams use it too.
-Every object a client sees is read from the store: runs, their steps and the assistant messages
-from the run log (`wire.RunLog`), everything else from the objects table.
+The behaviour (documents, runs of threads, pagination) is in `services.assistants.service`; this
+turns the HTTP bodies (`schemas`) into the service's typed inputs and its typed values into the
+JSON the SDK reads (`wire`). The debug API and the SSE streams use it too.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-from tether.adapters.models.refs import ModelBackend, resolve_model
-from tether.adapters.tools.client import ClientTool
-from tether.domain.agents import AgentSnapshot, Limits
-from tether.domain.breakpoints import BreakpointError, parse_breakpoint
-from tether.domain.errors import AlreadyResumed, ConfigError, StoreConflict, TetherError
-from tether.domain.ids import new_id
-from tether.domain.messages import ContentPart, ImagePart, Message, TextPart
-from tether.domain.objects import StoredObject
-from tether.domain.protocols import ObjectStore
-from tether.domain.records import ACTIVE, RunStarted
-from tether.domain.state import fold
+from tether.domain.errors import NotFound
 from tether.interfaces.server import schemas, wire
-from tether.interfaces.server.errors import ApiError, bad_request, not_found
-from tether.interfaces.server.wire import CODE_INTERPRETER, RunLog
-from tether.services.agents import Agent
-from tether.services.runs import RunsService
-from tether.services.server_tools import ServerTools
-
-FINISHED_CACHE = 2000
-MAX_STEPS = 50  # model calls an API run may make before it fails (a plain client cannot answer a budget pause)
+from tether.interfaces.server.wire import RunLog
+from tether.services.assistants.service import AssistantsService, NewMessage
+from tether.services.compose import Services
+from tether.services.pages import Cursor, Page
 
 
 @dataclass(slots=True)
 class ServerConfig:
+    """The HTTP face's own settings (what runs may do is the operator's, in `Services`)."""
+
     api_keys: list[str] = field(default_factory=list)
-    allow_file_models: bool = False
     concurrency: int = 16
     poll_after_ms: int = 200
     keepalive_s: float = 10.0
-    tools: ServerTools = field(default_factory=ServerTools)  # the operator's server-side tools and MCP servers
-    models: ModelBackend | None = None  # where bare model names go (None: OPENAI_BASE_URL / OPENAI_API_KEY)
     allowed_hosts: list[str] = field(default_factory=list)  # Host names served besides loopback ("*": any)
 
 
@@ -55,423 +38,10 @@ def tenant_of(api_key: str | None) -> str:
     return "k_" + hashlib.sha256(api_key.encode()).hexdigest()[:24]
 
 
-def page(items: list[dict[str, Any]], *, after: str | None, before: str | None, limit: int,
-         order: str) -> dict[str, Any]:
-    """OpenAI's list envelope over `items` (oldest first), with cursor pagination by id.
-
-    `after`/`before` are compared as ids (which sort by creation time), so a cursor whose object
-    was deleted meanwhile still works.
-    """
-    asc = order == "asc"
-    seq = items if asc else items[::-1]
-    if after:
-        seq = [i for i in seq if (i["id"] > after if asc else i["id"] < after)]
-    if before:
-        seq = [i for i in seq if (i["id"] < before if asc else i["id"] > before)]
-        data = seq[-limit:]  # the ones closest to the cursor, still in the list's order
-        has_more = len(seq) > limit
-    else:
-        data = seq[:limit]
-        has_more = len(seq) > limit
-    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None, "has_more": has_more}
-
-
-class AssistantsApi:
-    def __init__(self, service: RunsService, config: ServerConfig) -> None:
-        self.service, self.config = service, config
-        # The run store keeps the documents too (SqlStore and MemoryStore are both).
-        self.store = cast(ObjectStore, service.store)
-        service.resolvers["api"] = self._agent_of_snapshot
-        self._finished: OrderedDict[str, RunLog] = OrderedDict()  # terminal runs never change: kept, the
-        # most recently used FINISHED_CACHE of them
-
-    # -- objects of a tenant -------------------------------------------------------------------
-
-    async def _get(self, tenant: str, kind: str, object_id: str, label: str | None = None) -> StoredObject:
-        obj = await self.store.get_object(object_id)
-        if obj is None or obj.kind != kind or obj.tenant != tenant or obj.data.get("override"):
-            raise not_found(label or kind, object_id)
-        return obj
-
-    # -- assistants ----------------------------------------------------------------------------
-
-    async def create_assistant(self, tenant: str, body: schemas.AssistantCreate) -> dict[str, Any]:
-        data: dict[str, Any] = {
-                "name": None, "description": None, "instructions": None, "tools": [], "tool_resources": {},
-                "metadata": {}, "temperature": 1.0, "top_p": 1.0, "response_format": "auto",
-                "reasoning_effort": None, "tether_tools": [], "tether_breakpoints": []}
-        data.update({k: v for k, v in body.given().items() if v is not None})
-        self._check_settings(data)
-        obj = StoredObject(new_id("asst"), "assistant", tenant, wire.now(), data)
-        await self.store.put_object(obj)
-        return wire.plain_object(obj, "assistant")
-
-    async def assistant(self, tenant: str, assistant_id: str) -> dict[str, Any]:
-        return wire.plain_object(await self._get(tenant, "assistant", assistant_id), "assistant")
-
-    async def update_assistant(self, tenant: str, assistant_id: str, body: schemas.AssistantUpdate) -> dict[str, Any]:
-        obj = await self._get(tenant, "assistant", assistant_id)
-        given = body.given()
-        if "model" in given and given["model"] is None:
-            raise bad_request("Invalid value for 'model': an assistant needs a model.", "model")
-        defaults = {"tools": [], "metadata": {}, "tool_resources": {}, "tether_tools": [], "tether_breakpoints": [],
-                    "response_format": "auto", "temperature": 1.0, "top_p": 1.0}
-        for key, value in given.items():
-            obj.data[key] = defaults.get(key) if value is None else value
-        self._check_settings(obj.data)
-        await self.store.put_object(obj)
-        return wire.plain_object(obj, "assistant")
-
-    async def list_assistants(self, tenant: str, **cursor: Any) -> dict[str, Any]:
-        objs = await self.store.list_objects("assistant", tenant)
-        return page([wire.plain_object(o, "assistant") for o in objs], **cursor)
-
-    async def delete_assistant(self, tenant: str, assistant_id: str) -> dict[str, Any]:
-        await self._get(tenant, "assistant", assistant_id)
-        await self.store.delete_object(assistant_id)
-        return wire.deleted(assistant_id, "assistant")
-
-    def _check_settings(self, data: dict[str, Any]) -> None:
-        """Fail now, not when a run starts: the model reference, the tools, the breakpoints."""
-        self._agent("check", data)
-
-    # -- threads -------------------------------------------------------------------------------
-
-    async def create_thread(self, tenant: str, body: schemas.ThreadCreate | None) -> dict[str, Any]:
-        given = body.given() if body is not None else {}
-        data = {"metadata": given.get("metadata") or {}, "tool_resources": given.get("tool_resources") or {}}
-        obj = StoredObject(new_id("thread"), "thread", tenant, wire.now(), data)
-        await self.store.put_object(obj)
-        for m in (body.messages or []) if body is not None else []:
-            await self._put_message(tenant, obj.id, m)
-        return wire.plain_object(obj, "thread")
-
-    async def thread(self, tenant: str, thread_id: str) -> dict[str, Any]:
-        return wire.plain_object(await self._get(tenant, "thread", thread_id), "thread")
-
-    async def update_thread(self, tenant: str, thread_id: str, body: schemas.ThreadUpdate) -> dict[str, Any]:
-        obj = await self._get(tenant, "thread", thread_id)
-        for key, value in body.given().items():
-            obj.data[key] = value or {}
-        await self.store.put_object(obj)
-        return wire.plain_object(obj, "thread")
-
-    async def delete_thread(self, tenant: str, thread_id: str) -> dict[str, Any]:
-        await self._get(tenant, "thread", thread_id)
-        if (active := await self._active_run(thread_id)) is not None:
-            raise bad_request(f"Can't delete thread {thread_id} while a run {active} is active.")
-        await self.store.delete_object(thread_id)
-        return wire.deleted(thread_id, "thread")
-
-    async def _active_run(self, thread_id: str) -> str | None:
-        latest = await self.service.list(thread_id=thread_id, limit=1)
-        return latest[0].id if latest and latest[0].status in ACTIVE else None
-
-    # -- messages ------------------------------------------------------------------------------
-
-    async def _put_message(self, tenant: str, thread_id: str, m: schemas.MessageCreate, *,
-                           message_id: str | None = None) -> StoredObject:
-        content = ([{"type": "text", "text": {"value": m.content, "annotations": []}}] if isinstance(m.content, str)
-                   else [_stored_part(p) for p in m.content])
-        now = wire.now()
-        obj = StoredObject(message_id or new_id("msg"), "message", tenant, now, {
-            "role": m.role, "content": content, "assistant_id": None, "run_id": None, "attachments": [],
-            "metadata": m.metadata or {}, "status": "completed", "completed_at": int(now),
-            "incomplete_at": None, "incomplete_details": None,
-        }, parent_id=thread_id)  # fmt: skip
-        await self.store.put_object(obj)
-        return obj
-
-    async def create_message(self, tenant: str, thread_id: str, body: schemas.MessageCreate) -> dict[str, Any]:
-        await self._get(tenant, "thread", thread_id)
-        if (active := await self._active_run(thread_id)) is not None:
-            raise bad_request(f"Can't add messages to {thread_id} while a run {active} is active.")
-        return wire.stored_message(await self._put_message(tenant, thread_id, body))
-
-    async def thread_messages(self, tenant: str, thread_id: str) -> list[dict[str, Any]]:
-        """Every message of the thread, oldest first: stored ones and those the runs wrote."""
-        stored = await self.store.list_objects("message", tenant, thread_id)
-        overrides = {o.id: o.data for o in stored if o.data.get("override")}
-        out = [wire.stored_message(o) for o in stored if not o.data.get("override")]
-        for log in await self._thread_runs(tenant, thread_id):
-            for m in log.messages():
-                change = overrides.get(m["id"])
-                if change is not None and change.get("deleted"):
-                    continue
-                if change is not None:
-                    m["metadata"] = change.get("metadata") or {}
-                out.append(m)
-        out.sort(key=lambda m: m["id"])
-        return out
-
-    async def message(self, tenant: str, thread_id: str, message_id: str) -> dict[str, Any]:
-        await self._get(tenant, "thread", thread_id)
-        for m in await self.thread_messages(tenant, thread_id):
-            if m["id"] == message_id:
-                return m
-        raise not_found("message", message_id)
-
-    async def update_message(self, tenant: str, thread_id: str, message_id: str,
-                             body: schemas.MetadataUpdate) -> dict[str, Any]:
-        m = await self.message(tenant, thread_id, message_id)
-        m["metadata"] = body.metadata or {}
-        await self._change_message(tenant, thread_id, m, {"metadata": m["metadata"]})
-        return m
-
-    async def delete_message(self, tenant: str, thread_id: str, message_id: str) -> dict[str, Any]:
-        m = await self.message(tenant, thread_id, message_id)
-        await self._change_message(tenant, thread_id, m, {"deleted": True}, delete=True)
-        return wire.deleted(message_id, "thread.message")
-
-    async def _change_message(self, tenant: str, thread_id: str, m: dict[str, Any], change: dict[str, Any],
-                              *, delete: bool = False) -> None:
-        stored = await self.store.get_object(m["id"])
-        if stored is not None and not stored.data.get("override"):  # a message a client wrote
-            if delete:
-                await self.store.delete_object(m["id"])
-            else:
-                stored.data.update(change)
-                await self.store.put_object(stored)
-            return
-        # A message a run wrote lives in the run log; its changes are kept beside it.
-        data = {"override": True, "metadata": m["metadata"], **(stored.data if stored else {}), **change}
-        await self.store.put_object(StoredObject(m["id"], "message", tenant, wire.now(), data, thread_id))
-
-    async def list_messages(self, tenant: str, thread_id: str, run_id: str | None, **cursor: Any) -> dict[str, Any]:
-        await self._get(tenant, "thread", thread_id)
-        messages = await self.thread_messages(tenant, thread_id)
-        if run_id is not None:
-            messages = [m for m in messages if m.get("run_id") == run_id]
-        return page(messages, **cursor)
-
-    # -- runs ----------------------------------------------------------------------------------
-
-    async def _thread_runs(self, tenant: str, thread_id: str) -> list[RunLog]:
-        rows = await self.store.list_objects("run", tenant, thread_id)
-        return [await self._log(row) for row in rows]
-
-    async def _log(self, row: StoredObject) -> RunLog:
-        cached = self._finished.get(row.id)
-        if cached is not None:
-            self._finished.move_to_end(row.id)
-            cached.row = row  # its metadata may have changed
-            return cached
-        records = await self.service.store.load(row.id)
-        if not records:
-            raise not_found("run", row.id)
-        log = RunLog(row, records, fold(row.id, records))
-        if log.finished() is not None:
-            self._finished[row.id] = log
-            if len(self._finished) > FINISHED_CACHE:
-                self._finished.popitem(last=False)
-        return log
-
-    async def run_log(self, tenant: str, thread_id: str, run_id: str) -> RunLog:
-        await self._get(tenant, "thread", thread_id)
-        row = await self._get(tenant, "run", run_id)
-        if row.parent_id != thread_id:
-            raise not_found("run", run_id)
-        return await self._log(row)
-
-    async def run_object(self, log: RunLog) -> dict[str, Any]:
-        info = await self.service.store.get_run(log.id)
-        # Queued until a worker takes it: one here, or another process holding a live lease on it.
-        advanced_elsewhere = (info is not None and info.lease_owner not in (None, self.service.owner)
-                              and (info.lease_expires or 0) > wire.now())
-        queued = (info is not None and info.status == "queued" and not self.service.advancing(log.id)
-                  and not advanced_elsewhere)
-        cancelling = (log.finished() is None and info is not None and info.status in ACTIVE
-                      and await self.service.store.cancel_requested(log.id) is not None)
-        return log.run(queued=queued, cancelling=cancelling)
-
-    async def prepare_run(self, tenant: str, thread_id: str, body: schemas.RunFields, *,
-                          additional: Sequence[schemas.MessageCreate] = (), additional_instructions: str | None = None,
-                          ) -> str:
-        """Create a run on the thread, queued: the scheduler advances it. Returns its id."""
-        assistant = await self._get(tenant, "assistant", body.assistant_id)  # type: ignore[attr-defined]
-        if (active := await self._active_run(thread_id)) is not None:
-            raise ApiError(400, f"Thread {thread_id} already has an active run {active}.")
-        given = body.given()
-        given.pop("stream", None)
-        a = assistant.data
-        settings: dict[str, Any] = {
-            "assistant_id": assistant.id, "model": a["model"], "instructions": a.get("instructions") or "",
-            "tools": a.get("tools") or [], "tether_tools": a.get("tether_tools") or [],
-            "tether_breakpoints": list(a.get("tether_breakpoints") or []),
-            "tool_choice": "auto", "parallel_tool_calls": True,
-            "response_format": a.get("response_format") or "auto", "temperature": a.get("temperature"),
-            "top_p": a.get("top_p"), "reasoning_effort": a.get("reasoning_effort"),
-            "max_prompt_tokens": None, "max_completion_tokens": None,
-            "truncation_strategy": {"type": "auto", "last_messages": None}, "metadata": {},
-        }  # fmt: skip
-        for key, value in given.items():
-            if key == "tether_breakpoints":
-                settings[key] += value or []
-            elif value is not None:
-                settings[key] = value
-        if additional_instructions:
-            settings["instructions"] = f"{settings['instructions']}\n\n{additional_instructions}".strip()
-        run_id = new_id("run")
-        agent = self._agent(run_id, settings)
-
-        history = [_to_message(m) for m in await self.thread_messages(tenant, thread_id)]
-        ids = [new_id("msg") for _ in additional]  # minted now: they sort before the run's answers
-        history += [_to_message({"role": m.role, "content": _input_content(m)}) for m in additional]
-        keep = (settings["truncation_strategy"] or {}).get("last_messages")
-        if settings["truncation_strategy"].get("type") == "last_messages" and keep:
-            history = history[-keep:]
-
-        row = StoredObject(run_id, "run", tenant, wire.now(), settings, thread_id)
-        await self.store.put_object(row)
-        try:
-            await self.service.start(agent, [], thread_id=thread_id, history=history, run_id=run_id, drive=False,
-                                     breakpoints=settings["tether_breakpoints"], metadata={"api": "assistants"})
-        except StoreConflict:
-            await self.store.delete_object(run_id)
-            active = await self._active_run(thread_id)
-            raise ApiError(400, f"Thread {thread_id} already has an active run {active}.") from None
-        except BaseException:
-            await self.store.delete_object(run_id)
-            raise
-        for message_id, m in zip(ids, additional, strict=True):
-            await self._put_message(tenant, thread_id, m, message_id=message_id)
-        return run_id
-
-    async def update_run(self, log: RunLog, body: schemas.MetadataUpdate) -> None:
-        log.row.data["metadata"] = body.metadata or {}
-        await self.store.put_object(log.row)
-
-    async def list_runs(self, tenant: str, thread_id: str, **cursor: Any) -> dict[str, Any]:
-        await self._get(tenant, "thread", thread_id)
-        return page([await self.run_object(log) for log in await self._thread_runs(tenant, thread_id)], **cursor)
-
-    async def submit_tool_outputs(self, log: RunLog, body: schemas.SubmitToolOutputs) -> None:
-        pause = log.state.pause
-        if log.finished() is not None or pause is None or not log.waits_for_client():
-            status = (await self.run_object(log))["status"]
-            raise bad_request(f'Runs in status "{status}" do not accept tool outputs.')
-        expected = [c["id"] for c in log.pending_calls()]
-        given = [o.tool_call_id for o in body.tool_outputs]
-        if sorted(given) != sorted(expected) or len(set(given)) != len(given):
-            missing = sorted(set(expected) - set(given))
-            raise bad_request(f"Expected tool outputs for call_ids {expected}, got {given}"
-                              + (f" (missing {missing})" if missing else "") + ".", "tool_outputs")
-        answers = {o.tool_call_id: ("supply", o.output or "") for o in body.tool_outputs}
-        try:
-            await self.service.decide(log.id, pause.pause_id, answers, by="client", drive=False)  # type: ignore[arg-type]
-        except AlreadyResumed as e:
-            raise bad_request(f"Tool outputs were already submitted for run {log.id}: {e}") from None
-
-    async def cancel_run(self, log: RunLog) -> None:
-        if log.finished() is not None:
-            status = log.run()["status"]
-            raise bad_request(f"Cannot cancel run with status '{status}'.")
-        await self.service.store.request_cancel(log.id, "cancelled by the client")
-        with contextlib.suppress(TetherError):  # it finished meanwhile, or its owner acts on the request
-            await self.service.cancel(log.id, by="client", wait=False)
-
-    async def steps(self, log: RunLog, **cursor: Any) -> dict[str, Any]:
-        return page(log.run_steps(), **cursor)
-
-    async def step(self, log: RunLog, step_id: str) -> dict[str, Any]:
-        for s in log.run_steps():
-            if s["id"] == step_id:
-                return s
-        raise not_found("run step", step_id)
-
-    async def fork(self, tenant: str, run_id: str, step: int, edits: dict[str, Any] | None) -> Any:
-        """Fork a run (see RunsService.fork). The fork of an API run gets a new thread that holds the
-        conversation the run started from, so the Assistants API shows it whole."""
-        parent = await self.store.get_object(run_id)
-        records = await self.service.store.load(run_id)
-        start = records[0].payload if records else None
-        inputs = [m for m in start.input if m.role in ("user", "assistant") and m.text] \
-            if isinstance(start, RunStarted) else []
-        ids = [new_id("msg") for _ in inputs]  # minted before the fork: they sort before its answers
-        view = await self.service.fork(run_id, step, edits, drive=False)
-        if parent is None or parent.kind != "run" or view.thread_id is None:
-            return view
-        now = wire.now()
-        await self.store.put_object(StoredObject(view.thread_id, "thread", tenant, now, {
-            "metadata": {"forked_from": f"{parent.parent_id}/{run_id}@{step}"}, "tool_resources": {}}))
-        for message_id, m in zip(ids, inputs, strict=True):
-            await self._put_message(tenant, view.thread_id, schemas.MessageCreate(role=m.role, content=m.text),  # type: ignore[arg-type]
-                                    message_id=message_id)
-        await self.store.put_object(StoredObject(view.id, "run", tenant, now, dict(parent.data), view.thread_id))
-        return view
-
-    # -- agents --------------------------------------------------------------------------------
-
-    async def _agent_of_snapshot(self, snapshot: AgentSnapshot) -> Agent:
-        """Rebuild the agent of an API run (its settings are stored with it) to resume it."""
-        run_id = (snapshot.agent_ref or "").partition(":")[2]
-        row = await self.store.get_object(run_id)
-        if row is None or row.kind != "run":
-            raise ConfigError(f"run {run_id} has no stored settings; it cannot be continued here")
-        return self._agent(run_id, row.data)
-
-    def _code_interpreter(self, param: str) -> Any:
-        """`code_interpreter` runs in the sandboxed python tool, as the operator configured it."""
-        try:
-            return self.config.tools.builtin("python", None, param, name=CODE_INTERPRETER)
-        except ConfigError as e:
-            raise bad_request(f"code_interpreter is not available on this server: {e}", param) from None
-
-    def _agent(self, run_id: str, s: dict[str, Any]) -> Agent:
-        """The agent an API run runs: its model, instructions, client and server tools, limits."""
-        try:
-            model = resolve_model(s["model"], allow_files=self.config.allow_file_models, backend=self.config.models)
-        except ConfigError as e:
-            raise bad_request(f"Invalid value for 'model': {e}", "model") from None
-        tools: list[Any] = []
-        mcp = []
-        for i, t in enumerate(s.get("tools") or []):
-            if t["type"] == "function":
-                f = t["function"]
-                tools.append(ClientTool(f["name"], f.get("description") or "", f.get("parameters")))
-            elif t["type"] == "code_interpreter":
-                tools.append(self._code_interpreter(f"tools[{i}]"))
-        for i, t in enumerate(s.get("tether_tools") or []):
-            param = f"tether_tools[{i}]"
-            if t["type"] == "mcp":
-                mcp.append(self.config.tools.mcp(t.get("server"), t.get("options"), param))
-                continue
-            if t.get("server") is not None:
-                raise bad_request(f"Invalid value for '{param}.server': only an mcp tool names a server.",
-                                  f"{param}.server")
-            tools.append(self.config.tools.builtin(t["type"], t.get("options"), param))
-        names = [t.name for t in tools]
-        if len(set(names)) != len(names):
-            raise bad_request(f"Two tools have the same name: {sorted(n for n in names if names.count(n) > 1)}",
-                              "tools")
-        for spec in s.get("tether_breakpoints") or []:
-            try:
-                parse_breakpoint(spec, id="bp_check")
-            except BreakpointError as e:
-                raise bad_request(f"Invalid value for 'tether_breakpoints': {e}", "tether_breakpoints") from None
-        settings = {k: s[k] for k in ("temperature", "top_p") if s.get(k) is not None}
-        if s.get("tools") or s.get("tether_tools"):
-            settings["parallel_tool_calls"] = bool(s.get("parallel_tool_calls", True))
-            choice = s.get("tool_choice") or "auto"
-            if isinstance(choice, dict):
-                name = (choice.get("function") or {}).get("name") or CODE_INTERPRETER
-                choice = {"type": "function", "function": {"name": name}}
-            settings["tool_choice"] = choice
-        output_schema = None
-        fmt = s.get("response_format")
-        if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-            output_schema = fmt["json_schema"].get("schema") or {}
-        elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
-            settings["response_format"] = {"type": "json_object"}
-        limits = Limits(max_steps=MAX_STEPS, on_max_steps="fail", max_prompt_tokens=s.get("max_prompt_tokens"),
-                        max_completion_tokens=s.get("max_completion_tokens"))
-        try:
-            return Agent(s.get("assistant_id") or "assistant", model, instructions=s.get("instructions") or "",
-                         tools=tools, limits=limits, output_schema=output_schema, settings=settings,
-                         mcp_servers=mcp, ref=f"api:{run_id}")
-        except ConfigError as e:
-            raise bad_request(str(e)) from None
+def new_message(m: schemas.MessageCreate) -> NewMessage:
+    """A message of a request, in the service's terms (its content in the stored shape)."""
+    content = (wire.text_content(m.content) if isinstance(m.content, str) else [_stored_part(p) for p in m.content])
+    return NewMessage(m.role, content, dict(m.metadata or {}))
 
 
 def _stored_part(p: schemas.ContentPart) -> dict[str, Any]:
@@ -481,17 +51,112 @@ def _stored_part(p: schemas.ContentPart) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": p.image_url.url, "detail": p.image_url.detail or "auto"}}
 
 
-def _input_content(m: schemas.MessageCreate) -> list[dict[str, Any]]:
-    return ([{"type": "text", "text": {"value": m.content, "annotations": []}}] if isinstance(m.content, str)
-            else [_stored_part(p) for p in m.content])
+class AssistantsApi:
+    def __init__(self, services: Services, config: ServerConfig) -> None:
+        self.service, self.config = services.runs, config
+        # Handing out runs as wire-ready `RunLog`s; the agents and grants are the composition root's.
+        self.assistants: AssistantsService[RunLog] = AssistantsService(services.runs, services.api_agents, RunLog)
 
+    # -- assistants ----------------------------------------------------------------------------
 
-def _to_message(m: dict[str, Any]) -> Message:
-    """A thread message (API shape) as a message the model is sent."""
-    parts: list[ContentPart] = []
-    for p in m["content"]:
-        if p["type"] == "text":
-            parts.append(TextPart(p["text"]["value"]))
-        elif p["type"] == "image_url":
-            parts.append(ImagePart(p["image_url"]["url"], p["image_url"].get("detail") or "auto"))
-    return Message(m["role"], parts)
+    async def create_assistant(self, tenant: str, body: schemas.AssistantCreate) -> dict[str, Any]:
+        return wire.assistant(await self.assistants.create_assistant(tenant, body.given()))
+
+    async def assistant(self, tenant: str, assistant_id: str) -> dict[str, Any]:
+        return wire.assistant(await self.assistants.assistant(tenant, assistant_id))
+
+    async def update_assistant(self, tenant: str, assistant_id: str, body: schemas.AssistantUpdate) -> dict[str, Any]:
+        return wire.assistant(await self.assistants.update_assistant(tenant, assistant_id, body.given()))
+
+    async def list_assistants(self, tenant: str, **cursor: Any) -> dict[str, Any]:
+        return wire.listing(await self.assistants.list_assistants(tenant, Cursor(**cursor)), wire.assistant)
+
+    async def delete_assistant(self, tenant: str, assistant_id: str) -> dict[str, Any]:
+        await self.assistants.delete_assistant(tenant, assistant_id)
+        return wire.deleted(assistant_id, "assistant")
+
+    # -- threads -------------------------------------------------------------------------------
+
+    async def create_thread(self, tenant: str, body: schemas.ThreadCreate | None) -> dict[str, Any]:
+        given = body.given() if body is not None else {}
+        messages = [new_message(m) for m in (body.messages or [])] if body is not None else []
+        return wire.thread(await self.assistants.create_thread(tenant, given, messages))
+
+    async def thread(self, tenant: str, thread_id: str) -> dict[str, Any]:
+        return wire.thread(await self.assistants.thread(tenant, thread_id))
+
+    async def update_thread(self, tenant: str, thread_id: str, body: schemas.ThreadUpdate) -> dict[str, Any]:
+        return wire.thread(await self.assistants.update_thread(tenant, thread_id, body.given()))
+
+    async def delete_thread(self, tenant: str, thread_id: str) -> dict[str, Any]:
+        await self.assistants.delete_thread(tenant, thread_id)
+        return wire.deleted(thread_id, "thread")
+
+    # -- messages ------------------------------------------------------------------------------
+
+    async def create_message(self, tenant: str, thread_id: str, body: schemas.MessageCreate) -> dict[str, Any]:
+        return wire.message(await self.assistants.create_message(tenant, thread_id, new_message(body)))
+
+    async def message(self, tenant: str, thread_id: str, message_id: str) -> dict[str, Any]:
+        return wire.message(await self.assistants.message(tenant, thread_id, message_id))
+
+    async def update_message(self, tenant: str, thread_id: str, message_id: str,
+                             body: schemas.MetadataUpdate) -> dict[str, Any]:
+        return wire.message(await self.assistants.update_message(tenant, thread_id, message_id, body.metadata))
+
+    async def delete_message(self, tenant: str, thread_id: str, message_id: str) -> dict[str, Any]:
+        await self.assistants.delete_message(tenant, thread_id, message_id)
+        return wire.deleted(message_id, "thread.message")
+
+    async def list_messages(self, tenant: str, thread_id: str, run_id: str | None, **cursor: Any) -> dict[str, Any]:
+        page = await self.assistants.list_messages(tenant, thread_id, Cursor(**cursor), run_id)
+        return wire.listing(page, wire.message)
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    async def run_log(self, tenant: str, thread_id: str, run_id: str) -> RunLog:
+        return await self.assistants.run(tenant, thread_id, run_id)
+
+    async def run_object(self, log: RunLog) -> dict[str, Any]:
+        flags = await self.assistants.flags(log)
+        return log.run(queued=flags.queued, cancelling=flags.cancelling)
+
+    async def prepare_run(self, tenant: str, thread_id: str, body: schemas.RunFields, *,
+                          additional: Sequence[schemas.MessageCreate] = (), additional_instructions: str | None = None,
+                          ) -> RunLog:
+        """Create a run on the thread, queued: the dispatcher advances it."""
+        given = body.given()
+        return await self.assistants.prepare_run(tenant, thread_id, given["assistant_id"], given,
+                                                 additional=[new_message(m) for m in additional],
+                                                 additional_instructions=additional_instructions)
+
+    async def create_thread_and_run(self, tenant: str, body: schemas.ThreadAndRun) -> tuple[dict[str, Any], RunLog]:
+        given = body.given()
+        thread_body = body.thread
+        messages = [new_message(m) for m in (thread_body.messages or [])] if thread_body is not None else []
+        thread, run = await self.assistants.create_thread_and_run(
+            tenant, body.assistant_id, given, thread_body.given() if thread_body is not None else None, messages)
+        return wire.thread(thread), run
+
+    async def update_run(self, log: RunLog, body: schemas.MetadataUpdate) -> None:
+        await self.assistants.update_run(log, body.metadata)
+
+    async def list_runs(self, tenant: str, thread_id: str, **cursor: Any) -> dict[str, Any]:
+        page = await self.assistants.list_runs(tenant, thread_id, Cursor(**cursor))
+        return wire.listing(Page([await self.run_object(log) for log in page.data], page.has_more), lambda run: run)
+
+    async def submit_tool_outputs(self, log: RunLog, body: schemas.SubmitToolOutputs) -> None:
+        outputs = [(o.tool_call_id, o.output) for o in body.tool_outputs]
+        await self.assistants.submit_tool_outputs(log, outputs)
+
+    async def cancel_run(self, log: RunLog) -> None:
+        await self.assistants.cancel_run(log)
+
+    async def steps(self, log: RunLog, **cursor: Any) -> dict[str, Any]:
+        return wire.page(log.run_steps(), Cursor(**cursor))
+
+    async def step(self, log: RunLog, step_id: str) -> dict[str, Any]:
+        for s in log.run_steps():
+            if s["id"] == step_id:
+                return s
+        raise NotFound("run step", step_id)

@@ -17,29 +17,30 @@ from fastapi.responses import StreamingResponse
 
 from tether.domain.breakpoints import BreakpointError
 from tether.domain.codec import dump_payload
+from tether.domain.errors import NotFound
 from tether.domain.records import TERMINAL, Record
 from tether.domain.steps import steps_of
 from tether.interfaces.server import schemas
 from tether.interfaces.server.assistants import AssistantsApi
-from tether.interfaces.server.errors import ApiError, not_found
-from tether.interfaces.server.scheduler import Scheduler
-from tether.interfaces.server.streaming import follow, log_after, sse
+from tether.interfaces.server.errors import ApiError
+from tether.interfaces.server.streaming import KEEPALIVE, sse
+from tether.services.compose import Services
+from tether.services.events import Quiet
 
 
-def add_debug_routes(app: FastAPI, api: AssistantsApi, scheduler: Scheduler, *, keyless: bool) -> None:
-    service, config = api.service, api.config
+def add_debug_routes(app: FastAPI, api: AssistantsApi, services: Services, *, keyless: bool) -> None:
+    service, config, dispatcher = api.service, api.config, services.dispatcher
 
     def tenant(request: Request) -> str:
         return request.state.tenant  # type: ignore[no-any-return]
 
     async def debug_run(request: Request, run_id: str) -> str:
         """The run, if this tenant may debug it (its own API runs; on a keyless loopback server, any)."""
-        row = await api.store.get_object(run_id)
-        if row is not None and row.kind == "run" and row.tenant == tenant(request):
+        if await api.assistants.is_tenant_run(tenant(request), run_id):
             return run_id
-        if keyless and await service.store.get_run(run_id) is not None:
+        if keyless and await service.info(run_id) is not None:
             return run_id
-        raise not_found("run", run_id)
+        raise NotFound("run", run_id)
 
     async def debug_view(run_id: str) -> dict[str, Any]:
         view = await service.get(run_id)
@@ -105,15 +106,16 @@ def add_debug_routes(app: FastAPI, api: AssistantsApi, scheduler: Scheduler, *, 
         # The service checks the pause id, the items and each answer (InvalidRequest names the field).
         await service.answer(run_id, given, default=body.action, value=body.payload, pause_id=body.pause_id,
                              by="http", drive=False)
-        scheduler.submit(run_id)
+        dispatcher.submit(run_id)
         return await debug_view(run_id)
 
     @app.post("/v1/tether/runs/{run_id}/fork", tags=["debug"])
     async def debug_fork(request: Request, run_id: str, body: schemas.Fork) -> dict[str, Any]:
         await debug_run(request, run_id)
-        view = await api.fork(tenant(request), run_id, body.step, body.edits)
+        # The fork of an API run gets a new thread of its own (the Assistants service listens to forks)
+        view = await service.fork(run_id, body.step, body.edits, drive=False)
         if view.status not in TERMINAL and view.status != "paused":
-            scheduler.submit(view.id)
+            dispatcher.submit(view.id)
         return await debug_view(view.id)
 
     @app.get("/v1/tether/runs/{run_id}/events", tags=["debug"])
@@ -122,33 +124,20 @@ def add_debug_routes(app: FastAPI, api: AssistantsApi, scheduler: Scheduler, *, 
         await debug_run(request, run_id)
         last = request.headers.get("last-event-id")
         start = int(last) if last and last.isdigit() else (after or 0)
-        queue = scheduler.bus.subscribe(run_id)
-        seen = [start]
-
-        load_since = log_after(service.store, run_id)
+        subscription = services.events.subscribe(run_id, after=start)
 
         async def events() -> AsyncIterator[str]:
-            try:
-                backlog = await load_since(start)
-                for r in backlog:
-                    seen[0] = r.seq
-                    yield _record_event(r)
-                if backlog and backlog[-1].kind == "finished":
-                    yield "event: end\ndata: {}\n\n"
-                    return
-                async for item in follow(queue, load_since, lambda: seen[0], keepalive_s=config.keepalive_s):
-                    if isinstance(item, str):
-                        yield item
+            async with subscription:  # the backlog from the log, then live records (each once, in order)
+                async for item in subscription.events(keepalive_s=config.keepalive_s):
+                    if isinstance(item, Quiet):
+                        yield KEEPALIVE
                     elif item.type == "delta":
                         yield sse("delta", {"text": item.delta})
-                    elif item.record is not None and item.record.seq > seen[0]:
-                        seen[0] = item.record.seq
+                    elif item.record is not None:
                         yield _record_event(item.record)
                         if item.record.kind == "finished":
                             yield "event: end\ndata: {}\n\n"
                             return
-            finally:
-                scheduler.bus.unsubscribe(run_id, queue)
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 

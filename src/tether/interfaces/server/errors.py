@@ -1,9 +1,20 @@
-"""Errors in OpenAI's envelope `{"error": {"message", "type", "param", "code"}}`, with its status codes."""
+"""Errors in OpenAI's envelope `{"error": {"message", "type", "param", "code"}}`, with its status codes,
+and the handlers that answer every error of the app in it (the services' domain errors included)."""
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tether.domain.errors import AlreadyResumed, ConfigError, InvalidRequest, NotFound, RunNotFound, TetherError
+
+log = logging.getLogger("tether.server")
 
 _NOT_FIELDS = {"body", "query", "path", "header", "str", "int", "float", "bool", "none", "list", "dict"}
 
@@ -21,14 +32,6 @@ class ApiError(Exception):
 def envelope(message: str, type: str = "invalid_request_error", param: str | None = None,
              code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
-
-
-def not_found(kind: str, object_id: str) -> ApiError:
-    return ApiError(404, f"No {kind} found with id '{object_id}'.")
-
-
-def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
-    return ApiError(400, message, param=param, code=code)
 
 
 def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
@@ -62,3 +65,61 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
         return "The request body must be a JSON object.", None
     msg = msg.removeprefix("Value error, ")
     return (f"Invalid value for '{param}': {msg}." if param else f"Invalid request: {msg}."), param
+
+
+def error_response(e: ApiError, request: Request) -> JSONResponse:
+    headers = {}
+    if request.method == "POST" or e.status in (409, 429) or e.status >= 500:
+        headers["x-should-retry"] = "false"  # a retried POST could create a second run
+    return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error in OpenAI's envelope: the app's own, FastAPI's, and the domain's."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError) -> Response:
+        return error_response(e, request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError) -> Response:
+        message, param = validation_message(list(e.errors()))
+        return error_response(ApiError(400, message, param=param), request)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> Response:
+        messages = {404: f"Invalid URL ({request.method} {request.url.path})",
+                    405: f"Method {request.method} is not allowed for {request.url.path}"}
+        message = messages.get(e.status_code, str(e.detail))
+        return error_response(ApiError(e.status_code, message), request)
+
+    @app.exception_handler(InvalidRequest)
+    async def invalid_request(request: Request, e: InvalidRequest) -> Response:
+        return error_response(ApiError(400, str(e), param=e.param), request)
+
+    @app.exception_handler(ConfigError)
+    async def config_error(request: Request, e: ConfigError) -> Response:
+        return error_response(ApiError(400, str(e)), request)
+
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, e: NotFound) -> Response:
+        return error_response(ApiError(404, str(e)), request)
+
+    @app.exception_handler(RunNotFound)
+    async def run_not_found(request: Request, e: RunNotFound) -> Response:
+        return error_response(ApiError(404, str(e)), request)
+
+    @app.exception_handler(AlreadyResumed)
+    async def already_resumed(request: Request, e: AlreadyResumed) -> Response:
+        return error_response(ApiError(409, str(e), code="already_resumed"), request)
+
+    @app.exception_handler(TetherError)
+    async def tether_error(request: Request, e: TetherError) -> Response:
+        return error_response(ApiError(400, str(e)), request)
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, e: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(ApiError(500, "The server had an error while processing your request. "
+                                            "The request id in x-request-id identifies it in the server's log.",
+                                       type="server_error"), request)

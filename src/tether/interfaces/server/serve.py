@@ -11,6 +11,7 @@ from tether.domain.errors import ConfigError
 from tether.interfaces.server.assistants import ServerConfig
 from tether.interfaces.server.guard import allowed_host, is_loopback
 from tether.interfaces.server.protocol import ConnectionLimits, protocol_class
+from tether.services.compose import Services, open_services
 from tether.services.operator import OperatorConfig
 
 log = logging.getLogger("tether.server")
@@ -26,21 +27,13 @@ def serve(config: OperatorConfig) -> None:
         raise ConfigError(f"refusing to serve on {host} without API keys: anyone who can reach it could run "
                           "models and tools. Set TETHER_API_KEYS=key1,key2 or [server] api_keys (each key is a "
                           "tenant), or bind 127.0.0.1")
-    tools = config.server_tools()
     import uvicorn
 
-    from tether.adapters.store.sql import default_url, open_store
     from tether.interfaces.server.app import create_app
-    from tether.services.runs import RunsService
 
-    database_url = config.database_url or default_url()
-    store = open_store(database_url)
-    if not hasattr(store, "put_object"):
-        raise ConfigError("the server needs a store with objects (SQLite or Postgres)")
-    service = RunsService(store, lease_ttl_s=settings.lease_ttl_s)
-    server_config = ServerConfig(api_keys=keys, allow_file_models=settings.allow_file_models,
-                                 concurrency=settings.concurrency, tools=tools, models=config.models,
-                                 keepalive_s=settings.keepalive_s, allowed_hosts=hosts)
+    services = open_services(config, documents=True)
+    server_config = ServerConfig(api_keys=keys, concurrency=settings.concurrency, keepalive_s=settings.keepalive_s,
+                                 allowed_hosts=hosts)
     limits = ConnectionLimits(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections,
                               settings.write_timeout_s)
     try:
@@ -50,9 +43,9 @@ def serve(config: OperatorConfig) -> None:
         raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # one line per model call is noise
-    app = create_app(service, server_config)
+    app = create_app(services, server_config)
     _raise_file_limit(settings.max_connections)
-    for line in summary(config, database_url, server_config, limits):
+    for line in summary(services, server_config, limits):
         log.info("%s", line)
     # uvicorn shuts down gracefully on SIGTERM, then raises it again (the default handler would end
     # the process with -15): a graceful stop exits 0. Before uvicorn listens, SIGTERM just exits.
@@ -62,9 +55,10 @@ def serve(config: OperatorConfig) -> None:
                 http=protocol_class(limits))
 
 
-def summary(operator: OperatorConfig, database_url: str, config: ServerConfig, limits: ConnectionLimits) -> list[str]:
+def summary(services: Services, config: ServerConfig, limits: ConnectionLimits) -> list[str]:
     """What `tether serve` says when it starts: where, on which database and backend, with how many
     keys. Never a key, and no password of a URL."""
+    operator, database_url, tools = services.operator, services.database_url, services.api_agents.tools
     host, port = operator.server.host, operator.server.port
     address = f"[{host}]" if ":" in host else host
     backend = operator.models.resolved()
@@ -78,7 +72,7 @@ def summary(operator: OperatorConfig, database_url: str, config: ServerConfig, l
     keys_line = (f"{n} API key{'s' if n != 1 else ''} (each a tenant)" if n else
                  "no API keys: loopback only, answering Host localhost, 127.0.0.1 or [::1]"
                  + (f" and {', '.join(config.allowed_hosts)}" if config.allowed_hosts else ""))
-    offered = [name for name, grant in config.tools.grants.items() if grant.enabled]
+    offered = [name for name, grant in tools.grants.items() if grant.enabled]
     return [
         f"Tether serves the Assistants API at http://{address}:{port}/v1 (debug API under /v1/tether)",
         *([f"  configuration: {operator.source}"] if operator.source else []),
@@ -86,8 +80,8 @@ def summary(operator: OperatorConfig, database_url: str, config: ServerConfig, l
         f"  models: {model_line}",
         f"  keys: {keys_line}",
         f"  server-side tools: {', '.join(offered) or 'none'}; MCP servers: "
-        f"{', '.join(sorted(config.tools.mcp_servers)) or 'none'}",
-        "  file models (replay:, scripted:): " + ("allowed" if config.allow_file_models else "refused"),
+        f"{', '.join(sorted(tools.mcp_servers)) or 'none'}",
+        "  file models (replay:, scripted:): " + ("allowed" if services.api_agents.allow_file_models else "refused"),
         f"  limits: {config.concurrency} runs at once; request headers within {limits.header_timeout_s:g} s, "
         f"bodies within {limits.body_timeout_s:g} s; a client reading nothing is dropped after "
         f"{limits.write_timeout_s:g} s; {limits.max_connections} connections",

@@ -5,23 +5,21 @@ The Assistants stream is built the way the `openai` SDK's `AssistantEventHandler
 carry only new fragments; a tool step is `created` with no calls, then one delta per call; the
 stream ends at a state the client must act on (or a terminal one) with `event: done` /
 `data: [DONE]`. While a run waits (e.g. at a breakpoint) the stream sends keep-alive comments.
-Records come live from this process's bus and, for runs advanced elsewhere, from the log.
+What to send comes from a run subscription of the services (services/events.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tether.domain.events import Event
-from tether.domain.protocols import Store
 from tether.domain.records import Finished, ModelCalled, Paused, Record, ToolFinished
 from tether.interfaces.server.wire import RunLog, message_id, step_ids
 
 DONE = "event: done\ndata: [DONE]\n\n"
+KEEPALIVE = ": keep-alive\n\n"  # an SSE comment: clients ignore it, proxies see the stream is alive
 
 
 def sse(event: str, data: Any, event_id: str | None = None) -> str:
@@ -172,42 +170,3 @@ class AssistantStream:
                 self.open_tool_steps.discard(s["id"])
                 out.append(sse(f"thread.run.step.{s['status']}", s))
         return out
-
-
-def log_after(store: Store, run_id: str) -> Callable[[int], Awaitable[list[Record]]]:
-    """Reads the run's records after a seq from the log (what `follow` did not get live)."""
-
-    async def load(seq: int) -> list[Record]:
-        return [r for r in await store.load(run_id) if r.seq > seq]
-
-    return load
-
-
-async def follow(queue: asyncio.Queue[Event | None], load_since: Callable[[int], Awaitable[list[Record]]],
-                 seen: Callable[[], int], *, keepalive_s: float, poll_s: float = 1.0,
-                 ) -> AsyncIterator[Event | str]:
-    """A run's events: live ones from `queue`; records it did not bring (the run is advanced by
-    another process) from the log; a keep-alive comment (": keep-alive") when nothing happens."""
-    quiet = 0.0
-    while True:
-        try:
-            event = await asyncio.wait_for(queue.get(), timeout=poll_s)
-        except TimeoutError:
-            event = None
-            quiet += poll_s
-        if event is not None:
-            quiet = 0.0
-            if event.record is not None and event.record.seq > seen() + 1:
-                # Records written without a bus event (a decision from an HTTP answer, another
-                # process) come before this one: from the log, so none is skipped.
-                for record in await load_since(seen()):
-                    if record.seq < event.record.seq:
-                        yield Event(record.run_id, "record", record)
-            yield event
-            continue
-        for record in await load_since(seen()):
-            quiet = 0.0
-            yield Event(record.run_id, "record", record)
-        if quiet >= keepalive_s:
-            quiet = 0.0
-            yield ": keep-alive\n\n"

@@ -1,63 +1,51 @@
-"""Where the Assistants API's objects are built: run, run step and message, from the run log.
+"""Where the Assistants API's objects are built (the JSON the SDK reads), from the services' typed
+values: assistants, threads, messages, lists, and a run and its run steps from its log.
 
-Everything a client sees of a run is derived here from committed records (the run contract):
-an assistant message is a model step's text, a run step is a model step's text or tool calls,
-and a run's status, `required_action`, usage and errors come from the fold. Ids of derived
-objects are deterministic (run id + step), so every process and every request agrees on them,
-and they sort after the messages that started the run.
+Everything a client sees of a run is derived from committed records (the run contract): a run
+step is a model step's text or tool calls, and a run's status, `required_action`, usage and
+errors come from the fold (`services.thread_runs.ThreadRun`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from tether.domain.objects import StoredObject
-from tether.domain.records import Finished, ModelCalled, Record, RunStarted
+from tether.domain.records import Record
 from tether.domain.state import RunState
-from tether.domain.steps import Step, steps_of
+from tether.domain.steps import Step
+from tether.services.assistants.agents import CODE_INTERPRETER
+from tether.services.assistants.documents import Assistant, Thread
+from tether.services.assistants.thread_runs import ThreadMessage, ThreadRun, message_id, step_ids, text_content
+from tether.services.pages import Cursor, Page, paged
 
-CODE_INTERPRETER = "code_interpreter"  # the python tool's name when a client asked for code_interpreter
-_TERMINAL_STATUS = {"completed": "completed", "failed": "failed", "cancelled": "cancelled",
-                    "incomplete": "incomplete"}
-
-
-def derived_id(prefix: str, run_id: str, run_ts: float, step: int, part: int) -> str:
-    """A time-ordered id for an object derived from step `step` of a run (same width as `new_id`)."""
-    micros = int(run_ts * 1_000_000) + step * 4 + part
-    digest = hashlib.sha256(f"{run_id}:{step}:{part}".encode()).hexdigest()[:12]
-    return f"{prefix}_{micros:014x}{digest}"
-
-
-def message_id(run_id: str, run_ts: float, step: int) -> str:
-    return derived_id("msg", run_id, run_ts, step, 1)
-
-
-def step_ids(run_id: str, run_ts: float, step: int) -> tuple[str, str]:
-    """The ids of a model step's message_creation step and tool_calls step."""
-    return derived_id("step", run_id, run_ts, step, 2), derived_id("step", run_id, run_ts, step, 3)
-
-
-def text_content(text: str) -> list[dict[str, Any]]:
-    return [{"type": "text", "text": {"value": text, "annotations": []}}]
-
+__all__ = ["RunLog", "message_id", "step_ids", "text_content"]  # the ids streaming.py reads from here
+T = TypeVar("T")
 
 def stamp(ts: float | None) -> int | None:
     return None if ts is None else int(ts)
 
 
-# -- assistants, threads, stored messages ----------------------------------------------------------
+# -- assistants, threads, messages, lists ---------------------------------------------------------
 
 
-def plain_object(obj: StoredObject, kind: str) -> dict[str, Any]:
-    """An assistant or thread as the API shows it: its stored fields plus id, object, created_at."""
-    out = {"id": obj.id, "object": kind, "created_at": int(obj.created_at), **obj.data}
-    if "tools" in out:
-        out["tools"] = wire_tools(out["tools"])
-    return out
+def assistant(a: Assistant) -> dict[str, Any]:
+    data = a.settings.stored()
+    return {"id": a.id, "object": "assistant", "created_at": int(a.created_at), **data,
+            "tools": wire_tools(data["tools"])}
+
+
+def thread(t: Thread) -> dict[str, Any]:
+    return {"id": t.id, "object": "thread", "created_at": int(t.created_at), **t.fields.stored()}
+
+
+def message(m: ThreadMessage) -> dict[str, Any]:
+    return {"id": m.id, "object": "thread.message", "created_at": int(m.created_at), "thread_id": m.thread_id,
+            **m.fields.stored()}
 
 
 def wire_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -66,69 +54,35 @@ def wire_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in t.items() if v is not None} for t in tools]
 
 
-def stored_message(obj: StoredObject) -> dict[str, Any]:
-    return {"id": obj.id, "object": "thread.message", "created_at": int(obj.created_at),
-            "thread_id": obj.parent_id, **obj.data}
+def listing(p: Page[T], shown: Callable[[T], dict[str, Any]]) -> dict[str, Any]:
+    """OpenAI's list envelope of a page."""
+    data = [shown(item) for item in p.data]
+    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None, "has_more": p.has_more}
+
+
+def page(items: list[dict[str, Any]], cursor: Cursor) -> dict[str, Any]:
+    """The list envelope of a page of `items` (objects oldest first, all in memory)."""
+    return listing(paged(items, cursor, lambda i: str(i["id"])), lambda i: i)
 
 
 # -- runs ------------------------------------------------------------------------------------------
 
 
-class RunLog:
-    """One run's records and fold, with what the API derives from them."""
+class RunLog(ThreadRun):
+    """A run of a thread with its API objects: the run, its run steps and its messages."""
 
     def __init__(self, row: StoredObject, records: list[Record], state: RunState) -> None:
-        self.row, self.records, self.state = row, records, state
-        first = records[0]
-        assert isinstance(first.payload, RunStarted)
-        self.run_ts = first.ts
-        self.steps = steps_of(records)
+        super().__init__(row, records, state)
         self._run_steps: list[dict[str, Any]] | None = None  # derived once per state of the log
 
-    @property
-    def id(self) -> str:
-        return self.row.id
-
     def add(self, record: Record) -> None:
-        """One more record of the run (a live stream follows the run this way)."""
-        self.records.append(record)
-        self.state.apply(record)
-        self.steps = steps_of(self.records)
+        super().add(record)
         self._run_steps = None
 
-    def model_steps(self) -> list[tuple[Step, float]]:
-        """Each model step with the time its answer was recorded."""
-        times = {r.payload.step: r.ts for r in self.records if isinstance(r.payload, ModelCalled)}
-        return [(s, times.get(s.number, self.run_ts)) for s in self.steps if s.type == "model"]
-
-    def finished(self) -> tuple[Finished, float] | None:
-        last = self.records[-1]
-        return (last.payload, last.ts) if isinstance(last.payload, Finished) else None
-
     def messages(self) -> list[dict[str, Any]]:
-        """The assistant messages this run wrote: one per model step with text."""
-        out = []
-        end = self.finished()
-        for s, ts in self.model_steps():
-            if not s.text:
-                continue
-            status, incomplete = "completed", None
-            if end is not None and end[0].status == "incomplete" and s.number == self._last_model_step():
-                status, incomplete = "incomplete", {"reason": "max_tokens"}
-            out.append({
-                "id": message_id(self.id, self.run_ts, s.number), "object": "thread.message",
-                "created_at": int(ts), "thread_id": self.row.parent_id, "role": "assistant",
-                "content": text_content(s.text), "assistant_id": self.row.data.get("assistant_id"),
-                "run_id": self.id, "attachments": [], "metadata": {}, "status": status,
-                "completed_at": int(ts) if status == "completed" else None,
-                "incomplete_at": int(ts) if status == "incomplete" else None,
-                "incomplete_details": incomplete,
-            })  # fmt: skip
-        return out
-
-    def _last_model_step(self) -> int:
-        numbers = [s.number for s in self.steps if s.type == "model"]
-        return max(numbers) if numbers else 0
+        """The assistant messages this run wrote."""
+        return [message(m) for m in self.thread_messages()]
 
     def run_steps(self) -> list[dict[str, Any]]:
         """The run's steps as the API shows them, oldest first (do not change them: they are kept)."""
@@ -167,7 +121,7 @@ class RunLog:
         end_ts = stamp(end[1]) if end is not None else None
         return {
             "id": step_id, "object": "thread.run.step", "created_at": int(ts), "run_id": self.id,
-            "assistant_id": self.row.data.get("assistant_id"), "thread_id": self.row.parent_id,
+            "assistant_id": self.settings.assistant_id, "thread_id": self.row.parent_id,
             "type": details["type"], "status": status, "step_details": details,
             "completed_at": stamp(finished_at) if status == "completed" else None,
             "cancelled_at": end_ts if status == "cancelled" else None,
@@ -177,33 +131,18 @@ class RunLog:
 
     def pending_calls(self) -> list[dict[str, Any]]:
         """The client tool calls the run waits for (`required_action`)."""
-        pause = self.state.pause
-        if pause is None:
-            return []
         return [{"id": i.call_id, "type": "function", "function": {"name": i.name, "arguments": i.arguments or "{}"}}
-                for i in pause.items if i.reason == "client_tool"]
-
-    def waits_for_client(self) -> bool:
-        pause = self.state.pause
-        return pause is not None and all(i.reason == "client_tool" for i in pause.items)
+                for i in self.client_calls()]
 
     def run(self, *, queued: bool = False, cancelling: bool = False) -> dict[str, Any]:
         """The run object. `queued`: created or answered, and no worker has taken it yet."""
-        data, state = dict(self.row.data), self.state
+        data, state = self.settings.stored(), self.state
         end = self.finished()
         pause = state.pause
-        status = "in_progress"
+        status = self.status(queued=queued, cancelling=cancelling)
         extra: dict[str, Any] = {}
-        if end is not None:
-            status = _TERMINAL_STATUS.get(end[0].status, "failed")
-        elif cancelling:
-            status = "cancelling"
-        elif pause is not None and self.waits_for_client():
-            status = "requires_action"
-        elif pause is not None:
+        if status == "in_progress" and pause is not None:
             extra["tether_pause"] = {"pause_id": pause.pause_id, "items": [_item(i) for i in pause.items]}
-        elif queued:
-            status = "queued"
         started = next((r.ts for r in self.records[1:]), None)
         if started is None and status == "in_progress":
             started = self.row.created_at  # taken by a worker, nothing recorded yet
@@ -223,7 +162,6 @@ class RunLog:
             reason = end[0].error if end[0].error in ("max_prompt_tokens", "max_completion_tokens") else None
             incomplete = {"reason": reason}
         tools = data.pop("tools", [])
-        data.pop("additional_instructions", None)
         return {
             "id": self.id, "object": "thread.run", "created_at": int(self.row.created_at),
             "thread_id": self.row.parent_id, "status": status, "started_at": stamp(started),

@@ -1,0 +1,1 @@
+"""The Assistants API's routes, one module (an APIRouter) per resource."""
