@@ -36,9 +36,12 @@ MEMBER_VALUES = {m.value for enum in (RunStatus, PauseReason, Stop, StepStatus) 
 # Modules that map Tether's values to another format's strings (or back), so they spell the other
 # format's values: each with the reason. Keep it short.
 ALLOWED: dict[str, str] = {
+    "interfaces/server/wire.py": "builds the Assistants API's run and run-step objects, whose statuses are "
+                                 "OpenAI's words (in_progress, completed, cancelled...); the run statuses it "
+                                 "derives them from are compared as members",
 }
 # Converted once the branches that move them have landed.
-NOT_YET = {"interfaces/cli/app.py", "interfaces/server/"}
+NOT_YET: set[str] = set()
 # Names whose values are another closed set that shares words with these (a record's kind is "paused").
 OTHER_SETS = {"kind", "type"}
 # Not checked, and why:
@@ -50,7 +53,7 @@ OTHER_SETS = {"kind", "type"}
 
 
 def _strings(node: ast.AST | None) -> Iterator[ast.Constant]:
-    """The string literals `node` is, or holds as a tuple, list or set of literals."""
+    """The string literals `node` is, or holds as a tuple, list or set (literal or built) of literals."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         yield node
     elif isinstance(node, ast.Tuple | ast.List | ast.Set):
@@ -58,6 +61,9 @@ def _strings(node: ast.AST | None) -> Iterator[ast.Constant]:
             yield from _strings(element)
     elif isinstance(node, ast.Starred):
         yield from _strings(node.value)
+    elif isinstance(node, ast.Call) and _name(node.func) in ("frozenset", "set", "tuple", "list"):
+        for arg in node.args:
+            yield from _strings(arg)
 
 
 def _name(node: ast.AST) -> str | None:

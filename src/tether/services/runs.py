@@ -359,7 +359,7 @@ class RunsService:
         if info is None:
             return QueueState(False, False)
         elsewhere = info.lease_owner not in (None, self.owner) and (info.lease_expires or 0) > time.time()
-        queued = info.status == "queued" and not self.advancing(run_id) and not elsewhere
+        queued = info.status == RunStatus.QUEUED and not self.advancing(run_id) and not elsewhere
         asked = info.status in ACTIVE and await self.store.cancel_requested(run_id) is not None
         return QueueState(queued, asked)
 

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.text import Text
 
 from tether.domain.errors import TetherError
-from tether.domain.records import ACTIVE, TERMINAL
+from tether.domain.records import ACTIVE, TERMINAL, PauseReason, RunStatus
 from tether.interfaces.cli.helpfix import localize_help, plain_flags
 from tether.interfaces.cli.invocation import cmd, command, localize, version
 from tether.interfaces.cli.render import (
@@ -165,9 +165,9 @@ def _load_agent(path: Path, model: str | None) -> Agent:
 
 
 def _exit_code(view: RunView) -> int:
-    if view.status == "completed":
+    if view.status == RunStatus.COMPLETED:
         return EXIT_OK
-    if view.status == "paused":
+    if view.status == RunStatus.PAUSED:
         return EXIT_PAUSED
     if view.status in TERMINAL:
         return EXIT_FAILED
@@ -178,7 +178,7 @@ def _after(view: RunView, *, how_to_see: bool = True, listed: bool = True) -> in
     """Say where the run stands and how to go on; return the exit code.
 
     `listed`: the live view already showed the pending items of a pause."""
-    if view.status == "paused":
+    if view.status == RunStatus.PAUSED:
         console.print(Text.assemble(("run ", ""), (view.id, "bold"), (" is paused", "bold magenta"),
                                     (" and waits for an answer" + ("." if listed else ":"), "")),
                       soft_wrap=SOFT)
@@ -192,7 +192,7 @@ def _after(view: RunView, *, how_to_see: bool = True, listed: bool = True) -> in
     elif view.status in ACTIVE:
         console.print(f"run {view.id} is {view.status}: another worker is advancing it; "
                       f"follow it with `{cmd(f'runs show {view.id}')}`", soft_wrap=SOFT)
-    if how_to_see and view.status != "paused":
+    if how_to_see and view.status != RunStatus.PAUSED:
         console.print(Text(f"see the whole run: {cmd(f'runs show {view.id}')}", style="dim"), soft_wrap=SOFT)
     return _exit_code(view)
 
@@ -237,7 +237,7 @@ def _say_interrupted(run_id: str) -> None:
         err_console.print(f"interrupted. Run {run_id} is kept: `{cmd(f'runs show {run_id}')}` says where it "
                           "stands.", soft_wrap=True)
         return
-    if view.status == "paused":
+    if view.status == RunStatus.PAUSED:
         what = "is paused and waits for an answer: " + "; ".join(how_to_answer(run_id, view.pending))
     elif view.status in TERMINAL:
         what = f"had already ended ({view.status}): there is nothing to resume"
@@ -247,7 +247,8 @@ def _say_interrupted(run_id: str) -> None:
     err_console.print(f"interrupted. Run {run_id} {what}.", soft_wrap=True)
 
 
-DEBUGGABLE = frozenset({"breakpoint", "approval", "budget"})  # pauses the debugger opens on by itself
+# Pauses the debugger opens on by itself.
+DEBUGGABLE = frozenset({PauseReason.BREAKPOINT, PauseReason.APPROVAL, PauseReason.BUDGET})
 
 
 def _check_breaks(specs: list[str] | None, agent: Agent) -> list[str]:
@@ -293,7 +294,7 @@ def _after_debug(view: RunView) -> int:
     """After the debugger: the exit code of where the run stands (it said itself how it ended)."""
     if view.status in TERMINAL:
         console.print(Text(f"see the whole run: {cmd(f'runs show {view.id}')}", style="dim"), soft_wrap=SOFT)
-    elif view.status != "paused":
+    elif view.status != RunStatus.PAUSED:
         return _after(view)
     return _exit_code(view)
 
@@ -388,7 +389,7 @@ def demo_cmd(
                                                              on_event=on_event), show_pauses=no_debug)
     view, debugged = _maybe_debug(view, agent, no_debug)
     console.print()
-    if debugged and view.status in ("paused", *TERMINAL):
+    if debugged and view.status in (RunStatus.PAUSED, *TERMINAL):
         code = _exit_code(view)
     else:
         code = _after(view, how_to_see=False, listed=no_debug)
@@ -429,7 +430,7 @@ def debug_cmd(run_id: Annotated[str, typer.Argument(help="The paused run (run_â€
 
 # -- tether runs â€¦ ------------------------------------------------------------------------------
 
-STATUSES = ("queued", "running", "paused", "completed", "failed", "cancelled", "incomplete")
+STATUSES = tuple(s.value for s in RunStatus)
 
 
 @runs_app.command("list")
@@ -445,7 +446,8 @@ def list_cmd(
     _use_config(config)
     if status is not None and status not in STATUSES:
         raise UsageMistake(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
-    runs = _service_call(lambda service: service.list(limit=limit, status=status))
+    wanted = None if status is None else RunStatus(status)
+    runs = _service_call(lambda service: service.list(limit=limit, status=wanted))
     if not runs:
         console.print("no runs" + (f" with status {status}" if status else "") +
                       f" yet. Try `{cmd('demo')}`.")
@@ -472,7 +474,7 @@ def show_cmd(
     printer.all(view.records)
     if view.records:
         console.print(Text(f"created {fmt_time(view.records[0].ts)}", style="dim"))
-    if view.status == "paused":
+    if view.status == RunStatus.PAUSED:
         console.print("answer it with:")
         for line in how_to_answer(view.id, view.pending):
             console.print(Text("  " + line, style="bold"), soft_wrap=SOFT)
@@ -493,7 +495,7 @@ def cancel_cmd(run_id: Annotated[str, typer.Argument(help="The run to cancel.", 
     view = _service_call(lambda service: service.cancel(run_id, by="cli"))
     console.print(Text.assemble(("run ", ""), (view.id, "bold"), (" is ", ""),
                                 (view.status, STATUS_STYLE.get(view.status, ""))))
-    if view.status == "cancelled":
+    if view.status == RunStatus.CANCELLED:
         raise typer.Exit(EXIT_OK)
     # Not cancelled (yet): never exit 0 for a cancel that did not happen.
     if view.status in ACTIVE:
@@ -520,7 +522,7 @@ def resume_cmd(run_id: Annotated[str, typer.Argument(help="The run to resume.", 
         if before.status in TERMINAL:
             raise UsageMistake(f"run {run_id} already finished ({before.status}); there is nothing to "
                                f"resume. `{cmd(f'runs show {run_id}')}` shows it")
-        if before.status == "paused":
+        if before.status == RunStatus.PAUSED:
             raise UsageMistake(f"run {run_id} is paused, not interrupted: answer its pause instead:\n  "
                                + "\n  ".join(how_to_answer(run_id, before.pending)))
         return await service.resume(run_id, on_event=on_event)

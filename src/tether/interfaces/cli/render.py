@@ -24,6 +24,7 @@ from tether.domain.records import (
     Finished,
     ModelCalled,
     Paused,
+    PauseReason,
     PendingItem,
     Record,
     RunStarted,
@@ -351,7 +352,7 @@ def how_to_answer(run_id: str, items: list[PendingItem]) -> list[str]:
     out = []
     for item in items:
         # a client tool's output, or the result of a call that may have run
-        supply = "--supply OUTPUT" if item.reason == "client_tool" else "--supply RESULT"
+        supply = "--supply OUTPUT" if item.reason == PauseReason.CLIENT_TOOL else "--supply RESULT"
         flags = {"rerun": "--rerun", "supply": supply, "continue": "--continue", "abort": "--abort"}
         ok = [a for a in actions_for(item) if a != "continue" or not needs_answer(item)]
         given = [flag for action, flag in flags.items() if action in ok]

@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 from tether.domain.breakpoints import BreakpointError
 from tether.domain.codec import dump_payload
 from tether.domain.errors import NotFound
-from tether.domain.records import TERMINAL, Record
+from tether.domain.records import TERMINAL, Record, RunStatus
 from tether.domain.steps import steps_of
 from tether.interfaces.server import schemas
 from tether.interfaces.server.assistants import AssistantsApi
@@ -114,7 +114,7 @@ def add_debug_routes(app: FastAPI, api: AssistantsApi, services: Services, *, ke
         await debug_run(request, run_id)
         # The fork of an API run gets a new thread of its own (the Assistants service listens to forks)
         view = await service.fork(run_id, body.step, body.edits, drive=False)
-        if view.status not in TERMINAL and view.status != "paused":
+        if view.status not in TERMINAL and view.status != RunStatus.PAUSED:
             dispatcher.submit(view.id)
         return await debug_view(view.id)
 

@@ -15,11 +15,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tether.domain.records import Finished, ModelCalled, Paused, Record, ToolFinished
+from tether.domain.records import Finished, ModelCalled, Paused, Record, RunStatus, ToolFinished
 from tether.interfaces.server.wire import RunLog, message_id, step_ids
 
 DONE = "event: done\ndata: [DONE]\n\n"
 KEEPALIVE = ": keep-alive\n\n"  # an SSE comment: clients ignore it, proxies see the stream is alive
+# The event that says how a run ended, named by the Assistants API.
+_FINISHED_EVENT = {RunStatus.COMPLETED: "thread.run.completed", RunStatus.FAILED: "thread.run.failed",
+                   RunStatus.CANCELLED: "thread.run.cancelled", RunStatus.INCOMPLETE: "thread.run.incomplete"}
 
 
 def sse(event: str, data: Any, event_id: str | None = None) -> str:
@@ -61,9 +64,7 @@ class AssistantStream:
         elif isinstance(p, Finished):
             run = await self.run_object(log)
             out += self._close_tool_steps()
-            event = {"completed": "thread.run.completed", "failed": "thread.run.failed",
-                     "cancelled": "thread.run.cancelled", "incomplete": "thread.run.incomplete"}[p.status]
-            out.append(sse(event, run))
+            out.append(sse(_FINISHED_EVENT[p.status], run))
             self.done = True
         return out
 

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from tether.domain.objects import StoredObject
-from tether.domain.records import Record
+from tether.domain.records import Record, RunStatus
 from tether.domain.state import RunState
-from tether.domain.steps import Step
+from tether.domain.steps import DONE, Step
 from tether.services.assistants.agents import CODE_INTERPRETER
 from tether.services.assistants.documents import Assistant, Thread
 from tether.services.assistants.thread_runs import ThreadMessage, ThreadRun, message_id, step_ids, text_content
@@ -105,10 +105,10 @@ class RunLog(ThreadRun):
                 usage = None  # counted once
             if s.tool_calls:
                 calls = [by_call[c[0]] for c in s.tool_calls if c[0] in by_call]
-                done = all(c.status in ("completed", "failed") for c in calls)
+                done = all(c.status in DONE for c in calls)
                 status = "completed" if done else "in_progress"
                 if not done and end is not None:
-                    status = "cancelled" if end[0].status == "cancelled" else "failed"
+                    status = "cancelled" if end[0].status == RunStatus.CANCELLED else "failed"
                 finished_at = max((c.finished_at or ts for c in calls), default=ts) if done else None
                 out.append(self._step(tools_step, ts + 1e-6, status, finished_at, {
                     "type": "tool_calls", "tool_calls": [tool_call(c) for c in calls],
@@ -153,12 +153,12 @@ class RunLog(ThreadRun):
             usage = _usage(u.input_tokens, u.output_tokens)
         last_error = None
         incomplete = None
-        if end is not None and end[0].status == "failed":
+        if end is not None and end[0].status == RunStatus.FAILED:
             # The backend's address is the operator's business, not every tenant's.
             message = re.sub(r"\bhttps?://\S+", "the model server", end[0].error or "the run failed")
             code = "rate_limit_exceeded" if "429" in message or "rate limit" in message.lower() else "server_error"
             last_error = {"code": code, "message": message}
-        if end is not None and end[0].status == "incomplete":
+        if end is not None and end[0].status == RunStatus.INCOMPLETE:
             reason = end[0].error if end[0].error in ("max_prompt_tokens", "max_completion_tokens") else None
             incomplete = {"reason": reason}
         tools = data.pop("tools", [])
@@ -179,7 +179,7 @@ class RunLog(ThreadRun):
 def tool_call(s: Step) -> dict[str, Any]:
     """A tool step as a run step's tool call; server-run calls have their output filled."""
     output = None
-    if s.status in ("completed", "failed"):
+    if s.status in DONE:
         output = f"Error: {s.error}" if s.error is not None else (s.result or "")
     if s.name == CODE_INTERPRETER:
         try:

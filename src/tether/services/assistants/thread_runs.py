@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from tether.domain.objects import StoredObject
-from tether.domain.records import Finished, ModelCalled, PendingItem, Record, RunStarted
+from tether.domain.records import Finished, ModelCalled, PauseReason, PendingItem, Record, RunStarted, RunStatus
 from tether.domain.state import RunState
 from tether.domain.steps import Step, steps_of
 from tether.services.assistants.documents import MessageFields, RunSettings
 
-_TERMINAL_STATUS = {"completed": "completed", "failed": "failed", "cancelled": "cancelled",
-                    "incomplete": "incomplete"}
+# The Assistants API's word for how a run ended (today the same words as Tether's, by choice).
+_TERMINAL_STATUS = {RunStatus.COMPLETED: "completed", RunStatus.FAILED: "failed", RunStatus.CANCELLED: "cancelled",
+                    RunStatus.INCOMPLETE: "incomplete"}
 
 
 def derived_id(prefix: str, run_id: str, run_ts: float, step: int, part: int) -> str:
@@ -105,7 +106,7 @@ class ThreadRun:
         for s, ts in self.model_steps():
             if not s.text:
                 continue
-            incomplete = end is not None and end[0].status == "incomplete" and s.number == last_model_step
+            incomplete = end is not None and end[0].status == RunStatus.INCOMPLETE and s.number == last_model_step
             fields = MessageFields(
                 role="assistant", content=text_content(s.text), assistant_id=self.settings.assistant_id,
                 run_id=self.id, status="incomplete" if incomplete else "completed",
@@ -117,11 +118,11 @@ class ThreadRun:
     def client_calls(self) -> list[PendingItem]:
         """The client tool calls the run waits for (`required_action`)."""
         pause = self.state.pause
-        return [] if pause is None else [i for i in pause.items if i.reason == "client_tool"]
+        return [] if pause is None else [i for i in pause.items if i.reason == PauseReason.CLIENT_TOOL]
 
     def waits_for_client(self) -> bool:
         pause = self.state.pause
-        return pause is not None and all(i.reason == "client_tool" for i in pause.items)
+        return pause is not None and all(i.reason == PauseReason.CLIENT_TOOL for i in pause.items)
 
     def status(self, *, queued: bool = False, cancelling: bool = False) -> str:
         """The run's status as the Assistants API names it. `queued`: created or answered, and no
