@@ -500,6 +500,10 @@ def check_cursors(c: httpx2.Client, path: str, oldest_first: list[str]) -> None:
         # a cursor at either end
         assert c.get(path, params={"order": order, "after": expected[-1]}).json()["data"] == []
         assert c.get(path, params={"order": order, "before": expected[0]}).json()["data"] == []
+        # an empty cursor is no cursor
+        for empty in ({"after": ""}, {"before": ""}, {"after": "", "before": ""}):
+            page = c.get(path, params={"order": order, "limit": 100, **empty}).json()
+            assert [o["id"] for o in page["data"]] == expected, empty
 
 
 def test_cursors_on_messages(client: httpx2.Client) -> None:

@@ -18,6 +18,11 @@ class Cursor:
     limit: int = 20
     order: Order = "desc"
 
+    def __post_init__(self) -> None:
+        # `?after=` (an empty value) means no cursor, as OpenAI and this server before took it
+        object.__setattr__(self, "after", self.after or None)
+        object.__setattr__(self, "before", self.before or None)
+
 
 @dataclass(slots=True)
 class Page(Generic[T]):
