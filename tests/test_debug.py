@@ -603,3 +603,26 @@ async def test_a_budget_can_be_lifted_and_raised_limits_must_be_whole_where_they
     run = await service.answer(run.id, {run.pending[0].id: ("continue", {"limits": {"max_steps": 10,
                                                                                    "max_tokens": None}})})
     assert run.status == "completed" and run.output == "result 3"
+
+
+def test_the_log_shows_what_an_edit_replaced():
+    """`runs show` prints an edit with the value it replaced (recorded as `old`), as it did before
+    decisions were typed."""
+    import io
+
+    from rich.console import Console
+
+    from tether.domain.answers import EditArguments, EditOutput
+    from tether.domain.events import Event
+    from tether.domain.records import Decision, Record
+    from tether.interfaces.cli.render import RunPrinter
+
+    out = io.StringIO()
+    printer = RunPrinter(Console(file=out, width=200), limit=None)
+    edits = [EditArguments('{"expression": "1+2"}', old='{"expression": "6*7"}'), EditOutput("forty-two", old="42")]
+    for seq, answer in enumerate(edits, 1):
+        decision = Decision("pause_1", "call_1", answer, "cli", call_id="call_1", step=2, stop="before_tool")
+        printer.on_event(Event("run_1", "record", Record("run_1", seq, 1.0, decision)))
+    text = out.getvalue()
+    assert '"arguments": {"expression": "1+2"}, "old": {"expression": "6*7"}' in text, text
+    assert '"output": "forty-two", "old": "42"' in text, text

@@ -152,8 +152,22 @@ Answer = Continue | Step | Edit | Skip | Supply | Approve | Deny | Rerun | Abort
 TaggedAnswer = Annotated[Answer, _ByType()]  # the type of a decision's answer field
 
 
-def answer_value(a: Answer) -> Any:
-    """What an answer carries, as plain JSON data for display (None: nothing beyond its action)."""
+def answer_value(a: Answer, *, with_old: bool = False) -> Any:
+    """What an answer carries, as plain JSON data for display (None: nothing beyond its action).
+    `with_old`: an edit shows the value it replaced too (as a run's log is shown)."""
+    value = _answer_value(a)
+    old = getattr(a, "old", None)
+    if with_old and old is not None and isinstance(value, dict):
+        if isinstance(old, list):
+            value["old"] = [message_to_dict(m) for m in old]
+        elif isinstance(old, Message):
+            value["old"] = message_to_dict(old)
+        else:
+            value["old"] = _json(old) if isinstance(a, EditArguments) else old  # arguments: shown as JSON
+    return value
+
+
+def _answer_value(a: Answer) -> Any:
     if isinstance(a, Skip | Supply):
         return a.result
     if isinstance(a, Deny):

@@ -303,7 +303,7 @@ class RunPrinter:
     def _decision(self, d: Decision, ts: float) -> None:
         line = Text.assemble(("  ↳ decision ", "magenta"), (d.action, "bold"), (f" on {d.item_id}", ""),
                              (f" by {d.by}", "dim"))
-        value = answer_value(d.answer)
+        value = answer_value(d.answer, with_old=True)  # an edit shows what it replaced
         if value is not None:
             line.append(": ")
             line.append(one_line(value if isinstance(value, str) else json.dumps(value, default=str), self.limit))
