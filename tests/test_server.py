@@ -269,6 +269,16 @@ def test_fork_over_http_gets_a_new_thread_with_the_whole_conversation(client, ht
         ("user", f"add these {marker}"), ("assistant", "The answer is 500")]
     assert client.beta.threads.retrieve(fork["thread_id"]).metadata["forked_from"].startswith(thread_id)
 
+    # A wrong fork is a 400 naming the field
+    for body, param in [({"step": 99, "edits": {"result": "1"}}, "step"),
+                        ({"step": 2, "edits": {"bogus": 1}}, "edits"),
+                        ({"step": 2, "edits": {"result": "1", "bogus": 1}}, "edits"),
+                        ({"step": 1, "edits": {"result": "1"}}, "edits"),
+                        ({"step": 2, "edits": {"arguments": "{not json"}}, "edits.arguments"),
+                        ({"step": 1, "edits": {"messages": [{"nope": 1}]}}, "edits.messages")]:
+        r = http.post(f"/tether/runs/{run_id}/fork", json=body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (body, r.text)
+
 
 def test_breakpoints_on_a_paused_run_and_cancel(client, http, script, calc_assistant):
     marker = script.add(calculator_then_echo("1+1"), "bp")

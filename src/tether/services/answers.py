@@ -29,7 +29,7 @@ from tether.domain.answers import (
 )
 from tether.domain.breakpoints import Breakpoint, Stop, unknown_paths, uses_cost
 from tether.domain.decisions import Effects, apply_answer, check_action, edits
-from tether.domain.errors import TetherError
+from tether.domain.errors import InvalidRequest, TetherError
 from tether.domain.ids import new_id
 from tether.domain.messages import Message, ToolCall, message_from_dict, message_to_dict
 from tether.domain.models import ModelResponse
@@ -117,21 +117,28 @@ def edit_answer(item: PendingItem, new: Any, view: RunView) -> Answer:
 
 
 def fork_edit(state: RunState, step: int, edits: dict[str, Any]) -> Decision:
-    """The decision that applies a fork's edits at `step` (pause id "fork": no pause to answer)."""
+    """The decision that applies a fork's edits at `step` (pause id "fork": no pause to answer).
+    A wrong edit is an InvalidRequest naming the field (`edits`, `edits.arguments`, ...)."""
     call = next((c for c in state.batch if c.step == step), None)
-    if call is not None:
-        cid = call.call.id
-        if "result" in edits:
-            return Decision("fork", cid, Skip(as_text(edits["result"])), "fork", cid, step, Stop.BEFORE_TOOL)
-        if "arguments" in edits:
-            return Decision("fork", cid, EditArguments(json_object(edits["arguments"])), "fork", cid, step,
-                            Stop.BEFORE_TOOL)
-    elif "messages" in edits:
-        messages = check_messages(edits["messages"])  # fail now on a bad message, not in the fold
+    fits = {"result", "arguments"} if call is not None else {"messages"}
+    if len(edits) != 1 or not set(edits) <= fits:
+        where = "a tool step: give arguments or result" if call is not None else "a model step: give messages"
+        raise InvalidRequest(f"step {step} is {where}, one of them (got {sorted(edits)})", "edits")
+    (key, value), = edits.items()
+    try:
+        if call is not None and key == "result":
+            cid = call.call.id
+            return Decision("fork", cid, Skip(as_text(value)), "fork", cid, step, Stop.BEFORE_TOOL)
+        if call is not None:
+            cid = call.call.id
+            return Decision("fork", cid, EditArguments(json_object(value)), "fork", cid, step, Stop.BEFORE_TOOL)
+        messages = check_messages(value)  # fail now on a bad message, not in the fold
         return Decision("fork", f"{Stop.BEFORE_MODEL}:{step}", EditMessages(messages), "fork", None, step,
                         Stop.BEFORE_MODEL)
-    where = "a tool step: give arguments or result" if call is not None else "a model step: give messages"
-    raise TetherError(f"step {step} is {where} (got {sorted(edits)})")
+    except InvalidRequest:
+        raise
+    except TetherError as e:
+        raise InvalidRequest(str(e), f"edits.{key}") from None
 
 
 # -- what an item holds now ------------------------------------------------------------------------

@@ -535,8 +535,8 @@ class RunsService:
         parent = await self._records(run_id)
         parent_state = fold(run_id, parent)
         if not 1 <= step <= parent_state.last_step + 1:
-            raise TetherError(f"run {run_id} has steps 1..{parent_state.last_step}; fork at one of them "
-                              f"(or at {parent_state.last_step + 1} to go on from its end)")
+            raise InvalidRequest(f"run {run_id} has steps 1..{parent_state.last_step}; fork at one of them "
+                                 f"(or at {parent_state.last_step + 1} to go on from its end)", "step")
         assert parent_state.agent is not None
         agent = await self.agent_for(parent_state.agent)
         _ = agent.model  # a model that cannot be reached fails here, before the fork exists
