@@ -31,11 +31,16 @@ LOOKUP = {"type": "function", "function": {"name": "lookup", "description": "Loo
                                            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}
 
 
+SLOW_REPLY_S = 4.0  # a model call in flight far shorter than the server's heartbeat (30 s / 3)
+
+
 def model(body: dict[str, Any]) -> FakeReply | str:
     """After a tool result: "The answer is RESULT"; else a calculator call, or a lookup when asked."""
     messages = body.get("messages") or []
     if messages[-1].get("role") == "tool":
         return f"The answer is {messages[-1]['content']}"
+    if "take your time" in json.dumps(messages):
+        return FakeReply(text="done slowly", delay_s=SLOW_REPLY_S)
     if "look it up" in json.dumps(messages):
         return FakeReply(tool_calls=[FakeToolCall("lookup", {"q": "weather"})])
     return FakeReply(tool_calls=[FakeToolCall("calculator", {"expression": "6*7"})])
@@ -151,6 +156,21 @@ def test_a_server_run_is_cancelled_from_the_cli_with_no_model_backend(cli, serve
     assert client.beta.threads.runs.retrieve(run_id, thread_id=thread_id).status == "cancelled"
     shown = cli("runs", "show", run_id, extra_env={"TETHER_DATABASE_URL": server.database_url})
     assert shown.returncode == 0, shown.all
+
+
+def test_a_cli_cancel_during_a_slow_model_call_of_the_server_ends_the_run_cancelled(cli, server, client,
+                                                                                     assistant, fake):
+    run = client.beta.threads.create_and_run(assistant_id=assistant, thread={"messages": [
+        {"role": "user", "content": "take your time"}]})
+    deadline = time.monotonic() + 30
+    while not any("take your time" in json.dumps(b.get("messages")) for b in fake.requests):
+        assert time.monotonic() < deadline, "the server never called the model"
+        time.sleep(0.05)  # the model call is in flight now
+    cancelled = cli("runs", "cancel", run.id, extra_env={"TETHER_DATABASE_URL": server.database_url})
+    assert cancelled.returncode == 0, cancelled.all
+    assert "cancelled" in cancelled.stdout
+    assert client.beta.threads.runs.retrieve(run.id, thread_id=run.thread_id).status == "cancelled"
+    assert debug_view(server, run.id)["error"] == "cancelled by cli"
 
 
 def test_a_wrong_configuration_is_one_clear_line(cli, tmp_path):

@@ -18,6 +18,7 @@ from tether.domain.errors import AlreadyResumed, ConfigError
 from tether.domain.models import ModelRequest
 from tether.domain.records import Finished, ToolStarted
 from tether.domain.tools import ToolContext, ToolError
+from tether.engine.executor import SLOW_CALL_S
 from tether.services.agents import Agent
 from tether.services.runs import RunsService
 
@@ -328,6 +329,68 @@ async def test_a_paused_run_can_be_cancelled(service):
     cancelled = await service.cancel(run.id)
     assert cancelled.status == "cancelled" and cancelled.pending == []
     assert cancelled.messages[-1].role == "tool" and "not run" in cancelled.messages[-1].text
+
+
+class CountedStore(MemoryStore):
+    """A store that counts the reads of a cancel request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancel_reads = 0
+
+    async def cancel_requested(self, run_id: str) -> str | None:
+        self.cancel_reads += 1
+        return await super().cancel_requested(run_id)
+
+
+async def asked_elsewhere(store: MemoryStore) -> None:
+    """What `tether runs cancel` in another process records (this one's heartbeat is 10 s away)."""
+    (run,) = await store.list_runs(limit=1)
+    await store.request_cancel(run.id, "cancelled by cli")
+
+
+async def test_a_cancel_asked_elsewhere_during_a_slow_model_call_ends_the_run_when_it_returns():
+    store = CountedStore()
+
+    async def slow(request: ModelRequest):
+        await asked_elsewhere(store)
+        await asyncio.sleep(SLOW_CALL_S)
+        return call_tool("add", {"a": 1, "b": 2})
+
+    model = ScriptedModel(slow)
+    run = await RunsService(store).start(Agent("t", model, tools=[add]), "go", breakpoints=["after_model"])
+    assert run.status == "cancelled" and run.error == "cancelled by cli"  # not paused after the model
+    assert model.calls == 1 and store.cancel_reads == 1
+    assert [(s.type, s.error) for s in run.steps] == [("model", None), ("tool", "not run: run cancelled")]
+    assert run.records[1].payload.response.tool_calls  # the call that returned is kept, with its usage
+
+
+async def test_a_cancel_asked_elsewhere_during_a_slow_tool_call_ends_the_run_when_it_returns():
+    store = CountedStore()
+
+    @tool
+    async def slow_add(a: int, b: int) -> int:
+        """Add slowly."""
+        await asked_elsewhere(store)
+        await asyncio.sleep(SLOW_CALL_S)
+        return a + b
+
+    model = ScriptedModel([calls([("slow_add", {"a": 1, "b": 2}), ("slow_add", {"a": 3, "b": 4})]), reply("x")])
+    run = await RunsService(store).start(Agent("t", model, tools=[slow_add]), "go")
+    assert run.status == "cancelled" and run.error == "cancelled by cli"
+    assert model.calls == 1 and store.cancel_reads == 1  # one read for the batch
+    assert [s.result for s in run.steps if s.type == "tool"] == ["3", "7"]  # both finished first
+
+
+async def test_fast_steps_never_read_the_cancel_request():
+    store = CountedStore()
+
+    def script(req):
+        n = len(tool_results(req))
+        return call_tool("add", {"a": n, "b": 1}) if n < 3 else reply("done")
+
+    run = await RunsService(store).start(Agent("t", ScriptedModel(script), tools=[add]), "go")
+    assert run.status == "completed" and store.cancel_reads == 0
 
 
 async def test_one_active_run_per_thread(service):

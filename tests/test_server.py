@@ -448,6 +448,44 @@ def test_event_stream_resumes_with_last_event_id(server, client, http, script, c
     assert [e.get("id") for e in tail] == [str(seqs[-1]), None] and tail[-1]["event"] == "end"
 
 
+def first_event(lines: Iterator[str], keepalives: int = 0) -> str:
+    """The first event a stream sends but a model's text delta, past at most `keepalives` keep-alives
+    (else ": keep-alive")."""
+    for line in lines:
+        if line.startswith(":"):
+            if keepalives == 0:
+                return ": keep-alive"
+            keepalives -= 1
+        if line.startswith("event: ") and line != "event: delta":
+            return line[7:]
+    return "(closed)"
+
+
+def test_a_finished_runs_stream_resumed_at_its_end_ends_at_once(server, client, http, script, calc_assistant):
+    marker = script.add(lambda body: "done", "end")
+    thread_id, run_id = start_run(client, client.beta.assistants.create(model=MODEL).id, marker)
+    assert wait_run(client, thread_id, run_id, TERMINAL).status == "completed"
+    url = f"/tether/runs/{run_id}/events"
+    with raw(server) as c, c.stream("GET", url) as r:
+        every = read_events(r.iter_lines(), lambda ev: ev[-1].get("event") == "end")
+    last = int([e for e in every if "id" in e][-1]["id"])
+    # At its last record, or past it: nothing will ever come, so the end comes at once, not keep-alives.
+    for headers, params in (({"Last-Event-ID": str(last)}, {}), ({"Last-Event-ID": str(last + 5)}, {}),
+                            ({}, {"after": last})):
+        with raw(server) as c, c.stream("GET", url, headers=headers, params=params) as r:
+            assert r.status_code == 200
+            assert first_event(r.iter_lines()) == "end", (headers, params)
+
+    # Joined while it runs, past what turns out to be its end: the end comes once it is over.
+    marker = script.add(calculator_then_echo("1+2"), "past")
+    thread_id, run_id = start_run(client, calc_assistant.id, marker)
+    pause_id = wait_paused(http, run_id)["pause_id"]
+    with raw(server) as c, c.stream("GET", f"/tether/runs/{run_id}/events", headers={"Last-Event-ID": "1000"}) as r:
+        assert answer(http, run_id, pause_id).status_code == 200
+        assert first_event(r.iter_lines(), keepalives=10) == "end"
+    assert wait_run(client, thread_id, run_id, TERMINAL).status == "completed"
+
+
 # -- 4. SIGKILL, and the next server finishes the runs -----------------------------------------------------
 
 WEATHER = {"type": "function", "function": {

@@ -44,6 +44,11 @@ from tether.engine.output import check_output, parse_output
 
 log = logging.getLogger("tether.executor")
 
+# A model or tool call this long is followed by one read of the store for a cancel another process
+# asked for meanwhile (its request reaches this one's heartbeat only every lease_ttl/3): against
+# such a call the read is negligible, and fast steps make none.
+SLOW_CALL_S = 0.5
+
 FINAL_ANSWER_NOTE = (
     "You have reached the step limit for this task. Do not call tools; answer now with what you have."
 )
@@ -151,6 +156,7 @@ class Executor:
         finally:
             self._model_call_task = None
         duration = time.perf_counter() - started
+        await self._cancel_asked_meanwhile(state, duration)
 
         calls = [] if final else [
             ToolCall(new_id("call"), c.name, c.arguments, c.provider_id or c.id) for c in response.tool_calls
@@ -181,7 +187,7 @@ class Executor:
                             "Reply again with only a JSON value that matches the schema.")
         self._record(state, ModelCalled(step, request.fingerprint, response, self.model.cost_usd(response),
                                         duration, rejected=rejected, final=final))
-        if item := self._stop(state, Stop.AFTER_MODEL, step, output=response.text):
+        if self._cancelled is None and (item := self._stop(state, Stop.AFTER_MODEL, step, output=response.text)):
             await self._pause(state, [item])
 
     def _over_budget(self, state: RunState) -> tuple[str, str] | None:
@@ -231,6 +237,7 @@ class Executor:
         """Run every open call of the batch in parallel; pause if any needs an answer from outside."""
         todo = [c for c in state.batch if not c.done]
         pending: list[PendingItem] = []
+        started = time.perf_counter()
         if len(todo) == 1:
             item = await self._tool_call(state, todo[0])
             if item is not None:
@@ -243,6 +250,9 @@ class Executor:
                     return await self._tool_call(state, c)
 
             pending = [i for i in await asyncio.gather(*(bounded(c) for c in todo)) if i is not None]
+        await self._cancel_asked_meanwhile(state, time.perf_counter() - started)
+        if self._cancelled is not None:
+            return  # the loop ends the run: the calls not run get a result then, no pause is made
         if pending:
             await self._pause(state, pending)
         else:
@@ -344,6 +354,13 @@ class Executor:
         """Record the call's outcome; nothing is left pending."""
         self._record(state, ToolFinished(c.step, c.call.id, c.call.name, result, error, duration))
         return None
+
+    async def _cancel_asked_meanwhile(self, state: RunState, took_s: float) -> None:
+        """After a slow call, take up a cancel that another process asked for while it ran."""
+        if took_s < SLOW_CALL_S or self._cancelled is not None:
+            return
+        if (reason := await self.store.cancel_requested(state.run_id)) is not None:
+            self.cancel(reason)
 
     # -- stops ----------------------------------------------------------------------------------
 

@@ -342,9 +342,10 @@ class RunsService:
                 raise AlreadyResumed(f"run {run_id} is no longer paused")
             return await self.decide(run_id, view.pause_id, {i.id: ("abort", None) for i in view.pending}, by=by)
         if not await self._take_lease(run_id):
-            # Another process advances it: its heartbeat reads the request and cancels it at the next
-            # transition (a tool call in flight finishes first): like the Assistants API's
-            # "cancelling", the run may still show as running when this returns.
+            # Another process advances it: it reads the request when a slow model or tool call returns,
+            # else on its heartbeat, and cancels it at that transition (a tool call in flight finishes
+            # first): like the Assistants API's "cancelling", the run may still show as running when
+            # this returns.
             deadline = time.monotonic() + (self.lease_ttl_s / 3 + 1.0 if wait else 0.0)
             while (view := await self.get(run_id)).status in UNPAUSED and time.monotonic() < deadline:
                 await asyncio.sleep(min(0.2, self.lease_ttl_s / 10))

@@ -126,20 +126,35 @@ def add_debug_routes(app: FastAPI, api: AssistantsApi, services: Services, *, ke
         start = int(last) if last and last.isdigit() else (after or 0)
         subscription = services.events.subscribe(run_id, after=start)
 
+        async def ended(seen: int) -> bool:
+            """The run is over and its last record (the `finished` one) is at or before `seen`: a stream
+            resumed there would get no record ever again, so it ends instead of keeping alive for ever."""
+            info = await service.info(run_id)
+            return info is not None and info.status in TERMINAL and seen >= info.last_seq
+
         async def events() -> AsyncIterator[str]:
             async with subscription:  # the backlog from the log, then live records (each once, in order)
+                if await ended(start):  # read after subscribing: a run finishing meanwhile is streamed
+                    yield END
+                    return
                 async for item in subscription.events(keepalive_s=config.keepalive_s):
                     if isinstance(item, Quiet):
+                        if await ended(subscription.seen):  # joined running past what turned out its end
+                            yield END
+                            return
                         yield KEEPALIVE
                     elif item.type == "delta":
                         yield sse("delta", {"text": item.delta})
                     elif item.record is not None:
                         yield _record_event(item.record)
                         if item.record.kind == "finished":
-                            yield "event: end\ndata: {}\n\n"
+                            yield END
                             return
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+
+END = "event: end\ndata: {}\n\n"  # after a run's last record: nothing more will come
 
 
 def _record_event(r: Record) -> str:
