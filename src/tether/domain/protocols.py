@@ -96,7 +96,8 @@ class Store(Protocol):
     async def get_breakpoints(self, run_id: str) -> list[dict[str, Any]] | None: ...
 
     async def request_cancel(self, run_id: str, reason: str) -> None:
-        """Ask whoever advances the run to cancel it (its heartbeat looks)."""
+        """Ask whoever advances the run to cancel it (its heartbeat looks, and so does its executor after
+        a slow call)."""
         ...
 
     async def cancel_requested(self, run_id: str) -> str | None: ...
