@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+from tether.adapters.config_files import UnsetVariable
 from tether.adapters.models.refs import ModelBackend, resolve_model
 from tether.adapters.tools.client import ClientTool
 from tether.domain.agents import AgentSnapshot, Limits
@@ -45,6 +46,8 @@ class ApiAgents:
         """The agent an API run runs: its model, instructions, client and server tools, limits."""
         try:
             model = resolve_model(s.model, allow_files=self.allow_file_models, backend=self.models)
+        except UnsetVariable:
+            raise  # the operator's configuration lacks a secret's variable: its error, not the request's
         except ConfigError as e:
             raise InvalidRequest(f"Invalid value for 'model': {e}", "model") from None
         tools: list[Any] = []
