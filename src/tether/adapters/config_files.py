@@ -13,11 +13,6 @@ from tether.domain.errors import ConfigError
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-class UnsetVariable(ConfigError):
-    """A `${VAR}` whose variable is not set. The operator configuration defers it to where the value
-    is used (a CLI command that needs no model backend runs without its key)."""
-
-
 def read_text(path: Path, what: str) -> str:
     """The UTF-8 text of `path` exactly as stored (line ends untranslated: agent files are hashed),
     or a ConfigError that names `what` the file was to be."""
@@ -31,12 +26,13 @@ def read_text(path: Path, what: str) -> str:
 
 
 def expand_env(value: str, where: str, environ: Mapping[str, str] | None = None) -> str:
-    """`value` with each `${VAR}` replaced from the environment; an unset variable is an error."""
+    """`value` with each `${VAR}` replaced from the environment; an unset variable is an error (the
+    only one this raises)."""
     env = os.environ if environ is None else environ
 
     def sub(m: re.Match[str]) -> str:
         if m.group(1) not in env:
-            raise UnsetVariable(f"{where} uses ${{{m.group(1)}}}, but the environment variable {m.group(1)} is not set")
+            raise ConfigError(f"{where} uses ${{{m.group(1)}}}, but the environment variable {m.group(1)} is not set")
         return env[m.group(1)]
 
     return ENV_REFERENCE.sub(sub, value)

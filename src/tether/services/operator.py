@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from tether.adapters.config_files import UnsetVariable, expand_env, read_text
+from tether.adapters.config_files import expand_env, read_text
 from tether.adapters.models.refs import ModelBackend
 from tether.domain.errors import ConfigError
 from tether.domain.hosts import allowed_host
@@ -113,7 +113,7 @@ class OperatorConfig:
     def require_set(self) -> None:
         """Raise the error of the first `${VAR}` whose variable is unset (`tether serve` uses every value)."""
         for error in self.unset.values():
-            raise UnsetVariable(error)
+            raise ConfigError(error)
 
     def shown_url(self, key: str, value: str) -> str:
         """A URL fit to print: as the file wrote it (its ${VAR} references, never their values), else
@@ -123,7 +123,7 @@ class OperatorConfig:
     @property
     def api_keys(self) -> list[str]:
         if "[server] api_keys" in self.unset:
-            raise UnsetVariable(self.unset["[server] api_keys"])
+            raise ConfigError(self.unset["[server] api_keys"])
         if self.server.api_keys is not None:
             return list(self.server.api_keys)
         return [k.strip() for k in os.environ.get("TETHER_API_KEYS", "").split(",") if k.strip()]
@@ -215,11 +215,11 @@ class _Unset:
         """`value` expanded, or None when a variable in it is unset (recorded as `user`'s error)."""
         try:
             return expand_env(value, where)
-        except UnsetVariable as e:
+        except ConfigError as e:  # the one error expand_env raises
             self.record(user, e)
             return None
 
-    def record(self, user: str, error: UnsetVariable) -> None:
+    def record(self, user: str, error: ConfigError) -> None:
         self.errors.setdefault(user, f"{self.path}: {error}")  # worded as load_operator_config words errors
 
 
@@ -278,9 +278,9 @@ def _parse(data: dict[str, Any], path: Path) -> OperatorConfig:
             try:
                 c.expanded_env()
                 c.expanded_headers()
-            except UnsetVariable as e:
+            except ConfigError as e:  # an unset variable, the one error these raise
                 where = f"[mcp_servers.{c.name}]"
-                unset.record(where, UnsetVariable(f"{where} {e}"))  # "[mcp_servers.time] env.TOKEN uses ${…}"
+                unset.record(where, ConfigError(f"{where} {e}"))  # "[mcp_servers.time] env.TOKEN uses ${…}"
     grants = _grants(_table(data, "tools"), path.parent)
     config = OperatorConfig(server, database_url, backend, mcp_servers, grants, path, written, unset.errors)
     if "mcp_config" in data:

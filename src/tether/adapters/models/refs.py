@@ -16,7 +16,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tether.adapters.config_files import UnsetVariable
 from tether.adapters.importing import import_attr
 from tether.domain.errors import ConfigError
 from tether.domain.protocols import Model
@@ -40,13 +39,19 @@ class ModelBackend:
         """The backend to call (the environment's where this one sets nothing), or the error of its
         unset `${VAR}`."""
         if self.unset is not None:
-            raise UnsetVariable(self.unset)
+            raise ConfigError(self.unset)
         return ModelBackend(self.base_url or os.environ.get("OPENAI_BASE_URL") or None,
                             self.api_key or os.environ.get("OPENAI_API_KEY") or None)
 
     def __repr__(self) -> str:  # the key never, the URL without its password
         shown = None if self.base_url is None else redact_url(self.base_url)
         return f"ModelBackend(base_url={shown!r}, api_key={'***' if self.api_key else None}, unset={self.unset!r})"
+
+
+def uses_backend(ref: str) -> bool:
+    """Whether the model backend serves a model reference (`openai:NAME`, a bare name): only those
+    read its URL and key."""
+    return ref.strip().partition(":")[0] + ":" not in ("anthropic:", "replay:", "scripted:")
 
 
 def resolve_model(ref: str, *, allow_files: bool = True, base_dir: Path | None = None,
