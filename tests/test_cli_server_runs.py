@@ -196,3 +196,36 @@ def test_tether_config_is_the_configuration_of_serve_and_config_show_too(cli, tm
     assert f"(from {config})" in shown.stdout and "port = 8765" in shown.stdout
     served = cli("serve", extra_env={"TETHER_CONFIG": str(tmp_path / "missing.toml")})
     assert served.returncode == 2 and "TETHER_CONFIG" in served.stderr, served.all
+
+
+def test_a_secret_whose_variable_is_unset_is_needed_only_by_what_uses_it(cli, server, client, assistant, tmp_path):
+    # The shape docs/server.md shows, on a machine where the CLI has none of the server's secrets
+    # (the QA reproductions: an unset [models] api_key, an unset [server] api_keys).
+    run_id, thread_id, view = paused_run(server, client, assistant)
+    unset = {"OPENAI_KEY_UNSET", "TEAM_KEY_UNSET"}
+    assert not unset & set(cli.env)
+    models = tmp_path / "msecret.toml"
+    models.write_text(f'[store]\nurl = "{server.database_url}"\n[models]\nbase_url = "http://x/v1"\n'
+                      'api_key = "${OPENAI_KEY_UNSET}"\n')
+    keys = tmp_path / "secret.toml"
+    keys.write_text(f'[server]\napi_keys = ["${{TEAM_KEY_UNSET}}"]\n[store]\nurl = "{server.database_url}"\n')
+    for config in (models, keys):
+        for args in (("runs", "list"), ("runs", "show", run_id), ("runs", "break", run_id)):
+            out = cli(*args, "--config", str(config))
+            assert out.returncode == 0, out.all
+            assert run_id in out.stdout or "before_tool:calculator" in out.stdout, out.all
+        looked = cli("debug", run_id, "--config", str(config), stdin="detach\n")  # looks, calls no model
+        assert looked.returncode == 3 and "stays paused" in looked.stdout, looked.all  # 3: still paused
+        out = cli("runs", "list", extra_env={"TETHER_CONFIG": str(config)})
+        assert out.returncode == 0 and run_id in out.stdout, out.all
+
+    # Continuing the run calls its model, which needs the key: the error of the unset variable, as before.
+    answered = cli("runs", "answer", run_id, view["pending"][0]["id"], "--continue", "--config", str(models))
+    assert answered.returncode == 2, answered.all
+    assert answered.stderr.strip() == (f"error: {models}: [models] api_key uses ${{OPENAI_KEY_UNSET}}, but the "
+                                       "environment variable OPENAI_KEY_UNSET is not set"), answered.all
+    assert debug_view(server, run_id)["status"] == "paused"  # nothing was done
+
+    cancelled = cli("runs", "cancel", run_id, "--config", str(keys))
+    assert cancelled.returncode == 0, cancelled.all
+    assert client.beta.threads.runs.retrieve(run_id, thread_id=thread_id).status == "cancelled"

@@ -18,6 +18,7 @@ import openai
 import pytest
 
 from fake_openai import FakeOpenAI, FakeReply, FakeToolCall
+from tether.adapters.models.refs import resolve_model
 from tether.adapters.tools.builtins import BUILTINS
 from tether.domain.errors import ConfigError, InvalidRequest
 from tether.services.operator import load_operator_config, redact_url
@@ -101,6 +102,35 @@ def test_relative_paths_are_relative_to_the_file(tmp_path, monkeypatch):
     assert config.tools["python"].options["work_root"] == "/srv/work"
 
 
+@pytest.mark.parametrize(("url", "opened"), [
+    ("sqlite:///rel.db", "sqlite:///{folder}/rel.db"),
+    ("sqlite+pysqlite:///data/runs.db?timeout=5", "sqlite+pysqlite:///{folder}/data/runs.db?timeout=5"),
+    ("sqlite:///${TETHER_TEST_DB}", "sqlite:///{folder}/named.db"),
+    ("sqlite:////srv/tether.db", "sqlite:////srv/tether.db"),
+    ("sqlite:///~/tether.db", "sqlite:///~/tether.db"),
+    ("sqlite:///:memory:", "sqlite:///:memory:"),
+    ("sqlite://", "sqlite://"),
+    ("postgresql+psycopg://u@db/rel", "postgresql+psycopg://u@db/rel"),
+])
+def test_a_relative_sqlite_file_is_relative_to_the_file(tmp_path, monkeypatch, url, opened):
+    monkeypatch.chdir("/")  # not where a command happens to run (QA: /tmp/rel.db was made from /tmp)
+    monkeypatch.setenv("TETHER_TEST_DB", "named.db")
+    config = load_operator_config(write(tmp_path, f'[store]\nurl = "{url}"'))
+    assert config.database_url == opened.format(folder=tmp_path)
+    if opened != url:  # shown as it is opened, its reference still as written
+        shown = config.shown_url("store.url", config.database_url)
+        assert shown == opened.format(folder=tmp_path).replace("named.db", "${TETHER_TEST_DB}")
+
+
+def test_a_relative_sqlite_file_from_the_cli_is_made_beside_the_configuration(cli, tmp_path):
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    (folder / "tether.toml").write_text('[store]\nurl = "sqlite:///rel.db"\n')
+    out = cli("runs", "list", "--config", "cfg/tether.toml", cwd=tmp_path)
+    assert out.returncode == 0, out.all
+    assert (folder / "rel.db").exists() and not (tmp_path / "rel.db").exists()
+
+
 def test_api_keys_from_a_file_of_keys(tmp_path, monkeypatch):
     (tmp_path / "keys").write_text("# tenants\nsk-one\n\n  sk-two  \n")
     monkeypatch.setenv("TETHER_API_KEYS", "ignored-when-the-file-sets-keys")
@@ -143,7 +173,6 @@ def test_without_a_file_the_environment_gives_the_defaults(monkeypatch):
     ("[server]\nport = 70000", "[server] port must be between 0 and 65535"),
     ("[server]\nallow_file_models = 1", "[server] allow_file_models must be true or false"),
     ("[server]\napi_keys = 'one'", "api_keys must be a list of strings"),
-    ("[server]\napi_keys = ['${TETHER_TEST_UNSET_VAR}']", "${TETHER_TEST_UNSET_VAR}, but the environment variable"),
     ("[models]\nbase_url = 'localhost:11434'", "base_url must start with http://"),
     ("[mcp_servers.x]\ncomand = 'uvx'", "[mcp_servers.x]: unknown keys ['comand']"),
     ("[server\nport = 1", "is not valid TOML"),
@@ -154,6 +183,73 @@ def test_a_wrong_file_is_an_error_that_names_what_is_wrong(tmp_path, text, messa
         load_operator_config(write(tmp_path, text))
     assert message in str(e.value)
     assert str(e.value).startswith(str(tmp_path / "tether.toml"))
+
+
+UNSET = "uses ${TETHER_TEST_UNSET_VAR}, but the environment variable TETHER_TEST_UNSET_VAR is not set"
+
+
+@pytest.mark.parametrize(("text", "read"), [
+    ("[server]\napi_keys = ['sk-set', '${TETHER_TEST_UNSET_VAR}']", lambda c: c.api_keys),
+    ("[server]\napi_keys_file = '${TETHER_TEST_UNSET_VAR}/keys'", lambda c: c.api_keys),
+    ("[models]\napi_key = '${TETHER_TEST_UNSET_VAR}'", lambda c: c.models.resolved()),
+    ("[models]\nbase_url = 'http://${TETHER_TEST_UNSET_VAR}/v1'", lambda c: resolve_model("qwen", backend=c.models)),
+    ("[models]\napi_key = '${TETHER_TEST_UNSET_VAR}'", lambda c: resolve_model("openai:gpt", backend=c.models)),
+    ("[mcp_servers.x]\ncommand = 'uvx'\nenv = { T = '${TETHER_TEST_UNSET_VAR}' }",
+     lambda c: c.mcp_servers["x"].expanded_env()),
+    ("[mcp_servers.x]\nurl = 'https://h/mcp'\nheaders = { A = '${TETHER_TEST_UNSET_VAR}' }",
+     lambda c: c.mcp_servers["x"].expanded_headers()),
+])
+def test_a_secret_whose_variable_is_unset_is_an_error_where_it_is_read(tmp_path, text, read):
+    path = write(tmp_path, text + '\n[store]\nurl = "sqlite:////srv/x.db"')
+    config = load_operator_config(path)  # loads: what uses none of its secrets works (QA item 2)
+    assert config.database_url == "sqlite:////srv/x.db"
+    with pytest.raises(ConfigError) as e:  # what `tether serve` and `tether config show` check first
+        config.require_set()
+    assert str(e.value).startswith(f"{path}: [") and str(e.value).endswith(UNSET)
+    with pytest.raises(ConfigError, match=re.escape(UNSET)):  # and where the value is read
+        read(config)
+    assert resolve_model("scripted:tether.examples.florist.offline_model:florist", backend=config.models)
+
+
+def test_a_store_url_whose_variable_is_unset_is_an_error_at_once(tmp_path):
+    path = write(tmp_path, '[store]\nurl = "postgresql+psycopg://u:${TETHER_TEST_UNSET_VAR}@db/t"')
+    with pytest.raises(ConfigError) as e:  # every command opens the store
+        load_operator_config(path)
+    assert str(e.value) == f"{path}: [store] url {UNSET}"
+
+
+def test_no_secret_is_in_the_configurations_repr(tmp_path, monkeypatch):
+    monkeypatch.setenv("OAK", "sk-model-secret-1")
+    config = load_operator_config(write(tmp_path, """
+        [server]
+        api_keys = ["sk-literal-secret-2"]
+        [store]
+        url = "postgresql+psycopg://tether:pg-secret-3@db/tether"
+        [models]
+        base_url = "http://user:pw-secret-4@127.0.0.1:11434/v1"
+        api_key = "${OAK}"
+        [mcp_servers.time]
+        command = "uvx"
+        env = { PLAIN = "literal-secret-5" }
+    """))
+    shown = repr(config)
+    assert "ModelBackend(base_url='http://user:***@127.0.0.1:11434/v1', api_key=***" in shown
+    for secret in ("sk-model-secret-1", "sk-literal-secret-2", "pg-secret-3", "pw-secret-4", "literal-secret-5"):
+        assert secret not in shown
+
+
+def test_serve_and_config_show_refuse_a_secret_whose_variable_is_unset(cli, tmp_path):
+    for table in ('[models]\nbase_url = "http://x/v1"\napi_key = "${OPENAI_KEY_UNSET}"',  # QA's msecret.toml
+                  '[server]\napi_keys = ["${TEAM_KEY_UNSET}"]',  # QA's secret.toml
+                  '[mcp_servers.t]\ncommand = "uvx"\nenv = { T = "${MCP_UNSET}" }'):
+        path = write(tmp_path, f'{table}\n[store]\nurl = "sqlite:///x.db"\n')
+        variable = re.search(r"\$\{(\w+)\}", table).group(1)  # type: ignore[union-attr]
+        for command in ("serve", "config show"):
+            out = cli(*command.split(), "--config", str(path))
+            assert out.returncode == 2, out.all
+            assert out.stderr.startswith(f"error: {path}: ") and len(out.stderr.strip().splitlines()) == 1, out.all
+            assert f"the environment variable {variable} is not set" in out.stderr
+        assert not (tmp_path / "x.db").exists()  # refused before opening anything
 
 
 def test_config_show_prints_the_effective_configuration_without_a_secret(cli, tmp_path):

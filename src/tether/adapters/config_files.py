@@ -26,7 +26,8 @@ def read_text(path: Path, what: str) -> str:
 
 
 def expand_env(value: str, where: str, environ: Mapping[str, str] | None = None) -> str:
-    """`value` with each `${VAR}` replaced from the environment; an unset variable is an error."""
+    """`value` with each `${VAR}` replaced from the environment; an unset variable is an error (the
+    only one this raises)."""
     env = os.environ if environ is None else environ
 
     def sub(m: re.Match[str]) -> str:

@@ -5,7 +5,9 @@ server-side tool's options and caps. Flags override the file; the file overrides
 variables that were the only way before (`TETHER_API_KEYS`, `TETHER_DATABASE_URL`,
 `OPENAI_BASE_URL`, `OPENAI_API_KEY`, `TETHER_SSE_KEEPALIVE_S`), which stay the defaults. Secrets are
 written as `${ENV}` references; `redacted_toml()` (what `tether config show` prints) never shows
-one. An unknown key is an error that names it. See docs/server.md.
+one. A secret's variable that is unset is an error where the value is used (`tether serve` uses
+them all, `tether runs cancel` none: see `OperatorConfig.unset`). An unknown key is an error that
+names it. See docs/server.md.
 
     [server]
     host = "127.0.0.1"
@@ -58,7 +60,7 @@ class ServerSettings:
     lease_ttl_s: float = 30.0
     allow_file_models: bool = False
     keepalive_s: float = 10.0
-    api_keys: tuple[str, ...] | None = None  # None: from TETHER_API_KEYS
+    api_keys: tuple[str, ...] | None = field(default=None, repr=False)  # None: from TETHER_API_KEYS
     allowed_hosts: tuple[str, ...] = ()  # Host names a keyless server answers besides loopback ("*": any)
     header_timeout_s: float = 10.0  # a client sends a request's headers within this, or is closed
     body_timeout_s: float = 30.0  # ... and its body within this once its headers are in
@@ -95,12 +97,23 @@ class OperatorConfig:
     """Everything the operator decides, from the file, flags and environment."""
 
     server: ServerSettings = field(default_factory=ServerSettings)
-    database_url: str | None = None  # None: TETHER_DATABASE_URL, else the SQLite file in TETHER_HOME
+    # None: TETHER_DATABASE_URL, else the SQLite file in TETHER_HOME (a URL may hold a password: no repr)
+    database_url: str | None = field(default=None, repr=False)
     models: ModelBackend = field(default_factory=ModelBackend)
-    mcp_servers: Mapping[str, Any] = field(default_factory=dict)  # name -> McpServerConfig
+    mcp_servers: Mapping[str, Any] = field(default_factory=dict, repr=False)  # name -> McpServerConfig
     tools: Mapping[str, ToolGrant] = field(default_factory=dict)
     source: Path | None = None  # the file it was read from
-    written: Mapping[str, str] = field(default_factory=dict)  # "models.base_url" -> as written, ${VAR}s kept
+    # "models.base_url" -> as written, ${VAR}s kept (a literal secret too: no repr)
+    written: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # What uses a `${VAR}` whose variable is unset ("[server] api_keys", "[models]", "[mcp_servers.NAME]")
+    # -> its error. Raised where the value is read (`api_keys`, `models.resolved()`, an MCP server's
+    # start), and all at once by `require_set()`: a command that uses none of them runs without them.
+    unset: Mapping[str, str] = field(default_factory=dict)
+
+    def require_set(self) -> None:
+        """Raise the error of the first `${VAR}` whose variable is unset (`tether serve` uses every value)."""
+        for error in self.unset.values():
+            raise ConfigError(error)
 
     def shown_url(self, key: str, value: str) -> str:
         """A URL fit to print: as the file wrote it (its ${VAR} references, never their values), else
@@ -109,6 +122,8 @@ class OperatorConfig:
 
     @property
     def api_keys(self) -> list[str]:
+        if "[server] api_keys" in self.unset:
+            raise ConfigError(self.unset["[server] api_keys"])
         if self.server.api_keys is not None:
             return list(self.server.api_keys)
         return [k.strip() for k in os.environ.get("TETHER_API_KEYS", "").split(",") if k.strip()]
@@ -134,7 +149,9 @@ class OperatorConfig:
         return replace(self, mcp_servers={**self.mcp_servers, **added})
 
     def redacted_toml(self) -> str:
-        """The effective configuration as TOML, every secret replaced by `***`."""
+        """The effective configuration as TOML, every secret replaced by `***`: what `tether serve`
+        would use, so an unset `${VAR}` is an error here too."""
+        self.require_set()
         keys = self.api_keys
         where = "the configuration" if self.server.api_keys is not None else "$TETHER_API_KEYS"
         lines = [f"# the effective operator configuration{f' (from {self.source})' if self.source else ''}",
@@ -188,16 +205,37 @@ def load_operator_config(path: Path | str | None = None) -> OperatorConfig:
 _TOP = {"server", "store", "models", "mcp_servers", "mcp_config", "tools"}
 
 
+class _Unset:
+    """The `${VAR}`s whose variable is unset, by what uses them: each is an error only where that is used."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.errors = path, dict[str, str]()
+
+    def expand(self, value: str, where: str, user: str) -> str | None:
+        """`value` expanded, or None when a variable in it is unset (recorded as `user`'s error)."""
+        try:
+            return expand_env(value, where)
+        except ConfigError as e:  # the one error expand_env raises
+            self.record(user, e)
+            return None
+
+    def record(self, user: str, error: ConfigError) -> None:
+        self.errors.setdefault(user, f"{self.path}: {error}")  # worded as load_operator_config words errors
+
+
 def _parse(data: dict[str, Any], path: Path) -> OperatorConfig:
     _only(data, _TOP, "the file", "top-level")
+    unset = _Unset(path)
     server_table = _table(data, "server")
     known = {f.name: f for f in fields(ServerSettings)}
     _only(server_table, {*known, "api_keys_file"}, "[server]")
     values: dict[str, Any] = {}
     for name, value in server_table.items():
         if name == "api_keys_file":
-            keys_path = Path(expand_env(_typed(value, str, "[server] api_keys_file"), "[server] api_keys_file"))
-            values["api_keys"] = (*values.get("api_keys", ()), *_keys_file(path.parent / keys_path))
+            keys_file = unset.expand(_typed(value, str, "[server] api_keys_file"), "[server] api_keys_file",
+                                     "[server] api_keys")
+            keys_read = () if keys_file is None else _keys_file(path.parent / keys_file)
+            values["api_keys"] = (*values.get("api_keys", ()), *keys_read)
         elif name == "allowed_hosts":
             if not isinstance(value, list) or not all(isinstance(h, str) for h in value):
                 raise ConfigError("[server] allowed_hosts must be a list of host names, e.g. [\"tether.internal\"]")
@@ -205,7 +243,8 @@ def _parse(data: dict[str, Any], path: Path) -> OperatorConfig:
         elif name == "api_keys":
             if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
                 raise ConfigError("[server] api_keys must be a list of strings, e.g. [\"${TETHER_KEY_A}\"]")
-            keys = tuple(expand_env(k, f"[server] api_keys[{i}]") for i, k in enumerate(value))
+            expanded = (unset.expand(k, f"[server] api_keys[{i}]", "[server] api_keys") for i, k in enumerate(value))
+            keys = tuple(k for k in expanded if k is not None)
             values[name] = (*keys, *values.get(name, ()))
         else:
             values[name] = _typed(value, type(getattr(ServerSettings(), name)), f"[server] {name}")
@@ -216,12 +255,16 @@ def _parse(data: dict[str, Any], path: Path) -> OperatorConfig:
     _only(store, {"url"}, "[store]")
     written = {f"store.{k}": v for k, v in store.items() if isinstance(v, str)}
     database_url = expand_env(_typed(store["url"], str, "[store] url"), "[store] url") if "url" in store else None
+    if database_url is not None and _in_folder(database_url, path.parent) != database_url:
+        database_url = _in_folder(database_url, path.parent)
+        written["store.url"] = _in_folder(written["store.url"], path.parent)  # shown as it is opened
 
     models = _table(data, "models")
     _only(models, {"base_url", "api_key"}, "[models]")
     written.update({f"models.{k}": v for k, v in models.items() if isinstance(v, str)})
-    backend = ModelBackend(*(expand_env(_typed(models[k], str, f"[models] {k}"), f"[models] {k}")
-                             if k in models else None for k in ("base_url", "api_key")))
+    base_url, api_key = (unset.expand(_typed(models[k], str, f"[models] {k}"), f"[models] {k}", "[models]")
+                         if k in models else None for k in ("base_url", "api_key"))
+    backend = ModelBackend(base_url, api_key, unset.errors.get("[models]"))
     if backend.base_url is not None and not re.match(r"https?://", backend.base_url):
         shown = redact_url(backend.base_url)
         raise ConfigError(f"[models] base_url must start with http:// or https://, not {shown!r}")
@@ -231,11 +274,15 @@ def _parse(data: dict[str, Any], path: Path) -> OperatorConfig:
         from tether.adapters.tools.mcp import configs_from_tables
 
         mcp_servers = {c.name: c for c in configs_from_tables(data["mcp_servers"])}
-        for c in mcp_servers.values():
-            c.expanded_env()  # an unset ${VARIABLE} is found now, not at the first call
-            c.expanded_headers()
+        for c in mcp_servers.values():  # an unset ${VARIABLE} is found now (serve checks), not at the first call
+            try:
+                c.expanded_env()
+                c.expanded_headers()
+            except ConfigError as e:  # an unset variable, the one error these raise
+                where = f"[mcp_servers.{c.name}]"
+                unset.record(where, ConfigError(f"{where} {e}"))  # "[mcp_servers.time] env.TOKEN uses ${…}"
     grants = _grants(_table(data, "tools"), path.parent)
-    config = OperatorConfig(server, database_url, backend, mcp_servers, grants, path, written)
+    config = OperatorConfig(server, database_url, backend, mcp_servers, grants, path, written, unset.errors)
     if "mcp_config" in data:
         json_path = Path(expand_env(_typed(data["mcp_config"], str, "mcp_config"), "mcp_config"))
         config = config.with_mcp_json(json_path if json_path.is_absolute() else path.parent / json_path)
@@ -265,6 +312,18 @@ def _grants(tables: dict[str, Any], base: Path) -> dict[str, ToolGrant]:
         grants[name] = ToolGrant(enabled, options, caps,
                                  None if client_options is None else frozenset(client_options))
     return grants
+
+
+def _in_folder(url: str, folder: Path) -> str:
+    """A SQLite URL with its relative file path made relative to `folder` (the configuration file's,
+    as for `mcp_config`), not to whichever folder a command runs in. Other URLs are as they are."""
+    m = re.fullmatch(r"(sqlite(?:\+\w+)?:///)([^?]*)(.*)", url, re.DOTALL)
+    if m is None:
+        return url
+    scheme, file, query = m.groups()
+    if not file or file == ":memory:" or file.startswith(("file:", "~")) or Path(file).is_absolute():
+        return url
+    return f"{scheme}{folder.absolute() / file}{query}"
 
 
 def _keys_file(path: Path) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from tether.adapters.importing import import_attr
 from tether.domain.errors import ConfigError
 from tether.domain.protocols import Model
+from tether.domain.redact import redact_url
 
 PREFIXES = ("openai:", "anthropic:", "replay:", "scripted:")
 
@@ -29,11 +30,28 @@ class ModelBackend:
     None falls back to OPENAI_BASE_URL / OPENAI_API_KEY."""
 
     base_url: str | None = None
-    api_key: str | None = None
+    api_key: str | None = None  # a secret: never in the repr
+    # Why this backend cannot be used: the error of a `${VAR}` it names whose variable is unset,
+    # raised by `resolved()`, so only what calls a model needs the variable.
+    unset: str | None = None
 
     def resolved(self) -> ModelBackend:
+        """The backend to call (the environment's where this one sets nothing), or the error of its
+        unset `${VAR}`."""
+        if self.unset is not None:
+            raise ConfigError(self.unset)
         return ModelBackend(self.base_url or os.environ.get("OPENAI_BASE_URL") or None,
                             self.api_key or os.environ.get("OPENAI_API_KEY") or None)
+
+    def __repr__(self) -> str:  # the key never, the URL without its password
+        shown = None if self.base_url is None else redact_url(self.base_url)
+        return f"ModelBackend(base_url={shown!r}, api_key={'***' if self.api_key else None}, unset={self.unset!r})"
+
+
+def uses_backend(ref: str) -> bool:
+    """Whether the model backend serves a model reference (`openai:NAME`, a bare name): only those
+    read its URL and key."""
+    return ref.strip().partition(":")[0] + ":" not in ("anthropic:", "replay:", "scripted:")
 
 
 def resolve_model(ref: str, *, allow_files: bool = True, base_dir: Path | None = None,
@@ -46,9 +64,9 @@ def resolve_model(ref: str, *, allow_files: bool = True, base_dir: Path | None =
     prefix, _, rest = ref.partition(":")
     if prefix + ":" in PREFIXES and not rest:
         raise ConfigError(f"model reference {ref!r} names no model after '{prefix}:'")
-    backend = (backend or ModelBackend()).resolved()
+    # The backend is read only for the models it serves (scripted: and replay: need no key).
     if prefix == "openai":
-        return _openai(rest, ref, backend.api_key)
+        return _openai(rest, ref, (backend or ModelBackend()).resolved().api_key)
     if prefix == "anthropic":
         raise ConfigError("anthropic models are not available yet; use openai:NAME or an "
                           "OpenAI-compatible server")
@@ -59,7 +77,7 @@ def resolve_model(ref: str, *, allow_files: bool = True, base_dir: Path | None =
             raise ConfigError(f"model {ref!r} imports Python code, which is not allowed here "
                               "(the server must be configured to allow file models)")
         return _scripted(rest, ref, base_dir)
-    return _compatible(ref, backend)
+    return _compatible(ref, (backend or ModelBackend()).resolved())
 
 
 def _openai(name: str, ref: str, key: str | None) -> Model:

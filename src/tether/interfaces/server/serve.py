@@ -20,6 +20,7 @@ log = logging.getLogger("tether.server")
 def serve(config: OperatorConfig) -> None:
     """Run the server until SIGINT/SIGTERM (graceful: in-flight runs get a few seconds, then their
     leases are released for the next server)."""
+    config.require_set()  # the server uses every secret: an unset ${VAR} stops it now, not at a request
     settings, keys = config.server, config.api_keys
     host, port = settings.host, settings.port
     hosts = [allowed_host(h) for h in settings.allowed_hosts]  # checked with the settings: made canonical

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from tether.adapters.models.refs import ModelBackend, resolve_model
+from tether.adapters.models.refs import ModelBackend, resolve_model, uses_backend
 from tether.adapters.tools.client import ClientTool
 from tether.domain.agents import AgentSnapshot, Limits
 from tether.domain.breakpoints import BreakpointError, parse_breakpoint
@@ -43,6 +43,8 @@ class ApiAgents:
 
     def build(self, run_id: str, s: RunSettings) -> Agent:
         """The agent an API run runs: its model, instructions, client and server tools, limits."""
+        if self.models is not None and uses_backend(s.model):
+            self.models.resolved()  # an unset ${VAR} of the operator's [models]: its error, not the request's
         try:
             model = resolve_model(s.model, allow_files=self.allow_file_models, backend=self.models)
         except ConfigError as e:
