@@ -36,12 +36,19 @@ class Objects:
     async def insert_object(self, obj: StoredObject) -> bool:
         """Insert the object only if no row has its id: one statement, so that of two writers racing
         for an id exactly one wins (`INSERT ... ON CONFLICT DO NOTHING`, on SQLite and Postgres)."""
-        insert = sqlite.insert if self._db.sqlite else postgresql.insert
-        statement = insert(objects_table).values(object_values(obj)).on_conflict_do_nothing(index_elements=["id"])
+        t = objects_table
+        sqlite_db = self._db.sqlite
+        statement: sa.Executable
+        if sqlite_db:
+            statement = sqlite.insert(t).values(object_values(obj)).on_conflict_do_nothing(index_elements=["id"])
+        else:  # psycopg counts no row for it (-1): the id it returns says that the row was written
+            statement = (postgresql.insert(t).values(object_values(obj)).on_conflict_do_nothing(index_elements=["id"])
+                         .returning(t.c.id))
 
         def op(conn: sa.Connection) -> bool:
             with self._db.tx(conn, write=True):
-                return conn.execute(statement).rowcount == 1
+                result = conn.execute(statement)
+                return result.rowcount == 1 if sqlite_db else result.first() is not None
 
         return await self._call(op)
 
