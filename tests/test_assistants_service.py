@@ -203,6 +203,8 @@ def test_rows_written_by_the_previous_version_read_as_before() -> None:
         assert again.settings.assistant_id == assistant_id and again.settings.model == MODEL
         page = await svc.list_messages(TENANT, thread_id, Cursor(limit=10, order="asc"))
         assert texts(page) == ["q0", "echo q0", "q1"] and page.data[1].fields.metadata == {"old": "1"}
+        tombstone = await svc.objects.get_object(deleted.thread_messages()[0].id)
+        assert tombstone is not None and tombstone.kind == "message_override"  # no longer a row of message lists
         await svc.objects.delete_object(f"{thread_id}.projected")  # rebuilt: the deletion is still known
         assert texts(await svc.list_messages(TENANT, thread_id, Cursor(limit=10, order="asc"))) == [
             "q0", "echo q0", "q1"]
@@ -337,6 +339,13 @@ def test_an_update_racing_a_deletion_does_not_bring_the_message_back(tmp_path: P
         with pytest.raises(NotFound):
             await a.set_metadata(TENANT, thread_id, answer_id, {"x": "1"})  # read it, B deleted it, A wrote
         assert texts(await svc.list_messages(TENANT, thread_id, Cursor())) == ["q0"]
+        await a_store.close()
+        question_id = (await svc.list_messages(TENANT, thread_id, Cursor())).data[0].id  # a client's message
+        a, a_store = process_a(svc, tmp_path / "t.db", lambda: svc.delete_message(TENANT, thread_id, question_id))
+        with pytest.raises(NotFound):
+            await a.set_metadata(TENANT, thread_id, question_id, {"x": "1"})
+        assert texts(await svc.list_messages(TENANT, thread_id, Cursor())) == []
+        assert await store.get_object(f"{question_id}.change") is None
         await a_store.close()
         await store.close()
 

@@ -176,7 +176,9 @@ class ThreadMessages:
                 continue  # projected already (and maybe changed since)
             change = await self._change(m.id, row)
             if change is not None and change.deleted:
-                continue  # its tombstone stays (a deletion of an older version: at its id, or beside it)
+                if row is not None and row.kind == "message":  # an older version's tombstone, listed as a
+                    await self.objects.replace_object(_tombstone(tenant, m, change), row)  # message: unlisted
+                continue
             if change is not None:
                 m.fields.metadata = change.metadata
             written = m.row(tenant)
@@ -209,7 +211,7 @@ class ThreadMessages:
                     return ThreadMessage.of_row(changed)
                 continue  # changed since it was read (or deleted): read it again
             at_id = _change_of(row)
-            if (at_id is not None and at_id.deleted) or (row is not None and at_id is None):
+            if m.fields.run_id is None or (at_id is not None and at_id.deleted) or (row is not None and at_id is None):
                 raise NotFound("message", message_id)  # deleted meanwhile
             if kept_beside:
                 return m  # not projected yet: whoever projects it reads the change after writing it
