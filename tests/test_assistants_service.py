@@ -4,20 +4,25 @@ messages of a thread (projected, paged in SQL), runs of threads, cancel."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from tether.adapters.models.refs import ModelBackend
 from tether.adapters.models.scripted import reply
 from tether.adapters.store.memory import MemoryStore
+from tether.adapters.store.sql import SqlStore
 from tether.domain.agents import AgentSnapshot
 from tether.domain.errors import AlreadyFinished, ConfigError, InvalidRequest, NotFound
 from tether.domain.objects import StoredObject
+from tether.domain.protocols import ObjectStore
 from tether.domain.records import Record
 from tether.services.assistants.agents import ApiAgents, api_agent_resolver
 from tether.services.assistants.documents import AssistantSettings, RunSettings
 from tether.services.assistants.service import AssistantsService, NewMessage
+from tether.services.assistants.thread_messages import ThreadMessages
 from tether.services.assistants.thread_runs import ThreadMessage, ThreadRun
 from tether.services.pages import Cursor, Page
 from tether.services.runs import RunsService
@@ -90,7 +95,7 @@ class CountingStore(MemoryStore):
         return await super().load(run_id, after)
 
 
-def service(store: MemoryStore | None = None) -> AssistantsService[ThreadRun]:
+def service(store: MemoryStore | SqlStore | None = None) -> AssistantsService[ThreadRun]:
     runs = RunsService(store or CountingStore())
     return AssistantsService(runs, ApiAgents(ServerTools(), BACKEND, allow_file_models=True), ThreadRun)
 
@@ -198,9 +203,151 @@ def test_rows_written_by_the_previous_version_read_as_before() -> None:
         assert again.settings.assistant_id == assistant_id and again.settings.model == MODEL
         page = await svc.list_messages(TENANT, thread_id, Cursor(limit=10, order="asc"))
         assert texts(page) == ["q0", "echo q0", "q1"] and page.data[1].fields.metadata == {"old": "1"}
+        tombstone = await svc.objects.get_object(deleted.thread_messages()[0].id)
+        assert tombstone is not None and tombstone.kind == "message_override"  # no longer a row of message lists
         await svc.objects.delete_object(f"{thread_id}.projected")  # rebuilt: the deletion is still known
         assert texts(await svc.list_messages(TENANT, thread_id, Cursor(limit=10, order="asc"))) == [
             "q0", "echo q0", "q1"]
+
+    asyncio.run(main())
+
+
+# -- two processes on one database: A projects (or changes) a message, B changes it meanwhile -------
+
+
+class PausedBeforeWrite:
+    """Process A's view of the store: before A's first write of a message row, `meanwhile` (what
+    process B does) runs, as if A were paused between its reads and its write."""
+
+    def __init__(self, store: SqlStore, meanwhile: Callable[[], Awaitable[object]]) -> None:
+        self.store, self.meanwhile = store, meanwhile
+        self.paused = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def _pause(self, obj: StoredObject) -> None:
+        if obj.kind == "message" and not self.paused:
+            self.paused = True
+            await self.meanwhile()
+
+    async def put_object(self, obj: StoredObject) -> None:
+        await self._pause(obj)
+        await self.store.put_object(obj)
+
+    async def insert_object(self, obj: StoredObject) -> bool:
+        await self._pause(obj)
+        return await self.store.insert_object(obj)
+
+    async def replace_object(self, obj: StoredObject, old: StoredObject) -> bool:
+        await self._pause(obj)
+        return await self.store.replace_object(obj, old)
+
+
+async def finished_unprojected(svc: AssistantsService[ThreadRun]) -> tuple[str, str]:
+    """A thread whose one run is finished and not projected; (thread id, the run's answer id)."""
+    assistant_id, thread_id = await new_thread(svc, 0)
+    run = await ask(svc, assistant_id, thread_id, "q0")
+    answer_id = run.thread_messages()[0].id
+    assert await svc.objects.get_object(answer_id) is None
+    return thread_id, answer_id
+
+
+def process_a(svc: AssistantsService[ThreadRun], path: Path, meanwhile: Callable[[], Awaitable[object]]
+              ) -> tuple[ThreadMessages, SqlStore]:
+    """Another process's messages on the same SQLite file, paused before its first write."""
+    store = SqlStore(f"sqlite:///{path}")
+    return ThreadMessages(cast(ObjectStore, PausedBeforeWrite(store, meanwhile)), svc._load), store
+
+
+def test_a_message_deleted_while_another_process_projects_it_stays_deleted(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = SqlStore(f"sqlite:///{tmp_path / 't.db'}")
+        svc = service(store)
+        thread_id, answer_id = await finished_unprojected(svc)
+        a, a_store = process_a(svc, tmp_path / "t.db", lambda: svc.delete_message(TENANT, thread_id, answer_id))
+        page = await a.page(TENANT, thread_id, Cursor(limit=10, order="asc"))  # A read no row, B deleted, A wrote
+        assert texts(page) == ["q0"]
+        again = await svc.list_messages(TENANT, thread_id, Cursor(limit=10, order="asc"))
+        assert texts(again) == ["q0"]
+        for messages in (svc.messages, a):
+            with pytest.raises(NotFound):
+                await messages.get(TENANT, thread_id, answer_id)
+        row = await store.get_object(answer_id)
+        assert row is not None and row.kind == "message_override" and row.data["deleted"]  # its tombstone
+        with pytest.raises(NotFound):
+            await svc.update_message(TENANT, thread_id, answer_id, {"x": "1"})
+        await a_store.close()
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_metadata_set_while_another_process_projects_the_message_is_kept(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = SqlStore(f"sqlite:///{tmp_path / 't.db'}")
+        svc = service(store)
+        thread_id, answer_id = await finished_unprojected(svc)
+        a, a_store = process_a(
+            svc, tmp_path / "t.db", lambda: svc.update_message(TENANT, thread_id, answer_id, {"x": "1"}))
+        await a.page(TENANT, thread_id, Cursor(limit=10))
+        for messages in (svc.messages, a):
+            assert (await messages.get(TENANT, thread_id, answer_id)).fields.metadata == {"x": "1"}
+        await a_store.close()
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_metadata_set_as_the_run_ends_is_kept_by_the_projection_that_missed_it(tmp_path: Path) -> None:
+    """B saw the run going on (so kept its change beside the message) and wrote it after A, which
+    projects the finished run, had read that there was none: A folds it in after its write."""
+
+    async def main() -> None:
+        store = SqlStore(f"sqlite:///{tmp_path / 't.db'}")
+        svc = service(store)
+        assistant_id, thread_id = await new_thread(svc, 0)
+        await svc.create_message(TENANT, thread_id, NewMessage.text("user", "q0"))
+        paused = await svc.prepare_run(TENANT, thread_id, assistant_id, {"tether_breakpoints": ["before_finish"]})
+        await svc.runs.resume(paused.id)
+        going_on = await svc.run(TENANT, thread_id, paused.id)
+        answer_id = going_on.thread_messages()[0].id
+        view = await svc.runs.get(paused.id)
+        await svc.runs.answer(paused.id, {i.id: ("continue", None) for i in view.pending})  # finished now
+
+        async def stale(row: StoredObject) -> ThreadRun | None:  # B read the run before it finished
+            return going_on if row.id == paused.id else await svc._load(row)
+
+        b = ThreadMessages(svc.objects, stale)
+        a, a_store = process_a(svc, tmp_path / "t.db", lambda: b.set_metadata(TENANT, thread_id, answer_id, {"x": "1"}))
+        await a.page(TENANT, thread_id, Cursor(limit=10))
+        row = await store.get_object(answer_id)
+        assert row is not None and row.kind == "message" and row.data["metadata"] == {"x": "1"}
+        await a_store.close()
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_an_update_racing_a_deletion_does_not_bring_the_message_back(tmp_path: Path) -> None:
+    async def main() -> None:
+        store = SqlStore(f"sqlite:///{tmp_path / 't.db'}")
+        svc = service(store)
+        thread_id, answer_id = await finished_unprojected(svc)
+        await svc.list_messages(TENANT, thread_id, Cursor())  # projected
+        a, a_store = process_a(svc, tmp_path / "t.db", lambda: svc.delete_message(TENANT, thread_id, answer_id))
+        with pytest.raises(NotFound):
+            await a.set_metadata(TENANT, thread_id, answer_id, {"x": "1"})  # read it, B deleted it, A wrote
+        assert texts(await svc.list_messages(TENANT, thread_id, Cursor())) == ["q0"]
+        await a_store.close()
+        question_id = (await svc.list_messages(TENANT, thread_id, Cursor())).data[0].id  # a client's message
+        a, a_store = process_a(svc, tmp_path / "t.db", lambda: svc.delete_message(TENANT, thread_id, question_id))
+        with pytest.raises(NotFound):
+            await a.set_metadata(TENANT, thread_id, question_id, {"x": "1"})
+        assert texts(await svc.list_messages(TENANT, thread_id, Cursor())) == []
+        assert await store.get_object(f"{question_id}.change") is None
+        await a_store.close()
+        await store.close()
 
     asyncio.run(main())
 

@@ -836,6 +836,31 @@ async def test_a_page_of_objects_by_cursor_in_either_order(any_store: SqlStore |
                     assert await page(**kw) == _page_in_memory(ids, **kw), kw  # type: ignore[arg-type]
 
 
+async def test_insert_and_replace_of_an_object_write_only_over_what_was_read(
+    any_store: SqlStore | MemoryStore,
+) -> None:
+    """The conditional writes two processes meet on: an insert where no row is, a replace of the
+    row as it was read; a row someone else wrote meanwhile wins."""
+    from tether.domain.objects import StoredObject
+
+    store = any_store
+    first = StoredObject("msg_1", "message", "t1", 1.0, {"metadata": {}, "n": 1.5}, parent_id="thread_1")
+    assert await store.insert_object(first) is True
+    assert await store.insert_object(StoredObject("msg_1", "message_override", "t1", 2.0, {"deleted": True})) is False
+    read = await store.get_object("msg_1")
+    assert read == first
+    changed = dataclasses.replace(first, data={"metadata": {"x": "1"}, "n": 1.5})
+    assert await store.replace_object(changed, read) is True  # still as read
+    assert await store.replace_object(dataclasses.replace(first, data={"metadata": {"y": "2"}}), read) is False
+    tombstone = StoredObject("msg_1", "message_override", "t1", 1.0, {"metadata": {"x": "1"}, "n": 1.5})
+    await store.put_object(tombstone)  # same data, another kind: a replace of the message finds nothing
+    assert await store.replace_object(changed, changed) is False
+    assert await store.get_object("msg_1") == tombstone
+    assert await store.replace_object(changed, dataclasses.replace(changed, id="msg_2")) is False  # not one id
+    elsewhere = dataclasses.replace(changed, id="msg_2")
+    assert await store.replace_object(elsewhere, elsewhere) is False  # no row at that id
+
+
 async def test_a_page_of_objects_refuses_a_negative_limit_or_an_unknown_order(
     any_store: SqlStore | MemoryStore,
 ) -> None:

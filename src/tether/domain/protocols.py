@@ -114,6 +114,15 @@ class ObjectStore(Protocol):
         """Insert the object, or replace the one with its id."""
         ...
 
+    async def insert_object(self, obj: StoredObject) -> bool:
+        """Insert the object only if no row has its id (whatever its kind); False if one has."""
+        ...
+
+    async def replace_object(self, obj: StoredObject, old: StoredObject) -> bool:
+        """Replace `old` by `obj` (same id) only if the row at that id still has `old`'s kind and
+        data; False if it is gone or was changed since it was read."""
+        ...
+
     async def get_object(self, object_id: str) -> StoredObject | None: ...
 
     async def list_objects(

@@ -127,6 +127,19 @@ class MemoryStore:
     async def put_object(self, obj: StoredObject) -> None:
         self._objects[obj.id] = copy.deepcopy(obj)
 
+    async def insert_object(self, obj: StoredObject) -> bool:
+        if obj.id in self._objects:
+            return False
+        self._objects[obj.id] = copy.deepcopy(obj)
+        return True
+
+    async def replace_object(self, obj: StoredObject, old: StoredObject) -> bool:
+        now = self._objects.get(old.id)
+        if obj.id != old.id or now is None or (now.kind, now.data) != (old.kind, old.data):
+            return False
+        self._objects[obj.id] = copy.deepcopy(obj)
+        return True
+
     async def get_object(self, object_id: str) -> StoredObject | None:
         obj = self._objects.get(object_id)
         return copy.deepcopy(obj) if obj is not None else None

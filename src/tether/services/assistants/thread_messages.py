@@ -6,11 +6,27 @@ so its messages are *projected* into the objects table as message rows (their `r
 run wrote them), the first time a listing meets the finished run; a row per thread (kind
 `projection`) remembers up to which run (runs of a thread are ordered by id, and one ends
 before the next starts) every run is projected, so a listing finds the runs to project with one
-query. The projection is idempotent (a row already there is kept) and can be rebuilt from the logs:
-a client's changes to a run's message before its projection (metadata, deletion) are kept in a
-`message_override` row beside it (id `MESSAGE_ID.change`, so it never takes the message's place)
-that the projection folds in, and a deleted projected message leaves one. The run still going on
-(at most one per thread) is merged in memory. A page costs O(page).
+query. The projection is idempotent and can be rebuilt from the logs: a client's metadata for a
+run's message not projected yet is kept in a `message_override` row beside it (id
+`MESSAGE_ID.change`) that the projection folds in, and a deleted run message leaves a tombstone at
+its own id (a `message_override` row saying `deleted`), which no listing sees. The run still going
+on (at most one per thread) is merged in memory. A page costs O(page).
+
+Several processes project, change and delete at once (two servers on one database). The row at a
+message's id is where they meet, and the projection never overwrites it: it writes only where no
+row is (`insert_object`), or over the very row it read (`replace_object`), so a row someone else
+wrote there meanwhile (a projection, a client's metadata, a tombstone) wins. Every interleaving of
+"A projects message M" with "B changes M":
+
+- B deletes M: B's tombstone replaces whatever is at M. Before it, A's write lands and is replaced;
+  after it, A's write finds a row and is dropped. No later write of A's can remove a tombstone.
+- B sets M's metadata, M projected (B read a message row at M): B replaces the row it read, so
+  A's insert (after) is dropped, and A's row (before) is what B replaces; if a tombstone came in
+  between, B's write is dropped and B answers 404.
+- B sets M's metadata, M not projected yet (B read no message at M, as while the run was going on):
+  B writes `M.change`, then reads M again; A inserts M, then reads `M.change` again. Each writes
+  before it reads, so at least one of them sees the other: B finds the message and replaces it, or
+  A finds the new metadata and replaces the row it inserted (only if no one changed it since).
 """
 
 from __future__ import annotations
@@ -118,9 +134,13 @@ class ThreadMessages:
         return out
 
     async def _change(self, message_id: str, row: StoredObject | None) -> MessageChange | None:
-        """The change made to a run's message (`row`: what is stored at its id, if anything)."""
+        """The change made to a run's message (`row`: what is stored at its id, if anything): a
+        tombstone there wins over metadata kept beside it."""
+        at_id = _change_of(row)
+        if at_id is not None and at_id.deleted:
+            return at_id
         change = _change_of(await self.objects.get_object(_change_id(message_id)))
-        return change if change is not None else _change_of(row)
+        return change if change is not None else at_id
 
     # -- project ---------------------------------------------------------------------------------
 
@@ -156,13 +176,24 @@ class ThreadMessages:
                 continue  # projected already (and maybe changed since)
             change = await self._change(m.id, row)
             if change is not None and change.deleted:
-                if row is not None:  # an older version's change, at the message's id: moved beside it
-                    await self.objects.put_object(_override(tenant, m, change))
-                    await self.objects.delete_object(m.id)
+                if row is not None and row.kind == "message":  # an older version's tombstone, listed as a
+                    await self.objects.replace_object(_tombstone(tenant, m, change), row)  # message: unlisted
                 continue
             if change is not None:
                 m.fields.metadata = change.metadata
-            await self.objects.put_object(m.row(tenant))  # in place of an older version's change, if any
+            written = m.row(tenant)
+            # Only where no row is, or over an older version's change at its id if still as read.
+            if await (self.objects.insert_object(written) if row is None
+                      else self.objects.replace_object(written, row)):
+                await self._fold_late_change(m.id, written)
+
+    async def _fold_late_change(self, message_id: str, written: StoredObject) -> None:
+        """Metadata a client kept beside the message after this projection read it (see the module
+        docstring): put into the row just written, unless someone changed that row since."""
+        change = _change_of(await self.objects.get_object(_change_id(message_id)))
+        if change is None or change.deleted or change.metadata == written.data.get("metadata"):
+            return
+        await self.objects.replace_object(_with_metadata(written, change.metadata), written)
 
     # -- change ----------------------------------------------------------------------------------
 
@@ -170,24 +201,47 @@ class ThreadMessages:
                            ) -> ThreadMessage:
         m = await self.get(tenant, thread_id, message_id)
         m.fields.metadata = metadata
-        row = await self.objects.get_object(m.id)
-        if _is_message(row):
-            await self.objects.put_object(m.row(tenant))
-        else:  # an answer of the run going on: kept beside its log until it is projected
+        kept_beside = False
+        while True:
+            row = await self.objects.get_object(m.id)
+            if _is_message(row):
+                assert row is not None
+                changed = _with_metadata(row, metadata)
+                if await self.objects.replace_object(changed, row):
+                    return ThreadMessage.of_row(changed)
+                continue  # changed since it was read (or deleted): read it again
+            at_id = _change_of(row)
+            if m.fields.run_id is None or (at_id is not None and at_id.deleted) or (row is not None and at_id is None):
+                raise NotFound("message", message_id)  # deleted meanwhile
+            if kept_beside:
+                return m  # not projected yet: whoever projects it reads the change after writing it
+            # An answer of a run not projected yet: kept beside its log until it is projected; then
+            # read its id again, as a projection may have read the change before this write.
             await self.objects.put_object(_override(tenant, m, MessageChange(metadata=metadata)))
-        return m
+            kept_beside = True
 
     async def delete(self, tenant: str, thread_id: str, message_id: str) -> None:
         m = await self.get(tenant, thread_id, message_id)
-        if m.fields.run_id is not None:
-            # A run's message: its log still has it, so its deletion is kept (a rebuilt projection skips it).
-            change = MessageChange(metadata=m.fields.metadata, deleted=True)
-            await self.objects.put_object(_override(tenant, m, change))
-        await self.objects.delete_object(m.id)
+        if m.fields.run_id is None:
+            await self.objects.delete_object(m.id)
+            return
+        # A run's message: its log still has it, so a tombstone takes its place (unconditionally: a
+        # deletion wins), which listings skip and which keeps any projection from writing it again.
+        change = MessageChange(metadata=m.fields.metadata, deleted=True)
+        await self.objects.put_object(_tombstone(tenant, m, change))
 
 
 def _override(tenant: str, m: ThreadMessage, change: MessageChange) -> StoredObject:
     return StoredObject(_change_id(m.id), OVERRIDE, tenant, m.created_at, change.stored(), m.thread_id)
+
+
+def _tombstone(tenant: str, m: ThreadMessage, change: MessageChange) -> StoredObject:
+    return StoredObject(m.id, OVERRIDE, tenant, m.created_at, change.stored(), m.thread_id)
+
+
+def _with_metadata(row: StoredObject, metadata: dict[str, str]) -> StoredObject:
+    return StoredObject(row.id, row.kind, row.tenant, row.created_at, {**row.data, "metadata": metadata},
+                        row.parent_id)
 
 
 def _merged(rows: list[ThreadMessage], live: list[ThreadMessage]) -> list[ThreadMessage]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from tether.adapters.store.paging import check_page
 from tether.adapters.store.sql.database import Call, Database
@@ -31,6 +32,40 @@ class Objects:
                     conn.execute(t.insert(), values)
 
         await self._call(op)
+
+    async def insert_object(self, obj: StoredObject) -> bool:
+        """Insert the object only if no row has its id: one statement, so that of two writers racing
+        for an id exactly one wins (`INSERT ... ON CONFLICT DO NOTHING`, on SQLite and Postgres)."""
+        t = objects_table
+        sqlite_db = self._db.sqlite
+        statement: sa.Executable
+        if sqlite_db:
+            statement = sqlite.insert(t).values(object_values(obj)).on_conflict_do_nothing(index_elements=["id"])
+        else:  # psycopg counts no row for it (-1): the id it returns says that the row was written
+            statement = (postgresql.insert(t).values(object_values(obj)).on_conflict_do_nothing(index_elements=["id"])
+                         .returning(t.c.id))
+
+        def op(conn: sa.Connection) -> bool:
+            with self._db.tx(conn, write=True):
+                result = conn.execute(statement)
+                return result.rowcount == 1 if sqlite_db else result.first() is not None
+
+        return await self._call(op)
+
+    async def replace_object(self, obj: StoredObject, old: StoredObject) -> bool:
+        """Replace `old` by `obj` only if its row still has `old`'s kind and data (compared as stored:
+        the JSON text a row read back serialises to again)."""
+        if obj.id != old.id:
+            return False
+        t = objects_table
+        statement = (t.update().where(t.c.id == old.id, t.c.kind == old.kind, t.c.data == object_values(old)["data"])
+                     .values(**object_values(obj)))
+
+        def op(conn: sa.Connection) -> bool:
+            with self._db.tx(conn, write=True):
+                return conn.execute(statement).rowcount == 1
+
+        return await self._call(op)
 
     async def get_object(self, object_id: str) -> StoredObject | None:
         def op(conn: sa.Connection) -> Any:

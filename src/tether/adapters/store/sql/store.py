@@ -101,6 +101,12 @@ class SqlStore:
     async def put_object(self, obj: StoredObject) -> None:
         await self._objects.put_object(obj)
 
+    async def insert_object(self, obj: StoredObject) -> bool:
+        return await self._objects.insert_object(obj)
+
+    async def replace_object(self, obj: StoredObject, old: StoredObject) -> bool:
+        return await self._objects.replace_object(obj, old)
+
     async def get_object(self, object_id: str) -> StoredObject | None:
         return await self._objects.get_object(object_id)
 
