@@ -19,14 +19,11 @@ Figures:
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import platform
-import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,6 +35,7 @@ for _p in (TESTS, TESTS / "sdk"):  # fake_openai.py; server.py (both stdlib only
 
 import openai  # noqa: E402
 from server import ServerFailedToStart, TetherServer  # noqa: E402
+from timing import ms, timed  # noqa: E402  (benchmarks/timing.py)
 
 import fake_openai  # noqa: E402
 from fake_openai import FakeOpenAI  # noqa: E402
@@ -57,28 +55,6 @@ POLL_MS = 10
 LATENCY_RUNS = 50
 THROUGHPUT_RUNS, CLIENT_THREADS = 200, 32
 CALLS, THREAD_MESSAGES = 200, 50
-
-
-def pct(xs: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..1)."""
-    s = sorted(xs)
-    return s[max(0, math.ceil(q * len(s)) - 1)]
-
-
-def ms(xs: list[float]) -> str:
-    """'median / p95' of seconds, in ms."""
-    return f"{statistics.median(xs) * 1e3:7.2f} / {pct(xs, 0.95) * 1e3:7.2f} ms"
-
-
-def timed(fn: Callable[[], Any], n: int, warmup: int = 5) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def user(text: str) -> dict[str, Any]:
@@ -140,8 +116,8 @@ def bench(server: TetherServer, fake: FakeOpenAI) -> None:
                                                       stream=True):
             pass
 
-    baseline = timed(model_call, CALLS)
-    polled = timed(lambda: run_polled(client, assistant.id), LATENCY_RUNS)
+    baseline = timed(model_call, CALLS, warmup=5)
+    polled = timed(lambda: run_polled(client, assistant.id), LATENCY_RUNS, warmup=5)
     for _ in range(5):
         run_streamed(client, assistant.id)
     streamed = [run_streamed(client, assistant.id) for _ in range(LATENCY_RUNS)]

@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 import os
-import statistics
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +33,7 @@ for _p in (TESTS, TESTS / "sdk"):  # fake_openai.py; server.py (both stdlib only
 
 import openai  # noqa: E402
 from server import TetherServer  # noqa: E402
+from timing import ms, timed  # noqa: E402  (benchmarks/timing.py)
 
 from fake_openai import FakeOpenAI  # noqa: E402
 from tether.adapters.store.sql import SqlStore  # noqa: E402
@@ -53,26 +51,6 @@ KEY = "sk-tether-bench"
 MODEL = "gpt-bench"
 CALLS = 50
 TENANT = "k_" + hashlib.sha256(KEY.encode()).hexdigest()[:24]  # how the server names the key's tenant
-
-
-def pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[max(0, math.ceil(q * len(s)) - 1)]
-
-
-def ms(xs: list[float]) -> str:
-    return f"{statistics.median(xs) * 1e3:8.2f} / {pct(xs, 0.95) * 1e3:8.2f} ms"
-
-
-def timed(fn: Callable[[], Any], n: int, warmup: int = 2) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def _settings(assistant_id: str) -> dict[str, Any]:
