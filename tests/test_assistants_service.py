@@ -417,3 +417,25 @@ def test_a_run_on_an_unknown_thread_is_not_made() -> None:
         assert await svc.runs.list() == []  # before, a run was made, then the thread was looked up
 
     asyncio.run(main())
+
+
+def test_a_deleted_thread_takes_its_messages_and_projection_with_it() -> None:
+    """Deleting a thread deletes what grew with it in the objects table (its messages, the projected
+    answers of its runs, changes and tombstones, the projection's mark); its runs stay, so they can
+    still be shown, replayed or forked."""
+    async def main() -> None:
+        store = CountingStore()
+        svc = service(store)
+        _, thread_id = await new_thread(svc, 3)
+        page = await svc.list_messages(TENANT, thread_id, Cursor(limit=100))  # projects the runs' answers
+        answer = next(m for m in page.data if m.fields.run_id is not None)
+        await svc.delete_message(TENANT, thread_id, answer.id)  # leaves a tombstone
+        kept = {o.id for o in store._objects.values() if o.parent_id == thread_id and o.kind == "run"}
+        assert len(kept) == 3
+        await svc.delete_thread(TENANT, thread_id)
+        assert {o.id for o in store._objects.values() if o.parent_id == thread_id} == kept
+        assert await store.get_object(thread_id) is None
+        for run_id in kept:
+            assert (await svc.runs.get(run_id)).status == "completed"
+
+    asyncio.run(main())

@@ -861,6 +861,23 @@ async def test_insert_and_replace_of_an_object_write_only_over_what_was_read(
     assert await store.replace_object(elsewhere, elsewhere) is False  # no row at that id
 
 
+async def test_delete_children_deletes_only_those_kinds_under_that_parent(any_store: SqlStore | MemoryStore) -> None:
+    """What a deleted thread takes with it: its objects of the kinds named, nothing else."""
+    from tether.domain.objects import StoredObject
+
+    store = any_store
+    rows = [StoredObject("msg_1", "message", "t1", 1.0, {}, "thread_1"),
+            StoredObject("msg_1.change", "message_override", "t1", 1.0, {}, "thread_1"),
+            StoredObject("thread_1.projected", "projection", "t1", 1.0, {}, "thread_1"),
+            StoredObject("run_1", "run", "t1", 1.0, {}, "thread_1"),  # a run row stays
+            StoredObject("msg_2", "message", "t1", 1.0, {}, "thread_2")]  # another thread's stays
+    for row in rows:
+        await store.put_object(row)
+    assert await store.delete_children("thread_1", ["message", "message_override", "projection"]) == 3
+    assert [r.id for r in rows if await store.get_object(r.id) is not None] == ["run_1", "msg_2"]
+    assert await store.delete_children("thread_1", ["message"]) == 0
+
+
 async def test_a_page_of_objects_refuses_a_negative_limit_or_an_unknown_order(
     any_store: SqlStore | MemoryStore,
 ) -> None:

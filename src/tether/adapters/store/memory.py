@@ -169,5 +169,11 @@ class MemoryStore:
     async def delete_object(self, object_id: str) -> bool:
         return self._objects.pop(object_id, None) is not None
 
+    async def delete_children(self, parent_id: str, kinds: Sequence[str]) -> int:
+        doomed = [o.id for o in self._objects.values() if o.parent_id == parent_id and o.kind in kinds]
+        for object_id in doomed:
+            del self._objects[object_id]
+        return len(doomed)
+
     async def close(self) -> None:
         return None

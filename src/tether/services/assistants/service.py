@@ -35,7 +35,7 @@ from tether.services.assistants.documents import (
     Thread,
     ThreadFields,
 )
-from tether.services.assistants.thread_messages import ThreadMessages
+from tether.services.assistants.thread_messages import OVERRIDE, PROJECTION, ThreadMessages
 from tether.services.assistants.thread_runs import ThreadMessage, ThreadRun, text_content
 from tether.services.pages import Cursor, Page, paged
 from tether.services.runs import RunsService
@@ -164,6 +164,9 @@ class AssistantsService(Generic[RunT]):
         if (active := await self.active_run(thread_id)) is not None:
             raise InvalidRequest(f"Can't delete thread {thread_id} while a run {active} is active.")
         await self.objects.delete_object(thread_id)
+        # Its messages go with it: those clients wrote, the projected answers of its runs, their changes
+        # and the projection's mark. Its runs stay (their logs, and the settings a face rebuilds them from).
+        await self.objects.delete_children(thread_id, ["message", OVERRIDE, PROJECTION])
 
     async def active_run(self, thread_id: str) -> str | None:
         latest = await self.runs.list(thread_id=thread_id, limit=1)

@@ -6,6 +6,7 @@ kind, parent_id, id) finds the first row of a page, so a page costs its own size
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -116,5 +117,14 @@ class Objects:
         def op(conn: sa.Connection) -> bool:
             with self._db.tx(conn, write=True):
                 return bool(conn.execute(objects_table.delete().where(objects_table.c.id == object_id)).rowcount)
+
+        return await self._call(op)
+
+    async def delete_children(self, parent_id: str, kinds: Sequence[str]) -> int:
+        def op(conn: sa.Connection) -> int:
+            with self._db.tx(conn, write=True):
+                t = objects_table
+                return int(conn.execute(t.delete().where(t.c.parent_id == parent_id, t.c.kind.in_(list(kinds))))
+                           .rowcount)
 
         return await self._call(op)

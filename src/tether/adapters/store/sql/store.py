@@ -128,6 +128,9 @@ class SqlStore:
     async def delete_object(self, object_id: str) -> bool:
         return await self._objects.delete_object(object_id)
 
+    async def delete_children(self, parent_id: str, kinds: Sequence[str]) -> int:
+        return await self._objects.delete_children(parent_id, kinds)
+
     # -- closing --------------------------------------------------------------------------------
 
     async def close(self) -> None:
