@@ -97,7 +97,9 @@ class CountingStore(MemoryStore):
 
 def service(store: MemoryStore | SqlStore | None = None) -> AssistantsService[ThreadRun]:
     runs = RunsService(store or CountingStore())
-    return AssistantsService(runs, ApiAgents(ServerTools(), BACKEND, allow_file_models=True), ThreadRun)
+    svc = AssistantsService(runs, ApiAgents(ServerTools(), BACKEND, allow_file_models=True), ThreadRun)
+    svc.register()
+    return svc
 
 
 async def new_thread(svc: AssistantsService[ThreadRun], turns: int) -> tuple[str, str]:

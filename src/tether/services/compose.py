@@ -95,6 +95,7 @@ def services_for(runs: RunsService, operator: OperatorConfig | None = None, *, c
     # runs `tether serve` made are rebuilt (only when one is acted on) and what their forks get.
     api_agents = ApiAgents(operator.server_tools(), operator.models, operator.server.allow_file_models)
     assistants = AssistantsService(runs, api_agents, ThreadRun)
+    assistants.register()
     dispatcher = InProcessDispatcher(runs, concurrency=concurrency or operator.server.concurrency)
     return Services(runs, dispatcher, RunEvents(runs, dispatcher.bus), api_agents, assistants, operator,
                     database_url)

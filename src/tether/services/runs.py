@@ -60,8 +60,9 @@ from tether.services.answers import ANSWER_TYPES, breakpoint_warnings, fork_edit
 from tether.services.views import RunView, view_of
 
 T = TypeVar("T")
-# Told of a fork before it exists (parent run id, step); returns what to do once it does, or None.
-ForkListener = Callable[[str, int], Awaitable["Callable[[RunView], Awaitable[None]] | None"]]
+# Told of a fork before it exists (parent run id, step, the parent's log); returns what to do once
+# it does, or None.
+ForkListener = Callable[[str, int, Sequence[Record]], Awaitable["Callable[[RunView], Awaitable[None]] | None"]]
 log = logging.getLogger("tether.runs")
 LEASE_TTL_S = 30.0
 
@@ -541,7 +542,8 @@ class RunsService:
         assert parent_state.agent is not None
         agent = await self.agent_for(parent_state.agent)
         _ = agent.model  # a model that cannot be reached fails here, before the fork exists
-        followers = [f for listen in self.fork_listeners.values() if (f := await listen(run_id, step)) is not None]
+        followers = [f for listen in self.fork_listeners.values()
+                     if (f := await listen(run_id, step, parent)) is not None]
         thread_id = new_id("thread") if parent_state.thread_id else None  # a fork of a thread's run: a new thread
         fork_id = new_id("run")
         records = reused_prefix(parent, step, fork_id, time.time(), thread_id)

@@ -85,11 +85,14 @@ class AssistantsService(Generic[RunT]):
                  make_run: Callable[[StoredObject, list[Record], RunState], RunT]) -> None:
         self.runs, self.agents, self.make_run = runs, agents, make_run
         self.objects = cast(ObjectStore, runs.store)  # the run store keeps the documents too
-        # Any face can continue (resolver) and fork (listener) the runs this service made.
-        runs.resolvers[AGENT_REF_PREFIX] = api_agent_resolver(self.objects, agents)
-        runs.fork_listeners[AGENT_REF_PREFIX] = self.forking
         self.messages = ThreadMessages(self.objects, self._load)
         self._finished: OrderedDict[str, RunT] = OrderedDict()
+
+    def register(self) -> None:
+        """Let every face of the runs service continue (resolver) and fork (listener) the runs this
+        service made. The composition root does it once, whichever instances a face makes."""
+        self.runs.resolvers[AGENT_REF_PREFIX] = api_agent_resolver(self.objects, self.agents)
+        self.runs.fork_listeners[AGENT_REF_PREFIX] = self.forking
 
     async def _row(self, tenant: str, kind: str, object_id: str, label: str | None = None) -> StoredObject:
         obj = await self.objects.get_object(object_id)
@@ -336,15 +339,15 @@ class AssistantsService(Generic[RunT]):
 
     # -- forks -----------------------------------------------------------------------------------
 
-    async def forking(self, run_id: str, step: int) -> Callable[[RunView], Awaitable[None]] | None:
+    async def forking(self, run_id: str, step: int, records: Sequence[Record]
+                      ) -> Callable[[RunView], Awaitable[None]] | None:
         """A fork listener (RunsService.fork_listeners), so a fork from any face does this: the fork of
         an API run gets a new thread of the parent's tenant holding the conversation the run started
         from, and the parent's settings, so the Assistants API shows it whole."""
         parent = await self.objects.get_object(run_id)
         if parent is None or parent.kind != "run":
             return None
-        records = await self.runs.store.load(run_id)
-        start = records[0].payload if records else None
+        start = records[0].payload if records else None  # the parent's log, as the fork read it
         inputs = [m for m in start.input if m.role in ("user", "assistant") and m.text] \
             if isinstance(start, RunStarted) else []
         ids = [new_id("msg") for _ in inputs]  # minted before the fork exists: they sort before its answers
