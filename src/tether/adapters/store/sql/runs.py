@@ -1,7 +1,7 @@
 """The run log and run index beyond appends: creating a run, reading its records and rows, and
 `decide`, the compare-and-set that answers a pause.
 
-Appends go through the group-commit writer; what is written here outside it (a new run, decision
+Appends and new runs go through the group-commit writer; what is written here outside it (decision
 records) is told to the writer (`known`), and a whole load makes it start afresh (`forget`).
 """
 
@@ -18,7 +18,6 @@ from tether.adapters.store.sql.database import Database
 from tether.adapters.store.sql.schema import (
     INFO_SELECT,
     info_from_row,
-    info_values,
     read_info,
     record_values,
     records_table,
@@ -43,37 +42,8 @@ class Runs:
         update_info(info, record)
         if owner is not None:
             info.lease_owner, info.lease_expires = owner, now + lease_ttl_s
-        row = record_values(record)
-
-        def op(conn: sa.Connection) -> None:
-            try:
-                with self._db.tx(conn, write=True):
-                    conn.execute(runs_table.insert(), info_values(info))  # no .values(): compiled once
-                    conn.execute(records_table.insert(), row)
-            except sa_exc.IntegrityError as e:
-                raise self._create_conflict(conn, info) from e
-
-        await self._call(op)
-        self._writer.known(info)
-
-    def _create_conflict(self, conn: sa.Connection, info: RunInfo) -> StoreConflict:
-        with self._db.tx(conn, write=False):
-            other = None
-            if info.thread_id is not None:
-                other = conn.execute(
-                    sa.select(runs_table.c.id).where(
-                        runs_table.c.thread_id == info.thread_id, runs_table.c.active.is_(True)
-                    )
-                ).scalar()
-            exists = conn.execute(sa.select(runs_table.c.id).where(runs_table.c.id == info.id)).scalar()
-        if exists is not None:
-            return StoreConflict(f"run {info.id} already exists; a new run needs a new id")
-        if other is not None:
-            return StoreConflict(
-                f"thread {info.thread_id} already has an active run ({other}); "
-                "wait for it, answer its pause, or cancel it before starting another"
-            )
-        return StoreConflict(f"run {info.id} could not be created: it conflicts with a stored run")
+        # In the writer's next grouped commit: runs started together are created in one transaction.
+        await self._writer.create(record, info)
 
     async def load(self, run_id: str, after: int = 0) -> list[Record]:
         def op(conn: sa.Connection) -> list[Any]:

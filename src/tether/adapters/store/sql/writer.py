@@ -1,38 +1,51 @@
-"""The group-commit writer: the SQL store's hot path, `append` + `sync`.
+"""The group-commit writer: the SQL store's hot path, `append` + `sync`, and the creation of runs.
 
 `append` only queues records (already serialised) and, once per event-loop iteration, schedules a
 flush with `loop.call_soon`; a flush writes every queued record of every run in one transaction
 (a grouped commit): one insert of all records and one guarded `UPDATE runs ... WHERE id = ? AND
-last_seq = ?` a touched run, computed from a cached `RunInfo`. On SQLite the flush runs inline on
-the event-loop thread with raw `sqlite3` calls (a thread hop costs more than the commit); on
-Postgres it runs in one worker thread, one flush at a time, and records queued meanwhile go in the
-next. When a grouped flush fails on a conflict, each run is retried in its own transaction so that
-only the conflicting run loses its records; that run is then "broken" in this store until it is
-loaded again (`forget`), and `append` to it raises at once.
+last_seq = ?` a touched run, computed from a cached `RunInfo`. `create` queues a new run's row and
+first record into the same flush. On SQLite the flush runs inline on the event-loop thread with raw
+`sqlite3` calls (a thread hop costs more than the commit); on Postgres it runs in one worker
+thread, one flush at a time, and records queued meanwhile go in the next.
+
+`sync` waits for that flush instead of writing at once: every run due in this loop iteration
+appends (a non-idempotent tool's `tool_started`, a pause, an end) and syncs, and one commit wakes
+them all. When a sync returns, the records its caller appended are committed. Without an event
+loop, `append` writes at once.
+
+When a grouped flush fails on a conflict, each run is retried in its own transaction so that only
+the conflicting run loses its records; that run is then "broken" in this store until it is loaded
+again (`forget`), and `append` to it raises at once. A sync raises only the errors of the runs its
+caller (its task's context) appended to; a sync from a context that appended nothing raises any
+error of the flushes it waited for.
 
 Every other statement of the store first lets pending appends commit, so that order is kept:
-`call` does that.
+`call` does that. Named fault points (`faults`) let a kill test stop the process inside a flush.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from tether.adapters.store.sql.database import Database, StoreError
+from tether.adapters.store.sql.faults import fault_point
 from tether.adapters.store.sql.schema import (
     INFO_COLUMNS,
     RECORD_COLUMNS,
     Row,
     info_from_row,
+    info_values,
     read_info,
     record_row,
     records_table,
@@ -47,9 +60,13 @@ from tether.domain.runs import RunInfo, update_info
 _CACHE_LIMIT = 10_000  # run rows remembered at most; past it the cache starts again
 
 T = TypeVar("T")
+Groups = dict[str, tuple[list[Record], list[Row]]]
 
 # Raw SQLite statements of the hot path.
 _SQLITE_INSERT = "INSERT INTO records (run_id, seq, kind, v, ts, payload) VALUES (?, ?, ?, ?, ?, ?)"
+_SQLITE_CREATE = (
+    f"INSERT INTO runs ({', '.join(INFO_COLUMNS)}, active) VALUES ({', '.join('?' * (len(INFO_COLUMNS) + 1))})"
+)
 _SQLITE_UPDATE = (
     "UPDATE runs SET status = ?, updated_at = ?, pause_id = ?, last_seq = ?, input_tokens = ?, "
     "output_tokens = ?, cost_usd = ?, output = ?, active = ?, "
@@ -60,19 +77,27 @@ _SQLITE_UPDATE = (
 )
 _SQLITE_SELECT = f"SELECT {', '.join(INFO_COLUMNS)} FROM runs WHERE id = ?"
 
+# The runs this context (an asyncio task, or a thread) appended to since its last sync: the errors
+# its sync raises. A tuple, replaced and never changed, so that a child task never sees its
+# parent's later appends nor its parent the child's.
+_appended: ContextVar[tuple[str, ...]] = ContextVar("tether_appended_runs", default=())
+
 
 class _Batch:
-    """Records queued for one grouped commit, by run, in append order."""
+    """Records (and new runs) queued for one grouped commit, by run, in append order."""
 
-    __slots__ = ("done", "error", "errors", "groups", "reporters", "waiters")
+    __slots__ = ("creates", "done", "errors", "groups", "waiters")
 
     def __init__(self) -> None:
-        self.groups: dict[str, tuple[list[Record], list[Row]]] = {}
+        self.groups: Groups = {}
+        self.creates: dict[str, RunInfo] = {}  # runs this batch creates: their run_started leads their group
         self.done = False
-        self.error: Exception | None = None  # the first of `errors`
         self.errors: dict[str, Exception] = {}  # run id -> why its records were not written
         self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self.reporters = 0  # waiters that will raise `error` (sync), as opposed to merely wait
+
+    @property
+    def error(self) -> Exception | None:
+        return next(iter(self.errors.values()), None)
 
 
 class _RunFailed(Exception):
@@ -96,21 +121,28 @@ def _is_conflict(e: BaseException) -> bool:
     return getattr(orig, "sqlstate", None) in ("40P01", "40001")
 
 
+def _create_params(info: RunInfo) -> tuple[object, ...]:
+    return (*(getattr(info, name) for name in INFO_COLUMNS), 1 if info.status in ACTIVE else None)
+
+
 class GroupCommitWriter:
     """Appends of many runs, committed together. See the module docstring."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
         self._sqlite = db.sqlite
+        self._fault = fault_point()
         self._db_lock = db.lock  # one batch written at a time; on SQLite, the connection's lock
         if db.sqlite:
             self._raw: sqlite3.Connection = db.raw
-        self._lock = threading.Lock()  # the queue: _open, _inflight, _draining, _broken, _unreported
+        self._lock = threading.Lock()  # the queue: _open, _inflight, _draining, _broken
         self._open: _Batch | None = None  # queued, not yet being written
-        self._inflight: _Batch | None = None  # being written (Postgres worker)
+        self._inflight: _Batch | None = None  # being written
         self._draining = False  # a Postgres worker is writing batches
-        self._tick_loop: asyncio.AbstractEventLoop | None = None  # loop with a flush scheduled
-        self._unreported: list[Exception] = []  # errors of flushes no sync() waited on
+        # The thread whose event loop has a flush scheduled (and that loop): an append from that
+        # thread needs no loop lookup (`get_running_loop` costs a getpid() on CPython 3.11).
+        self._tick_thread: int | None = None
+        self._tick_loop: asyncio.AbstractEventLoop | None = None
         self._broken: dict[str, Exception] = {}  # runs whose records failed; cleared by forget()
         self._infos: dict[str, RunInfo] = {}  # run rows as this store last wrote them
         self._closed = False
@@ -126,7 +158,7 @@ class GroupCommitWriter:
     # -- what the rest of the store tells the writer about runs ----------------------------------
 
     def known(self, info: RunInfo) -> None:
-        """The run's row is `info` now, written by this store outside a flush (created, decided)."""
+        """The run's row is `info` now, written by this store outside a flush (decided)."""
         self._broken.pop(info.id, None)
         self._infos[info.id] = info
 
@@ -137,7 +169,7 @@ class GroupCommitWriter:
         self._infos.pop(run_id, None)
 
     async def call(self, fn: Callable[[sa.Connection], T]) -> T:
-        """Run `fn(conn)` after pending appends commit (their errors go to the next sync())."""
+        """Run `fn(conn)` after pending appends commit (their errors go to their runs' next sync())."""
         await self.drain()
         return await self._db.execute(fn)
 
@@ -149,10 +181,14 @@ class GroupCommitWriter:
         if not records:
             return
         broken = self._broken
-        if broken:
-            for r in records:
-                if r.run_id in broken:
-                    raise self._broken_error(r.run_id)
+        mine = _appended.get()
+        seen = mine
+        for r in records:
+            run_id = r.run_id
+            if broken and run_id in broken:
+                raise self._broken_error(run_id)
+            if run_id not in seen:
+                seen += (run_id,)
         rows = [record_row(r) for r in records]  # serialise first: a bad payload queues nothing
         with self._lock:
             batch = self._open
@@ -166,64 +202,152 @@ class GroupCommitWriter:
                 else:
                     group[0].append(r)
                     group[1].append(row)
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no event loop: plain synchronous use
-            self._flush_blocking(report=True)
-            return
-        if self._tick_loop is not loop:
-            self._tick_loop = loop
+        if self._tick_thread != threading.get_ident():  # else this thread's loop flushes soon
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no event loop: plain synchronous use, written (or raised) at once
+                done = self._flush_blocking(None)
+                if done is not None and done.error is not None:
+                    raise done.error from None
+                return
+            self._schedule(loop)
+        if seen is not mine:
+            _appended.set(seen)
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A flush at this loop's next iteration (one at a time a thread)."""
+        thread = threading.get_ident()
+        if self._tick_thread != thread:
+            self._tick_thread, self._tick_loop = thread, loop
             loop.call_soon(self._tick, loop)
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._tick_loop is loop:
-            self._tick_loop = None
+            self._tick_thread = self._tick_loop = None
         if self._closed:
             return
         if self._sqlite:
-            self._flush_blocking(report=False)
+            self._flush_blocking(loop)
         else:
             with self._lock:
                 self._start_worker()
 
-    async def sync(self) -> None:
-        if self._sqlite:
-            self._flush_blocking(report=True)
-        else:
-            await self._wait(report=True)
+    async def create(self, record: Record, info: RunInfo) -> None:
+        """Create a run (its row `info` and its first record) in the next grouped commit.
+        Raises StoreConflict if the run exists or its thread has an active run."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        row = record_row(record)
+        run_id = record.run_id
+        while True:
+            with self._lock:
+                batch = self._open
+                if batch is None or run_id not in batch.groups:
+                    if batch is None:
+                        batch = self._open = _Batch()
+                    batch.groups[run_id] = ([record], [row])
+                    batch.creates[run_id] = info
+                    break
+            await self._wait((run_id,))  # records of this run id wait for a flush: they go first
+        await self._wait(batch=batch)
+        error = batch.errors.get(run_id)
+        if error is not None:
+            raise error
 
-    def _flush_blocking(self, *, report: bool) -> None:
-        """Write the queued records in this thread (SQLite on the loop thread; any store without a loop)."""
+    async def sync(self) -> None:
+        """Wait until the records this context appended are committed (the next grouped flush)."""
+        mine = _appended.get()
+        if mine:
+            _appended.set(())
+        waited = await self._wait(mine)
+        if mine:
+            broken = self._broken
+            for run_id in mine:
+                for batch in waited:
+                    if (error := batch.errors.get(run_id)) is not None:
+                        raise error
+                if broken and (error := broken.get(run_id)) is not None:
+                    raise error
+        else:  # a sync that appended nothing itself: whatever it waited for
+            for batch in waited:
+                if batch.error is not None:
+                    raise batch.error
+
+    async def drain(self) -> None:
+        """Let pending appends commit before another statement; their errors go to the next sync()."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        if self._sqlite:
+            self._flush_blocking(asyncio.get_running_loop())
+        await self._wait(now=True)
+
+    async def _wait(
+        self, runs: tuple[str, ...] = (), *, batch: _Batch | None = None, now: bool = False
+    ) -> list[_Batch]:
+        """Wait for the queued batches holding records of `runs` (every batch if none are named), or
+        for `batch`, and return them. Their flush comes at this loop's next iteration, or `now`."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            pending = [b for b in (self._inflight, self._open) if b is not None]
+            if batch is not None:
+                pending = [b for b in pending if b is batch]
+            elif runs:
+                pending = [b for b in pending if any(run_id in b.groups for run_id in runs)]
+            if not pending:
+                return []
+            futures = []
+            for b in pending:
+                fut = loop.create_future()
+                b.waiters.append((loop, fut))
+                futures.append(fut)
+            if now and not self._sqlite:
+                self._start_worker()
+        if not (now and not self._sqlite):
+            self._schedule(loop)
+        for fut in futures:
+            await fut
+        return pending
+
+    def _flush_blocking(self, loop: asyncio.AbstractEventLoop | None) -> _Batch | None:
+        """Write the queued records in this thread (SQLite on the loop thread; any store without a
+        loop). `loop` is this thread's running loop, if any: its waiters are woken directly."""
         with self._db_lock:
             with self._lock:
                 batch, self._open = self._open, None
-            if batch is not None:
+                if batch is None:
+                    return None
+                self._inflight = batch
+            try:
                 self._write(batch)
+            finally:
                 with self._lock:
-                    self._settle(batch, report=report)
-        if report:
-            self._raise_errors([batch] if batch is not None else [])
+                    self._inflight = None
+                    self._settle(batch, loop)
+        return batch
 
-    def _raise_errors(self, batches: list[_Batch]) -> None:
-        errors = [b.error for b in batches if b.error is not None]
-        with self._lock:
-            errors += self._unreported
-            self._unreported.clear()
-        if errors:
-            raise errors[0]
-
-    def _settle(self, batch: _Batch, *, report: bool = False) -> None:
-        """After a batch was written or failed (with self._lock held)."""
+    def _settle(self, batch: _Batch, loop: asyncio.AbstractEventLoop | None) -> None:
+        """After a batch was written or failed (with self._lock held): mark its failed runs, wake
+        its waiters."""
         batch.done = True
         for run_id, error in batch.errors.items():
+            if run_id in batch.creates:
+                continue  # a run that could not be created is not this writer's to break
             self._broken[run_id] = error
             if self._open is not None:
                 self._open.groups.pop(run_id, None)  # appended after the failed ones: never written
-        if batch.error is not None and not report and batch.reporters == 0:
-            self._unreported.append(batch.error)
-        for loop, fut in batch.waiters:
-            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting any more
-                loop.call_soon_threadsafe(_wake, fut)
+        for wloop, fut in batch.waiters:
+            if wloop is loop:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting any more
+                    wloop.call_soon_threadsafe(_wake, fut)
+        if self._fault is not None and batch.groups and self._fault.reached("commit.wake"):
+            target = loop or (batch.waiters[0][0] if batch.waiters else None)
+            if target is None:
+                self._fault.die()
+            else:
+                self._fault.die_later(target)
 
     def _broken_error(self, run_id: str) -> Exception:
         error = self._broken[run_id]
@@ -254,56 +378,20 @@ class GroupCommitWriter:
             finally:
                 with self._lock:
                     self._inflight = None
-                    self._settle(batch)
-
-    async def _wait(self, *, report: bool) -> None:
-        """Wait until everything queued before the call is written (Postgres)."""
-        loop = asyncio.get_running_loop()
-        futures = []
-        with self._lock:
-            batches = [b for b in (self._inflight, self._open) if b is not None]
-            for b in batches:
-                fut = loop.create_future()
-                b.waiters.append((loop, fut))
-                futures.append(fut)
-                if report:
-                    b.reporters += 1
-            self._start_worker()
-        try:
-            for fut in futures:
-                await fut
-        except BaseException:  # cancelled: the errors this call would have raised go to the next sync()
-            if report:
-                with self._lock:
-                    for b in batches:
-                        b.reporters -= 1
-                        if b.done and b.error is not None and b.reporters == 0:
-                            self._unreported.append(b.error)
-            raise
-        if report:
-            self._raise_errors(batches)
-
-    async def drain(self) -> None:
-        """Let pending appends commit before another statement; their errors go to the next sync()."""
-        if self._closed:
-            raise StoreError("the store is closed")
-        if self._sqlite:
-            self._flush_blocking(report=False)
-        else:
-            await self._wait(report=False)
+                    self._settle(batch, None)
 
     # -- writing a batch ------------------------------------------------------------------------
 
     def _write(self, batch: _Batch) -> None:
         """Commit the batch; on a conflict, retry each run alone so only the conflicting one fails.
-        Fills `batch.errors`/`batch.error`; never raises for a database error."""
-        groups = batch.groups
+        Fills `batch.errors`; never raises for a database error."""
+        groups, creates = batch.groups, batch.creates
         if not groups:
             return
         write = self._write_sqlite if self._sqlite else self._write_core
         errors: dict[str, Exception] = {}
         try:
-            failed = write(groups, use_cache=True)
+            failed = write(groups, creates, use_cache=True)
             errors.update(failed)
         except Exception as e:
             for run_id in groups:
@@ -313,19 +401,18 @@ class GroupCommitWriter:
                 errors = dict.fromkeys(groups, wrapped)
             elif len(groups) == 1:
                 (run_id,) = groups
-                errors[run_id] = self._conflict(run_id, groups[run_id][0], e)
+                errors[run_id] = self._conflict(run_id, groups[run_id][0], creates, e)
             else:
                 for run_id, group in groups.items():
                     try:
-                        errors.update(write({run_id: group}, use_cache=False))
+                        errors.update(write({run_id: group}, creates, use_cache=False))
                     except Exception as e1:
                         self._infos.pop(run_id, None)
                         errors[run_id] = (
-                            self._conflict(run_id, group[0], e1) if _is_conflict(e1) else self._wrap(e1)
+                            self._conflict(run_id, group[0], creates, e1) if _is_conflict(e1) else self._wrap(e1)
                         )
         if errors:
             batch.errors = errors
-            batch.error = next(iter(errors.values()))
         if len(self._infos) > _CACHE_LIMIT:
             self._infos.clear()
 
@@ -335,35 +422,77 @@ class GroupCommitWriter:
         detail = getattr(e, "orig", None) or e
         return StoreError(f"could not write to {self._db.url}: {detail}")
 
-    @staticmethod
-    def _conflict(run_id: str, records: list[Record], e: Exception) -> Exception:
+    def _conflict(self, run_id: str, records: list[Record], creates: dict[str, RunInfo], e: Exception) -> Exception:
         if isinstance(e, _RunFailed):
             return e.error
+        if run_id in creates:
+            return self._create_conflict(creates[run_id])
         return StoreConflict(
             f"run {run_id}: records {records[0].seq}..{records[-1].seq} conflict with records already in "
             "its log (another actor advanced this run); load the run again before continuing it"
         )
 
+    def _create_conflict(self, info: RunInfo) -> StoreConflict:
+        """Why a new run's row was refused: its id is taken, or its thread has an active run."""
+
+        def query(conn: sa.Connection) -> tuple[object, object]:
+            with self._db.tx(conn, write=False):
+                other = None
+                if info.thread_id is not None:
+                    other = conn.execute(
+                        sa.select(runs_table.c.id).where(
+                            runs_table.c.thread_id == info.thread_id, runs_table.c.active.is_(True)
+                        )
+                    ).scalar()
+                exists = conn.execute(sa.select(runs_table.c.id).where(runs_table.c.id == info.id)).scalar()
+                return exists, other
+
+        try:
+            if self._sqlite:
+                exists, other = query(self._db.conn)
+            else:
+                with self._db.engine.connect() as conn:
+                    exists, other = query(conn)
+        except Exception:  # the database is gone as well: say what is known
+            exists = other = None
+        if exists is not None:
+            return StoreConflict(f"run {info.id} already exists; a new run needs a new id")
+        if other is not None:
+            return StoreConflict(
+                f"thread {info.thread_id} already has an active run ({other}); "
+                "wait for it, answer its pause, or cancel it before starting another"
+            )
+        return StoreConflict(f"run {info.id} could not be created: it conflicts with a stored run")
+
     def _plan(
         self,
-        groups: dict[str, tuple[list[Record], list[Row]]],
+        groups: Groups,
+        creates: dict[str, RunInfo],
         use_cache: bool,
         read: Callable[[str], RunInfo | None],
-    ) -> tuple[list[tuple[RunInfo, int]], dict[str, Exception]]:
-        """The new run rows (each with the last_seq it must still have), and the runs that cannot be
-        written: unknown, or whose records do not follow their log."""
+    ) -> tuple[list[tuple[RunInfo, int]], list[RunInfo], dict[str, Exception]]:
+        """The changed run rows (each with the last_seq it must still have), the new run rows, and
+        the runs that cannot be written: unknown, or whose records do not follow their log."""
         updates: list[tuple[RunInfo, int]] = []
+        inserts: list[RunInfo] = []
         failed: dict[str, Exception] = {}
         infos = self._infos
         for run_id, (recs, _) in groups.items():
-            info = infos.get(run_id) if use_cache else None
-            if info is None or info.last_seq != recs[0].seq - 1:
-                info = read(run_id)
-                if info is None:
-                    failed[run_id] = RunNotFound(
-                        f"run {run_id} does not exist; create it (create_run) before appending records"
-                    )
-                    continue
+            created = creates.get(run_id) if creates else None
+            info: RunInfo | None
+            if created is not None:  # a new run: its row holds what all of its records say
+                info = copy.copy(created)  # a retry plans again from the same start
+                recs = recs[1:]
+            else:
+                info = infos.get(run_id) if use_cache else None
+                if info is None or info.last_seq != recs[0].seq - 1:
+                    info = read(run_id)
+                    if info is None:
+                        failed[run_id] = RunNotFound(
+                            f"run {run_id} does not exist; create it (create_run) before appending records"
+                        )
+                        continue
+            assert info is not None
             prev = info.last_seq
             for r in recs:
                 if r.seq != info.last_seq + 1:
@@ -375,23 +504,31 @@ class GroupCommitWriter:
                     break
                 update_info(info, r)
             else:
-                updates.append((info, prev))
-        return updates, failed
+                if created is not None:
+                    inserts.append(info)
+                else:
+                    updates.append((info, prev))
+        return updates, inserts, failed
 
-    def _remember(self, updates: list[tuple[RunInfo, int]]) -> None:
+    def _remember(self, updates: list[tuple[RunInfo, int]], inserts: list[RunInfo]) -> None:
+        infos = self._infos
         for info, _ in updates:
             if info.status in TERMINAL:
-                self._infos.pop(info.id, None)
+                infos.pop(info.id, None)
             else:
-                self._infos[info.id] = info
+                infos[info.id] = info
+        for info in inserts:
+            self._broken.pop(info.id, None)  # a new run: nothing of an earlier one under its id holds
+            if info.status not in TERMINAL:
+                infos[info.id] = info
 
-    def _write_sqlite(
-        self, groups: dict[str, tuple[list[Record], list[Row]]], use_cache: bool
-    ) -> dict[str, Exception]:
+    def _write_sqlite(self, groups: Groups, creates: dict[str, RunInfo], use_cache: bool) -> dict[str, Exception]:
         raw = self._raw
         raw.execute("BEGIN IMMEDIATE")
         try:
-            updates, failed = self._plan(groups, use_cache, self._read_sqlite)
+            updates, inserts, failed = self._plan(groups, creates, use_cache, self._read_sqlite)
+            if inserts:
+                raw.executemany(_SQLITE_CREATE, [_create_params(info) for info in inserts])
             if failed:
                 rows = [row for run_id, g in groups.items() if run_id not in failed for row in g[1]]
             elif len(groups) == 1:
@@ -410,8 +547,10 @@ class GroupCommitWriter:
             ]  # fmt: skip
             if len(params) == 1:
                 changed = raw.execute(_SQLITE_UPDATE, params[0]).rowcount
-            else:
+            elif params:
                 changed = raw.executemany(_SQLITE_UPDATE, params).rowcount
+            else:
+                changed = 0
             if changed != len(params):  # some run's row moved under this writer: name it
                 for info, _ in updates:
                     row = raw.execute("SELECT last_seq FROM runs WHERE id = ?", (info.id,)).fetchone()
@@ -419,21 +558,23 @@ class GroupCommitWriter:
                         raise _RunFailed(
                             info.id, StoreConflict(f"run {info.id}: its row changed under this writer")
                         )
+            if self._fault is not None and self._fault.reached("commit.before"):
+                self._fault.die()
             raw.execute("COMMIT")
         except BaseException:
             if raw.in_transaction:
                 raw.execute("ROLLBACK")
             raise
-        self._remember(updates)
+        if self._fault is not None and self._fault.reached("commit.after"):
+            self._fault.die()
+        self._remember(updates, inserts)
         return failed
 
     def _read_sqlite(self, run_id: str) -> RunInfo | None:
         row = self._raw.execute(_SQLITE_SELECT, (run_id,)).fetchone()
         return info_from_row(row) if row is not None else None
 
-    def _write_core(
-        self, groups: dict[str, tuple[list[Record], list[Row]]], use_cache: bool
-    ) -> dict[str, Exception]:
+    def _write_core(self, groups: Groups, creates: dict[str, RunInfo], use_cache: bool) -> dict[str, Exception]:
         # Runs in a fixed order (by id) so that two processes' flushes lock rows in the same order.
         ordered = dict(sorted(groups.items()))
         conn = self._flush_conn
@@ -441,20 +582,26 @@ class GroupCommitWriter:
             conn = self._flush_conn = self._db.engine.connect()
         try:
             with conn.begin():
-                updates, failed = self._write_core_tx(conn, ordered, use_cache)
+                updates, inserts, failed = self._write_core_tx(conn, ordered, creates, use_cache)
+                if self._fault is not None and self._fault.reached("commit.before"):
+                    self._fault.die()
         except Exception as e:
             if not _is_conflict(e):  # the connection may be broken: take a fresh one next time
                 self._flush_conn = None
                 with contextlib.suppress(Exception):
                     conn.close()
             raise
-        self._remember(updates)
+        if self._fault is not None and self._fault.reached("commit.after"):
+            self._fault.die()
+        self._remember(updates, inserts)
         return failed
 
     def _write_core_tx(
-        self, conn: sa.Connection, ordered: dict[str, tuple[list[Record], list[Row]]], use_cache: bool
-    ) -> tuple[list[tuple[RunInfo, int]], dict[str, Exception]]:
-        updates, failed = self._plan(ordered, use_cache, lambda run_id: read_info(conn, run_id))
+        self, conn: sa.Connection, ordered: Groups, creates: dict[str, RunInfo], use_cache: bool
+    ) -> tuple[list[tuple[RunInfo, int]], list[RunInfo], dict[str, Exception]]:
+        updates, inserts, failed = self._plan(ordered, creates, use_cache, lambda run_id: read_info(conn, run_id))
+        if inserts:
+            conn.execute(runs_table.insert(), [info_values(info) for info in inserts])
         rows = [
             dict(zip(RECORD_COLUMNS, row, strict=True))
             for run_id, g in ordered.items()
@@ -471,7 +618,7 @@ class GroupCommitWriter:
             )
             if result.rowcount != 1:
                 raise _RunFailed(info.id, StoreConflict(f"run {info.id}: its row changed under this writer"))
-        return updates, failed
+        return updates, inserts, failed
 
     def close(self) -> None:
         """Stop writing (the caller synced first): the Postgres worker and its connection end."""
