@@ -5,11 +5,12 @@ group-commit writer reaches POINT:
 
 - `commit.before`: a transaction has written its rows and not committed them;
 - `commit.after`: it committed, and nobody has been told (no sync woken, nothing remembered);
-- `commit.wake`: the syncs that waited for it were woken and went on for a few loop iterations
-  (their tools started) before the process dies.
+- `commit.wake`: the syncs that waited for it were woken, and the process dies two loop iterations
+  later: their runs went on (a tool the sync was for has started), the next flush has not come.
 
-The variable is read once, when this module is imported; a bad value is an error when a store opens.
-Unset, a fault point costs the writer one attribute test per transaction.
+N counts transactions of the writer (a flush, or one run's retry after a conflict). The variable is
+read once, when this module is imported; a bad value is an error when a store opens. Unset, a fault
+point costs the writer one attribute test per transaction.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import signal
 from tether.domain.errors import ConfigError
 
 POINTS = ("commit.before", "commit.after", "commit.wake")
-WAKE_HOPS = 8  # loop iterations between waking the syncs and dying at commit.wake
+WAKE_HOPS = 2  # loop iterations between waking the syncs and dying at commit.wake
 
 
 class FaultPoint:

@@ -1,0 +1,19 @@
+"""Start argv[2] ledger runs at once on the store at argv[1]; TETHER_FAULT_AT may kill the process."""
+
+import asyncio
+import sys
+
+from ledger_agent import agent
+
+from tether.adapters.store.sql import SqlStore
+from tether.services.runs import RunsService
+
+
+async def main() -> None:
+    service = RunsService(SqlStore(sys.argv[1]), lease_ttl_s=0.3)
+    print("ready", flush=True)
+    views = await asyncio.gather(*(service.start(agent, f"task {i}") for i in range(int(sys.argv[2]))))
+    print(" ".join(sorted({v.status for v in views})), flush=True)
+
+
+asyncio.run(main())

@@ -1,0 +1,175 @@
+"""The group-commit writer groups the write-ahead: the syncs, ends and new runs of every run due in one
+event-loop iteration commit in one transaction, and each caller still gets only its own errors.
+
+(The kill test of the same pipeline is tests/test_write_ahead.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from pg import postgres, postgres_url  # noqa: F401  (fixtures)
+from test_store import Run
+from tether.adapters.store.sql import SqlStore
+from tether.domain.errors import StoreConflict
+from tether.domain.records import Record, ToolStarted
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'tether.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[SqlStore]:
+    s = SqlStore(store_url)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def count_transactions(store: SqlStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of runs in each batch the writer commits, from now on."""
+    writes: list[int] = []
+    writer = store._writer
+    real_write = writer._write
+    monkeypatch.setattr(writer, "_write", lambda batch: (writes.append(len(batch.groups)), real_write(batch)))
+    return writes
+
+
+async def test_the_syncs_of_runs_due_in_one_iteration_commit_together(
+    store: SqlStore, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = [Run() for _ in range(30)]
+    for run in runs:
+        await store.create_run(run.first, owner=None)
+    writes = count_transactions(store, monkeypatch)
+    other = SqlStore(store_url)  # reads what is committed
+
+    async def before_a_tool(run: Run) -> None:
+        started = run.record(ToolStarted(1, "call_1", "send_mail", "{}"))
+        store.append([started])
+        await store.sync()  # as before a non-idempotent tool
+        assert (await other.load(run.id))[-1] == started  # committed when sync returns
+
+    try:
+        await asyncio.gather(*(before_a_tool(run) for run in runs))
+    finally:
+        await other.close()
+    assert writes[0] == 30  # one transaction for every run's tool_started
+
+
+async def test_in_a_grouped_sync_only_the_conflicting_runs_sync_raises(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = [Run() for _ in range(10)]
+    for run in runs:
+        await store.create_run(run.first, owner=None)
+    writes = count_transactions(store, monkeypatch)
+    bad = runs[4]
+
+    async def step(run: Run) -> None:
+        record = run.model()
+        if run is bad:
+            record = Record(run.id, 1, time.time(), record.payload)  # seq 1 is taken: a conflict
+        store.append([record])
+        await store.sync()
+
+    results = await asyncio.gather(*(step(run) for run in runs), return_exceptions=True)
+    assert writes[0] == 10
+    for run, result in zip(runs, results, strict=True):
+        if run is bad:
+            assert isinstance(result, StoreConflict) and bad.id in str(result)
+        else:
+            assert result is None
+            assert [r.kind for r in await store.load(run.id)] == ["run_started", "model_call"]
+    assert [r.kind for r in await store.load(bad.id)] == ["run_started"]
+
+
+async def test_a_sync_raises_its_own_runs_error_from_a_flush_it_did_not_wait_for(store: SqlStore) -> None:
+    run, other = Run(), Run()
+    for r in (run, other):
+        await store.create_run(r.first, owner=None)
+    go = asyncio.Event()
+
+    async def another_task() -> None:
+        await go.wait()
+        store.append([other.model()])
+        await store.sync()  # not the other task's error
+
+    task = asyncio.create_task(another_task())  # before this task appends anything
+    store.append([Record(run.id, 1, time.time(), run.model().payload)])  # a conflict
+    for _ in range(3):  # the scheduled flush commits (and fails) without a sync
+        await asyncio.sleep(0)
+    go.set()
+    await task
+    with pytest.raises(StoreConflict, match=run.id):
+        await store.sync()
+    await store.sync()  # raised once
+
+
+async def test_runs_started_together_are_created_in_one_transaction_with_their_own_errors(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    existing = Run()
+    await store.create_run(existing.first, owner="me")
+    writes = count_transactions(store, monkeypatch)
+    fresh = [Run() for _ in range(20)]
+    same_thread = [Run(thread_id="thread_1"), Run(thread_id="thread_1")]
+    again = Run()
+    again.id = existing.id
+    again.seq = 0
+    again.first = again.record(existing.first.payload)
+
+    results = await asyncio.gather(
+        *(store.create_run(r.first, owner="me") for r in [*fresh, *same_thread, again]), return_exceptions=True
+    )
+    assert writes[0] == 23  # tried together first
+    assert results[:21] == [None] * 21
+    assert isinstance(results[21], StoreConflict)
+    assert str(results[21]).startswith(f"thread thread_1 already has an active run ({same_thread[0].id})")
+    assert isinstance(results[22], StoreConflict)
+    assert str(results[22]) == f"run {existing.id} already exists; a new run needs a new id"
+    for r in [*fresh, same_thread[0]]:
+        info = await store.get_run(r.id)
+        assert info is not None and info.status == "queued" and info.lease_owner == "me"
+        assert await store.load(r.id) == [r.first]
+    assert await store.get_run(same_thread[1].id) is None
+    # The run that exists is untouched, and its writer goes on appending to it.
+    store.append([existing.model()])
+    await store.sync()
+    assert [r.kind for r in await store.load(existing.id)] == ["run_started", "model_call"]
+
+
+async def test_an_append_with_a_flush_already_scheduled_looks_up_no_event_loop(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = [Run() for _ in range(5)]
+    for run in runs:
+        await store.create_run(run.first, owner=None)
+    lookups = []
+    real = asyncio.get_running_loop
+
+    def counted() -> asyncio.AbstractEventLoop:
+        lookups.append(1)
+        return real()
+
+    monkeypatch.setattr(asyncio, "get_running_loop", counted)
+    for run in runs:  # one loop iteration: one flush scheduled, by the first append
+        store.append([run.model()])
+        store.append([run.finish()])
+    assert len(lookups) == 1
+    monkeypatch.undo()
+    await store.sync()
+    for run in runs:
+        assert [r.kind for r in await store.load(run.id)] == ["run_started", "model_call", "finished"]
