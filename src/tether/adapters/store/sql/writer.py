@@ -33,7 +33,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -42,16 +42,11 @@ from tether.adapters.store.sql.database import Database, StoreError
 from tether.adapters.store.sql.faults import fault_point
 from tether.adapters.store.sql.schema import (
     INFO_COLUMNS,
-    RECORD_COLUMNS,
     Row,
     info_from_row,
-    info_values,
-    read_info,
     record_row,
-    records_table,
     releases_lease,
     runs_table,
-    update_values,
 )
 from tether.domain.errors import RunNotFound, StoreConflict, TetherError
 from tether.domain.records import ACTIVE, TERMINAL, Record
@@ -76,6 +71,11 @@ _SQLITE_UPDATE = (
     "WHERE id = ? AND last_seq = ?"
 )
 _SQLITE_SELECT = f"SELECT {', '.join(INFO_COLUMNS)} FROM runs WHERE id = ?"
+# The same on Postgres (psycopg's placeholders).
+_PG_INSERT = _SQLITE_INSERT.replace("?", "%s")
+_PG_CREATE = _SQLITE_CREATE.replace("?", "%s")
+_PG_UPDATE = _SQLITE_UPDATE.replace("?", "%s").replace("CASE WHEN %s", "CASE WHEN %s::boolean")
+_PG_SELECT = _SQLITE_SELECT.replace("?", "%s")
 
 # The runs this context (an asyncio task, or a thread) appended to since its last sync: the errors
 # its sync raises. A tuple, replaced and never changed, so that a child task never sees its
@@ -117,12 +117,13 @@ def _is_conflict(e: BaseException) -> bool:
     """A constraint violation or a lost race (deadlock, serialisation failure): a retry per run helps."""
     if isinstance(e, (sqlite3.IntegrityError, sa_exc.IntegrityError, _RunFailed)):
         return True
-    orig = getattr(e, "orig", None)
-    return getattr(orig, "sqlstate", None) in ("40P01", "40001")
+    sqlstate = getattr(getattr(e, "orig", None) or e, "sqlstate", None) or ""  # Postgres, through SQLAlchemy or not
+    return sqlstate.startswith("23") or sqlstate in ("40P01", "40001")
 
 
-def _create_params(info: RunInfo) -> tuple[object, ...]:
-    return (*(getattr(info, name) for name in INFO_COLUMNS), 1 if info.status in ACTIVE else None)
+def _create_params(info: RunInfo, true: object = 1) -> tuple[object, ...]:
+    """A new run row's values, in INFO_COLUMNS order and `active` (`true` or NULL)."""
+    return (*(getattr(info, name) for name in INFO_COLUMNS), true if info.status in ACTIVE else None)
 
 
 class GroupCommitWriter:
@@ -388,7 +389,7 @@ class GroupCommitWriter:
         groups, creates = batch.groups, batch.creates
         if not groups:
             return
-        write = self._write_sqlite if self._sqlite else self._write_core
+        write = self._write_sqlite if self._sqlite else self._write_postgres
         errors: dict[str, Exception] = {}
         try:
             failed = write(groups, creates, use_cache=True)
@@ -574,7 +575,9 @@ class GroupCommitWriter:
         row = self._raw.execute(_SQLITE_SELECT, (run_id,)).fetchone()
         return info_from_row(row) if row is not None else None
 
-    def _write_core(self, groups: Groups, creates: dict[str, RunInfo], use_cache: bool) -> dict[str, Exception]:
+    def _write_postgres(
+        self, groups: Groups, creates: dict[str, RunInfo], use_cache: bool
+    ) -> dict[str, Exception]:
         # Runs in a fixed order (by id) so that two processes' flushes lock rows in the same order.
         ordered = dict(sorted(groups.items()))
         conn = self._flush_conn
@@ -582,7 +585,10 @@ class GroupCommitWriter:
             conn = self._flush_conn = self._db.engine.connect()
         try:
             with conn.begin():
-                updates, inserts, failed = self._write_core_tx(conn, ordered, creates, use_cache)
+                # The raw driver: its executemany sends a batch's statements in one pipeline, where
+                # one statement a run would cost a round trip each.
+                with conn.connection.dbapi_connection.cursor() as cur:  # type: ignore[union-attr]
+                    updates, inserts, failed = self._write_postgres_tx(cur, ordered, creates, use_cache)
                 if self._fault is not None and self._fault.reached("commit.before"):
                     self._fault.die()
         except Exception as e:
@@ -596,28 +602,35 @@ class GroupCommitWriter:
         self._remember(updates, inserts)
         return failed
 
-    def _write_core_tx(
-        self, conn: sa.Connection, ordered: Groups, creates: dict[str, RunInfo], use_cache: bool
+    def _write_postgres_tx(
+        self, cur: Any, ordered: Groups, creates: dict[str, RunInfo], use_cache: bool
     ) -> tuple[list[tuple[RunInfo, int]], list[RunInfo], dict[str, Exception]]:
-        updates, inserts, failed = self._plan(ordered, creates, use_cache, lambda run_id: read_info(conn, run_id))
+        def read(run_id: str) -> RunInfo | None:
+            cur.execute(_PG_SELECT, (run_id,))
+            row = cur.fetchone()
+            return info_from_row(row) if row is not None else None
+
+        updates, inserts, failed = self._plan(ordered, creates, use_cache, read)
         if inserts:
-            conn.execute(runs_table.insert(), [info_values(info) for info in inserts])
-        rows = [
-            dict(zip(RECORD_COLUMNS, row, strict=True))
-            for run_id, g in ordered.items()
-            if run_id not in failed
-            for row in g[1]
-        ]
+            cur.executemany(_PG_CREATE, [_create_params(info, True) for info in inserts])
+        rows = [row for run_id, g in ordered.items() if run_id not in failed for row in g[1]]
         if rows:
-            conn.execute(records_table.insert(), rows)
-        for info, prev in updates:
-            result = conn.execute(
-                runs_table.update()
-                .where(runs_table.c.id == info.id, runs_table.c.last_seq == prev)
-                .values(**update_values(info))
-            )
-            if result.rowcount != 1:
-                raise _RunFailed(info.id, StoreConflict(f"run {info.id}: its row changed under this writer"))
+            cur.executemany(_PG_INSERT, rows)
+        if updates:
+            cur.executemany(_PG_UPDATE, [
+                (info.status, info.updated_at, info.pause_id, info.last_seq, info.input_tokens,
+                 info.output_tokens, info.cost_usd, info.output, True if info.status in ACTIVE else None,
+                 releases_lease(info), releases_lease(info), info.id, prev)
+                for info, prev in updates
+            ])  # fmt: skip
+            if cur.rowcount != len(updates):  # some run's row moved under this writer: name it
+                for info, _ in updates:
+                    cur.execute("SELECT last_seq FROM runs WHERE id = %s", (info.id,))
+                    row = cur.fetchone()
+                    if row is None or row[0] != info.last_seq:
+                        raise _RunFailed(
+                            info.id, StoreConflict(f"run {info.id}: its row changed under this writer")
+                        )
         return updates, inserts, failed
 
     def close(self) -> None:
