@@ -108,9 +108,17 @@ class _RunFailed(Exception):
         self.run_id, self.error = run_id, error
 
 
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+def _wake(futures: list[asyncio.Future[None]]) -> None:
+    for fut in futures:
+        if not fut.done():
+            fut.set_result(None)
+
+
+def _holds(batch: _Batch, runs: tuple[str, ...]) -> bool:
+    groups = batch.groups
+    if len(runs) == 1:  # the common case: a task advances one run
+        return runs[0] in groups
+    return any(run_id in groups for run_id in runs)
 
 
 def _is_conflict(e: BaseException) -> bool:
@@ -142,8 +150,7 @@ class GroupCommitWriter:
         self._draining = False  # a Postgres worker is writing batches
         # The thread whose event loop has a flush scheduled (and that loop): an append from that
         # thread needs no loop lookup (`get_running_loop` costs a getpid() on CPython 3.11).
-        self._tick_thread: int | None = None
-        self._tick_loop: asyncio.AbstractEventLoop | None = None
+        self._ticking: tuple[int, asyncio.AbstractEventLoop] | None = None
         self._broken: dict[str, Exception] = {}  # runs whose records failed; cleared by forget()
         self._infos: dict[str, RunInfo] = {}  # run rows as this store last wrote them
         self._closed = False
@@ -203,7 +210,8 @@ class GroupCommitWriter:
                 else:
                     group[0].append(r)
                     group[1].append(row)
-        if self._tick_thread != threading.get_ident():  # else this thread's loop flushes soon
+        ticking = self._ticking
+        if ticking is None or ticking[0] != threading.get_ident():  # else this thread's loop flushes soon
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # no event loop: plain synchronous use, written (or raised) at once
@@ -217,14 +225,15 @@ class GroupCommitWriter:
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         """A flush at this loop's next iteration (one at a time a thread)."""
-        thread = threading.get_ident()
-        if self._tick_thread != thread:
-            self._tick_thread, self._tick_loop = thread, loop
+        ticking, thread = self._ticking, threading.get_ident()
+        if ticking is None or ticking[0] != thread:
+            self._ticking = (thread, loop)
             loop.call_soon(self._tick, loop)
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._tick_loop is loop:
-            self._tick_thread = self._tick_loop = None
+        ticking = self._ticking
+        if ticking is not None and ticking[1] is loop:
+            self._ticking = None
         if self._closed:
             return
         if self._sqlite:
@@ -287,20 +296,21 @@ class GroupCommitWriter:
     ) -> list[_Batch]:
         """Wait for the queued batches holding records of `runs` (every batch if none are named), or
         for `batch`, and return them. Their flush comes at this loop's next iteration, or `now`."""
-        loop = asyncio.get_running_loop()
+        ticking = self._ticking  # with a flush scheduled from this thread, its loop is the running one
+        mine = ticking is not None and ticking[0] == threading.get_ident()
+        loop = ticking[1] if mine and ticking is not None else asyncio.get_running_loop()
+        pending: list[_Batch] = []
+        futures = []
         with self._lock:
-            pending = [b for b in (self._inflight, self._open) if b is not None]
-            if batch is not None:
-                pending = [b for b in pending if b is batch]
-            elif runs:
-                pending = [b for b in pending if any(run_id in b.groups for run_id in runs)]
-            if not pending:
-                return []
-            futures = []
-            for b in pending:
+            for b in (self._inflight, self._open):
+                if b is None or (batch is not None and b is not batch) or (runs and not _holds(b, runs)):
+                    continue
+                pending.append(b)
                 fut = loop.create_future()
                 b.waiters.append((loop, fut))
                 futures.append(fut)
+            if not pending:
+                return pending
             if now and not self._sqlite:
                 self._start_worker()
         if not (now and not self._sqlite):
@@ -336,13 +346,16 @@ class GroupCommitWriter:
             self._broken[run_id] = error
             if self._open is not None:
                 self._open.groups.pop(run_id, None)  # appended after the failed ones: never written
+        elsewhere: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for wloop, fut in batch.waiters:
             if wloop is loop:
                 if not fut.done():
                     fut.set_result(None)
             else:
-                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting any more
-                    wloop.call_soon_threadsafe(_wake, fut)
+                elsewhere.setdefault(wloop, []).append(fut)
+        for wloop, futures in elsewhere.items():  # one wake-up of another thread's loop for all of them
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting any more
+                wloop.call_soon_threadsafe(_wake, futures)
         if self._fault is not None and batch.groups and self._fault.reached("commit.wake"):
             target = loop or (batch.waiters[0][0] if batch.waiters else None)
             if target is None:
