@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+from pg import postgres, postgres_url  # noqa: F401  (fixtures)
 from tether.adapters.models.scripted import ScriptedModel, call_tool, reply
 from tether.adapters.store.memory import MemoryStore
 from tether.adapters.store.sql import SqlStore
@@ -29,9 +31,13 @@ pytestmark = pytest.mark.anyio
 TTL_S = 0.3  # a heartbeat every 100 ms
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlStore | MemoryStore]:
-    s = MemoryStore() if request.param == "memory" else SqlStore(f"sqlite:///{tmp_path / 'runs.db'}")
+    if request.param == "memory":
+        s: SqlStore | MemoryStore = MemoryStore()
+    else:
+        sqlite = request.param == "sqlite"
+        s = SqlStore(f"sqlite:///{tmp_path / 'runs.db'}" if sqlite else request.getfixturevalue("postgres_url"))
     yield s
     await s.close()
 
@@ -90,6 +96,22 @@ async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
+def trace(store: SqlStore | MemoryStore, statements: list[str]) -> Callable[[], None]:
+    """Keep every SQL statement the store runs (on SQLite, also those of its raw hot path); returns
+    the function that stops."""
+    if isinstance(store, MemoryStore):
+        return lambda: None
+    if store.dialect == "sqlite":
+        store._db.raw.set_trace_callback(statements.append)
+        return lambda: store._db.raw.set_trace_callback(None)
+
+    def keep(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    sa.event.listen(store._db.engine, "before_cursor_execute", keep)
+    return lambda: sa.event.remove(store._db.engine, "before_cursor_execute", keep)
+
+
 def heartbeat_tasks() -> list[asyncio.Task[Any]]:
     return [t for t in asyncio.all_tasks() if t.get_name().startswith("tether heartbeat") and not t.done()]
 
@@ -139,19 +161,17 @@ async def test_one_statement_a_heartbeat_renews_every_run_the_service_advances(s
     await until(lambda: len(service._active) == runs)
     assert len(heartbeat_tasks()) == 1  # one task for all of them
     statements: list[str] = []
-    if isinstance(store, SqlStore):
-        store._db.raw.set_trace_callback(statements.append)
+    stop_tracing = trace(store, statements)
     watched.calls.clear()
     since = time.time()
 
     await asyncio.sleep(TTL_S * 1.2)  # about three heartbeats; every run waits for its model meanwhile
 
-    if isinstance(store, SqlStore):
-        store._db.raw.set_trace_callback(None)
+    stop_tracing()
     beats = watched.calls["renew_leases"]
     assert beats >= 2 and set(watched.calls) == {"renew_leases"}  # no statement a run
     if isinstance(store, SqlStore):
-        work = [s for s in statements if s.split()[0] not in ("BEGIN", "COMMIT")]
+        work = [s for s in statements if s.split()[0].upper() not in ("BEGIN", "COMMIT")]
         assert len(work) == beats and all(s.startswith("UPDATE runs SET lease_expires") for s in work), work
     for run_id in service._active:
         info = await store.get_run(run_id)
