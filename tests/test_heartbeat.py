@@ -121,7 +121,9 @@ def heartbeat_tasks() -> list[asyncio.Task[Any]]:
 
 @pytest.mark.parametrize("returning", [True, False])
 async def test_renew_leases_renews_only_the_owners_runs_and_brings_their_controls(store, monkeypatch, returning):
-    monkeypatch.setattr(sql_leases, "_RETURNING", returning)  # an SQLite older than 3.35 selects afterwards
+    if not returning and getattr(store, "dialect", None) != "sqlite":
+        pytest.skip("only an SQLite older than 3.35 renews without RETURNING")
+    monkeypatch.setattr(sql_leases, "_RETURNING", returning)  # it selects the renewed rows afterwards
     a = RunsService(store, owner="A", lease_ttl_s=30)
     b = RunsService(store, owner="B", lease_ttl_s=30)
     quick = Agent("quick", ScriptedModel([reply("done")]))
@@ -211,11 +213,9 @@ async def test_a_cancel_asked_by_another_process_stops_a_model_call_within_a_hea
     await entered.wait()
     (run_id,) = owner._active
     other = RunsService(store, lease_ttl_s=TTL_S)  # another process: it reaches the run through the store only
-    asked = time.monotonic()
     await other.cancel(run_id, by="cli", wait=False)
-    run = await asyncio.wait_for(task, 5)
+    run = await asyncio.wait_for(task, 5)  # about a heartbeat (0.1 s); the model call would wait for ever
     assert run.status == "cancelled" and "cancelled by cli" in (run.error or "")
-    assert time.monotonic() - asked < 5  # (about a heartbeat: 0.1 s; no time is asserted more closely)
     assert [r.kind for r in await store.load(run_id)] == ["run_started", "finished"]
 
 
