@@ -24,6 +24,12 @@ class StoreConflict(TetherError):
     """Another actor advanced this run first (a record's seq was taken, or a thread is busy)."""
 
 
+class LeaseLost(StoreConflict):
+    """Another process took over the run's lease, which this one failed to renew in time (it was
+    suspended, or too busy, past the lease's expiry): this one stopped advancing it, writing nothing
+    more, and the other goes on with it."""
+
+
 class AlreadyResumed(TetherError):
     """A decision named a pause the run is no longer at."""
 

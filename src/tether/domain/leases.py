@@ -1,4 +1,4 @@
-"""Who holds a run's lease, and when a lease is free before it expires.
+"""Who holds a run's lease, when a lease is free before it expires, and what renewing it brings back.
 
 A lease owner is a string kept in the store. Besides a readable `host:pid:nonce`, it carries the
 identity of the owning process on its machine: the kernel's boot id, the namespaces it sees
@@ -14,6 +14,17 @@ Nothing here does I/O: the caller reads /proc and passes what it saw.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseState:
+    """A run whose lease its owner's heartbeat renewed, with what was set on it from outside since:
+    a cancel asked for by another process, breakpoints changed on it (None: none asked, none set)."""
+
+    run_id: str
+    cancel_requested: str | None = None
+    breakpoints: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

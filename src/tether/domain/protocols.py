@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from tether.domain.leases import LeaseState
 from tether.domain.models import ModelRequest, ModelResponse
 from tether.domain.objects import StoredObject
 from tether.domain.records import Record, RunStatus
@@ -76,6 +77,13 @@ class Store(Protocol):
 
     async def renew_lease(self, run_id: str, owner: str, ttl_s: float) -> bool: ...
 
+    async def renew_leases(self, owner: str, run_ids: Collection[str], ttl_s: float) -> list[LeaseState]:
+        """Renew, in one statement whatever their number, the leases `owner` holds on these runs (the
+        runs it advances); the renewed ones come back, each with the cancel asked for and the
+        breakpoints set on it from outside. A run left out is no longer leased to `owner`: it paused
+        or ended (which gives the lease back), or another owner took it over once it had expired."""
+        ...
+
     async def take_over_lease(self, run_id: str, old_owner: str, owner: str, ttl_s: float) -> bool:
         """Take the lease from `old_owner`, known to be gone, before it expires: only if it still
         holds it (compare-and-set), so that of two processes racing to take over, one wins."""
@@ -96,8 +104,8 @@ class Store(Protocol):
     async def get_breakpoints(self, run_id: str) -> list[dict[str, Any]] | None: ...
 
     async def request_cancel(self, run_id: str, reason: str) -> None:
-        """Ask whoever advances the run to cancel it (its heartbeat looks, and so does its executor after
-        a slow call)."""
+        """Ask whoever advances the run to cancel it (its owner's heartbeat looks, and so does its executor
+        after a slow call)."""
         ...
 
     async def cancel_requested(self, run_id: str) -> str | None: ...

@@ -19,7 +19,7 @@ from typing import Any
 
 from tether.domain.agents import Limits
 from tether.domain.breakpoints import Breakpoint, Stop
-from tether.domain.errors import ModelError, ReplayDiverged
+from tether.domain.errors import LeaseLost, ModelError, ReplayDiverged
 from tether.domain.events import Event
 from tether.domain.ids import new_id
 from tether.domain.messages import Message, ToolCall
@@ -76,6 +76,7 @@ class Executor:
             if t.policy.max_concurrency
         }
         self._cancelled: str | None = None
+        self._lease_lost: str | None = None  # why this executor may write nothing more
         self._model_call_task: asyncio.Future[ModelResponse] | None = None
 
     def cancel(self, reason: str = "cancelled") -> None:
@@ -85,6 +86,14 @@ class Executor:
         finishes first, so that its effect is known.
         """
         self._cancelled = reason
+        if self._model_call_task is not None:
+            self._model_call_task.cancel()
+
+    def lose_lease(self, reason: str) -> None:
+        """Stop at once, writing nothing more: another process took over the run's lease, which this one
+        failed to renew in time. The next record raises `LeaseLost(reason)` instead of being written;
+        a model call in flight is interrupted, a tool call in flight finishes unrecorded."""
+        self._lease_lost = reason
         if self._model_call_task is not None:
             self._model_call_task.cancel()
 
@@ -144,6 +153,8 @@ class Executor:
             self._model_call_task = asyncio.ensure_future(self.model.complete(request, on_delta))
             response = await self._model_call_task
         except asyncio.CancelledError:
+            if self._lease_lost is not None:
+                raise LeaseLost(self._lease_lost) from None
             if self._cancelled is None:
                 raise  # our own task is being cancelled (a shutdown): not a cancel of the run
             return  # cancel() interrupted the call: the loop ends the run as cancelled
@@ -419,6 +430,8 @@ class Executor:
         self._record(state, Finished(status, output, structured, error, state.usage.copy(), state.cost_usd))
 
     def _record(self, state: RunState, payload: Payload) -> Record:
+        if self._lease_lost is not None:
+            raise LeaseLost(self._lease_lost)  # another process advances the run now: write nothing
         record = Record(state.run_id, state.last_seq + 1, self.clock(), payload)
         state.apply(record)
         self.store.append((record,))

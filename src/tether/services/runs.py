@@ -29,6 +29,7 @@ from tether.domain.errors import (
     AlreadyResumed,
     ConfigError,
     InvalidRequest,
+    LeaseLost,
     RunNotFound,
     StoreConflict,
     TetherError,
@@ -36,7 +37,7 @@ from tether.domain.errors import (
 from tether.domain.events import Event
 from tether.domain.fork import later_side_effects, reused_prefix
 from tether.domain.ids import new_id
-from tether.domain.leases import owner_is_gone, owner_of, owner_string
+from tether.domain.leases import LeaseState, owner_is_gone, owner_of, owner_string
 from tether.domain.messages import Message
 from tether.domain.models import ModelResponse
 from tether.domain.protocols import Store
@@ -79,7 +80,8 @@ class RunsService:
         self.owner = owner or _owner_here()
         self.lease_ttl_s = lease_ttl_s
         self._agents: dict[str, Agent] = {}
-        self._active: dict[str, Executor] = {}
+        self._active: dict[str, Executor] = {}  # the runs this service advances now, under its lease
+        self._heartbeat_task: asyncio.Task[None] | None = None  # keeps their leases while there are any
         # Agent refs "PREFIX:…" that an interface knows how to rebuild (e.g. the server's "api:RUN_ID").
         self.resolvers: dict[str, Callable[[AgentSnapshot], Awaitable[Agent]]] = {}
         # Documents that follow a fork, whichever face forks (e.g. the new thread of an API run's fork).
@@ -162,18 +164,20 @@ class RunsService:
         """
         executor = Executor(store=self.store, model=agent.model, tools=agent.tools, on_event=on_event,
                             log=records, breakpoints=await self._breakpoints_of(state, fresh=fresh))
-        self._active[state.run_id] = executor
-        if not fresh and (reason := await self.store.cancel_requested(state.run_id)) is not None:
-            executor.cancel(reason)  # asked while no one held it (its owner had died)
-        heartbeat = asyncio.create_task(self._heartbeat(state.run_id, executor.breakpoints))
+        self._hold(state.run_id, executor)
+        lost = False
         try:
+            if not fresh and (reason := await self.store.cancel_requested(state.run_id)) is not None:
+                executor.cancel(reason)  # asked while no one held it (its owner had died)
             await executor.advance(state)
+        except LeaseLost:
+            lost = True  # another process advances the run now: give nothing back, write nothing
+            raise
         finally:
-            heartbeat.cancel()
-            self._active.pop(state.run_id, None)
+            self._let_go(state.run_id, executor)
             await agent.close_tools()  # MCP sessions close when the run pauses or ends
             await self.store.sync()
-            if state.status not in (RunStatus.PAUSED, *TERMINAL):  # a pause or the end released it already
+            if not lost and state.status not in (RunStatus.PAUSED, *TERMINAL):  # a pause or the end released it
                 await self.store.release_lease(state.run_id, self.owner)
         return view_of(state, records)
 
@@ -189,20 +193,42 @@ class RunsService:
         # Compare-and-set on the dead owner: of two processes taking over at once, one wins.
         return await self.store.take_over_lease(run_id, info.lease_owner, self.owner, self.lease_ttl_s)
 
-    async def _heartbeat(self, run_id: str, breakpoints: builtins.list[Breakpoint]) -> None:
-        """Keep the lease, and pick up breakpoints another process set on this run meanwhile."""
-        seen = [b.to_dict() for b in breakpoints]
-        while True:
+    def _hold(self, run_id: str, executor: Executor) -> None:
+        """The executor advances the run now, under this service's lease: the heartbeat keeps it."""
+        self._active[run_id] = executor
+        if self._heartbeat_task is None or self._heartbeat_task.done():
+            self._heartbeat_task = asyncio.create_task(self._heartbeat(), name=f"tether heartbeat {self.owner}")
+
+    def _let_go(self, run_id: str, executor: Executor) -> None:
+        if self._active.get(run_id) is executor:  # not a newer executor of the run (resumed meanwhile)
+            del self._active[run_id]
+        if not self._active and self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()  # nothing left to keep: no task lingers
+            self._heartbeat_task = None
+
+    async def _heartbeat(self) -> None:
+        """Keep the leases of every run this service advances, in one statement every lease_ttl/3
+        however many there are, and hand each executor what was set on its run from outside: a cancel,
+        changed breakpoints. A run whose lease another process took over (this one was suspended, or
+        too busy, past its expiry) stops before its next write."""
+        while self._active:
             await asyncio.sleep(self.lease_ttl_s / 3)
-            await self.store.renew_lease(run_id, self.owner, self.lease_ttl_s)
-            stored = await self.store.get_breakpoints(run_id)
-            executor = self._active.get(run_id)
-            if stored is not None and stored != seen and executor is not None:
-                executor.breakpoints = [Breakpoint.from_dict(d) for d in stored]
-                seen = stored
-            reason = await self.store.cancel_requested(run_id)
-            if reason is not None and executor is not None:
-                executor.cancel(reason)
+            held = dict(self._active)
+            try:
+                renewed = await self.store.renew_leases(self.owner, held.keys(), self.lease_ttl_s)
+            except Exception:  # a store that fails now may not later: the next beat tries again
+                log.warning("renewing the leases of %d runs failed", len(held), exc_info=True)
+                continue
+            for lease in renewed:
+                executor = held.pop(lease.run_id, None)
+                if executor is not None and self._active.get(lease.run_id) is executor:
+                    _hand_controls(executor, lease)
+            for run_id, executor in held.items():  # not renewed: it paused or ended, or its lease is gone
+                if self._active.get(run_id) is executor:  # (one that paused or ended writes nothing more anyway)
+                    executor.lose_lease(
+                        f"run {run_id}: this process did not renew its lease in time (every {self.lease_ttl_s:g} s; "
+                        "it was suspended or too busy) and another process took the run over, so this one "
+                        f"stopped advancing it and wrote nothing more; `tether runs show {run_id}` shows it now")
 
     # -- look ------------------------------------------------------------------------------------
 
@@ -378,11 +404,11 @@ class RunsService:
         executor = Executor(store=self.store, model=_NOT_CALLED, tools={}, on_event=on_event, log=records)
         if reason is not None:
             executor.cancel(reason)
-        self._active[state.run_id] = executor
+        self._hold(state.run_id, executor)
         try:
             await executor.advance(state)
         finally:
-            self._active.pop(state.run_id, None)
+            self._let_go(state.run_id, executor)
             await self.store.release_lease(state.run_id, self.owner)
         return view_of(state, records)
 
@@ -683,6 +709,19 @@ def _owner_here() -> str:
     except PermissionError:
         ticks = None
     return owner_string(name, this_host(), os.getpid(), ticks)
+
+
+def _hand_controls(executor: Executor, lease: LeaseState) -> None:
+    """Give the executor what another process set on its run: breakpoints that differ from its own
+    replace them; a cancel stops it at its next transition."""
+    if lease.breakpoints is not None and lease.breakpoints != [b.to_dict() for b in executor.breakpoints]:
+        try:
+            executor.breakpoints = [Breakpoint.from_dict(d) for d in lease.breakpoints]
+        except TetherError as e:
+            log.warning("run %s: its stored breakpoints are not valid, so they were not taken up: %s",
+                        lease.run_id, e)
+    if lease.cancel_requested is not None:
+        executor.cancel(lease.cancel_requested)
 
 
 def _gone(lease_owner: str) -> bool:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Literal
 
 from tether.adapters.store.paging import check_page
 from tether.domain.errors import RunNotFound, StoreConflict
+from tether.domain.leases import LeaseState
 from tether.domain.objects import StoredObject
 from tether.domain.records import ACTIVE, UNPAUSED, Record, RunStatus
 from tether.domain.runs import RunInfo, info_from_start, released_status, update_info
@@ -86,6 +87,18 @@ class MemoryStore:
             return False
         info.lease_expires = time.time() + ttl_s
         return True
+
+    async def renew_leases(self, owner: str, run_ids: Collection[str], ttl_s: float) -> list[LeaseState]:
+        expires = time.time() + ttl_s
+        renewed = []
+        for run_id in run_ids:
+            info = self._runs.get(run_id)
+            if info is None or info.lease_owner != owner:
+                continue
+            info.lease_expires = expires
+            bps = self._breakpoints.get(run_id)
+            renewed.append(LeaseState(run_id, self._cancels.get(run_id), copy.deepcopy(bps)))
+        return renewed
 
     async def release_lease(self, run_id: str, owner: str) -> None:
         info = self._runs[run_id]

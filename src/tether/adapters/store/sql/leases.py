@@ -6,13 +6,20 @@ processes racing for a run, one wins.
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
+from collections.abc import Collection
 
 import sqlalchemy as sa
 
 from tether.adapters.store.sql.database import Call, Database
 from tether.adapters.store.sql.schema import require_run, runs_table
+from tether.domain.leases import LeaseState
 from tether.domain.records import RunStatus
+
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35)  # UPDATE ... RETURNING, on SQLite (Postgres has it)
+_CONTROLS = "id, cancel_requested, breakpoints"  # what a renewal hands back (see controls.py)
 
 
 class Leases:
@@ -65,6 +72,34 @@ class Leases:
                 return renewed == 1 or require_run(conn, run_id)
 
         return await self._call(op)
+
+    async def renew_leases(self, owner: str, run_ids: Collection[str], ttl_s: float) -> list[LeaseState]:
+        """One UPDATE for every run the owner advances (its heartbeat), however many: the ids go in as one
+        JSON array, and the renewed rows come back with their controls (RETURNING, or a SELECT in the same
+        transaction on an SQLite older than 3.35)."""
+        if not run_ids:
+            return []
+        ids = self._ids_sqlite if self._db.sqlite else self._ids_postgres
+        held = f"lease_owner = :owner AND id IN ({ids})"
+        params = {"owner": owner, "ids": json.dumps(list(run_ids))}
+        returning = _RETURNING or not self._db.sqlite
+
+        def op(conn: sa.Connection) -> list[LeaseState]:
+            with self._db.tx(conn, write=True):
+                renew = f"UPDATE runs SET lease_expires = :expires WHERE {held}"
+                values = {**params, "expires": time.time() + ttl_s}
+                if returning:
+                    rows = conn.execute(sa.text(f"{renew} RETURNING {_CONTROLS}"), values).all()
+                else:
+                    conn.execute(sa.text(renew), values)
+                    rows = conn.execute(sa.text(f"SELECT {_CONTROLS} FROM runs WHERE {held}"), params).all()
+            return [LeaseState(run_id, cancel, None if bps is None else json.loads(bps))
+                    for run_id, cancel, bps in rows]
+
+        return await self._call(op)
+
+    _ids_sqlite = "SELECT value FROM json_each(:ids)"
+    _ids_postgres = "SELECT json_array_elements_text(CAST(:ids AS json))"
 
     async def release_lease(self, run_id: str, owner: str) -> None:
         c = runs_table.c

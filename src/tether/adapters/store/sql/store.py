@@ -12,7 +12,7 @@ concept, each in its own module, and only hands each call to its part:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Literal
 
 from tether.adapters.store.sql.controls import Controls
@@ -21,6 +21,7 @@ from tether.adapters.store.sql.leases import Leases
 from tether.adapters.store.sql.objects import Objects
 from tether.adapters.store.sql.runs import Runs
 from tether.adapters.store.sql.writer import GroupCommitWriter
+from tether.domain.leases import LeaseState
 from tether.domain.objects import StoredObject
 from tether.domain.records import Record, RunStatus
 from tether.domain.runs import RunInfo
@@ -75,6 +76,9 @@ class SqlStore:
 
     async def renew_lease(self, run_id: str, owner: str, ttl_s: float) -> bool:
         return await self._leases.renew_lease(run_id, owner, ttl_s)
+
+    async def renew_leases(self, owner: str, run_ids: Collection[str], ttl_s: float) -> list[LeaseState]:
+        return await self._leases.renew_leases(owner, run_ids, ttl_s)
 
     async def release_lease(self, run_id: str, owner: str) -> None:
         await self._leases.release_lease(run_id, owner)
