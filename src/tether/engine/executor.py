@@ -40,6 +40,7 @@ from tether.domain.records import (
 from tether.domain.state import CallState, RunState
 from tether.domain.tools import ToolContext, ToolError
 from tether.domain.usage import Usage
+from tether.engine.deadlines import deadline
 from tether.engine.output import check_output, parse_output
 
 log = logging.getLogger("tether.executor")
@@ -334,9 +335,9 @@ class Executor:
         while a tool that cannot be stopped runs (a sync function in a thread), the process waits for
         that thread anyway: its result is then recorded before the cancellation goes on, so that a
         resume does not ask whether a call that finished ran."""
+        if tool.cancellable:  # in this task: no task of its own to create and schedule
+            return await _with_timeout(tool.call(validated, ctx), tool.policy.timeout_s)
         call = asyncio.ensure_future(_with_timeout(tool.call(validated, ctx), tool.policy.timeout_s))
-        if tool.cancellable:
-            return await call
         try:
             return await asyncio.shield(call)
         except asyncio.CancelledError:
@@ -501,7 +502,7 @@ def _needs_model(state: RunState) -> bool:
 async def _with_timeout(awaitable: Any, timeout_s: float | None) -> Any:
     if timeout_s is None:
         return await awaitable
-    async with asyncio.timeout(timeout_s):
+    async with deadline(timeout_s):
         return await awaitable
 
 
