@@ -41,6 +41,7 @@ from tether.domain.state import CallState, RunState
 from tether.domain.tools import ToolContext, ToolError
 from tether.domain.usage import Usage
 from tether.engine.deadlines import deadline
+from tether.engine.interrupt import Interruptible
 from tether.engine.output import check_output, parse_output
 
 log = logging.getLogger("tether.executor")
@@ -77,7 +78,7 @@ class Executor:
             if t.policy.max_concurrency
         }
         self._cancelled: str | None = None
-        self._model_call_task: asyncio.Future[ModelResponse] | None = None
+        self._model_in_flight = Interruptible()
 
     def cancel(self, reason: str = "cancelled") -> None:
         """Ask the run to stop at its next transition; pending tool calls get synthetic results.
@@ -86,8 +87,7 @@ class Executor:
         finishes first, so that its effect is known.
         """
         self._cancelled = reason
-        if self._model_call_task is not None:
-            self._model_call_task.cancel()
+        self._model_in_flight.interrupt()
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -142,20 +142,16 @@ class Executor:
         started = time.perf_counter()
         on_delta = self._delta_sink(state.run_id) if self.on_event is not None else None
         try:
-            self._model_call_task = asyncio.ensure_future(self.model.complete(request, on_delta))
-            response = await self._model_call_task
-        except asyncio.CancelledError:
-            if self._cancelled is None:
-                raise  # our own task is being cancelled (a shutdown): not a cancel of the run
-            return  # cancel() interrupted the call: the loop ends the run as cancelled
+            async with self._model_in_flight:  # cancel() interrupts the call; a shutdown's cancel goes on
+                response = await self.model.complete(request, on_delta)
         except ModelError as e:
             if isinstance(e, ReplayDiverged) or not (item := self._stop(state, Stop.ON_ERROR, step, error=str(e))):
                 raise
             item.detail = f"the model call failed: {e}; continue to try it again"
             await self._pause(state, [item])
             return
-        finally:
-            self._model_call_task = None
+        if self._cancelled is not None:
+            return  # cancel() came during the call: nothing of it is recorded, the loop ends the run
         duration = time.perf_counter() - started
         await self._cancel_asked_meanwhile(state, duration)
 
