@@ -94,8 +94,10 @@ class Executor:
     async def advance(self, state: RunState) -> RunState:
         agent = state.agent
         assert agent is not None, "advance() needs a started run"
-        self._static = _static_fingerprint(agent.instructions, self._schemas(), agent.settings,
-                                           agent.output_schema)
+        # What every request of the run sends alike, built once.
+        self._schemas = [ToolSchema(t.name, t.description, t.parameters) for t in self.tools.values()]
+        self._system = [Message.system(agent.instructions)] if agent.instructions else []
+        self._static = _static_fingerprint(agent.instructions, self._schemas, agent.settings, agent.output_schema)
         try:
             while state.status == RunStatus.RUNNING:
                 if self._cancelled is not None or state.aborted is not None:
@@ -153,7 +155,8 @@ class Executor:
         if self._cancelled is not None:
             return  # cancel() came during the call: nothing of it is recorded, the loop ends the run
         duration = time.perf_counter() - started
-        await self._cancel_asked_meanwhile(state, duration)
+        if duration >= SLOW_CALL_S:
+            await self._cancel_asked_meanwhile(state)
 
         calls = [] if final else [
             ToolCall(new_id("call"), c.name, c.arguments, c.provider_id or c.id) for c in response.tool_calls
@@ -203,8 +206,7 @@ class Executor:
     def _request(self, state: RunState, final: bool) -> ModelRequest:
         agent = state.agent
         assert agent is not None
-        messages = [Message.system(agent.instructions)] if agent.instructions else []
-        messages.extend(state.messages)
+        messages = [*self._system, *state.messages]
         if final:
             messages.append(Message.user(FINAL_ANSWER_NOTE))
         h = state.conversation_hash()
@@ -216,14 +218,11 @@ class Executor:
             h.update(json.dumps(settings, sort_keys=True, default=str).encode())  # only runs with the limit
         return ModelRequest(
             messages=messages,
-            tools=[] if final else self._schemas(),
+            tools=[] if final else self._schemas,
             settings=settings,
             output_schema=agent.output_schema,
             fingerprint=h.hexdigest()[:32],
         )
-
-    def _schemas(self) -> list[ToolSchema]:
-        return [ToolSchema(t.name, t.description, t.parameters) for t in self.tools.values()]
 
     def _delta_sink(self, run_id: str) -> Callable[[str], None]:
         return lambda text: self._emit(Event(run_id, "delta", delta=text))
@@ -247,7 +246,8 @@ class Executor:
                     return await self._tool_call(state, c)
 
             pending = [i for i in await asyncio.gather(*(bounded(c) for c in todo)) if i is not None]
-        await self._cancel_asked_meanwhile(state, time.perf_counter() - started)
+        if time.perf_counter() - started >= SLOW_CALL_S:
+            await self._cancel_asked_meanwhile(state)
         if self._cancelled is not None:
             return  # the loop ends the run: the calls not run get a result then, no pause is made
         if pending:
@@ -352,11 +352,9 @@ class Executor:
         self._record(state, ToolFinished(c.step, c.call.id, c.call.name, result, error, duration))
         return None
 
-    async def _cancel_asked_meanwhile(self, state: RunState, took_s: float) -> None:
+    async def _cancel_asked_meanwhile(self, state: RunState) -> None:
         """After a slow call, take up a cancel that another process asked for while it ran."""
-        if took_s < SLOW_CALL_S or self._cancelled is not None:
-            return
-        if (reason := await self.store.cancel_requested(state.run_id)) is not None:
+        if self._cancelled is None and (reason := await self.store.cancel_requested(state.run_id)) is not None:
             self.cancel(reason)
 
     # -- stops ----------------------------------------------------------------------------------
@@ -502,8 +500,11 @@ async def _with_timeout(awaitable: Any, timeout_s: float | None) -> Any:
         return await awaitable
 
 
+_RESULT_JSON = json.JSONEncoder(default=str, ensure_ascii=False)  # json.dumps with options builds one per call
+
+
 def _render(value: Any, max_chars: int) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    text = value if isinstance(value, str) else _RESULT_JSON.encode(value)
     if len(text) > max_chars:
         cut = len(text) - max_chars
         text = f"{text[:max_chars]}\n[truncated: {cut} more characters not shown]"

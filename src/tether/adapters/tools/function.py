@@ -55,6 +55,7 @@ class FunctionTool(Generic[P, R]):
         self._args_model = create_model(  # type: ignore[call-overload]
             f"{self.name}_args", __config__=ConfigDict(extra="forbid"), **fields
         )
+        self._fields = tuple(self._args_model.model_fields)  # read once: pydantic's class property is slow
         schema = self._args_model.model_json_schema()
         schema.pop("title", None)
         for prop in schema.get("properties", {}).values():
@@ -70,7 +71,7 @@ class FunctionTool(Generic[P, R]):
             raise ToolError(_explain(self.name, e)) from None
 
     async def call(self, validated: Any, ctx: ToolContext) -> Any:
-        kwargs = {k: getattr(validated, k) for k in type(validated).model_fields}
+        kwargs = {k: getattr(validated, k) for k in self._fields}
         if self._ctx_param is not None:
             kwargs[self._ctx_param] = ctx
         fn: Callable[..., Any] = self.fn  # called with validated keywords, not P's signature
