@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from tether.domain.agents import Limits
@@ -331,14 +331,17 @@ class Executor:
         while a tool that cannot be stopped runs (a sync function in a thread), the process waits for
         that thread anyway: its result is then recorded before the cancellation goes on, so that a
         resume does not ask whether a call that finished ran."""
-        if tool.cancellable:  # in this task: no task of its own to create and schedule
-            return await _with_timeout(tool.call(validated, ctx), tool.policy.timeout_s)
-        call = asyncio.ensure_future(_with_timeout(tool.call(validated, ctx), tool.policy.timeout_s))
+        timeout_s = tool.policy.timeout_s
+        call = tool.call(validated, ctx)
         try:
-            return await asyncio.shield(call)
+            return await _with_timeout(call, timeout_s)  # awaited in this task: no task of its own
         except asyncio.CancelledError:
+            if tool.cancellable:
+                raise
+            # A call that cannot be stopped goes on when its await is cancelled: wait for it again.
+            left = None if timeout_s is None else max(0.0, started + timeout_s - time.perf_counter())
             try:
-                value = await call
+                value = await _with_timeout(call, left)  # within the call's own deadline
             except BaseException:  # it failed, timed out or was stopped after all: nothing to keep
                 raise asyncio.CancelledError() from None
             self._tool_done(state, c, result=_render(value, tool.policy.max_result_chars),
@@ -493,7 +496,7 @@ def _needs_model(state: RunState) -> bool:
     return state.model_calls == 0 or last is None or last.role != "assistant" or bool(last.tool_calls)
 
 
-async def _with_timeout(awaitable: Any, timeout_s: float | None) -> Any:
+async def _with_timeout(awaitable: Awaitable[Any], timeout_s: float | None) -> Any:
     if timeout_s is None:
         return await awaitable
     async with deadline(timeout_s):
