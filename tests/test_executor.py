@@ -440,3 +440,64 @@ async def test_events_are_emitted_for_every_record(service):
     assert kinds == [r.kind for r in run.records]
     assert [e.delta for e in events if e.type == "delta"] == ["3"]
     assert json.loads(run.records[1].payload.response.tool_calls[0].arguments) == {"a": 1, "b": 2}
+
+
+async def test_a_cancel_interrupts_a_model_call_in_flight_and_records_nothing_of_it(service):
+    calling = asyncio.Event()
+
+    async def slow(request: ModelRequest):
+        calling.set()
+        await asyncio.sleep(30)
+        return reply("never")
+
+    task = asyncio.create_task(service.start(Agent("t", ScriptedModel(slow)), "go"))
+    await calling.wait()
+    cancelled = await service.cancel(next(iter(service._active)))
+    run = await task
+    assert cancelled.status == run.status == "cancelled" and run.steps == []
+    assert task.cancelling() == 0  # the interruption was taken back: the run's task is not being cancelled
+
+
+async def test_the_model_is_called_in_the_runs_own_task(service):
+    tasks = []
+
+    def script(request: ModelRequest):
+        tasks.append(asyncio.current_task())
+        return reply("done")
+
+    async def start():
+        tasks.append(asyncio.current_task())
+        return await service.start(Agent("t", ScriptedModel(script)), "go")
+
+    run = await asyncio.create_task(start())
+    assert run.status == "completed" and tasks[0] is tasks[1]  # no task of its own per model call
+
+
+async def test_a_cancel_from_inside_the_model_call_ends_the_run_cancelled(service):
+    """A listener of the model's text that cancels runs in the run's own task: the call returns,
+    is not recorded, and the task goes on with no cancellation left pending."""
+    def on_event(event):
+        if event.type == "delta":
+            service._active[event.run_id].cancel("enough")
+
+    task = asyncio.create_task(service.start(Agent("t", ScriptedModel([reply("hello")])), "go", on_event=on_event))
+    run = await task
+    assert run.status == "cancelled" and run.error == "enough" and run.steps == []
+    assert task.cancelling() == 0
+    await asyncio.sleep(0)  # the test's own task is not cancelled either
+
+
+async def test_a_shutdown_during_a_model_call_cancels_the_task_even_with_a_cancel_asked(service):
+    calling = asyncio.Event()
+
+    async def slow(request: ModelRequest):
+        calling.set()
+        await asyncio.sleep(30)
+        return reply("never")
+
+    task = asyncio.create_task(service.start(Agent("t", ScriptedModel(slow)), "go"))
+    await calling.wait()
+    next(iter(service._active.values())).cancel("by the user")  # and at the same time, a shutdown:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

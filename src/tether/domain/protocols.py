@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from tether.domain.leases import LeaseState
@@ -41,7 +41,9 @@ class Tool(Protocol):
         """Check arguments before the call; raise ToolError with a message the model can act on."""
         ...
 
-    async def call(self, validated: Any, ctx: ToolContext) -> Any:
+    def call(self, validated: Any, ctx: ToolContext) -> Awaitable[Any]:
+        """The call, to await: a coroutine; for a call that cannot be stopped (`cancellable` False),
+        an awaitable that goes on when an await of it is cancelled and can be awaited again."""
         ...
 
 

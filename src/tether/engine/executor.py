@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from tether.domain.agents import Limits
@@ -40,6 +40,8 @@ from tether.domain.records import (
 from tether.domain.state import CallState, RunState
 from tether.domain.tools import ToolContext, ToolError
 from tether.domain.usage import Usage
+from tether.engine.deadlines import deadline
+from tether.engine.interrupt import Interruptible
 from tether.engine.output import check_output, parse_output
 
 log = logging.getLogger("tether.executor")
@@ -77,7 +79,7 @@ class Executor:
         }
         self._cancelled: str | None = None
         self._lease_lost: str | None = None  # why this executor may write nothing more
-        self._model_call_task: asyncio.Future[ModelResponse] | None = None
+        self._model_in_flight = Interruptible()
 
     def cancel(self, reason: str = "cancelled") -> None:
         """Ask the run to stop at its next transition; pending tool calls get synthetic results.
@@ -86,24 +88,24 @@ class Executor:
         finishes first, so that its effect is known.
         """
         self._cancelled = reason
-        if self._model_call_task is not None:
-            self._model_call_task.cancel()
+        self._model_in_flight.interrupt()
 
     def lose_lease(self, reason: str) -> None:
         """Stop at once, writing nothing more: another process took over the run's lease, which this one
         failed to renew in time. The next record raises `LeaseLost(reason)` instead of being written;
         a model call in flight is interrupted, a tool call in flight finishes unrecorded."""
         self._lease_lost = reason
-        if self._model_call_task is not None:
-            self._model_call_task.cancel()
+        self._model_in_flight.interrupt()
 
     # -- the loop -------------------------------------------------------------------------------
 
     async def advance(self, state: RunState) -> RunState:
         agent = state.agent
         assert agent is not None, "advance() needs a started run"
-        self._static = _static_fingerprint(agent.instructions, self._schemas(), agent.settings,
-                                           agent.output_schema)
+        # What every request of the run sends alike, built once.
+        self._schemas = [ToolSchema(t.name, t.description, t.parameters) for t in self.tools.values()]
+        self._system = [Message.system(agent.instructions)] if agent.instructions else []
+        self._static = _static_fingerprint(agent.instructions, self._schemas, agent.settings, agent.output_schema)
         try:
             while state.status == RunStatus.RUNNING:
                 if self._cancelled is not None or state.aborted is not None:
@@ -150,24 +152,21 @@ class Executor:
         started = time.perf_counter()
         on_delta = self._delta_sink(state.run_id) if self.on_event is not None else None
         try:
-            self._model_call_task = asyncio.ensure_future(self.model.complete(request, on_delta))
-            response = await self._model_call_task
-        except asyncio.CancelledError:
-            if self._lease_lost is not None:
-                raise LeaseLost(self._lease_lost) from None
-            if self._cancelled is None:
-                raise  # our own task is being cancelled (a shutdown): not a cancel of the run
-            return  # cancel() interrupted the call: the loop ends the run as cancelled
+            async with self._model_in_flight:  # cancel() interrupts the call; a shutdown's cancel goes on
+                response = await self.model.complete(request, on_delta)
         except ModelError as e:
             if isinstance(e, ReplayDiverged) or not (item := self._stop(state, Stop.ON_ERROR, step, error=str(e))):
                 raise
             item.detail = f"the model call failed: {e}; continue to try it again"
             await self._pause(state, [item])
             return
-        finally:
-            self._model_call_task = None
+        if self._lease_lost is not None:
+            raise LeaseLost(self._lease_lost)  # another process advances the run now: write nothing
+        if self._cancelled is not None:
+            return  # cancel() came during the call: nothing of it is recorded, the loop ends the run
         duration = time.perf_counter() - started
-        await self._cancel_asked_meanwhile(state, duration)
+        if duration >= SLOW_CALL_S:
+            await self._cancel_asked_meanwhile(state)
 
         calls = [] if final else [
             ToolCall(new_id("call"), c.name, c.arguments, c.provider_id or c.id) for c in response.tool_calls
@@ -217,8 +216,7 @@ class Executor:
     def _request(self, state: RunState, final: bool) -> ModelRequest:
         agent = state.agent
         assert agent is not None
-        messages = [Message.system(agent.instructions)] if agent.instructions else []
-        messages.extend(state.messages)
+        messages = [*self._system, *state.messages]
         if final:
             messages.append(Message.user(FINAL_ANSWER_NOTE))
         h = state.conversation_hash()
@@ -230,14 +228,11 @@ class Executor:
             h.update(json.dumps(settings, sort_keys=True, default=str).encode())  # only runs with the limit
         return ModelRequest(
             messages=messages,
-            tools=[] if final else self._schemas(),
+            tools=[] if final else self._schemas,
             settings=settings,
             output_schema=agent.output_schema,
             fingerprint=h.hexdigest()[:32],
         )
-
-    def _schemas(self) -> list[ToolSchema]:
-        return [ToolSchema(t.name, t.description, t.parameters) for t in self.tools.values()]
 
     def _delta_sink(self, run_id: str) -> Callable[[str], None]:
         return lambda text: self._emit(Event(run_id, "delta", delta=text))
@@ -261,7 +256,8 @@ class Executor:
                     return await self._tool_call(state, c)
 
             pending = [i for i in await asyncio.gather(*(bounded(c) for c in todo)) if i is not None]
-        await self._cancel_asked_meanwhile(state, time.perf_counter() - started)
+        if time.perf_counter() - started >= SLOW_CALL_S:
+            await self._cancel_asked_meanwhile(state)
         if self._cancelled is not None:
             return  # the loop ends the run: the calls not run get a result then, no pause is made
         if pending:
@@ -345,14 +341,17 @@ class Executor:
         while a tool that cannot be stopped runs (a sync function in a thread), the process waits for
         that thread anyway: its result is then recorded before the cancellation goes on, so that a
         resume does not ask whether a call that finished ran."""
-        call = asyncio.ensure_future(_with_timeout(tool.call(validated, ctx), tool.policy.timeout_s))
-        if tool.cancellable:
-            return await call
+        timeout_s = tool.policy.timeout_s
+        call = tool.call(validated, ctx)
         try:
-            return await asyncio.shield(call)
+            return await _with_timeout(call, timeout_s)  # awaited in this task: no task of its own
         except asyncio.CancelledError:
+            if tool.cancellable:
+                raise
+            # A call that cannot be stopped goes on when its await is cancelled: wait for it again.
+            left = None if timeout_s is None else max(0.0, started + timeout_s - time.perf_counter())
             try:
-                value = await call
+                value = await _with_timeout(call, left)  # within the call's own deadline
             except BaseException:  # it failed, timed out or was stopped after all: nothing to keep
                 raise asyncio.CancelledError() from None
             self._tool_done(state, c, result=_render(value, tool.policy.max_result_chars),
@@ -366,11 +365,9 @@ class Executor:
         self._record(state, ToolFinished(c.step, c.call.id, c.call.name, result, error, duration))
         return None
 
-    async def _cancel_asked_meanwhile(self, state: RunState, took_s: float) -> None:
+    async def _cancel_asked_meanwhile(self, state: RunState) -> None:
         """After a slow call, take up a cancel that another process asked for while it ran."""
-        if took_s < SLOW_CALL_S or self._cancelled is not None:
-            return
-        if (reason := await self.store.cancel_requested(state.run_id)) is not None:
+        if self._cancelled is None and (reason := await self.store.cancel_requested(state.run_id)) is not None:
             self.cancel(reason)
 
     # -- stops ----------------------------------------------------------------------------------
@@ -511,15 +508,18 @@ def _needs_model(state: RunState) -> bool:
     return state.model_calls == 0 or last is None or last.role != "assistant" or bool(last.tool_calls)
 
 
-async def _with_timeout(awaitable: Any, timeout_s: float | None) -> Any:
+async def _with_timeout(awaitable: Awaitable[Any], timeout_s: float | None) -> Any:
     if timeout_s is None:
         return await awaitable
-    async with asyncio.timeout(timeout_s):
+    async with deadline(timeout_s):
         return await awaitable
+
+
+_RESULT_JSON = json.JSONEncoder(default=str, ensure_ascii=False)  # json.dumps with options builds one per call
 
 
 def _render(value: Any, max_chars: int) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    text = value if isinstance(value, str) else _RESULT_JSON.encode(value)
     if len(text) > max_chars:
         cut = len(text) - max_chars
         text = f"{text[:max_chars]}\n[truncated: {cut} more characters not shown]"

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
+from tether.adapters.tools.threads import tool_threads
 from tether.domain.tools import ToolContext, ToolError, ToolPolicy
 
 P = ParamSpec("P")
@@ -55,6 +55,7 @@ class FunctionTool(Generic[P, R]):
         self._args_model = create_model(  # type: ignore[call-overload]
             f"{self.name}_args", __config__=ConfigDict(extra="forbid"), **fields
         )
+        self._fields = tuple(self._args_model.model_fields)  # read once: pydantic's class property is slow
         schema = self._args_model.model_json_schema()
         schema.pop("title", None)
         for prop in schema.get("properties", {}).values():
@@ -69,14 +70,16 @@ class FunctionTool(Generic[P, R]):
         except ValidationError as e:
             raise ToolError(_explain(self.name, e)) from None
 
-    async def call(self, validated: Any, ctx: ToolContext) -> Any:
-        kwargs = {k: getattr(validated, k) for k in type(validated).model_fields}
+    def call(self, validated: Any, ctx: ToolContext) -> Awaitable[Any]:
+        """The function's coroutine, or its run in one of Tether's threads (which a cancelled await
+        does not stop, and which can be awaited again)."""
+        kwargs = {k: getattr(validated, k) for k in self._fields}
         if self._ctx_param is not None:
             kwargs[self._ctx_param] = ctx
         fn: Callable[..., Any] = self.fn  # called with validated keywords, not P's signature
         if self.is_async:
-            return await fn(**kwargs)
-        return await asyncio.to_thread(functools.partial(fn, **kwargs))
+            return fn(**kwargs)
+        return tool_threads().start(functools.partial(fn, **kwargs))
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call the function itself, as if it were not a tool (e.g. in a test)."""

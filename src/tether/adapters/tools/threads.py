@@ -1,0 +1,197 @@
+"""Tether's own threads for sync tools, handing results back to the event loop in batches.
+
+`asyncio.to_thread` costs, per call, a concurrent future, an asyncio future chained to it and a
+write to the loop's self-pipe when it completes. That write releases the GIL in the middle of the
+worker's turn, so while the loop is busy (thousands of runs in flight) a worker gets through one
+call per switch interval, and every call pays a round trip of the GIL between the threads.
+
+Here a job is a tuple on a queue; a worker runs the jobs queued meanwhile one after the other and
+puts each result in its loop's inbox, which takes no system call. Only the first result since the
+loop last looked wakes it, and not from the worker: a notifier thread does the
+`call_soon_threadsafe` (and its write), so a worker is never held up by it and a result never
+waits for the worker's next job, however long that one takes. One wake-up of the loop settles
+every result that finished meanwhile.
+
+Semantics are those of `to_thread`: the function runs in a copy of the caller's context, and its
+exception is raised by the await. Cancelling an await does not stop the thread, and a `ThreadCall`
+can be awaited again after that (the executor relies on both: such a call may still take effect,
+and on a shutdown it waits for the call to record its result). The pool has at most `max_threads` workers,
+started as needed; it is not the loop's default executor, which stays the user's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import os
+import queue
+import threading
+import weakref
+from collections.abc import Callable, Generator
+from typing import Any
+
+_Job = tuple[Callable[[], Any], contextvars.Context, "ThreadCall", "_Inbox"]
+
+
+class ThreadCall:
+    """A function running in a pool thread. Await it for its value, as many times as needed: an
+    await that is cancelled leaves the call running, and a later await gets its outcome."""
+
+    __slots__ = ("_done", "_error", "_loop", "_value", "_waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._waiter: asyncio.Future[None] | None = None
+        self._done = False
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        if not self._done:
+            self._waiter = self._loop.create_future()
+            yield from self._waiter  # a cancelled await cancels this waiter only
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def done(self) -> bool:
+        return self._done
+
+    def _settle(self, value: Any, error: BaseException | None) -> None:
+        self._value, self._error, self._done = value, error, True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class _Inbox:
+    """The results waiting for one event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = weakref.ref(loop)  # the pool outlives loops (each asyncio.run makes one)
+        self._lock = threading.Lock()
+        self._results: list[tuple[ThreadCall, Any, BaseException | None]] = []
+
+    def put(self, call: ThreadCall, value: Any, error: BaseException | None) -> bool:
+        """From a worker: keep the result; True if it is the first since the loop last looked."""
+        with self._lock:
+            self._results.append((call, value, error))
+            return len(self._results) == 1
+
+    def wake(self) -> None:
+        """From the notifier: have the loop settle what came in."""
+        if (loop := self._loop()) is not None:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody awaits these any more
+                loop.call_soon_threadsafe(self._settle)
+
+    def _settle(self) -> None:
+        """On the loop: settle every result that came in since the last time."""
+        with self._lock:
+            results, self._results = self._results, []
+        for call, value, error in results:
+            call._settle(value, error)
+
+
+class ToolThreads:
+    """A bounded pool of threads for sync tools."""
+
+    def __init__(self, max_threads: int | None = None) -> None:
+        self.max_threads = max_threads or min(32, (os.cpu_count() or 1) + 4)  # as asyncio.to_thread's
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._to_wake: queue.SimpleQueue[_Inbox | None] = queue.SimpleQueue()  # for the notifier
+        self._lock = threading.Lock()
+        self._workers: list[threading.Thread] = []
+        self._notifier: threading.Thread | None = None
+        self._waiting = 0  # workers waiting for a job
+        self._inboxes: dict[int, _Inbox] = {}  # id(loop) → its inbox; dropped with the loop
+        self._closed = False
+
+    def start(self, fn: Callable[[], Any], /) -> ThreadCall:
+        """Run `fn()` in a pool thread, in a copy of the current context; its outcome is handed
+        to the running loop."""
+        loop = asyncio.get_running_loop()
+        inbox = self._inboxes.get(id(loop)) or self._inbox(loop)
+        call = ThreadCall(loop)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the tool threads were shut down (the interpreter is exiting)")
+            self._jobs.put((fn, contextvars.copy_context(), call, inbox))
+            if self._jobs.qsize() > self._waiting and len(self._workers) < self.max_threads:
+                self._start_worker()  # more jobs queued than workers waiting for one
+        return call
+
+    def _inbox(self, loop: asyncio.AbstractEventLoop) -> _Inbox:
+        inbox = self._inboxes[id(loop)] = _Inbox(loop)
+        weakref.finalize(loop, self._inboxes.pop, id(loop), None)
+        return inbox
+
+    def _start_worker(self) -> None:
+        if self._notifier is None:
+            self._notifier = threading.Thread(target=self._notify, name="tether-tool-notifier", daemon=True)
+            self._notifier.start()
+        t = threading.Thread(target=self._work, name=f"tether-tool-{len(self._workers)}", daemon=True)
+        t.start()
+        self._workers.append(t)
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._waiting += 1
+            job = self._jobs.get()
+            with self._lock:
+                self._waiting -= 1
+            if job is None:
+                return
+            fn, context, call, inbox = job
+            del job
+            error: BaseException | None = None
+            try:
+                value = context.run(fn)
+            except BaseException as e:
+                value, error = None, e
+            if inbox.put(call, value, error):
+                self._to_wake.put(inbox)
+            del fn, context, call, inbox, value, error
+
+    def _notify(self) -> None:
+        while (inbox := self._to_wake.get()) is not None:
+            inbox.wake()
+
+    def shutdown(self) -> None:
+        """Let the threads end once the jobs queued so far are done; wait for them."""
+        with self._lock:
+            self._closed = True
+            workers, notifier = list(self._workers), self._notifier
+        for _ in workers:
+            self._jobs.put(None)
+        for t in workers:
+            t.join()
+        if notifier is not None:
+            self._to_wake.put(None)
+            notifier.join()
+
+
+_pool: ToolThreads | None = None
+_pool_lock = threading.Lock()
+
+
+def _forget_pool() -> None:
+    global _pool
+    _pool = None  # a forked child has none of its parent's threads: it starts its own pool
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def tool_threads() -> ToolThreads:
+    """The process's pool for sync tools, started on first use."""
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = ToolThreads()
+                # As concurrent.futures does: at exit, a tool still running finishes first.
+                register = getattr(threading, "_register_atexit", None)
+                if register is not None:
+                    register(_pool.shutdown)
+    return _pool
