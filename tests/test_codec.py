@@ -14,7 +14,7 @@ from tether.domain.codec import _payload_adapter, dump_payload, dump_payload_tex
 from tether.domain.fastjson import encode_fast
 from tether.domain.messages import ToolCall
 from tether.domain.models import ModelResponse
-from tether.domain.records import ModelCalled, Payload, Record, ToolFinished, ToolStarted
+from tether.domain.records import Finished, ModelCalled, Payload, Record, RunStatus, ToolFinished, ToolStarted
 from tether.domain.usage import Usage
 
 # Text with what JSON must escape (quotes, backslashes, control characters), what it must not
@@ -33,7 +33,8 @@ responses = st.builds(ModelResponse, opt_text, st.lists(calls, max_size=4), text
 model_calls = st.builds(ModelCalled, ints, text, responses, opt_floats, floats, st.booleans(), opt_text, st.booleans())
 tool_starts = st.builds(ToolStarted, ints, text, text, text, ints)
 tool_ends = st.builds(ToolFinished, ints, text, text, opt_text, opt_text, floats, st.booleans())
-hot = st.one_of(model_calls, tool_starts, tool_ends)
+ends = st.builds(Finished, st.sampled_from(RunStatus), opt_text, st.none(), opt_text, usages, opt_floats)
+hot = st.one_of(model_calls, tool_starts, tool_ends, ends)
 
 
 def pydantic_json(payload: Payload) -> bytes:
@@ -75,6 +76,8 @@ odd_number = st.one_of(st.booleans(), st.integers(-5, 5), st.floats(allow_nan=Fa
 @given(st.one_of(
     st.builds(ToolFinished, ints, text, text, opt_text, opt_text, odd_number, st.booleans()),
     st.builds(ToolStarted, odd_number, text, text, text, odd_number),
+    st.builds(Finished, st.sampled_from(RunStatus), opt_text, st.none() | st.dictionaries(text, ints) | text,
+              opt_text, st.builds(Usage, odd_number, ints, ints), st.none() | odd_number),
     st.builds(ModelCalled, odd_number, text, responses, st.none() | odd_number, odd_number,
               st.booleans() | st.integers(0, 1), opt_text, st.booleans()),
 ))
@@ -88,6 +91,7 @@ def test_what_the_hand_written_path_declines() -> None:
     assert encode_fast(ToolFinished(1, "c", "n", None, None, 3)) is None  # type: ignore[arg-type]  (an int)
     assert encode_fast(ToolStarted(True, "c", "n", "{}")) is None  # a bool is not an int here
     assert encode_fast(ModelCalled(1, "f", ModelResponse(usage=Usage(1.0, 2, 3)))) is None  # type: ignore[arg-type]
+    assert encode_fast(Finished(RunStatus.COMPLETED, "{}", structured={})) is None  # any JSON: pydantic's
     surrogate = ToolFinished(1, "c", "n", "a\ud800b")
     assert encode_fast(surrogate) is None
     try:  # whatever pydantic makes of it, the store sees the same

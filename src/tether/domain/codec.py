@@ -2,9 +2,9 @@
 
 Every payload carries its `kind` and every content part its `type`, so decoding is exact.
 Pydantic is loaded on first use only. The payloads every step writes (model_call, tool_started,
-tool_finished) have hand-written encoders (`tether.domain.fastjson`), byte-identical to pydantic's;
-any value of another type than the field's falls back to pydantic. Records of format 1 (decisions
-with an untyped payload) are read into today's types by `decision_from_v1`.
+tool_finished) and a run's end (finished) have hand-written encoders (`tether.domain.fastjson`),
+byte-identical to pydantic's; a value of another type than its field's goes to pydantic. Records of
+format 1 (decisions with an untyped payload) are read into today's types by `decision_from_v1`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Hand-written JSON encoders for the payloads every step writes, byte-identical to pydantic's.
+"""Hand-written JSON encoders for the payloads every step writes (and a run's end), byte-identical
+to pydantic's.
 
 Pydantic's generic `dump_json` walks a schema for each record; three records a step made it a
 visible share of a busy process's CPU. These encoders write the same bytes (field order, compact
@@ -16,7 +17,7 @@ from typing import Any
 
 from tether.domain.messages import ToolCall
 from tether.domain.models import ModelResponse
-from tether.domain.records import ModelCalled, ToolFinished, ToolStarted
+from tether.domain.records import Finished, ModelCalled, RunStatus, ToolFinished, ToolStarted
 from tether.domain.usage import Usage
 
 _s: Callable[[str], str] = encode_basestring  # a TypeError for anything but a str (None too)
@@ -122,8 +123,22 @@ def _model_called(p: ModelCalled) -> str:
             f'"kind":"model_call"}}')
 
 
+def _finished(p: Finished) -> str:
+    u = p.usage
+    # A structured answer is any JSON value: pydantic writes those (the rest of the run's end is plain).
+    if p.structured is not None or type(p.status) is not RunStatus or type(u) is not Usage:
+        raise _Slow
+    _ints(u.input_tokens, u.output_tokens, u.cached_tokens)
+    output, error = p.output, p.error
+    return (f'{{"status":"{p.status.value}","output":{"null" if output is None else _s(output)},'
+            f'"structured":null,"error":{"null" if error is None else _s(error)},'
+            f'"usage":{{"input_tokens":{u.input_tokens},"output_tokens":{u.output_tokens},'
+            f'"cached_tokens":{u.cached_tokens}}},"cost_usd":{_f(p.cost_usd)},"kind":"finished"}}')
+
+
 _ENCODERS: dict[type, Callable[[Any], str]] = {
     ToolStarted: _tool_started,
     ToolFinished: _tool_finished,
     ModelCalled: _model_called,
+    Finished: _finished,
 }
