@@ -8,6 +8,8 @@ one tool call; µs per step = run time / K.
     uv run python benchmarks/core.py            # all figures
     uv run python benchmarks/core.py --quick    # fewer repetitions (CI)
     uv run python benchmarks/core.py --scale    # only the concurrency table (10 … 10,000 runs)
+    uv run python benchmarks/core.py --memory-only --sizes 10000   # only the memory per in-flight run
+    uv run python benchmarks/core.py --scale --tune-gc   # with tether.runtime.tune_gc(), as `tether serve`
     uv run python benchmarks/core.py --scale --postgres postgresql+psycopg://USER@HOST/DB
 
 Targets: ≤ 40 µs per step in memory; ≤ 100 µs of process CPU per durable step at 1,000 concurrent
@@ -39,6 +41,7 @@ from tether.adapters.models.scripted import ScriptedModel, call_tool, reply
 from tether.adapters.store.memory import MemoryStore
 from tether.adapters.store.sql import SqlStore
 from tether.domain.models import ModelRequest
+from tether.runtime import tune_gc
 
 
 @tool
@@ -138,15 +141,20 @@ async def scale(tmp: Path, postgres: str | None, sizes: list[int]) -> None:
     wall_sync, cpu_sync = await measure(big, sync_tool=True)
     print(f"sync tool at {big}: {cpu_sync / (big * k) * 1e6:.1f} CPU µs/step = "
           f"{cpu_sync / (big * k) * 1e6 / per_step[big]:.2f}× the async tool (target ≤ 1.5×); wall {wall_sync:.2f} s")
-    service = await fresh()
+    await memory(service_or_url=await fresh(), n=big)
+
+
+async def memory(service_or_url: RunsService | str, n: int, k: int = 5, delay: float = 0.05) -> None:
+    """Peak traced memory per in-flight run, `n` runs at once (K=5, 50 ms model)."""
+    service = service_or_url if isinstance(service_or_url, RunsService) else RunsService(SqlStore(service_or_url))
     await concurrent(service, 10, k, 0.0)
     gc.collect()
     tracemalloc.start()
-    await concurrent(service, big, k, delay)
+    await concurrent(service, n, k, delay)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     await service.store.close()
-    print(f"memory at {big}: {peak / big / 1024:.1f} KB per in-flight run at peak (traced; target ≤ 20); {load()}")
+    print(f"memory at {n}: {peak / n / 1024:.1f} KB per in-flight run at peak (traced; target ≤ 20); {load()}")
 
 
 def import_ms(reps: int) -> float:
@@ -187,8 +195,17 @@ if __name__ == "__main__":
     parser.add_argument("--scale", action="store_true", help="only the concurrency table")
     parser.add_argument("--postgres", metavar="URL", help="the concurrency table on this Postgres database")
     parser.add_argument("--sizes", default="100,1000,5000,10000", help="concurrent runs to measure (comma-separated)")
+    parser.add_argument("--memory-only", action="store_true", help="only the memory per run, at the largest size")
+    parser.add_argument("--tune-gc", action="store_true",
+                        help="tether.runtime.tune_gc() first, as `tether serve` does (docs/server.md)")
     args = parser.parse_args()
-    if args.scale or args.postgres:
+    if args.tune_gc:
+        tune_gc()
+        print("garbage collector tuned (tether.runtime.tune_gc)")
+    if args.memory_only:
+        url = args.postgres or f"sqlite:///{tempfile.mkdtemp(prefix='tether-bench-')}/memory.db"
+        asyncio.run(memory(url, max(int(x) for x in args.sizes.split(","))))
+    elif args.scale or args.postgres:
         sizes = [int(x) for x in args.sizes.split(",")]
         asyncio.run(scale(Path(tempfile.mkdtemp(prefix="tether-bench-")), args.postgres, sizes))
     else:

@@ -1,8 +1,10 @@
 """Records to and from JSON, for stores and cassettes.
 
 Every payload carries its `kind` and every content part its `type`, so decoding is exact.
-Pydantic is loaded on first use only. Records of format 1 (decisions with an untyped payload)
-are read into today's types by `decision_from_v1`.
+Pydantic is loaded on first use only. The payloads every step writes (model_call, tool_started,
+tool_finished) and a run's end (finished) have hand-written encoders (`tether.domain.fastjson`),
+byte-identical to pydantic's; a value of another type than its field's goes to pydantic. Records of
+format 1 (decisions with an untyped payload) are read into today's types by `decision_from_v1`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tether.domain.answers import (
     Supply,
 )
 from tether.domain.breakpoints import Stop
+from tether.domain.fastjson import encode_fast
 from tether.domain.messages import ToolCall, message_from_dict
 from tether.domain.models import ModelResponse
 from tether.domain.records import Decision, Payload, Record
@@ -49,7 +52,19 @@ def _response_adapter() -> Any:
 
 
 def dump_payload(payload: Payload) -> bytes:
+    """The payload's JSON (UTF-8), as pydantic writes it."""
+    fast = encode_fast(payload)
+    if fast is not None:
+        return fast.encode()
     return _payload_adapter().dump_json(payload)  # type: ignore[no-any-return]
+
+
+def dump_payload_text(payload: Payload) -> str:
+    """The payload's JSON as text, for a store's text column (no round trip through bytes)."""
+    fast = encode_fast(payload)
+    if fast is not None:
+        return fast
+    return _payload_adapter().dump_json(payload).decode()  # type: ignore[no-any-return]
 
 
 def load_payload(data: str | bytes, v: int | None = None) -> Payload:

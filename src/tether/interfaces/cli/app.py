@@ -771,7 +771,8 @@ def serve_command(
                            allow_file_models=allow_file_models, lease_ttl_s=lease_ttl,
                            allowed_hosts=allowed_hosts and tuple(h for v in allowed_hosts for h in v.split(",")),
                            header_timeout_s=header_timeout, body_timeout_s=body_timeout,
-                           max_connections=max_connections, write_timeout_s=write_timeout))
+                           max_connections=max_connections, write_timeout_s=write_timeout),
+          tune_gc=True)  # our own long-lived process: a cheaper garbage collector (docs/server.md)
 
 
 config_app = typer.Typer(help="The operator configuration of `tether serve`.", no_args_is_help=True,

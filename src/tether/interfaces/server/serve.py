@@ -17,9 +17,10 @@ from tether.services.operator import OperatorConfig
 log = logging.getLogger("tether.server")
 
 
-def serve(config: OperatorConfig) -> None:
+def serve(config: OperatorConfig, *, tune_gc: bool = False) -> None:
     """Run the server until SIGINT/SIGTERM (graceful: in-flight runs get a few seconds, then their
-    leases are released for the next server)."""
+    leases are released for the next server). `tune_gc`: tune this process's garbage collector once
+    started up (tether.runtime.tune_gc; `tether serve` owns its process, a caller's may not want it)."""
     config.require_set()  # the server uses every secret: an unset ${VAR} stops it now, not at a request
     settings, keys = config.server, config.api_keys
     host, port = settings.host, settings.port
@@ -52,6 +53,10 @@ def serve(config: OperatorConfig) -> None:
     # the process with -15): a graceful stop exits 0. Before uvicorn listens, SIGTERM just exits.
     if threading.current_thread() is threading.main_thread():  # signals can only be set there
         signal.signal(signal.SIGTERM, _exit_zero)
+    if tune_gc:  # last before serving: what start-up made is frozen
+        from tether.runtime import tune_gc as tune
+
+        tune()
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10,
                 http=protocol_class(limits))
 

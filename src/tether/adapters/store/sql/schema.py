@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tether.domain.codec import dump_payload
+from tether.domain.codec import dump_payload_text
 from tether.domain.errors import RunNotFound
 from tether.domain.objects import StoredObject
 from tether.domain.records import ACTIVE, TERMINAL, Record, RunStatus
@@ -78,7 +78,7 @@ Row = tuple[str, int, str, int, float, str]  # a records row, in RECORD_COLUMNS 
 
 def record_row(r: Record) -> Row:
     p = r.payload
-    return (r.run_id, r.seq, p.kind, r.v, r.ts, dump_payload(p).decode())
+    return (r.run_id, r.seq, p.kind, r.v, r.ts, dump_payload_text(p))
 
 
 def record_values(r: Record) -> dict[str, Any]:
