@@ -150,6 +150,23 @@ async def test_renew_leases_renews_only_the_owners_runs_and_brings_their_control
     assert await store.renew_leases("A", [], 60) == []
 
 
+async def test_controls_reads_only_the_runs_with_a_cancel_or_breakpoints_set(store):
+    a = RunsService(store, owner="A", lease_ttl_s=30)
+    quick = Agent("quick", ScriptedModel([reply("done")]))
+    plain, cancelled, breaking = [(await a.start(quick, "hi", drive=False)).id for _ in range(3)]
+    await store.request_cancel(cancelled, "cancelled by cli")
+    bps = [{"id": "bp_1", "stop": "before_finish", "tool": None, "condition": None, "once": False, "hits": 0,
+            "enabled": True}]
+    await store.set_breakpoints(breaking, bps)
+    expires = {r: (await store.get_run(r)).lease_expires for r in (plain, cancelled, breaking)}
+
+    found = {s.run_id: s for s in await store.controls([plain, cancelled, breaking, "run_gone"])}
+
+    assert found == {cancelled: LeaseState(cancelled, "cancelled by cli"), breaking: LeaseState(breaking, None, bps)}
+    assert {r: (await store.get_run(r)).lease_expires for r in expires} == expires  # a read: nothing renewed
+    assert await store.controls([]) == []
+
+
 # -- the service: one heartbeat, one statement ------------------------------------------------------
 
 

@@ -86,6 +86,11 @@ class Store(Protocol):
         or ended (which gives the lease back), or another owner took it over once it had expired."""
         ...
 
+    async def controls(self, run_ids: Collection[str]) -> list[LeaseState]:
+        """The runs among these that have a cancel asked for or breakpoints set from outside, in one
+        read whatever their number (the owner's heartbeat polls it between renewals)."""
+        ...
+
     async def take_over_lease(self, run_id: str, old_owner: str, owner: str, ttl_s: float) -> bool:
         """Take the lease from `old_owner`, known to be gone, before it expires: only if it still
         holds it (compare-and-set), so that of two processes racing to take over, one wins."""

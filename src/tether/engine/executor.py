@@ -46,11 +46,6 @@ from tether.engine.output import check_output, parse_output
 
 log = logging.getLogger("tether.executor")
 
-# A model or tool call this long is followed by one read of the store for a cancel another process
-# asked for meanwhile (its request reaches this one's heartbeat only every lease_ttl/3): against
-# such a call the read is negligible, and fast steps make none.
-SLOW_CALL_S = 0.5
-
 FINAL_ANSWER_NOTE = (
     "You have reached the step limit for this task. Do not call tools; answer now with what you have."
 )
@@ -165,8 +160,6 @@ class Executor:
         if self._cancelled is not None:
             return  # cancel() came during the call: nothing of it is recorded, the loop ends the run
         duration = time.perf_counter() - started
-        if duration >= SLOW_CALL_S:
-            await self._cancel_asked_meanwhile(state)
 
         calls = [] if final else [
             ToolCall(new_id("call"), c.name, c.arguments, c.provider_id or c.id) for c in response.tool_calls
@@ -243,7 +236,6 @@ class Executor:
         """Run every open call of the batch in parallel; pause if any needs an answer from outside."""
         todo = [c for c in state.batch if not c.done]
         pending: list[PendingItem] = []
-        started = time.perf_counter()
         if len(todo) == 1:
             item = await self._tool_call(state, todo[0])
             if item is not None:
@@ -256,8 +248,6 @@ class Executor:
                     return await self._tool_call(state, c)
 
             pending = [i for i in await asyncio.gather(*(bounded(c) for c in todo)) if i is not None]
-        if time.perf_counter() - started >= SLOW_CALL_S:
-            await self._cancel_asked_meanwhile(state)
         if self._cancelled is not None:
             return  # the loop ends the run: the calls not run get a result then, no pause is made
         if pending:
@@ -364,11 +354,6 @@ class Executor:
         """Record the call's outcome; nothing is left pending."""
         self._record(state, ToolFinished(c.step, c.call.id, c.call.name, result, error, duration))
         return None
-
-    async def _cancel_asked_meanwhile(self, state: RunState) -> None:
-        """After a slow call, take up a cancel that another process asked for while it ran."""
-        if self._cancelled is None and (reason := await self.store.cancel_requested(state.run_id)) is not None:
-            self.cancel(reason)
 
     # -- stops ----------------------------------------------------------------------------------
 

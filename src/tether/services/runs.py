@@ -66,6 +66,9 @@ T = TypeVar("T")
 ForkListener = Callable[[str, int, Sequence[Record]], Awaitable["Callable[[RunView], Awaitable[None]] | None"]]
 log = logging.getLogger("tether.runs")
 LEASE_TTL_S = 30.0
+# How soon a cancel or breakpoints set by another process reach a run this one advances: one read
+# for all of them, whatever their number (the lease itself is renewed every lease_ttl/3).
+CONTROLS_POLL_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,20 +212,30 @@ class RunsService:
     async def _heartbeat(self) -> None:
         """Keep the leases of every run this service advances, in one statement every lease_ttl/3
         however many there are, and hand each executor what was set on its run from outside: a cancel,
-        changed breakpoints. A run whose lease another process took over (this one was suspended, or
-        too busy, past its expiry) stops before its next write."""
+        changed breakpoints (between renewals, one read every CONTROLS_POLL_S takes those up sooner).
+        A run whose lease another process took over (this one was suspended, or too busy, past its
+        expiry) stops before its next write."""
+        every = self.lease_ttl_s / 3
+        due = time.monotonic() + every
         while self._active:
-            await asyncio.sleep(self.lease_ttl_s / 3)
+            await asyncio.sleep(min(CONTROLS_POLL_S, every, max(0.0, due - time.monotonic())))
             held = dict(self._active)
+            renew = time.monotonic() >= due
             try:
-                renewed = await self.store.renew_leases(self.owner, held.keys(), self.lease_ttl_s)
+                if renew:
+                    due = time.monotonic() + every
+                    leases = await self.store.renew_leases(self.owner, held.keys(), self.lease_ttl_s)
+                else:
+                    leases = await self.store.controls(held.keys())
             except Exception:  # a store that fails now may not later: the next beat tries again
-                log.warning("renewing the leases of %d runs failed", len(held), exc_info=True)
+                log.warning("the heartbeat of %d runs failed", len(held), exc_info=True)
                 continue
-            for lease in renewed:
+            for lease in leases:
                 executor = held.pop(lease.run_id, None)
                 if executor is not None and self._active.get(lease.run_id) is executor:
                     _hand_controls(executor, lease)
+            if not renew:
+                continue
             for run_id, executor in held.items():  # not renewed: it paused or ended, or its lease is gone
                 if self._active.get(run_id) is executor:  # (one that paused or ended writes nothing more anyway)
                     executor.lose_lease(

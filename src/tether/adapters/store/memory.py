@@ -100,6 +100,11 @@ class MemoryStore:
             renewed.append(LeaseState(run_id, self._cancels.get(run_id), copy.deepcopy(bps)))
         return renewed
 
+    async def controls(self, run_ids: Collection[str]) -> list[LeaseState]:
+        return [LeaseState(run_id, self._cancels.get(run_id), copy.deepcopy(self._breakpoints.get(run_id)))
+                for run_id in run_ids
+                if self._cancels.get(run_id) is not None or self._breakpoints.get(run_id) is not None]
+
     async def release_lease(self, run_id: str, owner: str) -> None:
         info = self._runs[run_id]
         if info.lease_owner == owner:

@@ -98,6 +98,23 @@ class Leases:
 
         return await self._call(op)
 
+    async def controls(self, run_ids: Collection[str]) -> list[LeaseState]:
+        """The runs among these with a cancel asked for or breakpoints set from outside: one read."""
+        if not run_ids:
+            return []
+        ids = self._ids_sqlite if self._db.sqlite else self._ids_postgres
+        query = sa.text(f"SELECT {_CONTROLS} FROM runs WHERE id IN ({ids}) "
+                        "AND (cancel_requested IS NOT NULL OR breakpoints IS NOT NULL)")
+        params = {"ids": json.dumps(list(run_ids))}
+
+        def op(conn: sa.Connection) -> list[LeaseState]:
+            with self._db.tx(conn, write=False):
+                rows = conn.execute(query, params).all()
+            return [LeaseState(run_id, cancel, None if bps is None else json.loads(bps))
+                    for run_id, cancel, bps in rows]
+
+        return await self._call(op)
+
     _ids_sqlite = "SELECT value FROM json_each(:ids)"
     _ids_postgres = "SELECT json_array_elements_text(CAST(:ids AS json))"
 

@@ -80,6 +80,9 @@ class SqlStore:
     async def renew_leases(self, owner: str, run_ids: Collection[str], ttl_s: float) -> list[LeaseState]:
         return await self._leases.renew_leases(owner, run_ids, ttl_s)
 
+    async def controls(self, run_ids: Collection[str]) -> list[LeaseState]:
+        return await self._leases.controls(run_ids)
+
     async def release_lease(self, run_id: str, owner: str) -> None:
         await self._leases.release_lease(run_id, owner)
 
