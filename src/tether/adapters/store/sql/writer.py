@@ -72,7 +72,7 @@ _SQLITE_UPDATE = (
 )
 _SQLITE_SELECT = f"SELECT {', '.join(INFO_COLUMNS)} FROM runs WHERE id = ?"
 # The same on Postgres (psycopg's placeholders).
-_PG_INSERT = _SQLITE_INSERT.replace("?", "%s")
+_PG_COPY = "COPY records (run_id, seq, kind, v, ts, payload) FROM STDIN"
 _PG_CREATE = _SQLITE_CREATE.replace("?", "%s")
 _PG_UPDATE = _SQLITE_UPDATE.replace("?", "%s").replace("CASE WHEN %s", "CASE WHEN %s::boolean")
 _PG_SELECT = _SQLITE_SELECT.replace("?", "%s")
@@ -627,8 +627,10 @@ class GroupCommitWriter:
         if inserts:
             cur.executemany(_PG_CREATE, [_create_params(info, True) for info in inserts])
         rows = [row for run_id, g in ordered.items() if run_id not in failed for row in g[1]]
-        if rows:
-            cur.executemany(_PG_INSERT, rows)
+        if rows:  # COPY: half the driver's work of an executemany of inserts
+            with cur.copy(_PG_COPY) as copy:
+                for row in rows:
+                    copy.write_row(row)
         if updates:
             cur.executemany(_PG_UPDATE, [
                 (info.status, info.updated_at, info.pause_id, info.last_seq, info.input_tokens,
