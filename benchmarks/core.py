@@ -11,6 +11,13 @@ one tool call; µs per step = run time / K.
     uv run python benchmarks/core.py --memory-only --sizes 10000   # only the memory per in-flight run
     uv run python benchmarks/core.py --scale --tune-gc   # with tether.runtime.tune_gc(), as `tether serve`
     uv run python benchmarks/core.py --scale --postgres postgresql+psycopg://USER@HOST/DB
+    uv run python benchmarks/core.py --scale --postgres temp --sizes 100,1000
+
+On Postgres: `--postgres URL` measures on that database (use an empty one: the runs stay in it);
+`--postgres temp` starts a throwaway local server with fsync on (benchmarks/pg_server.py: initdb
+and pg_ctl from PATH or /usr/lib/postgresql/*/bin; as root it runs as the `postgres` user) and
+removes it afterwards. The process CPU then includes the flush thread's driver work; the server's
+own CPU is not in it.
 
 Targets: ≤ 40 µs per step in memory; ≤ 100 µs of process CPU per durable step at 1,000 concurrent
 runs; CPU per durable step at 10,000 runs within 1.15× of its value at 100; 1,000 durable runs
@@ -193,7 +200,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, at most 1,000 runs at once")
     parser.add_argument("--scale", action="store_true", help="only the concurrency table")
-    parser.add_argument("--postgres", metavar="URL", help="the concurrency table on this Postgres database")
+    parser.add_argument("--postgres", metavar="URL",
+                        help="the concurrency table on this Postgres database, or on a throwaway server: temp")
     parser.add_argument("--sizes", default="100,1000,5000,10000", help="concurrent runs to measure (comma-separated)")
     parser.add_argument("--memory-only", action="store_true", help="only the memory per run, at the largest size")
     parser.add_argument("--tune-gc", action="store_true",
@@ -207,6 +215,13 @@ if __name__ == "__main__":
         asyncio.run(memory(url, max(int(x) for x in args.sizes.split(","))))
     elif args.scale or args.postgres:
         sizes = [int(x) for x in args.sizes.split(",")]
-        asyncio.run(scale(Path(tempfile.mkdtemp(prefix="tether-bench-")), args.postgres, sizes))
+        folder = Path(tempfile.mkdtemp(prefix="tether-bench-"))
+        if args.postgres == "temp":
+            from pg_server import throwaway_postgres
+
+            with throwaway_postgres() as url:
+                asyncio.run(scale(folder, url, sizes))
+        else:
+            asyncio.run(scale(folder, args.postgres, sizes))
     else:
         asyncio.run(main(args.quick))

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from pg import postgres, postgres_url  # noqa: F401  (fixtures)
 
@@ -54,6 +55,26 @@ def run_child(db_url: str, ledger: Path, fault: str) -> int:
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert child.stdout.startswith("ready"), child.stderr
     return child.returncode
+
+
+def wait_until_the_server_is_done_with_the_child(db_url: str) -> None:
+    """A COMMIT the child sent before it died still completes on the server: read after it did (once the
+    child's sessions are gone), or a record could commit between what the test reads and the resume."""
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            for _ in range(200):
+                others = conn.execute(sa.text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )).scalar()  # fmt: skip
+                conn.rollback()
+                if others == 0:
+                    return
+                time.sleep(0.05)
+        raise AssertionError("the dead child's database sessions did not end")
+    finally:
+        engine.dispose()
 
 
 def effects(ledger: Path) -> list[tuple[str, str]]:
@@ -128,6 +149,8 @@ def test_a_kill_inside_the_postgres_commit_pipeline_keeps_the_write_ahead(
 
 def kill_and_recover(db_url: str, ledger: Path, fault: str) -> None:
     assert run_child(db_url, ledger, fault) == -signal.SIGKILL  # the fault point was reached
+    if db_url.startswith("postgresql"):
+        wait_until_the_server_is_done_with_the_child(db_url)
 
     async def check() -> None:
         store = SqlStore(db_url)
