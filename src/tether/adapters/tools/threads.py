@@ -33,8 +33,9 @@ _Job = tuple[Callable[[], Any], contextvars.Context, "ThreadCall", "_Inbox"]
 
 
 class ThreadCall:
-    """A function running in a pool thread. Await it for its value, as many times as needed: an
-    await that is cancelled leaves the call running, and a later await gets its outcome."""
+    """A function running in a pool thread. Await it for its value (from one task at a time), as
+    many times as needed: an await that is cancelled leaves the call running, and a later await
+    gets its outcome."""
 
     __slots__ = ("_done", "_error", "_loop", "_value", "_waiter")
 
@@ -162,8 +163,8 @@ _pool_lock = threading.Lock()
 
 
 def _forget_pool() -> None:
-    global _pool
-    _pool = None  # a forked child has none of its parent's threads: it starts its own pool
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()  # a forked child has none of its parent's threads
 
 
 os.register_at_fork(after_in_child=_forget_pool)
