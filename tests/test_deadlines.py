@@ -31,6 +31,12 @@ async def test_a_deadline_cancels_the_body_and_raises_timeout_error_no_earlier_t
     assert task is not None and task.cancelling() == 0  # its own cancellation was taken back
 
 
+async def test_a_short_deadline_is_kept_to_an_eighth_of_itself():
+    with pytest.raises(TimeoutError):  # a quarter-second bucket would let the body finish first
+        async with deadline(0.2):
+            await asyncio.sleep(0.2 + 0.2 / 8 + 0.01)
+
+
 async def test_a_body_that_ends_in_time_is_left_alone_and_disarmed():
     async with deadline(0.05) as d:
         await asyncio.sleep(0)

@@ -29,8 +29,9 @@ def new_id(prefix: str) -> str:
 
 
 def _forget_random() -> None:
-    global _random, _at
+    global _random, _at, _lock
     _random, _at = "", 0  # a forked child must not repeat its parent's digits
+    _lock = threading.Lock()  # nor wait for a lock another thread of its parent held
 
 
 os.register_at_fork(after_in_child=_forget_random)

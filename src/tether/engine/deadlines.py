@@ -3,9 +3,10 @@
 `asyncio.timeout` puts a timer in the loop's heap for every call and cancels it almost every time
 (a tool's default timeout is 60 s): with thousands of runs in flight that heap, rebuilt as the
 cancelled timers pile up, costs a noticeable share of each step. Here the deadlines of one event
-loop are kept in buckets of `GRANULARITY_S`, rounded up, with one loop timer per bucket: arming
-and disarming a deadline is a dict insert and delete, and a call is cancelled between 0 and
-`GRANULARITY_S` after its deadline (never before it).
+loop are kept in buckets, rounded up, with one loop timer per bucket: arming and disarming a
+deadline is a dict insert and delete. A bucket is `GRANULARITY_S` wide, or for a short timeout a
+power-of-two fraction of it no wider than an eighth of the timeout, so a call is cancelled at
+most min(`GRANULARITY_S`, timeout / 8) after its deadline, and never before it.
 
 `deadline(seconds)` behaves as `asyncio.timeout(seconds)` does: on expiry it cancels the task,
 and on exit it turns that cancellation into a `TimeoutError`; a cancellation from elsewhere (a
@@ -26,28 +27,36 @@ class _Keeper:
     """The armed deadlines of one event loop, by bucket; one loop timer per bucket."""
 
     def __init__(self) -> None:
-        self.buckets: dict[int, dict[deadline, None]] = {}  # bucket → its deadlines (a dict as an ordered set)
+        self.buckets: dict[float, dict[deadline, None]] = {}  # its time → its deadlines (an ordered set)
 
-    def arm(self, loop: asyncio.AbstractEventLoop, d: deadline, when: float) -> int:
-        slot = math.ceil(when / GRANULARITY_S)  # rounded up: a call is never stopped before its deadline
+    def arm(self, loop: asyncio.AbstractEventLoop, d: deadline, when: float, width: float) -> float:
+        slot = math.ceil(when / width) * width  # rounded up (exactly: width is a power of two)
         bucket = self.buckets.get(slot)
         if bucket is None:
             bucket = self.buckets[slot] = {}
-            loop.call_at(slot * GRANULARITY_S, self._expire, slot)
+            loop.call_at(slot, self._expire, slot)
         bucket[d] = None
         return slot
 
-    def disarm(self, d: deadline, slot: int) -> None:
+    def disarm(self, d: deadline, slot: float) -> None:
         bucket = self.buckets.get(slot)
         if bucket is not None:
             bucket.pop(d, None)  # an emptied bucket stays until its timer fires: at most one per GRANULARITY_S
 
-    def _expire(self, slot: int) -> None:
+    def _expire(self, slot: float) -> None:
         for d in self.buckets.pop(slot, ()):
             d.expire()
 
 
 _keepers: dict[int, _Keeper] = {}  # id(loop) → its keeper; dropped with the loop
+
+
+def _width(seconds: float) -> float:
+    """The bucket width for a timeout: GRANULARITY_S, halved down to an eighth of the timeout."""
+    width = GRANULARITY_S
+    while width > seconds / 8 and width > 2 ** -10:
+        width /= 2
+    return width
 
 
 def _keeper(loop: asyncio.AbstractEventLoop) -> _Keeper:
@@ -60,7 +69,7 @@ def _keeper(loop: asyncio.AbstractEventLoop) -> _Keeper:
 
 class deadline:
     """`async with deadline(seconds):` — the body is cancelled once `seconds` have passed (up to
-    `GRANULARITY_S` later), and the block then raises `TimeoutError`."""
+    min(`GRANULARITY_S`, seconds / 8) later), and the block then raises `TimeoutError`."""
 
     __slots__ = ("_cancelling", "_expired", "_keeper", "_seconds", "_slot", "_task")
 
@@ -75,7 +84,7 @@ class deadline:
         loop = task.get_loop()
         self._task, self._cancelling = task, task.cancelling()
         self._keeper = _keeper(loop)
-        self._slot = self._keeper.arm(loop, self, loop.time() + self._seconds)
+        self._slot = self._keeper.arm(loop, self, loop.time() + self._seconds, _width(self._seconds))
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -1,22 +1,20 @@
 """Tether's own threads for sync tools, handing results back to the event loop in batches.
 
 `asyncio.to_thread` costs, per call, a concurrent future, an asyncio future chained to it and a
-write to the loop's self-pipe when it completes. That write releases the GIL in the middle of the
-worker's turn, so while the loop is busy (thousands of runs in flight) a worker gets through one
-call per switch interval, and every call pays a round trip of the GIL between the threads.
+write to the loop's self-pipe when it completes, and the executor wrapped it in a task and a
+shield; with thousands of runs in flight, these objects (alive while the call waits for a thread)
+also make the garbage collector run more often over every live run.
 
-Here a job is a tuple on a queue; a worker runs the jobs queued meanwhile one after the other and
-puts each result in its loop's inbox, which takes no system call. Only the first result since the
-loop last looked wakes it, and not from the worker: a notifier thread does the
-`call_soon_threadsafe` (and its write), so a worker is never held up by it and a result never
-waits for the worker's next job, however long that one takes. One wake-up of the loop settles
-every result that finished meanwhile.
+Here a job is a tuple on a queue, and its result goes to its loop's inbox: only the first result
+since the loop last looked wakes the loop (`call_soon_threadsafe`), and that one wake-up settles
+every result that finished meanwhile. A call is a `ThreadCall` with one waiter future. (A separate
+thread for the wake-ups, so that a worker never lets the GIL go mid-turn, measured no better.)
 
 Semantics are those of `to_thread`: the function runs in a copy of the caller's context, and its
 exception is raised by the await. Cancelling an await does not stop the thread, and a `ThreadCall`
 can be awaited again after that (the executor relies on both: such a call may still take effect,
-and on a shutdown it waits for the call to record its result). The pool has at most `max_threads` workers,
-started as needed; it is not the loop's default executor, which stays the user's.
+and on a shutdown it waits for the call to record its result). The pool has at most `max_threads`
+workers, started as needed; it is not the loop's default executor, which stays the user's.
 """
 
 from __future__ import annotations
@@ -35,8 +33,9 @@ _Job = tuple[Callable[[], Any], contextvars.Context, "ThreadCall", "_Inbox"]
 
 
 class ThreadCall:
-    """A function running in a pool thread. Await it for its value, as many times as needed: an
-    await that is cancelled leaves the call running, and a later await gets its outcome."""
+    """A function running in a pool thread. Await it for its value (from one task at a time), as
+    many times as needed: an await that is cancelled leaves the call running, and a later await
+    gets its outcome."""
 
     __slots__ = ("_done", "_error", "_loop", "_value", "_waiter")
 
@@ -79,7 +78,7 @@ class _Inbox:
             return len(self._results) == 1
 
     def wake(self) -> None:
-        """From the notifier: have the loop settle what came in."""
+        """From a worker: have the loop settle what came in."""
         if (loop := self._loop()) is not None:
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody awaits these any more
                 loop.call_soon_threadsafe(self._settle)
@@ -98,10 +97,8 @@ class ToolThreads:
     def __init__(self, max_threads: int | None = None) -> None:
         self.max_threads = max_threads or min(32, (os.cpu_count() or 1) + 4)  # as asyncio.to_thread's
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._to_wake: queue.SimpleQueue[_Inbox | None] = queue.SimpleQueue()  # for the notifier
         self._lock = threading.Lock()
         self._workers: list[threading.Thread] = []
-        self._notifier: threading.Thread | None = None
         self._waiting = 0  # workers waiting for a job
         self._inboxes: dict[int, _Inbox] = {}  # id(loop) → its inbox; dropped with the loop
         self._closed = False
@@ -126,9 +123,6 @@ class ToolThreads:
         return inbox
 
     def _start_worker(self) -> None:
-        if self._notifier is None:
-            self._notifier = threading.Thread(target=self._notify, name="tether-tool-notifier", daemon=True)
-            self._notifier.start()
         t = threading.Thread(target=self._work, name=f"tether-tool-{len(self._workers)}", daemon=True)
         t.start()
         self._workers.append(t)
@@ -150,25 +144,18 @@ class ToolThreads:
             except BaseException as e:
                 value, error = None, e
             if inbox.put(call, value, error):
-                self._to_wake.put(inbox)
+                inbox.wake()
             del fn, context, call, inbox, value, error
-
-    def _notify(self) -> None:
-        while (inbox := self._to_wake.get()) is not None:
-            inbox.wake()
 
     def shutdown(self) -> None:
         """Let the threads end once the jobs queued so far are done; wait for them."""
         with self._lock:
             self._closed = True
-            workers, notifier = list(self._workers), self._notifier
+            workers = list(self._workers)
         for _ in workers:
             self._jobs.put(None)
         for t in workers:
             t.join()
-        if notifier is not None:
-            self._to_wake.put(None)
-            notifier.join()
 
 
 _pool: ToolThreads | None = None
@@ -176,8 +163,8 @@ _pool_lock = threading.Lock()
 
 
 def _forget_pool() -> None:
-    global _pool
-    _pool = None  # a forked child has none of its parent's threads: it starts its own pool
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()  # a forked child has none of its parent's threads
 
 
 os.register_at_fork(after_in_child=_forget_pool)
