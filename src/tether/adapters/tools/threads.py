@@ -128,9 +128,9 @@ class ToolThreads:
         self._workers.append(t)
 
     def _work(self) -> None:
+        with self._lock:
+            self._waiting += 1
         while True:
-            with self._lock:
-                self._waiting += 1
             job = self._jobs.get()
             with self._lock:
                 self._waiting -= 1
@@ -143,6 +143,8 @@ class ToolThreads:
                 value = context.run(fn)
             except BaseException as e:
                 value, error = None, e
+            with self._lock:  # waiting again before the result can lead the loop to start another job
+                self._waiting += 1
             if inbox.put(call, value, error):
                 inbox.wake()
             del fn, context, call, inbox, value, error
