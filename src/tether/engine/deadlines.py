@@ -19,6 +19,7 @@ import asyncio
 import math
 import weakref
 from types import TracebackType
+from typing import Any
 
 GRANULARITY_S = 0.25
 
@@ -69,16 +70,20 @@ def _keeper(loop: asyncio.AbstractEventLoop) -> _Keeper:
 
 class deadline:
     """`async with deadline(seconds):` — the body is cancelled once `seconds` have passed (up to
-    min(`GRANULARITY_S`, seconds / 8) later), and the block then raises `TimeoutError`."""
+    min(`GRANULARITY_S`, seconds / 8) later), and the block then raises `TimeoutError`.
 
-    __slots__ = ("_cancelling", "_expired", "_keeper", "_seconds", "_slot", "_task")
+    `task`, if the caller knows it, is the task the block runs in: on CPython 3.11
+    `asyncio.current_task()` is Python code that looks the loop up with a getpid() system call."""
 
-    def __init__(self, seconds: float) -> None:
+    __slots__ = ("_cancelling", "_expired", "_keeper", "_known", "_seconds", "_slot", "_task")
+
+    def __init__(self, seconds: float, task: asyncio.Task[Any] | None = None) -> None:
         self._seconds = seconds
         self._expired = False
+        self._known = task
 
     async def __aenter__(self) -> deadline:
-        task = asyncio.current_task()
+        task = self._known or asyncio.current_task()
         if task is None:
             raise RuntimeError("deadline() must be used inside a task")
         loop = task.get_loop()

@@ -101,12 +101,14 @@ class Executor:
         self._schemas = [ToolSchema(t.name, t.description, t.parameters) for t in self.tools.values()]
         self._system = [Message.system(agent.instructions)] if agent.instructions else []
         self._static = _static_fingerprint(agent.instructions, self._schemas, agent.settings, agent.output_schema)
+        task = asyncio.current_task()  # where model calls and a lone tool call are awaited: looked up once
+        self._model_in_flight.owner = task
         try:
             while state.status == RunStatus.RUNNING:
                 if self._cancelled is not None or state.aborted is not None:
                     self._finish(state, RunStatus.CANCELLED, error=self._cancelled or state.aborted)
                 elif state.batch:
-                    await self._tool_calls(state)
+                    await self._tool_calls(state, task)
                 elif _needs_model(state):
                     await self._model_call(state)
                 elif item := self._stop(state, Stop.BEFORE_FINISH, state.last_step, output=state.final_text()):
@@ -232,12 +234,13 @@ class Executor:
 
     # -- tool calls -----------------------------------------------------------------------------
 
-    async def _tool_calls(self, state: RunState) -> None:
-        """Run every open call of the batch in parallel; pause if any needs an answer from outside."""
+    async def _tool_calls(self, state: RunState, task: asyncio.Task[Any] | None) -> None:
+        """Run every open call of the batch in parallel; pause if any needs an answer from outside.
+        `task`: the one this runs in (a lone call is awaited in it; parallel calls get their own)."""
         todo = [c for c in state.batch if not c.done]
         pending: list[PendingItem] = []
         if len(todo) == 1:
-            item = await self._tool_call(state, todo[0])
+            item = await self._tool_call(state, todo[0], task)
             if item is not None:
                 pending.append(item)
         else:
@@ -245,7 +248,7 @@ class Executor:
 
             async def bounded(c: CallState) -> PendingItem | None:
                 async with gate:
-                    return await self._tool_call(state, c)
+                    return await self._tool_call(state, c, asyncio.current_task())
 
             pending = [i for i in await asyncio.gather(*(bounded(c) for c in todo)) if i is not None]
         if self._cancelled is not None:
@@ -255,7 +258,7 @@ class Executor:
         else:
             state.close_batch()
 
-    async def _tool_call(self, state: RunState, c: CallState) -> PendingItem | None:
+    async def _tool_call(self, state: RunState, c: CallState, task: asyncio.Task[Any] | None) -> PendingItem | None:
         call = c.call
         tool = self.tools.get(call.name)
         if tool is None:
@@ -297,10 +300,10 @@ class Executor:
             ctx = ToolContext(state.run_id, call.id, c.step, attempt)
             try:
                 if limit is None:
-                    value = await self._call_tool(state, c, tool, validated, ctx, started)
+                    value = await self._call_tool(state, c, tool, validated, ctx, started, task)
                 else:
                     async with limit:
-                        value = await self._call_tool(state, c, tool, validated, ctx, started)
+                        value = await self._call_tool(state, c, tool, validated, ctx, started, task)
             except TimeoutError:
                 if not tool.cancellable and not policy.idempotent:
                     # The call goes on in a thread we cannot stop: whether it takes effect is unknown.
@@ -326,7 +329,7 @@ class Executor:
             return self._stop(state, Stop.ON_ERROR, c.step, call, args=args, error=error)
 
     async def _call_tool(self, state: RunState, c: CallState, tool: Tool, validated: Any, ctx: ToolContext,
-                         started: float) -> Any:
+                         started: float, task: asyncio.Task[Any] | None) -> Any:
         """Call the tool (within its timeout). If this task is cancelled meanwhile (Ctrl-C, a shutdown)
         while a tool that cannot be stopped runs (a sync function in a thread), the process waits for
         that thread anyway: its result is then recorded before the cancellation goes on, so that a
@@ -334,14 +337,14 @@ class Executor:
         timeout_s = tool.policy.timeout_s
         call = tool.call(validated, ctx)
         try:
-            return await _with_timeout(call, timeout_s)  # awaited in this task: no task of its own
+            return await _with_timeout(call, timeout_s, task)  # awaited in this task: no task of its own
         except asyncio.CancelledError:
             if tool.cancellable:
                 raise
             # A call that cannot be stopped goes on when its await is cancelled: wait for it again.
             left = None if timeout_s is None else max(0.0, started + timeout_s - time.perf_counter())
             try:
-                value = await _with_timeout(call, left)  # within the call's own deadline
+                value = await _with_timeout(call, left, task)  # within the call's own deadline
             except BaseException:  # it failed, timed out or was stopped after all: nothing to keep
                 raise asyncio.CancelledError() from None
             self._tool_done(state, c, result=_render(value, tool.policy.max_result_chars),
@@ -493,10 +496,10 @@ def _needs_model(state: RunState) -> bool:
     return state.model_calls == 0 or last is None or last.role != "assistant" or bool(last.tool_calls)
 
 
-async def _with_timeout(awaitable: Awaitable[Any], timeout_s: float | None) -> Any:
+async def _with_timeout(awaitable: Awaitable[Any], timeout_s: float | None, task: asyncio.Task[Any] | None) -> Any:
     if timeout_s is None:
         return await awaitable
-    async with deadline(timeout_s):
+    async with deadline(timeout_s, task):
         return await awaitable
 
 

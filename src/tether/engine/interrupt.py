@@ -14,17 +14,21 @@ from types import TracebackType
 
 
 class Interruptible:
-    """`async with scope: await call` — `scope.interrupt()` from another task stops the call."""
+    """`async with scope: await call` — `scope.interrupt()` from another task stops the call.
 
-    __slots__ = ("_cancelling", "_task", "interrupted")
+    `owner`, if set, is the task the calls run in (on CPython 3.11 `asyncio.current_task()` is
+    Python code that looks the loop up with a getpid() system call)."""
+
+    __slots__ = ("_cancelling", "_task", "interrupted", "owner")
 
     def __init__(self) -> None:
         self._task: asyncio.Task[object] | None = None
         self._cancelling = 0
         self.interrupted = False
+        self.owner: asyncio.Task[object] | None = None
 
     async def __aenter__(self) -> Interruptible:
-        task = asyncio.current_task()
+        task = self.owner or asyncio.current_task()
         if task is None:
             raise RuntimeError("Interruptible must be used inside a task")
         self._task, self._cancelling, self.interrupted = task, task.cancelling(), False
