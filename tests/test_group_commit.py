@@ -16,6 +16,7 @@ import pytest
 from pg import postgres, postgres_url  # noqa: F401  (fixtures)
 from test_store import Run
 from tether.adapters.store.sql import SqlStore
+from tether.adapters.store.sql.database import StoreError
 from tether.domain.errors import StoreConflict
 from tether.domain.records import Record, ToolStarted
 
@@ -173,3 +174,68 @@ async def test_an_append_with_a_flush_already_scheduled_looks_up_no_event_loop(
     await store.sync()
     for run in runs:
         assert [r.kind for r in await store.load(run.id)] == ["run_started", "model_call", "finished"]
+
+
+async def test_a_sync_waiting_while_the_store_closes_raises_instead_of_waiting_forever(store_url: str) -> None:
+    store = SqlStore(store_url)
+    run, late = Run(), Run()
+    for r in (run, late):
+        await store.create_run(r.first, owner=None)
+    store.append([run.model()])  # queued when the close begins: the close's own sync writes it
+
+    async def append_as_it_closes() -> None:
+        while store._writer._open is not None:  # the close's flush has taken the queued records
+            await asyncio.sleep(0)
+        store.append([late.model()])  # queued after it, as the store closes
+        await store.sync()
+
+    task = asyncio.create_task(append_as_it_closes())
+    await store.close()
+    try:
+        await asyncio.wait_for(task, 5)  # (a flush after the close never came: this waited forever)
+        written = True  # on Postgres, the worker may still have written them as the store closed
+    except StoreError as e:
+        assert "closed before these records were written" in str(e)
+        written = False
+    if store_url.startswith("sqlite"):
+        assert not written  # always too late there: the flush after the close's is the close's own loop's
+    reopened = SqlStore(store_url)
+    try:
+        assert [r.kind for r in await reopened.load(run.id)] == ["run_started", "model_call"]
+        assert [r.kind for r in await reopened.load(late.id)] == ["run_started", "model_call"][:1 + written]
+    finally:
+        await reopened.close()
+
+
+def test_a_loop_that_stopped_with_its_flush_queued_does_not_stall_the_next_loop_of_its_thread(
+    store_url: str,
+) -> None:
+    store = SqlStore(store_url)
+    run = Run()
+    asyncio.run(store.create_run(run.first, owner=None))
+    loop = asyncio.new_event_loop()
+    tasks = []
+
+    async def append_as_the_loop_stops() -> None:
+        async def append() -> None:
+            store.append([run.model()])  # its flush is scheduled for an iteration that never comes
+
+        tasks.append(asyncio.ensure_future(append()))  # runs in the iteration of run_until_complete's stop
+
+    loop.run_until_complete(append_as_the_loop_stops())
+    loop.close()
+    assert store._writer._open is not None  # still queued
+
+    async def next_loop() -> list[str]:
+        store.append([run.model()])
+        await asyncio.wait_for(store.sync(), 5)  # (failed: a future of the closed loop)
+        return [r.kind for r in await store.load(run.id)]
+
+    assert asyncio.run(next_loop()) == ["run_started", "model_call", "model_call"]
+    store.append([run.finish()])  # and without a loop, written at once (was: left queued)
+    fresh = SqlStore(store_url)
+    try:
+        assert [r.kind for r in asyncio.run(fresh.load(run.id))][-1] == "finished"
+    finally:
+        asyncio.run(fresh.close())
+        asyncio.run(store.close())

@@ -212,7 +212,9 @@ class GroupCommitWriter:
                     group[0].append(r)
                     group[1].append(row)
         ticking = self._ticking
-        if ticking is None or ticking[0] != threading.get_ident():  # else this thread's loop flushes soon
+        # Else this thread's loop flushes soon. (A loop that stopped with its flush still queued, and
+        # another loop, or none, runs in this thread now: that flush may never come.)
+        if ticking is None or ticking[0] != threading.get_ident() or not ticking[1].is_running():
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # no event loop: plain synchronous use, written (or raised) at once
@@ -227,7 +229,7 @@ class GroupCommitWriter:
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         """A flush at this loop's next iteration (one at a time a thread)."""
         ticking, thread = self._ticking, threading.get_ident()
-        if ticking is None or ticking[0] != thread:
+        if ticking is None or ticking[0] != thread or ticking[1] is not loop:
             self._ticking = (thread, loop)
             loop.call_soon(self._tick, loop)
 
@@ -236,6 +238,7 @@ class GroupCommitWriter:
         if ticking is not None and ticking[1] is loop:
             self._ticking = None
         if self._closed:
+            self._fail_queued(loop)
             return
         if self._sqlite:
             self._flush_blocking(loop)
@@ -298,7 +301,7 @@ class GroupCommitWriter:
         """Wait for the queued batches holding records of `runs` (every batch if none are named), or
         for `batch`, and return them. Their flush comes at this loop's next iteration."""
         ticking = self._ticking  # with a flush scheduled from this thread, its loop is the running one
-        mine = ticking is not None and ticking[0] == threading.get_ident()
+        mine = ticking is not None and ticking[0] == threading.get_ident() and ticking[1].is_running()
         loop = ticking[1] if mine and ticking is not None else asyncio.get_running_loop()
         pending: list[_Batch] = []
         futures = []
@@ -360,6 +363,17 @@ class GroupCommitWriter:
                 self._fault.die()
             else:
                 self._fault.die_later(target)
+
+    def _fail_queued(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """The store is closed: records still queued (appended while it closed) are never written.
+        Their syncs raise that instead of waiting for a flush that will not come."""
+        with self._lock:
+            batch, self._open = self._open, None
+            if batch is None:
+                return
+            error = StoreError(f"the store at {self._db.url} was closed before these records were written")
+            batch.errors = dict.fromkeys(batch.groups, error)
+            self._settle(batch, loop)
 
     def _broken_error(self, run_id: str) -> Exception:
         error = self._broken[run_id]
@@ -651,6 +665,7 @@ class GroupCommitWriter:
         self._closed = True
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+        self._fail_queued(None)
         if self._flush_conn is not None:
             with self._db_lock, contextlib.suppress(Exception):
                 self._flush_conn.close()
