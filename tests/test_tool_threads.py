@@ -185,3 +185,47 @@ async def test_a_shutdown_during_a_sync_tool_waits_for_it_and_records_its_result
         await task
     finished = [r.payload for r in log if r is not None and isinstance(r.payload, ToolFinished)]
     assert [f.result for f in finished] == ["it did finish"]
+
+
+FORK_AND_EXIT = """
+import asyncio, os, sys, threading, time
+from tether.adapters.tools.threads import tool_threads
+
+async def main():
+    pool = tool_threads()
+    await pool.start(lambda: None)  # a worker exists, and the pool's shutdown is registered for exit
+    return pool
+
+pool = asyncio.run(main())
+held, release = threading.Event(), threading.Event()
+
+def hold():  # as a worker does for an instant, many times a second in a busy process
+    with pool._lock:
+        held.set()
+        release.wait()
+
+threading.Thread(target=hold, daemon=True).start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)  # a normal exit of the child: threading's exit hooks run, the pool's shutdown too
+release.set()
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("exit", os.waitstatus_to_exitcode(status))
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9)
+    print("the child hung at exit")
+"""
+
+
+def test_a_forked_child_exits_without_waiting_for_its_parents_tool_threads():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", FORK_AND_EXIT], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "exit 0", out.stdout + out.stderr

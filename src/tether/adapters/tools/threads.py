@@ -177,6 +177,8 @@ _pool_lock = threading.Lock()
 
 def _forget_pool() -> None:
     global _pool, _pool_lock
+    if _pool is not None:  # its shutdown, registered for exit, must not wait for the parent's threads
+        _pool._lock, _pool._workers = threading.Lock(), []  # nor for a lock one of them held
     _pool, _pool_lock = None, threading.Lock()  # a forked child has none of its parent's threads
 
 
