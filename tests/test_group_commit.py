@@ -7,6 +7,7 @@ event-loop iteration commit in one transaction, and each caller still gets only 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -238,4 +239,52 @@ def test_a_loop_that_stopped_with_its_flush_queued_does_not_stall_the_next_loop_
         assert [r.kind for r in asyncio.run(fresh.load(run.id))][-1] == "finished"
     finally:
         asyncio.run(fresh.close())
+        asyncio.run(store.close())
+
+
+@pytest.mark.postgres
+def test_a_plain_append_from_another_thread_never_lets_a_sync_return_before_a_flush_in_flight(
+    postgres_url: str,  # noqa: F811
+) -> None:
+    """Postgres: the flush worker takes a batch only once it may write it. It took the batch first
+    and then waited for the database lock, while a thread without a loop (an append written at once)
+    flushed under that lock: the worker's batch was no longer the one in flight, and a sync for its
+    records returned before they were committed."""
+    store = SqlStore(postgres_url)
+    mine, theirs = Run(), Run()
+    for r in (mine, theirs):
+        asyncio.run(store.create_run(r.first, owner=None))
+    writer = store._writer
+    locked, appended, done = threading.Event(), threading.Event(), threading.Event()
+
+    def plain_thread() -> None:
+        with writer._db_lock:  # held across the other thread's flush, as a long write would
+            locked.set()
+            appended.wait(5)
+            time.sleep(0.2)  # the worker is waiting for the lock now
+            store.append([theirs.model()])  # no loop in this thread: written at once
+            done.set()
+            appended.wait(5)
+            time.sleep(0.2)  # the loop's sync has had its chance to return early
+
+    async def scenario() -> list[str]:
+        thread = threading.Thread(target=plain_thread)
+        thread.start()
+        locked.wait(5)
+        store.append([mine.model()])
+        appended.set()
+        await asyncio.sleep(0)  # the flush is scheduled: the worker starts
+        while not done.is_set():
+            await asyncio.sleep(0.01)
+        await store.sync()  # this task's record is committed when it returns
+        other = SqlStore(postgres_url)
+        try:
+            return [r.kind for r in await other.load(mine.id)]
+        finally:
+            await other.close()
+            thread.join(5)
+
+    try:
+        assert asyncio.run(scenario()) == ["run_started", "model_call"]
+    finally:
         asyncio.run(store.close())

@@ -392,19 +392,21 @@ class GroupCommitWriter:
 
     def _worker(self) -> None:
         while True:
-            with self._lock:
-                batch = self._open
-                if batch is None:
-                    self._draining = False
-                    return
-                self._open, self._inflight = None, batch
-            try:
-                with self._db_lock:
-                    self._write(batch)
-            finally:
+            # A batch is taken only under the database lock, as `_flush_blocking` takes one: else a
+            # flush of another thread, under that lock meanwhile, would replace it as the one in flight.
+            with self._db_lock:
                 with self._lock:
-                    self._inflight = None
-                    self._settle(batch, None)
+                    batch = self._open
+                    if batch is None:
+                        self._draining = False
+                        return
+                    self._open, self._inflight = None, batch
+                try:
+                    self._write(batch)
+                finally:
+                    with self._lock:
+                        self._inflight = None
+                        self._settle(batch, None)
 
     # -- writing a batch ------------------------------------------------------------------------
 
