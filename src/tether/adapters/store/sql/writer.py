@@ -31,6 +31,7 @@ import contextlib
 import copy
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
@@ -39,6 +40,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
+from tether.adapters.store.sql import database
 from tether.adapters.store.sql.database import Database, StoreError
 from tether.adapters.store.sql.faults import fault_point
 from tether.adapters.store.sql.schema import (
@@ -159,6 +161,7 @@ class GroupCommitWriter:
         if not db.sqlite:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="tether-store-flush")
         self._flush_conn: sa.Connection | None = None  # Postgres: the flush's own connection
+        self._flush_used = 0.0  # when it was last used (time.monotonic())
 
     @property
     def closed(self) -> bool:
@@ -608,8 +611,12 @@ class GroupCommitWriter:
         # Runs in a fixed order (by id) so that two processes' flushes lock rows in the same order.
         ordered = dict(sorted(groups.items()))
         conn = self._flush_conn
+        if conn is not None and time.monotonic() - self._flush_used > database.PING_AFTER_IDLE_S \
+                and not self._alive(conn):  # idle a while: the server may have dropped it meanwhile
+            self._flush_conn = conn = None
         if conn is None:  # the flush keeps one connection: no pool checkout, ping or reset a flush
             conn = self._flush_conn = self._db.engine.connect()
+        self._flush_used = time.monotonic()
         try:
             with conn.begin():
                 # The raw driver: its executemany sends a batch's statements in one pipeline, where
@@ -628,6 +635,17 @@ class GroupCommitWriter:
             self._fault.die()
         self._remember(updates, inserts)
         return failed
+
+    def _alive(self, conn: sa.Connection) -> bool:
+        """Ping the flush's idle connection, as the pool pings one idle as long (a restart of the
+        server, or its idle timeout, leaves it dead): else the next batch of every run would fail."""
+        try:
+            dbapi = conn.connection.dbapi_connection
+            return dbapi is not None and bool(self._db.engine.dialect.do_ping(dbapi))
+        except Exception:
+            with contextlib.suppress(Exception):
+                conn.close()
+            return False
 
     def _write_postgres_tx(
         self, cur: Any, ordered: Groups, creates: dict[str, RunInfo], use_cache: bool
