@@ -288,3 +288,26 @@ def test_a_plain_append_from_another_thread_never_lets_a_sync_return_before_a_fl
         assert asyncio.run(scenario()) == ["run_started", "model_call"]
     finally:
         asyncio.run(store.close())
+
+
+async def test_a_plain_append_raises_only_its_own_runs_error_from_the_batch_it_writes(store: SqlStore) -> None:
+    mine, theirs = Run(), Run()
+    for r in (mine, theirs):
+        await store.create_run(r.first, owner=None)
+    store.append([Record(theirs.id, 1, time.time(), theirs.model().payload)])  # a conflict, queued here
+    outcome: list[BaseException | None] = []
+
+    def plain() -> None:  # a thread without a loop: its append writes the queue at once
+        try:
+            store.append([mine.model()])
+            outcome.append(None)
+        except BaseException as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=plain)
+    thread.start()
+    thread.join(10)  # (the loop is blocked: the queued conflict goes in the thread's flush)
+    assert outcome == [None]  # (was: the other run's StoreConflict)
+    with pytest.raises(StoreConflict, match=theirs.id):
+        await store.sync()  # that error is the other run's, and its sync raises it
+    assert [r.kind for r in await store.load(mine.id)] == ["run_started", "model_call"]

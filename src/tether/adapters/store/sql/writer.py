@@ -221,9 +221,10 @@ class GroupCommitWriter:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # no event loop: plain synchronous use, written (or raised) at once
-                done = self._flush_blocking(None)
-                if done is not None and done.error is not None:
-                    raise done.error from None
+                self._flush_blocking(None)  # (or another thread's flush took these records meanwhile)
+                for r in records:  # this append's runs' errors only: none of them was broken before
+                    if broken and (error := broken.get(r.run_id)) is not None:
+                        raise error from None
                 return
             self._schedule(loop)
         if seen is not mine:
