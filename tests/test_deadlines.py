@@ -154,3 +154,23 @@ async def test_tool_calls_arm_no_loop_timer_each(monkeypatch):
     run = await service.start(Agent("t", model, tools=[add]), "go")
     assert run.status == "completed" and len(run.steps) == 52
     assert armed <= 4  # the bucket of their 60 s deadline (and the run's heartbeat), not one per call
+
+
+async def test_an_infinite_timeout_never_expires_and_the_tool_runs_once():
+    async with deadline(float("inf")) as d:  # as asyncio.timeout(inf) (was: OverflowError on entry)
+        await asyncio.sleep(0)
+    assert not d.expired
+    ran = []
+
+    @tool(timeout_s=float("inf"))
+    def forever_allowed(x: int) -> int:
+        """Takes as long as it takes."""
+        ran.append(x)
+        return x + 1
+
+    def script(req):
+        return call_tool("forever_allowed", {"x": 1}) if len(req.messages) < 3 else reply("done")
+
+    view = await RunsService(MemoryStore()).start(Agent("a", ScriptedModel(script), tools=[forever_allowed]), "go")
+    assert view.status == "completed" and [s.result for s in view.steps if s.type == "tool"] == ["2"]
+    assert ran == [1]

@@ -128,6 +128,26 @@ async def test_a_tool_that_raises_or_hangs_is_reported_to_the_model(service):
     ]
 
 
+async def test_a_timeout_error_the_tool_raises_itself_is_its_error_not_the_calls_timeout(service):
+    @tool(timeout_s=None)
+    async def no_limit() -> str:
+        """A client library's own timeout."""
+        raise TimeoutError("the server did not answer in 5 s")
+
+    @tool(timeout_s=30)
+    def sync_own() -> str:
+        """The same in a sync tool, which did finish: not uncertain."""
+        raise TimeoutError("read timed out")
+
+    seen = Seen(calls([("no_limit", {}), ("sync_own", {})]), reply("ok"))
+    run, _ = await run_with(service, seen, tools=[no_limit, sync_own])  # (was: a TypeError crashed the run)
+    assert run.status == "completed" and run.output == "ok"
+    assert tool_results(seen.requests[1]) == [
+        "Error: TimeoutError: the server did not answer in 5 s",
+        "Error: TimeoutError: read timed out",
+    ]
+
+
 async def test_tool_calls_of_one_turn_run_in_parallel_and_results_keep_call_order(service):
     both_running = asyncio.Event()
     running = 0

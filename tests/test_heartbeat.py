@@ -5,6 +5,7 @@ process took over before it writes again."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,7 +25,7 @@ from tether.domain.errors import LeaseLost
 from tether.domain.leases import LeaseState
 from tether.domain.models import ModelRequest
 from tether.services.agents import Agent
-from tether.services.runs import RunsService
+from tether.services.runs import RunsService, run_blocking
 
 pytestmark = pytest.mark.anyio
 
@@ -198,14 +199,14 @@ async def test_one_statement_a_heartbeat_renews_every_run_the_service_advances(s
     gate.set()
     assert {(await t).status for t in tasks} == {"completed"}
     await asyncio.sleep(0)
-    assert service._heartbeat_task is None and heartbeat_tasks() == []  # nothing advanced: no task
+    assert not service._heartbeats and heartbeat_tasks() == []  # nothing advanced: no task
 
 
 async def test_the_heartbeat_comes_back_with_the_next_run_and_survives_a_failing_store(store):
     watched = Watched(store)
     service = RunsService(watched, lease_ttl_s=TTL_S)  # type: ignore[arg-type]
     done = await service.start(Agent("quick", ScriptedModel([reply("done")])), "hi")
-    assert done.status == "completed" and service._heartbeat_task is None
+    assert done.status == "completed" and not service._heartbeats
 
     async def failing() -> None:
         raise OSError("the disk is gone for a moment")
@@ -315,7 +316,7 @@ async def test_a_run_whose_lease_another_process_took_stops_before_its_next_writ
     info = await store.get_run(run_id)
     assert info is not None and info.status == theirs.status and info.last_seq == records[-1].seq
     assert [r.kind for r in records].count("finished") == (1 if in_flight == "model" else 0)
-    assert here._heartbeat_task is None
+    assert not here._heartbeats
 
 
 async def test_a_run_paused_and_resumed_during_a_renewal_keeps_its_new_executor(store):
@@ -361,3 +362,61 @@ async def test_a_run_paused_and_resumed_during_a_renewal_keeps_its_new_executor(
     assert run.status == "completed" and run.output == "answer 1"  # not stopped: its new executor holds the lease
     keeper_gate.set()
     assert (await keeper).status == "completed"
+
+
+def test_runs_advanced_from_two_threads_keep_their_leases_and_get_their_cancels(tmp_path: Path) -> None:
+    """`run_sync` from threads: each thread's loop advances runs of one service. The second run's
+    leases and controls must not depend on the first thread's loop, which ends with its run."""
+    store = SqlStore(f"sqlite:///{tmp_path / 'runs.db'}")
+    service = RunsService(store, lease_ttl_s=TTL_S)
+    first_may_end, second_may_end = threading.Event(), threading.Event()
+
+    def waiting_model(gate: threading.Event) -> ScriptedModel:
+        async def script(request: ModelRequest):
+            while not gate.is_set():
+                await asyncio.sleep(0.01)
+            return reply("done")
+
+        return ScriptedModel(script)
+
+    views: dict[str, Any] = {}
+
+    def advance(name: str, gate: threading.Event) -> None:
+        views[name] = run_blocking(service.start(Agent(name, waiting_model(gate)), "hi"))
+
+    def wait_for(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 5
+        while not condition():
+            assert time.monotonic() < deadline, "the condition never became true"
+            time.sleep(0.01)
+
+    first = threading.Thread(target=advance, args=("first", first_may_end))
+    second = threading.Thread(target=advance, args=("second", second_may_end))
+    try:
+        first.start()
+        wait_for(lambda: len(service._active) == 1)
+        (first_id,) = service._active
+        second.start()
+        wait_for(lambda: len(service._active) == 2)
+        (second_id,) = set(service._active) - {first_id}
+        first_may_end.set()
+        first.join(5)  # the first run ended, and its thread's loop with it
+        assert views["first"].status == "completed"
+
+        time.sleep(TTL_S * 2)  # longer than a lease: only a heartbeat keeps the second run's
+        other = SqlStore(f"sqlite:///{tmp_path / 'runs.db'}")
+        try:
+            info = asyncio.run(other.get_run(second_id))
+            assert info is not None and info.lease_owner == service.owner
+            assert (info.lease_expires or 0) > time.time()  # (was: expired, with no heartbeat left)
+            asyncio.run(other.request_cancel(second_id, "cancelled by another process"))
+        finally:
+            asyncio.run(other.close())
+        wait_for(lambda: "second" in views)  # the cancel interrupts its model call
+        assert views["second"].status == "cancelled"
+    finally:
+        first_may_end.set()
+        second_may_end.set()
+        first.join(5)
+        second.join(5)
+        asyncio.run(store.close())

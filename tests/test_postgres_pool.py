@@ -49,3 +49,26 @@ async def test_a_pooled_connection_is_pinged_only_after_sitting_idle(
         assert pings
     finally:
         await store.close()
+
+
+async def test_the_flushs_own_connection_dropped_while_idle_is_replaced_unseen(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = request.getfixturevalue("postgres_url")
+    store = SqlStore(url)
+    try:
+        run = Run()
+        await store.create_run(run.first, owner=None)
+        store.append([run.model()])
+        await store.sync()  # the flush has its connection now
+        with sa.create_engine(url).connect() as admin:  # a server restart, or its idle timeout
+            admin.execute(sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ))  # fmt: skip
+        monkeypatch.setattr(database_module, "PING_AFTER_IDLE_S", 0.0)
+        store.append([run.finish()])
+        await store.sync()  # (was: StoreError "the connection is lost", and the run broken)
+        assert [r.kind for r in await store.load(run.id)] == ["run_started", "model_call", "finished"]
+    finally:
+        await store.close()

@@ -113,6 +113,39 @@ async def test_the_pool_is_bounded_and_starts_threads_only_as_needed():
     one.shutdown()
 
 
+async def test_sync_tools_that_run_sub_agents_never_wait_for_the_threads_their_callers_hold(monkeypatch):
+    """As with to_thread (a default executor per loop): a sync tool that runs a sub-agent with run_sync
+    (a loop of its own, in the tool's thread) gets threads for the sub-agent's sync tools even when its
+    callers hold every thread of the bound (was: every thread waited for a sub-agent's tool, for ever)."""
+    from tether.adapters.tools import threads
+
+    monkeypatch.setattr(threads, "_pool", ToolThreads(2))
+
+    @tool
+    def leaf() -> str:
+        """The sub-agent's sync tool."""
+        return "leaf done"
+
+    def sub_script(request):
+        return call_tool("leaf") if not any(m.role == "tool" for m in request.messages) else reply("sub done")
+
+    @tool(timeout_s=10)
+    def delegate() -> str:
+        """An orchestrator's sync tool: runs a sub-agent and waits for its answer."""
+        sub = Agent("sub", ScriptedModel(sub_script), tools=[leaf])
+        return sub.run_sync("go", service=RunsService(MemoryStore())).output or ""
+
+    def top_script(request):
+        return call_tool("delegate") if not any(m.role == "tool" for m in request.messages) else reply("top done")
+
+    service = RunsService(MemoryStore())
+    views = await asyncio.gather(*(service.start(Agent("top", ScriptedModel(top_script), tools=[delegate]), "go")
+                                   for _ in range(4)))  # twice the bound, all waiting on sub-agents at once
+    assert [v.status for v in views] == ["completed"] * 4
+    assert all([s.result for s in v.steps if s.type == "tool"] == ["sub done"] for v in views)
+    threads._pool.shutdown()
+
+
 async def test_sync_tools_leave_the_loops_default_executor_alone():
     @tool
     def add(a: int, b: int) -> int:
@@ -152,3 +185,47 @@ async def test_a_shutdown_during_a_sync_tool_waits_for_it_and_records_its_result
         await task
     finished = [r.payload for r in log if r is not None and isinstance(r.payload, ToolFinished)]
     assert [f.result for f in finished] == ["it did finish"]
+
+
+FORK_AND_EXIT = """
+import asyncio, os, sys, threading, time
+from tether.adapters.tools.threads import tool_threads
+
+async def main():
+    pool = tool_threads()
+    await pool.start(lambda: None)  # a worker exists, and the pool's shutdown is registered for exit
+    return pool
+
+pool = asyncio.run(main())
+held, release = threading.Event(), threading.Event()
+
+def hold():  # as a worker does for an instant, many times a second in a busy process
+    with pool._lock:
+        held.set()
+        release.wait()
+
+threading.Thread(target=hold, daemon=True).start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)  # a normal exit of the child: threading's exit hooks run, the pool's shutdown too
+release.set()
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("exit", os.waitstatus_to_exitcode(status))
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9)
+    print("the child hung at exit")
+"""
+
+
+def test_a_forked_child_exits_without_waiting_for_its_parents_tool_threads():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", FORK_AND_EXIT], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "exit 0", out.stdout + out.stderr

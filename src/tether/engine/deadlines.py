@@ -31,6 +31,8 @@ class _Keeper:
         self.buckets: dict[float, dict[deadline, None]] = {}  # its time → its deadlines (an ordered set)
 
     def arm(self, loop: asyncio.AbstractEventLoop, d: deadline, when: float, width: float) -> float:
+        if not math.isfinite(when / width):  # timeout_s=inf (or astronomically far): it never comes
+            return math.inf
         slot = math.ceil(when / width) * width  # rounded up (exactly: width is a power of two)
         bucket = self.buckets.get(slot)
         if bucket is None:

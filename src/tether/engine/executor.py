@@ -304,7 +304,7 @@ class Executor:
                 else:
                     async with limit:
                         value = await self._call_tool(state, c, tool, validated, ctx, started, task)
-            except TimeoutError:
+            except _TimedOut:
                 if not tool.cancellable and not policy.idempotent:
                     # The call goes on in a thread we cannot stop: whether it takes effect is unknown.
                     return PendingItem(call.id, PauseReason.UNCERTAIN, call.id, call.name, call.arguments,
@@ -496,11 +496,22 @@ def _needs_model(state: RunState) -> bool:
     return state.model_calls == 0 or last is None or last.role != "assistant" or bool(last.tool_calls)
 
 
+class _TimedOut(Exception):
+    """The call's own timeout passed: not a TimeoutError the tool raised itself (a socket's, say),
+    which is the tool's error like any other and says nothing of whether the call is still running."""
+
+
 async def _with_timeout(awaitable: Awaitable[Any], timeout_s: float | None, task: asyncio.Task[Any] | None) -> Any:
     if timeout_s is None:
         return await awaitable
-    async with deadline(timeout_s, task):
-        return await awaitable
+    limit = deadline(timeout_s, task)
+    try:
+        async with limit:
+            return await awaitable
+    except TimeoutError:
+        if limit.expired:
+            raise _TimedOut from None
+        raise
 
 
 _RESULT_JSON = json.JSONEncoder(default=str, ensure_ascii=False)  # json.dumps with options builds one per call

@@ -72,6 +72,14 @@ CONTROLS_POLL_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
+class _Heartbeat:
+    """One event loop's heartbeat task, and the runs it keeps (those advanced in that loop)."""
+
+    task: asyncio.Task[None]
+    runs: dict[str, Executor]
+
+
+@dataclass(frozen=True, slots=True)
 class QueueState:
     queued: bool  # waits for a worker: no process advances it
     cancel_requested: bool  # a cancel was asked for, and the run is still active
@@ -84,7 +92,9 @@ class RunsService:
         self.lease_ttl_s = lease_ttl_s
         self._agents: dict[str, Agent] = {}
         self._active: dict[str, Executor] = {}  # the runs this service advances now, under its lease
-        self._heartbeat_task: asyncio.Task[None] | None = None  # keeps their leases while there are any
+        # What keeps their leases while there are any: one heartbeat per event loop that advances runs
+        # (one, unless runs are advanced from several threads at once, e.g. `run_sync` in threads).
+        self._heartbeats: dict[asyncio.AbstractEventLoop, _Heartbeat] = {}
         # Agent refs "PREFIX:…" that an interface knows how to rebuild (e.g. the server's "api:RUN_ID").
         self.resolvers: dict[str, Callable[[AgentSnapshot], Awaitable[Agent]]] = {}
         # Documents that follow a fork, whichever face forks (e.g. the new thread of an API run's fork).
@@ -197,29 +207,41 @@ class RunsService:
         return await self.store.take_over_lease(run_id, info.lease_owner, self.owner, self.lease_ttl_s)
 
     def _hold(self, run_id: str, executor: Executor) -> None:
-        """The executor advances the run now, under this service's lease: the heartbeat keeps it."""
+        """The executor advances the run now, under this service's lease: its loop's heartbeat keeps it.
+        (A heartbeat in another thread's loop would stop with that loop, and could not be cancelled
+        from here.)"""
         self._active[run_id] = executor
-        if self._heartbeat_task is None or self._heartbeat_task.done():
-            self._heartbeat_task = asyncio.create_task(self._heartbeat(), name=f"tether heartbeat {self.owner}")
+        loop = asyncio.get_running_loop()
+        beat = self._heartbeats.get(loop)
+        if beat is None or beat.task.done():
+            runs = beat.runs if beat is not None else {}
+            task = asyncio.create_task(self._heartbeat(runs), name=f"tether heartbeat {self.owner}")
+            beat = self._heartbeats[loop] = _Heartbeat(task, runs)
+        beat.runs[run_id] = executor
 
     def _let_go(self, run_id: str, executor: Executor) -> None:
         if self._active.get(run_id) is executor:  # not a newer executor of the run (resumed meanwhile)
             del self._active[run_id]
-        if not self._active and self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()  # nothing left to keep: no task lingers
-            self._heartbeat_task = None
+        loop = asyncio.get_running_loop()
+        beat = self._heartbeats.get(loop)
+        if beat is not None:
+            if beat.runs.get(run_id) is executor:
+                del beat.runs[run_id]
+            if not beat.runs:
+                beat.task.cancel()  # nothing left to keep in this loop: no task lingers
+                del self._heartbeats[loop]
 
-    async def _heartbeat(self) -> None:
-        """Keep the leases of every run this service advances, in one statement every lease_ttl/3
-        however many there are, and hand each executor what was set on its run from outside: a cancel,
-        changed breakpoints (between renewals, one read every CONTROLS_POLL_S takes those up sooner).
-        A run whose lease another process took over (this one was suspended, or too busy, past its
-        expiry) stops before its next write."""
+    async def _heartbeat(self, runs: dict[str, Executor]) -> None:
+        """Keep the leases of every run this service advances in this loop (`runs`), in one statement
+        every lease_ttl/3 however many there are, and hand each executor what was set on its run from
+        outside: a cancel, changed breakpoints (between renewals, one read every CONTROLS_POLL_S takes
+        those up sooner). A run whose lease another process took over (this one was suspended, or too
+        busy, past its expiry) stops before its next write."""
         every = self.lease_ttl_s / 3
         due = time.monotonic() + every
-        while self._active:
+        while runs:
             await asyncio.sleep(min(CONTROLS_POLL_S, every, max(0.0, due - time.monotonic())))
-            held = dict(self._active)
+            held = dict(runs)
             renew = time.monotonic() >= due
             try:
                 if renew:
@@ -232,12 +254,12 @@ class RunsService:
                 continue
             for lease in leases:
                 executor = held.pop(lease.run_id, None)
-                if executor is not None and self._active.get(lease.run_id) is executor:
+                if executor is not None and runs.get(lease.run_id) is executor:
                     _hand_controls(executor, lease)
             if not renew:
                 continue
             for run_id, executor in held.items():  # not renewed: it paused or ended, or its lease is gone
-                if self._active.get(run_id) is executor:  # (one that paused or ended writes nothing more anyway)
+                if runs.get(run_id) is executor:  # (one that paused or ended writes nothing more anyway)
                     executor.lose_lease(
                         f"run {run_id}: this process did not renew its lease in time (every {self.lease_ttl_s:g} s; "
                         "it was suspended or too busy) and another process took the run over, so this one "

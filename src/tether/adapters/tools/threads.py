@@ -14,7 +14,11 @@ Semantics are those of `to_thread`: the function runs in a copy of the caller's 
 exception is raised by the await. Cancelling an await does not stop the thread, and a `ThreadCall`
 can be awaited again after that (the executor relies on both: such a call may still take effect,
 and on a shutdown it waits for the call to record its result). The pool has at most `max_threads`
-workers, started as needed; it is not the loop's default executor, which stays the user's.
+workers, started as needed, for each event loop, as `to_thread` (a default executor per loop) had:
+the pool is shared, but a loop with fewer than `max_threads` calls unfinished gets a thread when its
+call would wait. So a sync tool that runs a sub-agent and waits for it (`run_sync`, a loop of its
+own) never waits for a thread that its caller, or calls like it, hold. It is not the loop's default
+executor, which stays the user's.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ class _Inbox:
         self._loop = weakref.ref(loop)  # the pool outlives loops (each asyncio.run makes one)
         self._lock = threading.Lock()
         self._results: list[tuple[ThreadCall, Any, BaseException | None]] = []
+        self.unfinished = 0  # calls of this loop queued or running (under the pool's lock)
 
     def put(self, call: ThreadCall, value: Any, error: BaseException | None) -> bool:
         """From a worker: keep the result; True if it is the first since the loop last looked."""
@@ -113,8 +118,13 @@ class ToolThreads:
             if self._closed:
                 raise RuntimeError("the tool threads were shut down (the interpreter is exiting)")
             self._jobs.put((fn, contextvars.copy_context(), call, inbox))
-            if self._jobs.qsize() > self._waiting and len(self._workers) < self.max_threads:
-                self._start_worker()  # more jobs queued than workers waiting for one
+            inbox.unfinished += 1
+            # More jobs queued than workers waiting for one: a thread more, within the bound, or past
+            # it for a loop of its own (a sub-agent's, which a thread of the pool may be waiting for).
+            if self._jobs.qsize() > self._waiting and (
+                len(self._workers) < self.max_threads or inbox.unfinished <= self.max_threads
+            ):
+                self._start_worker()
         return call
 
     def _inbox(self, loop: asyncio.AbstractEventLoop) -> _Inbox:
@@ -143,8 +153,9 @@ class ToolThreads:
                 value = context.run(fn)
             except BaseException as e:
                 value, error = None, e
-            with self._lock:  # waiting again before the result can lead the loop to start another job
+            with self._lock:  # waiting again before the caller learns the result: its next call takes this thread
                 self._waiting += 1
+                inbox.unfinished -= 1
             if inbox.put(call, value, error):
                 inbox.wake()
             del fn, context, call, inbox, value, error
@@ -166,6 +177,8 @@ _pool_lock = threading.Lock()
 
 def _forget_pool() -> None:
     global _pool, _pool_lock
+    if _pool is not None:  # its shutdown, registered for exit, must not wait for the parent's threads
+        _pool._lock, _pool._workers = threading.Lock(), []  # nor for a lock one of them held
     _pool, _pool_lock = None, threading.Lock()  # a forked child has none of its parent's threads
 
 

@@ -31,6 +31,7 @@ import contextlib
 import copy
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
@@ -39,6 +40,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
+from tether.adapters.store.sql import database
 from tether.adapters.store.sql.database import Database, StoreError
 from tether.adapters.store.sql.faults import fault_point
 from tether.adapters.store.sql.schema import (
@@ -159,6 +161,7 @@ class GroupCommitWriter:
         if not db.sqlite:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="tether-store-flush")
         self._flush_conn: sa.Connection | None = None  # Postgres: the flush's own connection
+        self._flush_used = 0.0  # when it was last used (time.monotonic())
 
     @property
     def closed(self) -> bool:
@@ -212,13 +215,16 @@ class GroupCommitWriter:
                     group[0].append(r)
                     group[1].append(row)
         ticking = self._ticking
-        if ticking is None or ticking[0] != threading.get_ident():  # else this thread's loop flushes soon
+        # Else this thread's loop flushes soon. (A loop that stopped with its flush still queued, and
+        # another loop, or none, runs in this thread now: that flush may never come.)
+        if ticking is None or ticking[0] != threading.get_ident() or not ticking[1].is_running():
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # no event loop: plain synchronous use, written (or raised) at once
-                done = self._flush_blocking(None)
-                if done is not None and done.error is not None:
-                    raise done.error from None
+                self._flush_blocking(None)  # (or another thread's flush took these records meanwhile)
+                for r in records:  # this append's runs' errors only: none of them was broken before
+                    if broken and (error := broken.get(r.run_id)) is not None:
+                        raise error from None
                 return
             self._schedule(loop)
         if seen is not mine:
@@ -227,7 +233,7 @@ class GroupCommitWriter:
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         """A flush at this loop's next iteration (one at a time a thread)."""
         ticking, thread = self._ticking, threading.get_ident()
-        if ticking is None or ticking[0] != thread:
+        if ticking is None or ticking[0] != thread or ticking[1] is not loop:
             self._ticking = (thread, loop)
             loop.call_soon(self._tick, loop)
 
@@ -236,6 +242,7 @@ class GroupCommitWriter:
         if ticking is not None and ticking[1] is loop:
             self._ticking = None
         if self._closed:
+            self._fail_queued(loop)
             return
         if self._sqlite:
             self._flush_blocking(loop)
@@ -298,7 +305,7 @@ class GroupCommitWriter:
         """Wait for the queued batches holding records of `runs` (every batch if none are named), or
         for `batch`, and return them. Their flush comes at this loop's next iteration."""
         ticking = self._ticking  # with a flush scheduled from this thread, its loop is the running one
-        mine = ticking is not None and ticking[0] == threading.get_ident()
+        mine = ticking is not None and ticking[0] == threading.get_ident() and ticking[1].is_running()
         loop = ticking[1] if mine and ticking is not None else asyncio.get_running_loop()
         pending: list[_Batch] = []
         futures = []
@@ -361,6 +368,17 @@ class GroupCommitWriter:
             else:
                 self._fault.die_later(target)
 
+    def _fail_queued(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """The store is closed: records still queued (appended while it closed) are never written.
+        Their syncs raise that instead of waiting for a flush that will not come."""
+        with self._lock:
+            batch, self._open = self._open, None
+            if batch is None:
+                return
+            error = StoreError(f"the store at {self._db.url} was closed before these records were written")
+            batch.errors = dict.fromkeys(batch.groups, error)
+            self._settle(batch, loop)
+
     def _broken_error(self, run_id: str) -> Exception:
         error = self._broken[run_id]
         kind = StoreConflict if isinstance(error, StoreConflict) else StoreError
@@ -378,19 +396,21 @@ class GroupCommitWriter:
 
     def _worker(self) -> None:
         while True:
-            with self._lock:
-                batch = self._open
-                if batch is None:
-                    self._draining = False
-                    return
-                self._open, self._inflight = None, batch
-            try:
-                with self._db_lock:
-                    self._write(batch)
-            finally:
+            # A batch is taken only under the database lock, as `_flush_blocking` takes one: else a
+            # flush of another thread, under that lock meanwhile, would replace it as the one in flight.
+            with self._db_lock:
                 with self._lock:
-                    self._inflight = None
-                    self._settle(batch, None)
+                    batch = self._open
+                    if batch is None:
+                        self._draining = False
+                        return
+                    self._open, self._inflight = None, batch
+                try:
+                    self._write(batch)
+                finally:
+                    with self._lock:
+                        self._inflight = None
+                        self._settle(batch, None)
 
     # -- writing a batch ------------------------------------------------------------------------
 
@@ -592,8 +612,12 @@ class GroupCommitWriter:
         # Runs in a fixed order (by id) so that two processes' flushes lock rows in the same order.
         ordered = dict(sorted(groups.items()))
         conn = self._flush_conn
+        if conn is not None and time.monotonic() - self._flush_used > database.PING_AFTER_IDLE_S \
+                and not self._alive(conn):  # idle a while: the server may have dropped it meanwhile
+            self._flush_conn = conn = None
         if conn is None:  # the flush keeps one connection: no pool checkout, ping or reset a flush
             conn = self._flush_conn = self._db.engine.connect()
+        self._flush_used = time.monotonic()
         try:
             with conn.begin():
                 # The raw driver: its executemany sends a batch's statements in one pipeline, where
@@ -612,6 +636,17 @@ class GroupCommitWriter:
             self._fault.die()
         self._remember(updates, inserts)
         return failed
+
+    def _alive(self, conn: sa.Connection) -> bool:
+        """Ping the flush's idle connection, as the pool pings one idle as long (a restart of the
+        server, or its idle timeout, leaves it dead): else the next batch of every run would fail."""
+        try:
+            dbapi = conn.connection.dbapi_connection
+            return dbapi is not None and bool(self._db.engine.dialect.do_ping(dbapi))
+        except Exception:
+            with contextlib.suppress(Exception):
+                conn.close()
+            return False
 
     def _write_postgres_tx(
         self, cur: Any, ordered: Groups, creates: dict[str, RunInfo], use_cache: bool
@@ -651,6 +686,7 @@ class GroupCommitWriter:
         self._closed = True
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+        self._fail_queued(None)
         if self._flush_conn is not None:
             with self._db_lock, contextlib.suppress(Exception):
                 self._flush_conn.close()
