@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -79,8 +80,7 @@ class Leases:
         transaction on an SQLite older than 3.35)."""
         if not run_ids:
             return []
-        ids = self._ids_sqlite if self._db.sqlite else self._ids_postgres
-        held = f"lease_owner = :owner AND id IN ({ids})"
+        held = f"lease_owner = :owner AND id IN ({self._ids})"
         params = {"owner": owner, "ids": json.dumps(list(run_ids))}
         returning = _RETURNING or not self._db.sqlite
 
@@ -93,8 +93,7 @@ class Leases:
                 else:
                     conn.execute(sa.text(renew), values)
                     rows = conn.execute(sa.text(f"SELECT {_CONTROLS} FROM runs WHERE {held}"), params).all()
-            return [LeaseState(run_id, cancel, None if bps is None else json.loads(bps))
-                    for run_id, cancel, bps in rows]
+            return _lease_states(rows)
 
         return await self._call(op)
 
@@ -102,21 +101,22 @@ class Leases:
         """The runs among these with a cancel asked for or breakpoints set from outside: one read."""
         if not run_ids:
             return []
-        ids = self._ids_sqlite if self._db.sqlite else self._ids_postgres
-        query = sa.text(f"SELECT {_CONTROLS} FROM runs WHERE id IN ({ids}) "
+        query = sa.text(f"SELECT {_CONTROLS} FROM runs WHERE id IN ({self._ids}) "
                         "AND (cancel_requested IS NOT NULL OR breakpoints IS NOT NULL)")
         params = {"ids": json.dumps(list(run_ids))}
 
         def op(conn: sa.Connection) -> list[LeaseState]:
             with self._db.tx(conn, write=False):
-                rows = conn.execute(query, params).all()
-            return [LeaseState(run_id, cancel, None if bps is None else json.loads(bps))
-                    for run_id, cancel, bps in rows]
+                return _lease_states(conn.execute(query, params).all())
 
         return await self._call(op)
 
-    _ids_sqlite = "SELECT value FROM json_each(:ids)"
-    _ids_postgres = "SELECT json_array_elements_text(CAST(:ids AS json))"
+    @property
+    def _ids(self) -> str:
+        """The run ids of a JSON array parameter `:ids`, as a subquery (one parameter, however many)."""
+        if self._db.sqlite:
+            return "SELECT value FROM json_each(:ids)"
+        return "SELECT json_array_elements_text(CAST(:ids AS json))"
 
     async def release_lease(self, run_id: str, owner: str) -> None:
         c = runs_table.c
@@ -152,3 +152,8 @@ class Leases:
                 )
 
         return await self._call(op)
+
+
+def _lease_states(rows: Sequence[Any]) -> list[LeaseState]:
+    """Rows of `_CONTROLS` as LeaseStates (breakpoints stored as JSON text)."""
+    return [LeaseState(run_id, cancel, None if bps is None else json.loads(bps)) for run_id, cancel, bps in rows]
