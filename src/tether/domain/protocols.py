@@ -111,8 +111,7 @@ class Store(Protocol):
     async def get_breakpoints(self, run_id: str) -> list[dict[str, Any]] | None: ...
 
     async def request_cancel(self, run_id: str, reason: str) -> None:
-        """Ask whoever advances the run to cancel it (its owner's heartbeat looks, and so does its executor
-        after a slow call)."""
+        """Ask whoever advances the run to cancel it (its owner's heartbeat looks every 0.5 s)."""
         ...
 
     async def cancel_requested(self, run_id: str) -> str | None: ...

@@ -4,12 +4,11 @@ asked for by a process that does not hold the run (its owner's heartbeat acts on
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 import sqlalchemy as sa
 
-from tether.adapters.store.sql.database import Call, Database, StoreError
+from tether.adapters.store.sql.database import Call, Database
 from tether.domain.errors import RunNotFound
 
 _CONTROL_COLUMNS = ("breakpoints", "cancel_requested")  # columns other processes set on a run
@@ -45,21 +44,12 @@ class Controls:
         await self._call(op)
 
     async def _get(self, run_id: str, column: str) -> str | None:
-        """One column of the run's row. Read without letting pending appends commit first (other
-        processes set these columns, never the writer), and on SQLite with the raw driver: an executor
-        reads the cancel request after every slow call, which at 10,000 runs is nearly every call."""
+        """One column of the run's row, read without letting pending appends commit first: other
+        processes set these columns, never the writer."""
         assert column in _CONTROL_COLUMNS
-        sql = f"SELECT {column} FROM runs WHERE id = "
-        raw = self._db.raw if self._db.sqlite else None
 
         def op(conn: sa.Connection) -> Any:
-            if raw is not None:
-                try:
-                    row = raw.execute(sql + "?", (run_id,)).fetchone()
-                except sqlite3.Error as e:
-                    raise StoreError(f"the run store at {self._db.url} failed: {e}") from e
-                return None if row is None else row[0]
             with self._db.tx(conn, write=False):
-                return conn.execute(sa.text(sql + ":id"), {"id": run_id}).scalar()
+                return conn.execute(sa.text(f"SELECT {column} FROM runs WHERE id = :id"), {"id": run_id}).scalar()
 
         return await self._db.execute(op)  # type: ignore[no-any-return]
