@@ -41,6 +41,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from tether.adapters.store.sql import database
+from tether.adapters.store.sql.budgets import apply_spends
 from tether.adapters.store.sql.database import Database, StoreError
 from tether.adapters.store.sql.faults import fault_point
 from tether.adapters.store.sql.schema import (
@@ -52,6 +53,7 @@ from tether.adapters.store.sql.schema import (
     runs_table,
 )
 from tether.domain.errors import RunNotFound, StoreConflict, TetherError
+from tether.domain.governor import Spend
 from tether.domain.records import ACTIVE, TERMINAL, Record
 from tether.domain.runs import RunInfo, update_info
 
@@ -89,10 +91,11 @@ _appended: ContextVar[tuple[str, ...]] = ContextVar("tether_appended_runs", defa
 class _Batch:
     """Records (and new runs) queued for one grouped commit, by run, in append order."""
 
-    __slots__ = ("creates", "done", "errors", "groups", "waiters")
+    __slots__ = ("creates", "done", "errors", "groups", "spends", "waiters")
 
     def __init__(self) -> None:
         self.groups: Groups = {}
+        self.spends: dict[str, list[Spend]] = {}  # run id -> settled calls' spends, written with its records
         self.creates: dict[str, RunInfo] = {}  # runs this batch creates: their run_started leads their group
         self.done = False
         self.errors: dict[str, Exception] = {}  # run id -> why its records were not written
@@ -130,6 +133,11 @@ def _is_conflict(e: BaseException) -> bool:
         return True
     sqlstate = getattr(getattr(e, "orig", None) or e, "sqlstate", None) or ""  # Postgres, through SQLAlchemy or not
     return sqlstate.startswith("23") or sqlstate in ("40P01", "40001")
+
+
+def _written_spends(spends: dict[str, list[Spend]], groups: Groups, failed: dict[str, Exception]) -> list[Spend]:
+    """The spends of the runs whose records this transaction writes (a failed run's go with them)."""
+    return [s for run_id in groups if run_id not in failed for s in spends.get(run_id, ())]
 
 
 def _create_params(info: RunInfo, true: object = 1) -> tuple[object, ...]:
@@ -187,7 +195,7 @@ class GroupCommitWriter:
 
     # -- the hot path ---------------------------------------------------------------------------
 
-    def append(self, records: Sequence[Record]) -> None:
+    def append(self, records: Sequence[Record], spend: Spend | None = None) -> None:
         if self._closed:
             raise StoreError("the store is closed")
         if not records:
@@ -214,6 +222,8 @@ class GroupCommitWriter:
                 else:
                     group[0].append(r)
                     group[1].append(row)
+            if spend is not None:  # it commits with these records, in their run's transaction
+                batch.spends.setdefault(records[-1].run_id, []).append(spend)
         ticking = self._ticking
         # Else this thread's loop flushes soon. (A loop that stopped with its flush still queued, and
         # another loop, or none, runs in this thread now: that flush may never come.)
@@ -351,6 +361,7 @@ class GroupCommitWriter:
             self._broken[run_id] = error
             if self._open is not None:
                 self._open.groups.pop(run_id, None)  # appended after the failed ones: never written
+                self._open.spends.pop(run_id, None)
         elsewhere: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for wloop, fut in batch.waiters:
             if wloop is loop:
@@ -417,13 +428,13 @@ class GroupCommitWriter:
     def _write(self, batch: _Batch) -> None:
         """Commit the batch; on a conflict, retry each run alone so only the conflicting one fails.
         Fills `batch.errors`; never raises for a database error."""
-        groups, creates = batch.groups, batch.creates
+        groups, creates, spends = batch.groups, batch.creates, batch.spends
         if not groups:
             return
         write = self._write_sqlite if self._sqlite else self._write_postgres
         errors: dict[str, Exception] = {}
         try:
-            failed = write(groups, creates, use_cache=True)
+            failed = write(groups, creates, use_cache=True, spends=spends)
             errors.update(failed)
         except Exception as e:
             for run_id in groups:
@@ -437,7 +448,7 @@ class GroupCommitWriter:
             else:
                 for run_id, group in groups.items():
                     try:
-                        errors.update(write({run_id: group}, creates, use_cache=False))
+                        errors.update(write({run_id: group}, creates, use_cache=False, spends=spends))
                     except Exception as e1:
                         self._infos.pop(run_id, None)
                         errors[run_id] = (
@@ -554,7 +565,8 @@ class GroupCommitWriter:
             if info.status not in TERMINAL:
                 infos[info.id] = info
 
-    def _write_sqlite(self, groups: Groups, creates: dict[str, RunInfo], use_cache: bool) -> dict[str, Exception]:
+    def _write_sqlite(self, groups: Groups, creates: dict[str, RunInfo], use_cache: bool,
+                      spends: dict[str, list[Spend]]) -> dict[str, Exception]:
         raw = self._raw
         raw.execute("BEGIN IMMEDIATE")
         try:
@@ -590,6 +602,8 @@ class GroupCommitWriter:
                         raise _RunFailed(
                             info.id, StoreConflict(f"run {info.id}: its row changed under this writer")
                         )
+            if spends:
+                apply_spends(raw, _written_spends(spends, groups, failed), postgres=False)
             if self._fault is not None and self._fault.reached("commit.before"):
                 self._fault.die()
             raw.execute("COMMIT")
@@ -607,7 +621,7 @@ class GroupCommitWriter:
         return info_from_row(row) if row is not None else None
 
     def _write_postgres(
-        self, groups: Groups, creates: dict[str, RunInfo], use_cache: bool
+        self, groups: Groups, creates: dict[str, RunInfo], use_cache: bool, spends: dict[str, list[Spend]]
     ) -> dict[str, Exception]:
         # Runs in a fixed order (by id) so that two processes' flushes lock rows in the same order.
         ordered = dict(sorted(groups.items()))
@@ -624,6 +638,8 @@ class GroupCommitWriter:
                 # one statement a run would cost a round trip each.
                 with conn.connection.dbapi_connection.cursor() as cur:  # type: ignore[union-attr]
                     updates, inserts, failed = self._write_postgres_tx(cur, ordered, creates, use_cache)
+                    if spends:
+                        apply_spends(cur, _written_spends(spends, ordered, failed), postgres=True)
                 if self._fault is not None and self._fault.reached("commit.before"):
                     self._fault.die()
         except Exception as e:
