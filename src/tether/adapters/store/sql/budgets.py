@@ -179,9 +179,10 @@ def apply_spends(cur: Any, spends: Sequence[Spend], postgres: bool) -> None:
     each budget's spend grows by the real cost and tokens, its reservation is taken back."""
     q = "%s" if postgres else "?"
     for spend in spends:
-        cur.execute(f"SELECT budget_id, usd, tokens FROM reservations WHERE id = {q} ORDER BY budget_id",
-                    (spend.grant_id,))
-        reserved = {budget_id: (usd, tokens) for budget_id, usd, tokens in cur.fetchall()}
+        rows = cur.execute(f"SELECT budget_id, usd, tokens FROM reservations WHERE id = {q} ORDER BY budget_id",
+                           (spend.grant_id,))
+        # (a sqlite3 connection's execute returns its cursor; a psycopg cursor's returns itself)
+        reserved = {budget_id: (usd, tokens) for budget_id, usd, tokens in (rows or cur).fetchall()}
         for budget_id in sorted(set(spend.budgets)):
             r_usd, r_tokens = reserved.get(budget_id, (0.0, 0))  # reaped meanwhile: nothing to take back
             cur.execute(
