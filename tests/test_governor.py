@@ -346,7 +346,7 @@ async def test_64_concurrent_runs_never_spend_past_a_shared_dollar_budget(tmp_pa
 
     views = await asyncio.gather(*(service.start(agent, f"task {i}", budgets=["batch_x"], on_event=on_event)
                                    for i in range(RUNS)))
-    spent, statuses = await logged_costs(store)
+    spent, _ = await logged_costs(store)
     budget = await store.get_budget("batch_x")
     assert Gauge.peak >= 48 * RUNS // 64, f"only {Gauge.peak} calls were in flight at once"
     assert spent <= 1.0 and budget.spent_usd == pytest.approx(spent) and budget.reserved_usd == pytest.approx(0)

@@ -28,7 +28,6 @@ class Gauge:
     in_flight = 0
     peak = 0
     calls = 0
-    caps: list[object] = []  # the output cap each request carried
 
 
 @tool
@@ -41,7 +40,6 @@ async def _model(request: ModelRequest) -> ModelResponse:
     Gauge.in_flight += 1
     Gauge.peak = max(Gauge.peak, Gauge.in_flight)
     Gauge.calls += 1
-    Gauge.caps.append(request.settings.get("max_tokens"))
     try:
         await asyncio.sleep(SLEEP_S)
     finally:
