@@ -316,6 +316,42 @@ def test_prices_and_budgets_in_the_operator_configuration(tmp_path):
             load_operator_config(path)
 
 
+async def test_a_call_that_is_never_recorded_gives_its_reservation_back(tmp_path):
+    """Cancelled mid-call, failed, or failed into an on_error pause: nothing stays reserved."""
+    from tether.domain.errors import ModelError
+
+    store = SqlStore(f"sqlite:///{tmp_path / 'tether.db'}")
+    service = RunsService(store)
+    await store.put_budget("b", max_usd=1.0, max_tokens=None)
+    started = asyncio.Event()
+
+    async def slow(request):
+        started.set()
+        await asyncio.sleep(30)
+        return reply("late")
+
+    def failing(request):
+        raise ModelError("the server is down")
+
+    priced = {"input_price_per_mtok": 1.0, "output_price_per_mtok": 1.0}
+    running = asyncio.create_task(service.start(Agent("x", ScriptedModel(slow, **priced)), "go", budgets=["b"]))
+    await started.wait()
+    assert (await store.get_budget("b")).reserved_usd > 0
+    (run_id,) = [r.id for r in await store.list_runs()]
+    await service.cancel(run_id)
+    assert (await running).status == "cancelled"
+    assert (await store.get_budget("b")).reserved_usd == pytest.approx(0)
+
+    failed = await service.start(Agent("x", ScriptedModel(failing, **priced)), "go", budgets=["b"])
+    assert failed.status == "failed"
+    paused = await service.start(Agent("x", ScriptedModel(failing, **priced)), "go", budgets=["b"],
+                                 breakpoints=["on_error"])
+    assert paused.status == "paused"
+    b = await store.get_budget("b")
+    assert (b.reserved_usd, b.spent_usd) == (pytest.approx(0), 0)
+    await store.close()
+
+
 # -- the issue's budget test: 64 concurrent runs, one $1.00 budget -----------------------------
 
 RUNS = int(os.environ.get("TETHER_BUDGET_RUNS", "64"))
@@ -399,3 +435,19 @@ def test_a_kill_mid_way_and_a_resume_still_spend_no_more_than_the_budget(tmp_pat
 
 def test_the_budget_agent_module_is_what_the_tests_assume():
     assert budget_agent.ROUNDS == 3 and budget_agent.USAGE.total_tokens == 1000
+
+
+def test_the_budgets_doc_example_runs(tmp_path):
+    """docs/budgets.md's example, as a user runs it: the excess runs pause with the budget's figures, and
+    once it is raised they all finish, having spent 20 × $0.0026."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "budgets.md").read_text()
+    code = re.search(r"^```python\n(.*?)^```", text, re.S | re.M).group(1)
+    (tmp_path / "example.py").write_text(code)
+    out = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    counts, detail, spent = out.stdout.splitlines()
+    assert re.fullmatch(r"\d+ completed, \d+ paused", counts) and not counts.endswith(" 0 paused")
+    assert detail.startswith("budget nightly: $") and "of $0.05; this call may cost up to $0.0081" in detail
+    assert spent == "spent $0.0520 of $0.20"
