@@ -1,9 +1,12 @@
 """Shared budgets and their reservations (the governor's), in the `budgets` and `reservations` tables.
 
-A reservation is one conditional UPDATE per budget (`... WHERE spent + reserved + :x <= max`), all
-in one transaction with the reservation rows: atomic on SQLite (one writer at a time) and on
-Postgres (a concurrent UPDATE waits for the row lock, then checks its WHERE again on the row as
-the other left it). Budgets are updated in id order, so two transactions never lock them crosswise.
+Reservations, releases and warnings are submitted to the group-commit writer: those of every run
+due in one loop iteration share one transaction. A reservation is one conditional UPDATE per
+budget (`... WHERE spent + reserved + :x <= max`), all in one transaction with the reservation
+rows: atomic on SQLite (one writer at a time) and on Postgres (a concurrent UPDATE waits for the
+row lock, then checks its WHERE again on the row as the other left it). A reservation updates its
+budgets in id order; two processes' grouped transactions that still lock budgets crosswise (a
+deadlock Postgres breaks) are run again one reservation a transaction (writer.py).
 
 A reservation counts only while its run holds a live lease: a refused reservation first takes back
 (reaps) the budgets' reservations whose run's lease expired or was given back, then tries once more;
@@ -55,8 +58,11 @@ _STALE = (
 
 
 class Budgets:
-    def __init__(self, db: Database, call: Call) -> None:
-        self._db, self._call = db, call
+    """`call` runs a statement of its own; `submit` one of the next grouped flush's (see writer.py):
+    reservations, releases and warnings, which every model call of a budgeted run makes."""
+
+    def __init__(self, db: Database, call: Call, submit: Call) -> None:
+        self._db, self._call, self._submit = db, call, submit
 
     async def put_budget(self, budget_id: str, *, max_usd: float | None, max_tokens: int | None) -> None:
         def op(conn: sa.Connection) -> None:
@@ -95,52 +101,49 @@ class Budgets:
                       tokens: int) -> str | None:
         ordered = sorted(set(budget_ids))
 
-        def op(conn: sa.Connection) -> str | None:
-            with self._db.tx(conn, write=True):
-                refused = _try_reserve(conn, ordered, usd, tokens)
-                if refused is not None:
-                    now = time.time()
-                    for budget_id in ordered:
-                        reap(conn, sa.text(_STALE), {"budget": budget_id, "now": now})
-                    refused = _try_reserve(conn, ordered, usd, tokens)
-                    if refused is not None:
-                        return refused
+        def op(conn: sa.Connection) -> str | None:  # in the flush's transaction
+            refused = _try_reserve(conn, ordered, usd, tokens)
+            if refused is not None:
                 now = time.time()
                 for budget_id in ordered:
-                    conn.execute(_INSERT, {"id": grant_id, "budget_id": budget_id, "run_id": run_id,
-                                           "usd": usd or 0.0, "tokens": tokens, "now": now})
-                return None
+                    reap(conn, sa.text(_STALE), {"budget": budget_id, "now": now})
+                refused = _try_reserve(conn, ordered, usd, tokens)
+                if refused is not None:
+                    return refused
+            now = time.time()
+            for budget_id in ordered:
+                conn.execute(_INSERT, {"id": grant_id, "budget_id": budget_id, "run_id": run_id,
+                                       "usd": usd or 0.0, "tokens": tokens, "now": now})
+            return None
 
-        return await self._call(op)
+        return await self._submit(op)
 
     async def release(self, grant_id: str) -> None:
-        def op(conn: sa.Connection) -> None:
-            with self._db.tx(conn, write=True):
-                reap(conn, sa.text("SELECT id, budget_id, usd, tokens FROM reservations WHERE id = :id "
-                                   "ORDER BY budget_id"), {"id": grant_id})
+        def op(conn: sa.Connection) -> None:  # in the flush's transaction
+            reap(conn, sa.text("SELECT id, budget_id, usd, tokens FROM reservations WHERE id = :id "
+                               "ORDER BY budget_id"), {"id": grant_id})
 
-        await self._call(op)
+        await self._submit(op)
 
     async def warn_budgets(self, budget_ids: Sequence[str], share: float) -> list[BudgetState]:
         ordered = sorted(set(budget_ids))
 
-        def op(conn: sa.Connection) -> list[BudgetState]:
+        def op(conn: sa.Connection) -> list[BudgetState]:  # in the flush's transaction
             out = []
-            with self._db.tx(conn, write=True):
-                for budget_id in ordered:
-                    changed = conn.execute(sa.text(
-                        "UPDATE budgets SET warned = :yes WHERE id = :id AND warned = :no AND ("
-                        "(max_usd > 0 AND spent_usd + reserved_usd >= :share * max_usd) OR "
-                        "(max_tokens > 0 AND spent_tokens + reserved_tokens >= :share * max_tokens))"),
-                        {"id": budget_id, "share": share, "yes": True, "no": False}).rowcount
-                    if changed:
-                        row = conn.execute(sa.text(f"SELECT {_COLUMNS} FROM budgets WHERE id = :id"),
-                                           {"id": budget_id}).first()
-                        if row is not None:
-                            out.append(_state(row))
+            for budget_id in ordered:
+                changed = conn.execute(sa.text(
+                    "UPDATE budgets SET warned = :yes WHERE id = :id AND warned = :no AND ("
+                    "(max_usd > 0 AND spent_usd + reserved_usd >= :share * max_usd) OR "
+                    "(max_tokens > 0 AND spent_tokens + reserved_tokens >= :share * max_tokens))"),
+                    {"id": budget_id, "share": share, "yes": True, "no": False}).rowcount
+                if changed:
+                    row = conn.execute(sa.text(f"SELECT {_COLUMNS} FROM budgets WHERE id = :id"),
+                                       {"id": budget_id}).first()
+                    if row is not None:
+                        out.append(_state(row))
             return out
 
-        return await self._call(op)
+        return await self._submit(op)
 
 
 def _try_reserve(conn: sa.Connection, ordered: list[str], usd: float | None, tokens: int) -> str | None:

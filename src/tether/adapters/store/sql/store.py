@@ -50,7 +50,7 @@ class SqlStore:
         self._leases = Leases(self._db, self._writer.call)
         self._controls = Controls(self._db, self._writer.call)
         self._objects = Objects(self._db, self._writer.call)
-        self._budgets = Budgets(self._db, self._writer.call)
+        self._budgets = Budgets(self._db, self._writer.call, self._writer.submit)
 
     # -- the log: `append` (above), sync and reads -----------------------------------------------
 

@@ -21,7 +21,11 @@ caller (its task's context) appended to; a sync from a context that appended not
 error of the flushes it waited for.
 
 Every other statement of the store first lets pending appends commit, so that order is kept:
-`call` does that. Named fault points (`faults`) let a kill test stop the process inside a flush.
+`call` does that. Small writes that many runs make at once (the governor's reservations) are
+`submit`ted instead: they run in the next grouped flush, after its records commit, all of that
+flush's in one more transaction, so that they too share a commit and wait for no statement of
+their own. A settled call's spend (`append(records, spend)`) goes in its records' transaction.
+Named fault points (`faults`) let a kill test stop the process inside a flush.
 """
 
 from __future__ import annotations
@@ -91,11 +95,12 @@ _appended: ContextVar[tuple[str, ...]] = ContextVar("tether_appended_runs", defa
 class _Batch:
     """Records (and new runs) queued for one grouped commit, by run, in append order."""
 
-    __slots__ = ("creates", "done", "errors", "groups", "spends", "waiters")
+    __slots__ = ("creates", "done", "errors", "groups", "ops", "spends", "waiters")
 
     def __init__(self) -> None:
         self.groups: Groups = {}
         self.spends: dict[str, list[Spend]] = {}  # run id -> settled calls' spends, written with its records
+        self.ops: list[_Op] = []  # submitted statements: one transaction for all, after the records
         self.creates: dict[str, RunInfo] = {}  # runs this batch creates: their run_started leads their group
         self.done = False
         self.errors: dict[str, Exception] = {}  # run id -> why its records were not written
@@ -104,6 +109,25 @@ class _Batch:
     @property
     def error(self) -> Exception | None:
         return next(iter(self.errors.values()), None)
+
+
+class _Op:
+    """A submitted statement, and where its result goes (a future of the submitter's loop)."""
+
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(self, fn: Callable[[sa.Connection], Any], loop: asyncio.AbstractEventLoop,
+                 future: asyncio.Future[Any]) -> None:
+        self.fn, self.loop, self.future = fn, loop, future
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class _RunFailed(Exception):
@@ -192,6 +216,22 @@ class GroupCommitWriter:
         """Run `fn(conn)` after pending appends commit (their errors go to their runs' next sync())."""
         await self.drain()
         return await self._db.execute(fn)
+
+    async def submit(self, fn: Callable[[sa.Connection], T]) -> T:
+        """Run `fn(conn)` in the next grouped flush, after its records commit, in one transaction with
+        every other statement submitted for that flush (`fn` opens none of its own). If any of them
+        raises, none of them is committed and each raises that error."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._lock:
+            batch = self._open
+            if batch is None:
+                batch = self._open = _Batch()
+            batch.ops.append(_Op(fn, loop, future))
+        self._schedule(loop)
+        return await future
 
     # -- the hot path ---------------------------------------------------------------------------
 
@@ -346,9 +386,13 @@ class GroupCommitWriter:
             try:
                 self._write(batch)
             finally:
-                with self._lock:
-                    self._inflight = None
-                    self._settle(batch, loop)
+                try:
+                    if batch.ops:
+                        self._run_ops(batch.ops, loop)
+                finally:
+                    with self._lock:
+                        self._inflight = None
+                        self._settle(batch, loop)
         return batch
 
     def _settle(self, batch: _Batch, loop: asyncio.AbstractEventLoop | None) -> None:
@@ -379,6 +423,36 @@ class GroupCommitWriter:
             else:
                 self._fault.die_later(target)
 
+    def _run_ops(self, ops: list[_Op], loop: asyncio.AbstractEventLoop | None) -> None:
+        """The submitted statements of a flush, in one transaction; their results to their futures. A
+        lost race (Postgres: two processes' transactions locking budgets crosswise) runs each alone."""
+        try:
+            outcomes: list[tuple[Any, BaseException | None]] = [(r, None) for r in self._ops_tx(ops)]
+        except Exception as e:
+            if len(ops) > 1 and _is_conflict(e):
+                outcomes = []
+                for op in ops:
+                    try:
+                        outcomes.append((self._ops_tx([op])[0], None))
+                    except Exception as e1:
+                        outcomes.append((None, self._wrap(e1)))
+            else:
+                outcomes = [(None, self._wrap(e))] * len(ops)
+        for op, (result, error) in zip(ops, outcomes, strict=True):
+            if op.loop is loop:
+                _resolve(op.future, result, error)
+            else:
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting any more
+                    op.loop.call_soon_threadsafe(_resolve, op.future, result, error)
+
+    def _ops_tx(self, ops: list[_Op]) -> list[Any]:
+        if self._sqlite:
+            conn = self._db.conn
+            with self._db.tx(conn, write=True):
+                return [op.fn(conn) for op in ops]
+        with self._db.engine.connect() as conn, conn.begin():
+            return [op.fn(conn) for op in ops]
+
     def _fail_queued(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """The store is closed: records still queued (appended while it closed) are never written.
         Their syncs raise that instead of waiting for a flush that will not come."""
@@ -388,6 +462,9 @@ class GroupCommitWriter:
                 return
             error = StoreError(f"the store at {self._db.url} was closed before these records were written")
             batch.errors = dict.fromkeys(batch.groups, error)
+            for op in batch.ops:
+                with contextlib.suppress(RuntimeError):
+                    op.loop.call_soon_threadsafe(_resolve, op.future, None, error)
             self._settle(batch, loop)
 
     def _broken_error(self, run_id: str) -> Exception:
@@ -419,9 +496,13 @@ class GroupCommitWriter:
                 try:
                     self._write(batch)
                 finally:
-                    with self._lock:
-                        self._inflight = None
-                        self._settle(batch, None)
+                    try:
+                        if batch.ops:
+                            self._run_ops(batch.ops, None)
+                    finally:
+                        with self._lock:
+                            self._inflight = None
+                            self._settle(batch, None)
 
     # -- writing a batch ------------------------------------------------------------------------
 
