@@ -45,6 +45,9 @@ from tether.domain.state import RunState
 from tether.domain.usage import Usage
 
 
+_FREE = "grant_free"  # the grant of a call no token or cost budget covers: nothing reserved, nothing to settle
+
+
 class BudgetGovernor:
     """Budgets for every run: its own limits, and the shared budgets (`store`) its start names.
 
@@ -91,6 +94,8 @@ class BudgetGovernor:
         run_tokens = lim.max_tokens is not None and not overridden
         run_usd = lim.max_cost_usd is not None and not overridden
         covered = run_tokens or run_usd or bool(shared)
+        if not covered and not final:  # nothing to reserve: no count (a step's cost stays flat)
+            return Grant(_FREE, Ask(state.run_id, step, (), 0, None, None), None)
         input_tokens = worst_case_input_tokens(request)
         requested = requested_output_cap(request.settings)
         cap = requested if requested is not None or not covered else self.default_max_output_tokens
