@@ -45,7 +45,8 @@ from tether.domain.state import RunState
 from tether.domain.usage import Usage
 
 
-_FREE = "grant_free"  # the grant of a call no token or cost budget covers: nothing reserved, nothing to settle
+# The grant of a call no token or cost budget covers: nothing reserved, nothing to settle or release.
+_FREE = Grant("grant_free", Ask("", 0, (), 0, None, None), None)
 
 
 class BudgetGovernor:
@@ -95,7 +96,7 @@ class BudgetGovernor:
         run_usd = lim.max_cost_usd is not None and not overridden
         covered = run_tokens or run_usd or bool(shared)
         if not covered and not final:  # nothing to reserve: no count (a step's cost stays flat)
-            return Grant(_FREE, Ask(state.run_id, step, (), 0, None, None), None)
+            return _FREE
         input_tokens = worst_case_input_tokens(request)
         requested = requested_output_cap(request.settings)
         cap = requested if requested is not None or not covered else self.default_max_output_tokens
