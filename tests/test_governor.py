@@ -451,3 +451,32 @@ def test_the_budgets_doc_example_runs(tmp_path):
     assert re.fullmatch(r"\d+ completed, \d+ paused", counts) and not counts.endswith(" 0 paused")
     assert detail.startswith("budget nightly: $") and "of $0.05; this call may cost up to $0.0081" in detail
     assert spent == "spent $0.0520 of $0.20"
+
+
+async def test_a_database_from_before_the_governor_migrates_and_its_runs_go_on(tmp_path):
+    """tests/fixtures/budgets_v4.db was written by the code before (tests/budgets_v4_fixture.py): its
+    runs fold with no shared budgets, its budget pause is answered with a raised limit, a finished
+    run forks, and the new tables are there."""
+    import shutil
+
+    import budgets_v4_fixture as fixture
+
+    db = tmp_path / "old.db"
+    shutil.copy(Path(__file__).parent / "fixtures" / "budgets_v4.db", db)
+    store = SqlStore(f"sqlite:///{db}")
+    service = RunsService(store)
+    service.register(fixture.agent)
+    views = {v.status: v for v in [await service.get(i.id) for i in await store.list_runs()]}
+    assert set(views) == {"completed", "paused"}
+    for v in views.values():
+        assert isinstance(v.records[0].payload, RunStarted) and v.records[0].payload.budgets == []
+    paused = views["paused"]
+    (item,) = paused.pending
+    assert item.reason == "budget" and "max_tokens" in item.detail
+    answered = await service.answer(paused.id, {item.id: ("continue", {"limits": {"max_tokens": 100_000}})})
+    assert answered.status == "completed" and answered.output == "result 4"
+    fork = await service.fork(views["completed"].id, 3)
+    assert fork.status == "completed" and fork.output == "result 4"
+    await store.put_budget("new", max_usd=1.0, max_tokens=None)
+    assert (await store.get_budget("new")).max_usd == 1.0
+    await store.close()

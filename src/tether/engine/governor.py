@@ -44,7 +44,6 @@ from tether.domain.protocols import Model, Store, price_of
 from tether.domain.state import RunState
 from tether.domain.usage import Usage
 
-
 # The grant of a call no token or cost budget covers: nothing reserved, nothing to settle or release.
 _FREE = Grant("grant_free", Ask("", 0, (), 0, None, None), None)
 
