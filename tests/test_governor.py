@@ -201,6 +201,8 @@ async def test_a_budget_warns_once_at_80_percent(any_store):
     (warned,) = await any_store.warn_budgets(["b"], 0.8)
     assert warned.id == "b" and warned.warned
     assert await any_store.warn_budgets(["b"], 0.8) == []
+    await any_store.put_budget("b", max_usd=1.05, max_tokens=None)  # raised, and still past 80 %: once more
+    assert [w.id for w in await any_store.warn_budgets(["b"], 0.8)] == ["b"]
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -163,7 +163,8 @@ class Store(Protocol):
     # -- shared budgets (the governor's) --------------------------------------------------------
 
     async def put_budget(self, budget_id: str, *, max_usd: float | None, max_tokens: int | None) -> None:
-        """Create the budget, or change its limits (what was spent and reserved stays)."""
+        """Create the budget, or change its limits (what was spent and reserved stays; it may warn
+        again, at 80 % of its new limits)."""
         ...
 
     async def get_budget(self, budget_id: str) -> BudgetState | None: ...

@@ -157,7 +157,7 @@ class MemoryStore:
         if b is None:
             self._budgets[budget_id] = BudgetState(budget_id, max_usd, max_tokens, created_at=time.time())
         else:
-            b.max_usd, b.max_tokens = max_usd, max_tokens
+            b.max_usd, b.max_tokens, b.warned = max_usd, max_tokens, False  # new limits warn again at 80 %
 
     async def get_budget(self, budget_id: str) -> BudgetState | None:
         b = self._budgets.get(budget_id)

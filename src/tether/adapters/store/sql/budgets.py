@@ -68,8 +68,10 @@ class Budgets:
         def op(conn: sa.Connection) -> None:
             with self._db.tx(conn, write=True):
                 changed = conn.execute(
-                    sa.text("UPDATE budgets SET max_usd = :max_usd, max_tokens = :max_tokens WHERE id = :id"),
-                    {"id": budget_id, "max_usd": max_usd, "max_tokens": max_tokens},
+                    # New limits warn again at 80 % of themselves.
+                    sa.text("UPDATE budgets SET max_usd = :max_usd, max_tokens = :max_tokens, warned = :no "
+                            "WHERE id = :id"),
+                    {"id": budget_id, "max_usd": max_usd, "max_tokens": max_tokens, "no": False},
                 ).rowcount
                 if not changed:
                     conn.execute(
