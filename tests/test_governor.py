@@ -370,8 +370,10 @@ async def logged_costs(store) -> tuple[float, dict[str, str]]:
     return total, statuses
 
 
-async def test_64_concurrent_runs_never_spend_past_a_shared_dollar_budget(tmp_path):
-    store = SqlStore(f"sqlite:///{tmp_path / 'tether.db'}")
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_64_concurrent_runs_never_spend_past_a_shared_dollar_budget(backend, tmp_path, request):
+    url = f"sqlite:///{tmp_path / 'tether.db'}" if backend == "sqlite" else str(request.getfixturevalue("postgres_url"))
+    store = SqlStore(url)
     service = RunsService(store)
     service.register(agent)
     await store.put_budget("batch_x", max_usd=1.0, max_tokens=None)
