@@ -223,7 +223,8 @@ class MemoryStore:
     def _unreserve(self, row: tuple[str, str, float, int]) -> None:
         b = self._budgets.get(row[0])
         if b is not None:
-            b.reserved_usd -= row[2]
+            left = b.reserved_usd - row[2]
+            b.reserved_usd = 0.0 if left < 1e-12 else left  # float drift: as the SQL store
             b.reserved_tokens -= row[3]
 
     async def release(self, grant_id: str) -> None:

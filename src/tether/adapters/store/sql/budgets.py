@@ -41,8 +41,10 @@ _RESERVE_UNPRICED = sa.text(
     "UPDATE budgets SET reserved_tokens = reserved_tokens + :tokens "
     f"WHERE id = :id AND max_usd IS NULL AND {_FITS_TOKENS}"
 )
+# Sums and differences of float costs drift: what is left reserved below EPSILON_USD is nothing.
+_LESS_USD = f"CASE WHEN reserved_usd - {{x}} < {EPSILON_USD} THEN 0 ELSE reserved_usd - {{x}} END"
 _UNRESERVE = sa.text(
-    "UPDATE budgets SET reserved_usd = reserved_usd - :usd, reserved_tokens = reserved_tokens - :tokens "
+    f"UPDATE budgets SET reserved_usd = {_LESS_USD.format(x=':usd')}, reserved_tokens = reserved_tokens - :tokens "
     "WHERE id = :id"
 )
 _INSERT = sa.text(
@@ -192,8 +194,8 @@ def apply_spends(cur: Any, spends: Sequence[Spend], postgres: bool) -> None:
             r_usd, r_tokens = reserved.get(budget_id, (0.0, 0))  # reaped meanwhile: nothing to take back
             cur.execute(
                 f"UPDATE budgets SET spent_usd = spent_usd + {q}, spent_tokens = spent_tokens + {q}, "
-                f"reserved_usd = reserved_usd - {q}, reserved_tokens = reserved_tokens - {q} WHERE id = {q}",
-                (spend.usd, spend.tokens, r_usd, r_tokens, budget_id),
+                f"reserved_usd = {_LESS_USD.format(x=q)}, reserved_tokens = reserved_tokens - {q} WHERE id = {q}",
+                (spend.usd, spend.tokens, r_usd, r_usd, r_tokens, budget_id),
             )
         if reserved:
             cur.execute(f"DELETE FROM reservations WHERE id = {q}", (spend.grant_id,))
