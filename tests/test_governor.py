@@ -297,6 +297,17 @@ async def test_an_operators_price_prices_the_reservation_and_the_recorded_cost()
     assert (await store.get_budget("b")).spent_usd == pytest.approx(0.002)
 
 
+def test_openai_models_say_their_price_only_for_openais_own_endpoint():
+    from tether.adapters.models.openai_compat import OpenAIModel
+
+    hosted = OpenAIModel("gpt-4o-mini", api_key="k", ref="openai:gpt-4o-mini", priced=True).price()
+    assert hosted is not None and hosted.input_usd > 0 and hosted.output_usd > hosted.input_usd
+    local = OpenAIModel("gpt-4o-mini", base_url="http://127.0.0.1:11434/v1", api_key="k", ref="gpt-4o-mini",
+                        priced=True)
+    assert local.price() is None  # a local model named like a hosted one is not billed
+    assert OpenAIModel("no-such-model", api_key="k", ref="openai:no-such-model", priced=True).price() is None
+
+
 def test_prices_and_budgets_in_the_operator_configuration(tmp_path):
     path = tmp_path / "tether.toml"
     path.write_text('[budgets]\ndefault_max_output_tokens = 512\n\n[prices."qwen2.5:7b"]\ninput = 0.1\noutput = 0.4\n')
@@ -407,14 +418,16 @@ async def test_64_concurrent_runs_never_spend_past_a_shared_dollar_budget(backen
     await store.close()
 
 
-def test_a_kill_mid_way_and_a_resume_still_spend_no_more_than_the_budget(tmp_path):
-    """SIGKILL inside a commit (records and spends written, not committed), then every run resumed by
-    another process: the dead process's reservations go with its leases, the spend is the logs' sum."""
+@pytest.mark.parametrize("fault", ["commit.before:4", "commit.after:3"])
+def test_a_kill_mid_way_and_a_resume_still_spend_no_more_than_the_budget(tmp_path, fault):
+    """SIGKILL inside a commit (records and spends written and not committed, or committed and nobody
+    told), then every run resumed by another process: the dead process's reservations go with its
+    leases, and the budget's spend is the sum of the logged costs."""
     url = f"sqlite:///{tmp_path / 'tether.db'}"
     setup = SqlStore(url)
     asyncio.run(setup.put_budget("batch_k", max_usd=1.0, max_tokens=None))
     asyncio.run(setup.close())
-    env = {**os.environ, "TETHER_FAULT_AT": "commit.before:4", "PYTHONPATH": str(HERE)}
+    env = {**os.environ, "TETHER_FAULT_AT": fault, "PYTHONPATH": str(HERE)}
     child = subprocess.run([sys.executable, str(HERE / "budget_child.py"), url, str(RUNS), "batch_k"], env=env,
                            capture_output=True, text=True, timeout=120)
     assert child.stdout.startswith("ready") and child.returncode == -signal.SIGKILL, child.stderr
