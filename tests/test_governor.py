@@ -279,6 +279,10 @@ async def test_a_dollar_budget_needs_a_known_price_and_an_existing_budget():
 
     with pytest.raises(ConfigError, match="budget dollars has a dollar limit, but the price of model"):
         await service.start(Agent("x", Unpriced(["hi"])), "go", budgets=["dollars"])
+    from tether.domain.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="budgets must be a list of budget ids"):
+        await service.start(Agent("x", ScriptedModel(["hi"])), "go", budgets="tokens")
     with pytest.raises(ConfigError, match="no budget 'nope'"):
         await service.start(Agent("x", ScriptedModel(["hi"])), "go", budgets=["nope"])
     ok = await service.start(Agent("x", Unpriced(["hi"])), "go", budgets=["tokens"])

@@ -163,6 +163,9 @@ class RunsService:
             raise ConfigError(f"max_cost_usd is set, but the price of model {model_ref!r} is unknown here, "
                               "so the budget could never be checked; remove it, use a model with known prices, "
                               "or set its price in the operator configuration ([prices])")
+        if isinstance(budgets, str):  # a string is a sequence too: of one-letter ids nobody meant
+            raise InvalidRequest(f"budgets must be a list of budget ids, e.g. [{budgets!r}], not a string",
+                                 param="budgets")
         for budget_id in budgets:
             budget = await self.store.get_budget(budget_id)
             if budget is None:
