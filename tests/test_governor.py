@@ -170,6 +170,13 @@ async def test_a_settled_spend_commits_with_its_record_and_takes_the_reservation
     assert (b.max_usd, b.spent_usd) == (2.0, pytest.approx(0.01))
     await any_store.delete_budget("b")
     assert await any_store.get_budget("b") is None
+    from tether.domain.errors import InvalidRequest
+
+    for bad in ({"max_usd": -1.0, "max_tokens": None}, {"max_usd": float("nan"), "max_tokens": None},
+                {"max_usd": None, "max_tokens": 2.5}, {"max_usd": "1", "max_tokens": None}):
+        with pytest.raises(InvalidRequest, match="must be"):
+            await any_store.put_budget("bad", **bad)
+    assert await any_store.get_budget("bad") is None
 
 
 async def test_a_reservation_whose_runs_lease_expired_is_reaped_when_a_reserve_is_refused(any_store):

@@ -8,9 +8,11 @@ number of concurrent calls can spend past a budget.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 from tether.domain.agents import BudgetPolicy
+from tether.domain.errors import InvalidRequest
 from tether.domain.messages import ImagePart, TextPart
 from tether.domain.models import ModelRequest
 
@@ -108,6 +110,18 @@ class BudgetState:
         if self.max_tokens:
             shares.append((self.spent_tokens + self.reserved_tokens) / self.max_tokens)
         return max(shares)
+
+
+def check_budget_limits(max_usd: float | None, max_tokens: int | None) -> None:
+    """Refuse a shared budget's nonsense limits before they are stored (None: no limit)."""
+    if max_usd is not None and (isinstance(max_usd, bool) or not isinstance(max_usd, int | float)
+                                or not 0 <= max_usd < math.inf):
+        raise InvalidRequest(f"max_usd must be a number of dollars, 0 or more (or None), not {max_usd!r}",
+                             param="max_usd")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                   or max_tokens < 0):
+        raise InvalidRequest(f"max_tokens must be a whole number, 0 or more (or None), not {max_tokens!r}",
+                             param="max_tokens")
 
 
 def worst_case_input_tokens(request: ModelRequest) -> int:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from tether.adapters.store.paging import check_page
 from tether.domain.errors import RunNotFound, StoreConflict
-from tether.domain.governor import BudgetState, Spend
+from tether.domain.governor import BudgetState, Spend, check_budget_limits
 from tether.domain.leases import LeaseState
 from tether.domain.objects import StoredObject
 from tether.domain.records import ACTIVE, UNPAUSED, Record, RunStatus
@@ -153,6 +153,7 @@ class MemoryStore:
     # -- shared budgets -------------------------------------------------------------------------
 
     async def put_budget(self, budget_id: str, *, max_usd: float | None, max_tokens: int | None) -> None:
+        check_budget_limits(max_usd, max_tokens)
         b = self._budgets.get(budget_id)
         if b is None:
             self._budgets[budget_id] = BudgetState(budget_id, max_usd, max_tokens, created_at=time.time())

@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from tether.adapters.store.sql.database import Call, Database
-from tether.domain.governor import BudgetState, Spend
+from tether.domain.governor import BudgetState, Spend, check_budget_limits
 
 EPSILON_USD = 1e-12  # sums of float costs: a reservation that fits exactly is not refused by rounding
 
@@ -67,6 +67,7 @@ class Budgets:
         self._db, self._call, self._submit = db, call, submit
 
     async def put_budget(self, budget_id: str, *, max_usd: float | None, max_tokens: int | None) -> None:
+        check_budget_limits(max_usd, max_tokens)
         def op(conn: sa.Connection) -> None:
             with self._db.tx(conn, write=True):
                 changed = conn.execute(
