@@ -943,12 +943,13 @@ def test_the_sql_store_parts_import_only_what_they_build_on() -> None:
         "schema": set(),
         "database": {"location"},
         "faults": set(),
-        "writer": {"database", "faults", "schema"},
+        "budgets": {"database"},
+        "writer": {"budgets", "database", "faults", "schema"},
         "runs": {"database", "schema", "writer"},
-        "leases": {"database", "schema"},
+        "leases": {"budgets", "database", "schema"},
         "controls": {"database", "schema"},
         "objects": {"database", "schema"},
-        "store": {"controls", "database", "leases", "objects", "runs", "writer"},
+        "store": {"budgets", "controls", "database", "leases", "objects", "runs", "writer"},
     }
     folder = Path(package.__file__).parent
     assert {p.stem for p in folder.glob("*.py")} == {*below, "__init__"}

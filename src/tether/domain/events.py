@@ -10,9 +10,12 @@ from tether.domain.records import Record
 
 @dataclass(slots=True)
 class Event:
-    """`record`: a record was appended (replayable from the log); `delta`: model text, live only."""
+    """`record`: a record was appended (replayable from the log); `delta`: model text, live only;
+    `budget_warning`: a shared budget covering the run passed 80 % (`detail` says which, with its
+    figures), once per budget, live only."""
 
     run_id: str
-    type: Literal["record", "delta"]
+    type: Literal["record", "delta", "budget_warning"]
     record: Record | None = None
     delta: str | None = None
+    detail: str | None = None

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+from tether.domain.governor import BudgetState, Grant, Price, Refusal, Spend
 from tether.domain.leases import LeaseState
 from tether.domain.models import ModelRequest, ModelResponse
 from tether.domain.objects import StoredObject
 from tether.domain.records import Record, RunStatus
 from tether.domain.runs import RunInfo
 from tether.domain.tools import ToolContext, ToolPolicy
+from tether.domain.usage import Usage
+
+if TYPE_CHECKING:
+    from tether.domain.state import RunState
 
 
 @runtime_checkable
@@ -25,6 +30,40 @@ class Model(Protocol):
 
     def cost_usd(self, response: ModelResponse) -> float | None:
         """The price of one response, or None when this endpoint's prices are unknown."""
+        ...
+
+    # A model may also say its `price() -> Price | None` (USD per token, before a call: what a budget
+    # reserves at). One without that method is a model whose price is unknown (see `price_of`).
+
+
+def price_of(model: Model) -> Price | None:
+    """The model's price per token, or None when unknown (also for a model that cannot say it)."""
+    price = getattr(model, "price", None)
+    return price() if callable(price) else None
+
+
+class Governor(Protocol):
+    """The one place every model call passes (DESIGN.md, Automation): reserve before the call, settle
+    after it with the real usage, release if it is never made. See engine/governor.py."""
+
+    async def reserve(self, state: RunState, request: ModelRequest, model: Model, *,
+                      final: bool = False) -> Grant | Refusal:
+        """Reserve the call's worst case against every budget covering the run, or say why not.
+        `final`: the last call of a "finish" policy (its cap may shrink to fit what is left)."""
+        ...
+
+    def settle(self, grant: Grant, cost_usd: float | None, usage: Usage) -> Spend | None:
+        """The call was made and its `model_call` record is being written: what it really spent, to be
+        written with that record (`Store.append(records, spend=...)`); None when no shared budget
+        covers it."""
+        ...
+
+    async def release(self, grant: Grant) -> None:
+        """The call was not made, or failed, or was interrupted: give the reservation back."""
+        ...
+
+    def cost_usd(self, model: Model, response: ModelResponse) -> float | None:
+        """The price of a response, at the price its reservation used (an operator's price wins)."""
         ...
 
 
@@ -54,8 +93,9 @@ class Store(Protocol):
         """Insert the run (from its `run_started` record) and that record, optionally leased."""
         ...
 
-    def append(self, records: Sequence[Record]) -> None:
-        """Queue records for commit; they commit in order, possibly grouped with other runs'."""
+    def append(self, records: Sequence[Record], spend: Spend | None = None) -> None:
+        """Queue records for commit; they commit in order, possibly grouped with other runs'. A
+        `spend` commits in the same transaction as these records (a settled model call's cost)."""
         ...
 
     async def sync(self) -> None:
@@ -118,6 +158,36 @@ class Store(Protocol):
 
     async def expired_runs(self) -> list[str]:
         """Active runs (queued/running) whose lease has expired or was never taken."""
+        ...
+
+    # -- shared budgets (the governor's) --------------------------------------------------------
+
+    async def put_budget(self, budget_id: str, *, max_usd: float | None, max_tokens: int | None) -> None:
+        """Create the budget, or change its limits (what was spent and reserved stays; it may warn
+        again, at 80 % of its new limits)."""
+        ...
+
+    async def get_budget(self, budget_id: str) -> BudgetState | None: ...
+
+    async def delete_budget(self, budget_id: str) -> None:
+        """Delete the budget and its reservations (a run it covered can no longer reserve)."""
+        ...
+
+    async def reserve(self, run_id: str, grant_id: str, budget_ids: Sequence[str], usd: float | None,
+                      tokens: int) -> str | None:
+        """Reserve `usd` and `tokens` in every budget, all or nothing: None when granted, else the id of
+        the (first) budget that refused. `usd` None (price unknown) is refused by a dollar budget.
+        A refusal first reaps the budgets' stale reservations (of runs whose lease expired or was
+        given back) and tries once more, in the same transaction."""
+        ...
+
+    async def release(self, grant_id: str) -> None:
+        """Give a reservation back (the call was not made)."""
+        ...
+
+    async def warn_budgets(self, budget_ids: Sequence[str], share: float) -> list[BudgetState]:
+        """The budgets among these that reached `share` of a limit (spent + reserved) and had not
+        warned yet: each is marked warned, so it is returned once."""
         ...
 
 

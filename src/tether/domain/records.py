@@ -77,6 +77,8 @@ class RunStarted:
     thread_id: str | None = None
     fork: ForkOrigin | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The shared budgets (ids) that cover the run, besides its own limits; older records have none.
+    budgets: list[str] = field(default_factory=list)
     kind: Literal["run_started"] = "run_started"
 
 

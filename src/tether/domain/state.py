@@ -70,6 +70,7 @@ class RunState(Effects):
     structured: object = None
     error: str | None = None
     limits: Limits = field(default_factory=Limits)  # the agent's, as raised by answers to budget pauses
+    budgets: list[str] = field(default_factory=list)  # the shared budgets covering the run (run_started)
     passed: set[str] = field(default_factory=set)  # PendingItem.key of every stop answered: it won't stop again
     stepping: bool = False  # a "step" answer: the very next stop pauses
     aborted: str | None = None  # an "abort" answer (who gave it): the run ends cancelled
@@ -96,6 +97,7 @@ class RunState(Effects):
         elif isinstance(p, RunStarted):
             self.agent, self.thread_id, self.fork = p.agent, p.thread_id, p.fork
             self.limits = replace(p.agent.limits)
+            self.budgets = list(p.budgets)
             self.started_at = record.ts
             self.status = RunStatus.RUNNING
             self._hash = hashlib.sha256()

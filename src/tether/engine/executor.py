@@ -10,6 +10,7 @@ state is never re-read from the store. The caller holds the run's lease.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,10 +22,11 @@ from tether.domain.agents import Limits
 from tether.domain.breakpoints import Breakpoint, Stop
 from tether.domain.errors import LeaseLost, ModelError, ReplayDiverged
 from tether.domain.events import Event
+from tether.domain.governor import Grant, Refusal, Spend
 from tether.domain.ids import new_id
 from tether.domain.messages import Message, ToolCall
 from tether.domain.models import ModelRequest, ModelResponse, ToolSchema
-from tether.domain.protocols import Model, Store, Tool
+from tether.domain.protocols import Governor, Model, Store, Tool
 from tether.domain.records import (
     Finished,
     ModelCalled,
@@ -41,6 +43,7 @@ from tether.domain.state import CallState, RunState
 from tether.domain.tools import ToolContext, ToolError
 from tether.domain.usage import Usage
 from tether.engine.deadlines import deadline
+from tether.engine.governor import BudgetGovernor
 from tether.engine.interrupt import Interruptible
 from tether.engine.output import check_output, parse_output
 
@@ -62,8 +65,12 @@ class Executor:
         log: list[Record] | None = None,
         breakpoints: Sequence[Breakpoint] = (),
         clock: Callable[[], float] = time.time,
+        governor: Governor | None = None,
     ) -> None:
         self.store, self.model, self.tools = store, model, tools
+        # Every model call passes it (budgets; later the cache, rate limits, tiers). By default the
+        # run's own limits only: no store needed.
+        self.governor: Governor = governor if governor is not None else BudgetGovernor(clock=clock)
         self.breakpoints = list(breakpoints)
         self.on_event, self.clock = on_event, clock
         self.log = log  # when given, every appended record is added to it too
@@ -123,29 +130,59 @@ class Executor:
     # -- model calls ----------------------------------------------------------------------------
 
     async def _model_call(self, state: RunState) -> None:
-        agent = state.agent
-        assert agent is not None
-        limits, step = state.limits, state.next_step
-        if (reason := _token_limit(limits, state.usage)) is not None:
+        step = state.next_step
+        if (reason := _token_limit(state.limits, state.usage)) is not None:
             self._finish(state, RunStatus.INCOMPLETE, error=reason)  # a hard limit: no call, no pause
             return
-        final = False
-        if (over := self._over_budget(state)) is not None and f"on_budget:on_budget:{step}" not in state.passed:
-            budget, detail = over
-            policy = getattr(limits, f"on_{budget}")
-            if policy == "pause" or self._stop(state, Stop.ON_BUDGET, step, budget=budget):
-                await self._pause(state, [PendingItem(f"on_budget:{step}", PauseReason.BUDGET, detail=detail,
-                                                      stop=Stop.ON_BUDGET, step=step)])
-                return
-            if policy == "fail":
-                self._finish(state, RunStatus.FAILED, error=detail)
-                return
-            final = True  # "finish": one last call without tools, that must answer
         if item := self._stop(state, Stop.BEFORE_MODEL, step):
             await self._pause(state, [item])
             return
-
+        final = False
         request = self._request(state, final)
+        got = await self.governor.reserve(state, request, self.model)
+        if isinstance(got, Refusal):
+            if got.policy == "pause" or self._stop(state, Stop.ON_BUDGET, step, budget=got.budget):
+                await self._budget_pause(state, step, got)
+                return
+            if got.policy == "fail":
+                self._finish(state, RunStatus.FAILED, error=got.detail)
+                return
+            final = True  # "finish": one last call without tools, that must answer, and fit the budget too
+            request = self._request(state, final)
+            got = await self.governor.reserve(state, request, self.model, final=True)
+            if isinstance(got, Refusal):
+                await self._budget_pause(state, step, got)
+                return
+        grant = got
+        for warning in grant.warnings:
+            if self.on_event is not None:
+                self._emit(Event(state.run_id, "budget_warning", detail=warning))
+        if grant.max_output_tokens is not None:  # the bound reserved must hold: the request carries it
+            # (the fingerprint stays: a replay of the run matches whatever cap the budget gave)
+            request = dataclasses.replace(request, settings=_cap_completion(request.settings,
+                                                                            grant.max_output_tokens))
+        settled = False
+        try:
+            settled = await self._call_model(state, step, request, grant, final)
+        finally:
+            if not settled:  # never made, failed or interrupted: nothing was spent that a record shows
+                await self._release(grant)
+
+    async def _budget_pause(self, state: RunState, step: int, refusal: Refusal) -> None:
+        await self._pause(state, [PendingItem(f"on_budget:{step}", PauseReason.BUDGET, detail=refusal.detail,
+                                              stop=Stop.ON_BUDGET, step=step)])
+
+    async def _release(self, grant: Grant) -> None:
+        try:
+            await self.governor.release(grant)
+        except Exception:  # the reservation is reaped once the run's lease is gone or taken over
+            log.warning("run %s: a reservation could not be given back", grant.ask.run_id, exc_info=True)
+
+    async def _call_model(self, state: RunState, step: int, request: ModelRequest, grant: Grant,
+                          final: bool) -> bool:
+        """Make the granted call and record it; True once its record (with its spend) is written."""
+        agent, limits = state.agent, state.limits
+        assert agent is not None
         started = time.perf_counter()
         on_delta = self._delta_sink(state.run_id) if self.on_event is not None else None
         try:
@@ -155,12 +192,13 @@ class Executor:
             if isinstance(e, ReplayDiverged) or not (item := self._stop(state, Stop.ON_ERROR, step, error=str(e))):
                 raise
             item.detail = f"the model call failed: {e}; continue to try it again"
+            await self._release(grant)  # before the pause: a paused run holds nothing
             await self._pause(state, [item])
-            return
+            return True
         if self._lease_lost is not None:
             raise LeaseLost(self._lease_lost)  # another process advances the run now: write nothing
         if self._cancelled is not None:
-            return  # cancel() came during the call: nothing of it is recorded, the loop ends the run
+            return False  # cancel() came during the call: nothing of it is recorded, the loop ends the run
         duration = time.perf_counter() - started
 
         calls = [] if final else [
@@ -168,45 +206,35 @@ class Executor:
         ]
         response = ModelResponse(response.text, calls, response.finish_reason, response.usage,
                                  response.refusal, response.model_name)
+        cost = self.governor.cost_usd(self.model, response)
+        spend = self.governor.settle(grant, cost, response.usage)
+
+        def called(rejected: str | None = None) -> ModelCalled:
+            return ModelCalled(step, request.fingerprint, response, cost, duration, rejected=rejected, final=final)
+
         if (reason := _incomplete_after(state, response)) is not None:
-            self._record(state, ModelCalled(step, request.fingerprint, response, self.model.cost_usd(response),
-                                            duration, final=final))
+            self._record(state, called(), spend)
             self._finish(state, RunStatus.INCOMPLETE, error=reason)
-            return
+            return True
         if not calls and (reason := _no_answer(response)) is not None:
-            self._record(state, ModelCalled(step, request.fingerprint, response, self.model.cost_usd(response),
-                                            duration, final=final))
+            self._record(state, called(), spend)
             self._finish(state, RunStatus.FAILED, error=reason)
-            return
+            return True
         rejected = None
         if not calls and agent.output_schema is not None:
             problem = check_output(response.text, agent.output_schema)
             if problem is not None:
                 if state.output_rejections >= limits.max_output_retries:
-                    self._record(state, ModelCalled(step, request.fingerprint, response,
-                                                    self.model.cost_usd(response), duration, final=final))
+                    self._record(state, called(), spend)
                     self._finish(state, RunStatus.FAILED,
                                  error=f"the answer did not match the output schema: {problem}")
-                    return
+                    return True
                 rejected = (f"Your answer does not match the required JSON schema: {problem}. "
                             "Reply again with only a JSON value that matches the schema.")
-        self._record(state, ModelCalled(step, request.fingerprint, response, self.model.cost_usd(response),
-                                        duration, rejected=rejected, final=final))
+        self._record(state, called(rejected), spend)
         if self._cancelled is None and (item := self._stop(state, Stop.AFTER_MODEL, step, output=response.text)):
             await self._pause(state, [item])
-
-    def _over_budget(self, state: RunState) -> tuple[str, str] | None:
-        """The first budget the run has used up, and a sentence saying so."""
-        lim = state.limits
-        if state.model_calls >= lim.max_steps:
-            return "max_steps", f"the run reached max_steps ({lim.max_steps} model calls)"
-        if lim.max_tokens is not None and state.usage.total_tokens >= lim.max_tokens:
-            return "max_tokens", f"the run used {state.usage.total_tokens} tokens (max_tokens {lim.max_tokens})"
-        if lim.max_cost_usd is not None and state.cost_usd is not None and state.cost_usd >= lim.max_cost_usd:
-            return "max_cost_usd", f"the run cost ${state.cost_usd:.6f} (max_cost_usd {lim.max_cost_usd})"
-        if lim.max_wall_s is not None and (spent := state.elapsed_s(self.clock())) >= lim.max_wall_s:
-            return "max_wall_s", f"the run has been active {spent:.1f} s (max_wall_s {lim.max_wall_s})"
-        return None
+        return True
 
     def _request(self, state: RunState, final: bool) -> ModelRequest:
         agent = state.agent
@@ -414,12 +442,15 @@ class Executor:
                 structured = parse_output(output)
         self._record(state, Finished(status, output, structured, error, state.usage.copy(), state.cost_usd))
 
-    def _record(self, state: RunState, payload: Payload) -> Record:
+    def _record(self, state: RunState, payload: Payload, spend: Spend | None = None) -> Record:
         if self._lease_lost is not None:
             raise LeaseLost(self._lease_lost)  # another process advances the run now: write nothing
         record = Record(state.run_id, state.last_seq + 1, self.clock(), payload)
         state.apply(record)
-        self.store.append((record,))
+        if spend is None:
+            self.store.append((record,))
+        else:  # a settled call's spend commits with the record that reports it, or neither does
+            self.store.append((record,), spend)
         if self.log is not None:
             self.log.append(record)
         if self.on_event is not None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tether.domain.errors import ConfigError
+from tether.engine.governor import BudgetGovernor
 from tether.services.assistants.agents import ApiAgents
 from tether.services.assistants.service import AssistantsService
 from tether.services.assistants.thread_runs import ThreadRun
@@ -84,7 +85,9 @@ def open_services(operator: OperatorConfig | None = None, *, lease_ttl_s: float 
     store = open_store(url)
     if documents and not hasattr(store, "put_object"):
         raise ConfigError("the server needs a store with objects (SQLite or Postgres)")
-    return services_for(RunsService(store, lease_ttl_s=ttl), operator, database_url=url)
+    governor = BudgetGovernor(store, prices=operator.prices,
+                              default_max_output_tokens=operator.default_max_output_tokens)
+    return services_for(RunsService(store, lease_ttl_s=ttl, governor=governor), operator, database_url=url)
 
 
 def services_for(runs: RunsService, operator: OperatorConfig | None = None, *, concurrency: int | None = None,

@@ -29,6 +29,13 @@ names it. See docs/server.md.
     memory_mb = 256
     client_options = ["cpu_s", "wall_s", "memory_mb"]
     caps = { memory_mb = 512 }
+
+    [budgets]
+    default_max_output_tokens = 4096   # a call's output cap when it sets none and a budget covers it
+
+    [prices."qwen2.5:7b"]              # USD per million tokens, for a model reference as agents name it
+    input = 0.10
+    output = 0.40
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from typing import Any
 from tether.adapters.config_files import expand_env, read_text
 from tether.adapters.models.refs import ModelBackend
 from tether.domain.errors import ConfigError
+from tether.domain.governor import DEFAULT_MAX_OUTPUT_TOKENS, Price
 from tether.domain.hosts import allowed_host
 from tether.domain.redact import redact_url
 from tether.services.server_tools import ServerTools, ToolGrant
@@ -109,6 +117,12 @@ class OperatorConfig:
     # -> its error. Raised where the value is read (`api_keys`, `models.resolved()`, an MCP server's
     # start), and all at once by `require_set()`: a command that uses none of them runs without them.
     unset: Mapping[str, str] = field(default_factory=dict)
+    # `[prices."REF"]`: the price of a model reference (USD per token), for budgets and recorded costs;
+    # it wins over what the model itself says (genai-prices for OpenAI's endpoint).
+    prices: Mapping[str, Price] = field(default_factory=dict)
+    # `[budgets] default_max_output_tokens`: the output cap a call under a token or cost budget carries
+    # when it sets none, so that its reserved worst case holds.
+    default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
 
     def require_set(self) -> None:
         """Raise the error of the first `${VAR}` whose variable is unset (`tether serve` uses every value)."""
@@ -183,6 +197,10 @@ class OperatorConfig:
             if limits:
                 caps = ", ".join(f"{k} = {_toml(cap)}" for k, (_, cap) in limits.items())
                 lines.append(f"caps = {{ {caps} }}")
+        lines += ["", "[budgets]", f"default_max_output_tokens = {self.default_max_output_tokens}"]
+        for ref, price in sorted(self.prices.items()):
+            lines += ["", f"[prices.{_toml(ref)}]", f"input = {price.input_usd * 1e6:g}",
+                      f"output = {price.output_usd * 1e6:g}"]
         return "\n".join(lines) + "\n"
 
 
@@ -202,7 +220,7 @@ def load_operator_config(path: Path | str | None = None) -> OperatorConfig:
         raise ConfigError(f"{p}: {e}") from None
 
 
-_TOP = {"server", "store", "models", "mcp_servers", "mcp_config", "tools"}
+_TOP = {"server", "store", "models", "mcp_servers", "mcp_config", "tools", "budgets", "prices"}
 
 
 class _Unset:
@@ -282,7 +300,14 @@ def _parse(data: dict[str, Any], path: Path) -> OperatorConfig:
                 where = f"[mcp_servers.{c.name}]"
                 unset.record(where, ConfigError(f"{where} {e}"))  # "[mcp_servers.time] env.TOKEN uses ${…}"
     grants = _grants(_table(data, "tools"), path.parent)
-    config = OperatorConfig(server, database_url, backend, mcp_servers, grants, path, written, unset.errors)
+    budgets = _table(data, "budgets")
+    _only(budgets, {"default_max_output_tokens"}, "[budgets]")
+    cap = _typed(budgets.get("default_max_output_tokens", DEFAULT_MAX_OUTPUT_TOKENS), int,
+                 "[budgets] default_max_output_tokens")
+    if cap < 1:
+        raise ConfigError(f"[budgets] default_max_output_tokens must be at least 1, not {cap}")
+    config = OperatorConfig(server, database_url, backend, mcp_servers, grants, path, written, unset.errors,
+                            _prices(_table(data, "prices")), cap)
     if "mcp_config" in data:
         json_path = Path(expand_env(_typed(data["mcp_config"], str, "mcp_config"), "mcp_config"))
         config = config.with_mcp_json(json_path if json_path.is_absolute() else path.parent / json_path)
@@ -312,6 +337,27 @@ def _grants(tables: dict[str, Any], base: Path) -> dict[str, ToolGrant]:
         grants[name] = ToolGrant(enabled, options, caps,
                                  None if client_options is None else frozenset(client_options))
     return grants
+
+
+def _prices(tables: dict[str, Any]) -> dict[str, Price]:
+    """`[prices."REF"]` tables: `input` and `output`, USD per million tokens."""
+    prices = {}
+    for ref, table in tables.items():
+        where = f"[prices.{_toml(ref)}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where} must be a table, e.g. {{ input = 0.15, output = 0.60 }} (USD per million "
+                              "tokens)")
+        _only(table, {"input", "output"}, where)
+        figures = []
+        for key in ("input", "output"):
+            if key not in table:
+                raise ConfigError(f"{where} needs {key} (USD per million {key} tokens)")
+            value = _typed(table[key], float, f"{where} {key}")
+            if not 0 <= value < math.inf:
+                raise ConfigError(f"{where} {key} must be a price of 0 or more (USD per million tokens), not {value}")
+            figures.append(value)
+        prices[ref] = Price.per_million(*figures)
+    return prices
 
 
 def _in_folder(url: str, folder: Path) -> str:

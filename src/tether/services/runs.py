@@ -40,7 +40,7 @@ from tether.domain.ids import new_id
 from tether.domain.leases import LeaseState, owner_is_gone, owner_of, owner_string
 from tether.domain.messages import Message
 from tether.domain.models import ModelResponse
-from tether.domain.protocols import Store
+from tether.domain.protocols import Model, Store
 from tether.domain.records import (
     ACTIVE,
     TERMINAL,
@@ -56,6 +56,7 @@ from tether.domain.records import (
 from tether.domain.runs import RunInfo, shown_status
 from tether.domain.state import RunState, fold
 from tether.engine.executor import Executor
+from tether.engine.governor import BudgetGovernor
 from tether.services.agents import Agent, load_agent_file
 from tether.services.answers import ANSWER_TYPES, breakpoint_warnings, fork_edit, make_answer
 from tether.services.views import RunView, view_of
@@ -86,8 +87,12 @@ class QueueState:
 
 
 class RunsService:
-    def __init__(self, store: Store, *, owner: str | None = None, lease_ttl_s: float = LEASE_TTL_S) -> None:
+    def __init__(self, store: Store, *, owner: str | None = None, lease_ttl_s: float = LEASE_TTL_S,
+                 governor: BudgetGovernor | None = None) -> None:
         self.store = store
+        # Every model call of every run this service advances passes it: the run's own limits, and the
+        # shared budgets in this store that a run's start names.
+        self.governor = governor if governor is not None else BudgetGovernor(store)
         self.owner = owner or _owner_here()
         self.lease_ttl_s = lease_ttl_s
         self._agents: dict[str, Agent] = {}
@@ -114,8 +119,11 @@ class RunsService:
                     metadata: dict[str, Any] | None = None, breakpoints: Sequence[str | Breakpoint] = (),
                     on_event: Callable[[Event], None] | None = None, register: bool = True,
                     history: Sequence[Message] | None = None, run_id: str | None = None,
-                    drive: bool = True) -> RunView:
+                    drive: bool = True, budgets: Sequence[str] = ()) -> RunView:
         """Start a run and advance it until it pauses or finishes.
+
+        `budgets`: ids of shared budgets in the store (`put_budget`) that cover every model call of
+        the run besides its own limits; forks of it keep them.
 
         `breakpoints` (e.g. "before_tool:delete_*", "after_model if run.cost_usd > 0.2") join the
         agent's own for this run. On a thread, the run starts from `history` when given, else from
@@ -126,9 +134,7 @@ class RunsService:
         await agent.open_tools()  # MCP servers: their tools are listed at run start
         snapshot = agent.snapshot()
         snapshot.breakpoints += [bp.to_dict() for bp in _parse_all(breakpoints, start=len(snapshot.breakpoints))]
-        if snapshot.limits.max_cost_usd is not None and model.cost_usd(ModelResponse()) is None:
-            raise ConfigError(f"max_cost_usd is set, but the price of model {agent.model_ref!r} is unknown here, "
-                              "so the budget could never be checked; remove it, or use a model with known prices")
+        await self._check_budgets(agent.model_ref, model, snapshot.limits.max_cost_usd, budgets)
         if register:
             self.register(agent)
         new = [Message.user(task)] if isinstance(task, str) else list(task)
@@ -136,7 +142,8 @@ class RunsService:
             history = await self._thread_history(thread_id) if thread_id else []
         run_id = run_id or new_id("run")
         first = Record(run_id, 1, time.time(),
-                       RunStarted(snapshot, [*history, *new], thread_id, None, dict(metadata or {})))
+                       RunStarted(snapshot, [*history, *new], thread_id, None, dict(metadata or {}),
+                                  list(dict.fromkeys(budgets))))
         await self.store.create_run(first, owner=self.owner, lease_ttl_s=self.lease_ttl_s)
         state = RunState(run_id)
         state.apply(first)
@@ -145,6 +152,28 @@ class RunsService:
             await agent.close_tools()
             return _queued(state, [first])
         return await self._drive(state, [first], agent, on_event, fresh=True)
+
+    async def _check_budgets(self, model_ref: str, model: Model, max_cost_usd: float | None,
+                             budgets: Sequence[str]) -> None:
+        """Refuse a run whose budgets could never be checked: a dollar budget (its own max_cost_usd, or
+        a shared one) on a model whose price is unknown, or a shared budget that does not exist."""
+        priced = (self.governor.price(model) is not None
+                  and self.governor.cost_usd(model, ModelResponse()) is not None)
+        if max_cost_usd is not None and not priced:
+            raise ConfigError(f"max_cost_usd is set, but the price of model {model_ref!r} is unknown here, "
+                              "so the budget could never be checked; remove it, use a model with known prices, "
+                              "or set its price in the operator configuration ([prices])")
+        if isinstance(budgets, str):  # a string is a sequence too: of one-letter ids nobody meant
+            raise InvalidRequest(f"budgets must be a list of budget ids, e.g. [{budgets!r}], not a string",
+                                 param="budgets")
+        for budget_id in budgets:
+            budget = await self.store.get_budget(budget_id)
+            if budget is None:
+                raise ConfigError(f"no budget {budget_id!r}; create it first (put_budget)")
+            if budget.max_usd is not None and not priced:
+                raise ConfigError(f"budget {budget_id} has a dollar limit, but the price of model {model_ref!r} "
+                                  "is unknown here, so the budget could never be checked; use a model with "
+                                  "known prices, or set its price in the operator configuration ([prices])")
 
     async def continue_thread(self, thread_id: str, task: str | Sequence[Message], *,
                               agent: Agent | None = None, **options: Any) -> RunView:
@@ -176,7 +205,8 @@ class RunsService:
         needs no re-read of the store.
         """
         executor = Executor(store=self.store, model=agent.model, tools=agent.tools, on_event=on_event,
-                            log=records, breakpoints=await self._breakpoints_of(state, fresh=fresh))
+                            log=records, breakpoints=await self._breakpoints_of(state, fresh=fresh),
+                            governor=self.governor)
         self._hold(state.run_id, executor)
         lost = False
         try:

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tether.adapters.models.retry import is_connection_error, is_retryable, status_of, with_retries
 from tether.domain.errors import ModelError
+from tether.domain.governor import Price
 from tether.domain.ids import new_id
 from tether.domain.messages import ImagePart, Message, RefusalPart, TextPart, ToolCall
 from tether.domain.models import FinishReason, ModelRequest, ModelResponse, ToolSchema
@@ -610,6 +611,14 @@ class OpenAIModel:
 
     def _secrets(self) -> list[str]:
         return [self._api_key or "", os.environ.get("OPENAI_API_KEY", "")]
+
+    def price(self) -> Price | None:
+        """USD per token of this model at OpenAI (None for any other endpoint: unknown)."""
+        if not self.priced:
+            return None
+        from tether.adapters.models.pricing import unit_price
+
+        return unit_price("openai", self.model)
 
     def cost_usd(self, response: ModelResponse) -> float | None:
         if not self.priced:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import warnings
 
+from tether.domain.governor import Price
+
 
 def price_usd(provider: str, model: str, input_tokens: int, output_tokens: int,
               cached_tokens: int = 0) -> float | None:
@@ -31,3 +33,13 @@ def price_usd(provider: str, model: str, input_tokens: int, output_tokens: int,
         return float(result.total_price)
     except Exception:  # unknown provider/model, odd usage, a damaged table: the cost is just unknown
         return None
+
+
+def unit_price(provider: str, model: str) -> Price | None:
+    """The model's price per input and per output token (no cache discount: an upper bound for a
+    reservation), or None when unknown."""
+    per_in = price_usd(provider, model, 1_000_000, 0)
+    per_out = price_usd(provider, model, 0, 1_000_000)
+    if per_in is None or per_out is None:
+        return None
+    return Price.per_million(per_in, per_out)

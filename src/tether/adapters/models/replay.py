@@ -94,5 +94,8 @@ class ReplayModel:
             on_delta(entry.response.text)
         return entry.response
 
+    def price(self) -> None:
+        return None  # a replay calls nothing: it reserves nothing either (its costs are the recording's)
+
     def cost_usd(self, response: ModelResponse) -> float | None:
         return self._cost

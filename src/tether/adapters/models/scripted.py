@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tether.domain.errors import ModelError
+from tether.domain.governor import Price
 from tether.domain.messages import ToolCall
 from tether.domain.models import ModelRequest, ModelResponse
 from tether.domain.usage import Usage
@@ -65,6 +66,9 @@ class ScriptedModel:
         if on_delta is not None and response.text:
             on_delta(response.text)
         return response
+
+    def price(self) -> Price:
+        return Price.per_million(*self._prices)
 
     def cost_usd(self, response: ModelResponse) -> float | None:
         pin, pout = self._prices

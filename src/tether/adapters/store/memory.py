@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from tether.adapters.store.paging import check_page
 from tether.domain.errors import RunNotFound, StoreConflict
+from tether.domain.governor import BudgetState, Spend, check_budget_limits
 from tether.domain.leases import LeaseState
 from tether.domain.objects import StoredObject
 from tether.domain.records import ACTIVE, UNPAUSED, Record, RunStatus
@@ -22,6 +23,8 @@ class MemoryStore:
         self._breakpoints: dict[str, list[dict[str, Any]] | None] = {}
         self._cancels: dict[str, str] = {}
         self._objects: dict[str, StoredObject] = {}
+        self._budgets: dict[str, BudgetState] = {}
+        self._reservations: dict[str, list[tuple[str, str, float, int]]] = {}  # grant -> (budget, run, usd, tokens)
 
     async def create_run(self, record: Record, *, owner: str | None, lease_ttl_s: float = 30.0) -> None:
         info = info_from_start(record, time.time())
@@ -35,9 +38,11 @@ class MemoryStore:
         if owner is not None:
             info.lease_owner, info.lease_expires = owner, time.time() + lease_ttl_s
 
-    def append(self, records: Sequence[Record]) -> None:
+    def append(self, records: Sequence[Record], spend: Spend | None = None) -> None:
         for r in records:
             self._write(r)
+        if spend is not None:
+            self._spend(spend)
 
     def _write(self, r: Record) -> None:
         log = self._logs[r.run_id]
@@ -70,6 +75,8 @@ class MemoryStore:
         info = self._runs[run_id]
         now = time.time()
         if info.lease_owner in (None, owner) or (info.lease_expires or 0) < now:
+            if info.lease_owner != owner:
+                self._reap(lambda _b, run_id: run_id == info.id)  # an earlier holder's are stale now
             info.lease_owner, info.lease_expires = owner, now + ttl_s
             return True
         return False
@@ -78,6 +85,7 @@ class MemoryStore:
         info = self._runs[run_id]
         if info.lease_owner != old_owner:
             return False
+        self._reap(lambda _b, run_id: run_id == info.id)  # the old owner's are stale now
         info.lease_owner, info.lease_expires = owner, time.time() + ttl_s
         return True
 
@@ -141,6 +149,106 @@ class MemoryStore:
 
     async def cancel_requested(self, run_id: str) -> str | None:
         return self._cancels.get(run_id)
+
+    # -- shared budgets -------------------------------------------------------------------------
+
+    async def put_budget(self, budget_id: str, *, max_usd: float | None, max_tokens: int | None) -> None:
+        check_budget_limits(max_usd, max_tokens)
+        b = self._budgets.get(budget_id)
+        if b is None:
+            self._budgets[budget_id] = BudgetState(budget_id, max_usd, max_tokens, created_at=time.time())
+        else:
+            b.max_usd, b.max_tokens, b.warned = max_usd, max_tokens, False  # new limits warn again at 80 %
+
+    async def get_budget(self, budget_id: str) -> BudgetState | None:
+        b = self._budgets.get(budget_id)
+        return copy.copy(b) if b is not None else None
+
+    async def delete_budget(self, budget_id: str) -> None:
+        self._budgets.pop(budget_id, None)
+        for grant_id in list(self._reservations):
+            rows = [r for r in self._reservations[grant_id] if r[0] != budget_id]
+            if rows:
+                self._reservations[grant_id] = rows
+            else:
+                del self._reservations[grant_id]
+
+    async def reserve(self, run_id: str, grant_id: str, budget_ids: Sequence[str], usd: float | None,
+                      tokens: int) -> str | None:
+        refused = self._refusing(budget_ids, usd, tokens)
+        if refused is not None:
+            now = time.time()
+
+            def stale(budget_id: str, holder: str) -> bool:
+                info = self._runs.get(holder)
+                return budget_id in budget_ids and (
+                    info is None or info.lease_owner is None or (info.lease_expires or 0) < now)
+
+            self._reap(stale)
+            refused = self._refusing(budget_ids, usd, tokens)
+            if refused is not None:
+                return refused
+        for budget_id in budget_ids:
+            b = self._budgets[budget_id]
+            b.reserved_usd += usd or 0.0
+            b.reserved_tokens += tokens
+        self._reservations[grant_id] = [(b, run_id, usd or 0.0, tokens) for b in budget_ids]
+        return None
+
+    def _refusing(self, budget_ids: Sequence[str], usd: float | None, tokens: int) -> str | None:
+        for budget_id in budget_ids:
+            b = self._budgets.get(budget_id)
+            if b is None:
+                return budget_id
+            if b.max_usd is not None and (usd is None or b.spent_usd + b.reserved_usd + usd > b.max_usd + 1e-12):
+                return budget_id
+            if b.max_tokens is not None and b.spent_tokens + b.reserved_tokens + tokens > b.max_tokens:
+                return budget_id
+        return None
+
+    def _reap(self, stale: Any) -> None:
+        """Take back the reservations `stale(budget_id, run_id)` says are stale."""
+        for grant_id in list(self._reservations):
+            rows = self._reservations[grant_id]
+            keep = []
+            for row in rows:
+                if stale(row[0], row[1]):
+                    self._unreserve(row)
+                else:
+                    keep.append(row)
+            if keep:
+                self._reservations[grant_id] = keep
+            else:
+                del self._reservations[grant_id]
+
+    def _unreserve(self, row: tuple[str, str, float, int]) -> None:
+        b = self._budgets.get(row[0])
+        if b is not None:
+            left = b.reserved_usd - row[2]
+            b.reserved_usd = 0.0 if left < 1e-12 else left  # float drift: as the SQL store
+            b.reserved_tokens -= row[3]
+
+    async def release(self, grant_id: str) -> None:
+        for row in self._reservations.pop(grant_id, []):
+            self._unreserve(row)
+
+    def _spend(self, spend: Spend) -> None:
+        for row in self._reservations.pop(spend.grant_id, []):
+            self._unreserve(row)
+        for budget_id in spend.budgets:
+            b = self._budgets.get(budget_id)
+            if b is not None:
+                b.spent_usd += spend.usd
+                b.spent_tokens += spend.tokens
+
+    async def warn_budgets(self, budget_ids: Sequence[str], share: float) -> list[BudgetState]:
+        out = []
+        for budget_id in budget_ids:
+            b = self._budgets.get(budget_id)
+            if b is not None and not b.warned and b.used_share() >= share:
+                b.warned = True
+                out.append(copy.copy(b))
+        return out
 
     async def put_object(self, obj: StoredObject) -> None:
         self._objects[obj.id] = copy.deepcopy(obj)

@@ -85,6 +85,35 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE INDEX objects_list ON objects (tenant, kind, parent_id, id)",
         ],
     ),
+    (
+        5,
+        [
+            # Shared budgets (the governor's): limits (NULL: none), what was spent, what is reserved now.
+            """CREATE TABLE budgets (
+                id VARCHAR(64) PRIMARY KEY,
+                max_usd DOUBLE PRECISION,
+                max_tokens BIGINT,
+                spent_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+                spent_tokens BIGINT NOT NULL DEFAULT 0,
+                reserved_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+                reserved_tokens BIGINT NOT NULL DEFAULT 0,
+                warned BOOLEAN NOT NULL DEFAULT FALSE,
+                created_at DOUBLE PRECISION NOT NULL
+            )""",
+            # A model call's reservation in each budget covering it, held by its run's lease.
+            """CREATE TABLE reservations (
+                id VARCHAR(64) NOT NULL,
+                budget_id VARCHAR(64) NOT NULL,
+                run_id VARCHAR(64) NOT NULL,
+                usd DOUBLE PRECISION NOT NULL,
+                tokens BIGINT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (id, budget_id)
+            )""",
+            "CREATE INDEX reservations_budget ON reservations (budget_id)",
+            "CREATE INDEX reservations_run ON reservations (run_id)",
+        ],
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -14,6 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from tether.adapters.store.sql.budgets import reap_run
 from tether.adapters.store.sql.database import Call, Database
 from tether.adapters.store.sql.schema import require_run, runs_table
 from tether.domain.leases import LeaseState
@@ -42,6 +43,8 @@ class Leases:
                     )
                     .values(lease_owner=owner, lease_expires=now + ttl_s)
                 ).rowcount  # fmt: skip
+                if taken == 1:
+                    reap_run(conn, run_id)  # reservations of an earlier holder: its calls are gone
                 return taken == 1 or require_run(conn, run_id)
 
         return await self._call(op)
@@ -56,6 +59,8 @@ class Leases:
                     .where(c.id == run_id, c.lease_owner == old_owner)
                     .values(lease_owner=owner, lease_expires=time.time() + ttl_s)
                 ).rowcount
+                if taken == 1:
+                    reap_run(conn, run_id)  # the old owner's reservations: its calls are gone
                 return taken == 1
 
         return await self._call(op)

@@ -7,30 +7,37 @@ concept, each in its own module, and only hands each call to its part:
 - `writer`: the group-commit writer (`append`, `sync`), which every other statement waits for;
 - `runs`: creating runs, reading their records and rows, `decide`;
 - `leases`: who advances a run; `controls`: breakpoints and cancel requests set on a run;
-- `objects`: the HTTP interface's documents.
+- `objects`: the HTTP interface's documents;
+- `budgets`: shared budgets and their reservations (the governor's).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
-from typing import Any, Literal
+from collections.abc import Collection, Sequence
+from typing import Any, Literal, Protocol
 
+from tether.adapters.store.sql.budgets import Budgets
 from tether.adapters.store.sql.controls import Controls
 from tether.adapters.store.sql.database import Database
 from tether.adapters.store.sql.leases import Leases
 from tether.adapters.store.sql.objects import Objects
 from tether.adapters.store.sql.runs import Runs
 from tether.adapters.store.sql.writer import GroupCommitWriter
+from tether.domain.governor import BudgetState, Spend
 from tether.domain.leases import LeaseState
 from tether.domain.objects import StoredObject
 from tether.domain.records import Record, RunStatus
 from tether.domain.runs import RunInfo
 
 
+class _Append(Protocol):
+    def __call__(self, records: Sequence[Record], spend: Spend | None = None) -> None: ...
+
+
 class SqlStore:
     """The run log, the run index and the documents in SQLite or Postgres. See the module docstring."""
 
-    append: Callable[[Sequence[Record]], None]
+    append: _Append
     """Queue records for commit: the writer's own method, so that the hot path takes no extra call."""
 
     def __init__(self, url: str, *, synchronous: Literal["NORMAL", "FULL"] = "NORMAL") -> None:
@@ -43,6 +50,7 @@ class SqlStore:
         self._leases = Leases(self._db, self._writer.call)
         self._controls = Controls(self._db, self._writer.call)
         self._objects = Objects(self._db, self._writer.call)
+        self._budgets = Budgets(self._db, self._writer.call, self._writer.submit)
 
     # -- the log: `append` (above), sync and reads -----------------------------------------------
 
@@ -102,6 +110,27 @@ class SqlStore:
 
     async def cancel_requested(self, run_id: str) -> str | None:
         return await self._controls.cancel_requested(run_id)
+
+    # -- shared budgets (the governor's) ---------------------------------------------------------
+
+    async def put_budget(self, budget_id: str, *, max_usd: float | None, max_tokens: int | None) -> None:
+        await self._budgets.put_budget(budget_id, max_usd=max_usd, max_tokens=max_tokens)
+
+    async def get_budget(self, budget_id: str) -> BudgetState | None:
+        return await self._budgets.get_budget(budget_id)
+
+    async def delete_budget(self, budget_id: str) -> None:
+        await self._budgets.delete_budget(budget_id)
+
+    async def reserve(self, run_id: str, grant_id: str, budget_ids: Sequence[str], usd: float | None,
+                      tokens: int) -> str | None:
+        return await self._budgets.reserve(run_id, grant_id, budget_ids, usd, tokens)
+
+    async def release(self, grant_id: str) -> None:
+        await self._budgets.release(grant_id)
+
+    async def warn_budgets(self, budget_ids: Sequence[str], share: float) -> list[BudgetState]:
+        return await self._budgets.warn_budgets(budget_ids, share)
 
     # -- the HTTP interface's documents ----------------------------------------------------------
 

@@ -21,7 +21,11 @@ caller (its task's context) appended to; a sync from a context that appended not
 error of the flushes it waited for.
 
 Every other statement of the store first lets pending appends commit, so that order is kept:
-`call` does that. Named fault points (`faults`) let a kill test stop the process inside a flush.
+`call` does that. Small writes that many runs make at once (the governor's reservations) are
+`submit`ted instead: they run in the next grouped flush, after its records commit, all of that
+flush's in one more transaction, so that they too share a commit and wait for no statement of
+their own. A settled call's spend (`append(records, spend)`) goes in its records' transaction.
+Named fault points (`faults`) let a kill test stop the process inside a flush.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from tether.adapters.store.sql import database
+from tether.adapters.store.sql.budgets import apply_spends
 from tether.adapters.store.sql.database import Database, StoreError
 from tether.adapters.store.sql.faults import fault_point
 from tether.adapters.store.sql.schema import (
@@ -52,6 +57,7 @@ from tether.adapters.store.sql.schema import (
     runs_table,
 )
 from tether.domain.errors import RunNotFound, StoreConflict, TetherError
+from tether.domain.governor import Spend
 from tether.domain.records import ACTIVE, TERMINAL, Record
 from tether.domain.runs import RunInfo, update_info
 
@@ -89,10 +95,12 @@ _appended: ContextVar[tuple[str, ...]] = ContextVar("tether_appended_runs", defa
 class _Batch:
     """Records (and new runs) queued for one grouped commit, by run, in append order."""
 
-    __slots__ = ("creates", "done", "errors", "groups", "waiters")
+    __slots__ = ("creates", "done", "errors", "groups", "ops", "spends", "waiters")
 
     def __init__(self) -> None:
         self.groups: Groups = {}
+        self.spends: dict[str, list[Spend]] = {}  # run id -> settled calls' spends, written with its records
+        self.ops: list[_Op] = []  # submitted statements: one transaction for all, after the records
         self.creates: dict[str, RunInfo] = {}  # runs this batch creates: their run_started leads their group
         self.done = False
         self.errors: dict[str, Exception] = {}  # run id -> why its records were not written
@@ -101,6 +109,25 @@ class _Batch:
     @property
     def error(self) -> Exception | None:
         return next(iter(self.errors.values()), None)
+
+
+class _Op:
+    """A submitted statement, and where its result goes (a future of the submitter's loop)."""
+
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(self, fn: Callable[[sa.Connection], Any], loop: asyncio.AbstractEventLoop,
+                 future: asyncio.Future[Any]) -> None:
+        self.fn, self.loop, self.future = fn, loop, future
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class _RunFailed(Exception):
@@ -130,6 +157,11 @@ def _is_conflict(e: BaseException) -> bool:
         return True
     sqlstate = getattr(getattr(e, "orig", None) or e, "sqlstate", None) or ""  # Postgres, through SQLAlchemy or not
     return sqlstate.startswith("23") or sqlstate in ("40P01", "40001")
+
+
+def _written_spends(spends: dict[str, list[Spend]], groups: Groups, failed: dict[str, Exception]) -> list[Spend]:
+    """The spends of the runs whose records this transaction writes (a failed run's go with them)."""
+    return [s for run_id in groups if run_id not in failed for s in spends.get(run_id, ())]
 
 
 def _create_params(info: RunInfo, true: object = 1) -> tuple[object, ...]:
@@ -185,9 +217,25 @@ class GroupCommitWriter:
         await self.drain()
         return await self._db.execute(fn)
 
+    async def submit(self, fn: Callable[[sa.Connection], T]) -> T:
+        """Run `fn(conn)` in the next grouped flush, after its records commit, in one transaction with
+        every other statement submitted for that flush (`fn` opens none of its own). If any of them
+        raises, none of them is committed and each raises that error."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._lock:
+            batch = self._open
+            if batch is None:
+                batch = self._open = _Batch()
+            batch.ops.append(_Op(fn, loop, future))
+        self._schedule(loop)
+        return await future
+
     # -- the hot path ---------------------------------------------------------------------------
 
-    def append(self, records: Sequence[Record]) -> None:
+    def append(self, records: Sequence[Record], spend: Spend | None = None) -> None:
         if self._closed:
             raise StoreError("the store is closed")
         if not records:
@@ -214,6 +262,8 @@ class GroupCommitWriter:
                 else:
                     group[0].append(r)
                     group[1].append(row)
+            if spend is not None:  # it commits with these records, in their run's transaction
+                batch.spends.setdefault(records[-1].run_id, []).append(spend)
         ticking = self._ticking
         # Else this thread's loop flushes soon. (A loop that stopped with its flush still queued, and
         # another loop, or none, runs in this thread now: that flush may never come.)
@@ -336,9 +386,13 @@ class GroupCommitWriter:
             try:
                 self._write(batch)
             finally:
-                with self._lock:
-                    self._inflight = None
-                    self._settle(batch, loop)
+                try:
+                    if batch.ops:
+                        self._run_ops(batch.ops, loop)
+                finally:
+                    with self._lock:
+                        self._inflight = None
+                        self._settle(batch, loop)
         return batch
 
     def _settle(self, batch: _Batch, loop: asyncio.AbstractEventLoop | None) -> None:
@@ -351,6 +405,7 @@ class GroupCommitWriter:
             self._broken[run_id] = error
             if self._open is not None:
                 self._open.groups.pop(run_id, None)  # appended after the failed ones: never written
+                self._open.spends.pop(run_id, None)
         elsewhere: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for wloop, fut in batch.waiters:
             if wloop is loop:
@@ -368,6 +423,36 @@ class GroupCommitWriter:
             else:
                 self._fault.die_later(target)
 
+    def _run_ops(self, ops: list[_Op], loop: asyncio.AbstractEventLoop | None) -> None:
+        """The submitted statements of a flush, in one transaction; their results to their futures. A
+        lost race (Postgres: two processes' transactions locking budgets crosswise) runs each alone."""
+        try:
+            outcomes: list[tuple[Any, BaseException | None]] = [(r, None) for r in self._ops_tx(ops)]
+        except Exception as e:
+            if len(ops) > 1 and _is_conflict(e):
+                outcomes = []
+                for op in ops:
+                    try:
+                        outcomes.append((self._ops_tx([op])[0], None))
+                    except Exception as e1:
+                        outcomes.append((None, self._wrap(e1)))
+            else:
+                outcomes = [(None, self._wrap(e))] * len(ops)
+        for op, (result, error) in zip(ops, outcomes, strict=True):
+            if op.loop is loop:
+                _resolve(op.future, result, error)
+            else:
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting any more
+                    op.loop.call_soon_threadsafe(_resolve, op.future, result, error)
+
+    def _ops_tx(self, ops: list[_Op]) -> list[Any]:
+        if self._sqlite:
+            conn = self._db.conn
+            with self._db.tx(conn, write=True):
+                return [op.fn(conn) for op in ops]
+        with self._db.engine.connect() as conn, conn.begin():
+            return [op.fn(conn) for op in ops]
+
     def _fail_queued(self, loop: asyncio.AbstractEventLoop | None) -> None:
         """The store is closed: records still queued (appended while it closed) are never written.
         Their syncs raise that instead of waiting for a flush that will not come."""
@@ -377,6 +462,9 @@ class GroupCommitWriter:
                 return
             error = StoreError(f"the store at {self._db.url} was closed before these records were written")
             batch.errors = dict.fromkeys(batch.groups, error)
+            for op in batch.ops:
+                with contextlib.suppress(RuntimeError):
+                    op.loop.call_soon_threadsafe(_resolve, op.future, None, error)
             self._settle(batch, loop)
 
     def _broken_error(self, run_id: str) -> Exception:
@@ -408,22 +496,26 @@ class GroupCommitWriter:
                 try:
                     self._write(batch)
                 finally:
-                    with self._lock:
-                        self._inflight = None
-                        self._settle(batch, None)
+                    try:
+                        if batch.ops:
+                            self._run_ops(batch.ops, None)
+                    finally:
+                        with self._lock:
+                            self._inflight = None
+                            self._settle(batch, None)
 
     # -- writing a batch ------------------------------------------------------------------------
 
     def _write(self, batch: _Batch) -> None:
         """Commit the batch; on a conflict, retry each run alone so only the conflicting one fails.
         Fills `batch.errors`; never raises for a database error."""
-        groups, creates = batch.groups, batch.creates
+        groups, creates, spends = batch.groups, batch.creates, batch.spends
         if not groups:
             return
         write = self._write_sqlite if self._sqlite else self._write_postgres
         errors: dict[str, Exception] = {}
         try:
-            failed = write(groups, creates, use_cache=True)
+            failed = write(groups, creates, use_cache=True, spends=spends)
             errors.update(failed)
         except Exception as e:
             for run_id in groups:
@@ -437,7 +529,7 @@ class GroupCommitWriter:
             else:
                 for run_id, group in groups.items():
                     try:
-                        errors.update(write({run_id: group}, creates, use_cache=False))
+                        errors.update(write({run_id: group}, creates, use_cache=False, spends=spends))
                     except Exception as e1:
                         self._infos.pop(run_id, None)
                         errors[run_id] = (
@@ -554,7 +646,8 @@ class GroupCommitWriter:
             if info.status not in TERMINAL:
                 infos[info.id] = info
 
-    def _write_sqlite(self, groups: Groups, creates: dict[str, RunInfo], use_cache: bool) -> dict[str, Exception]:
+    def _write_sqlite(self, groups: Groups, creates: dict[str, RunInfo], use_cache: bool,
+                      spends: dict[str, list[Spend]]) -> dict[str, Exception]:
         raw = self._raw
         raw.execute("BEGIN IMMEDIATE")
         try:
@@ -590,6 +683,8 @@ class GroupCommitWriter:
                         raise _RunFailed(
                             info.id, StoreConflict(f"run {info.id}: its row changed under this writer")
                         )
+            if spends:
+                apply_spends(raw, _written_spends(spends, groups, failed), postgres=False)
             if self._fault is not None and self._fault.reached("commit.before"):
                 self._fault.die()
             raw.execute("COMMIT")
@@ -607,7 +702,7 @@ class GroupCommitWriter:
         return info_from_row(row) if row is not None else None
 
     def _write_postgres(
-        self, groups: Groups, creates: dict[str, RunInfo], use_cache: bool
+        self, groups: Groups, creates: dict[str, RunInfo], use_cache: bool, spends: dict[str, list[Spend]]
     ) -> dict[str, Exception]:
         # Runs in a fixed order (by id) so that two processes' flushes lock rows in the same order.
         ordered = dict(sorted(groups.items()))
@@ -624,6 +719,8 @@ class GroupCommitWriter:
                 # one statement a run would cost a round trip each.
                 with conn.connection.dbapi_connection.cursor() as cur:  # type: ignore[union-attr]
                     updates, inserts, failed = self._write_postgres_tx(cur, ordered, creates, use_cache)
+                    if spends:
+                        apply_spends(cur, _written_spends(spends, ordered, failed), postgres=True)
                 if self._fault is not None and self._fault.reached("commit.before"):
                     self._fault.die()
         except Exception as e:
