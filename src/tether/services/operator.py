@@ -29,6 +29,11 @@ names it. See docs/server.md.
     memory_mb = 256
     client_options = ["cpu_s", "wall_s", "memory_mb"]
     caps = { memory_mb = 512 }
+
+    [batches]
+    max_concurrency = 32
+    max_cost_usd = 5.0
+    max_cases = 10000
 """
 
 from __future__ import annotations
@@ -93,6 +98,24 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchCaps:
+    """`[batches]`: the most a tenant may ask of a batch over HTTP (a request above a cap is refused,
+    never lowered in silence). None: no cap."""
+
+    max_concurrency: int | None = None
+    max_cost_usd: float | None = None  # a batch's budget; with a cap, every batch must set one
+    max_cases: int | None = None
+
+    def check(self) -> None:
+        for name in ("max_concurrency", "max_cases"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"[batches] {name} must be at least 1, not {value}")
+        if self.max_cost_usd is not None and not 0 < self.max_cost_usd < math.inf:
+            raise ConfigError(f"[batches] max_cost_usd must be a positive number of dollars, not {self.max_cost_usd}")
+
+
+@dataclass(frozen=True, slots=True)
 class OperatorConfig:
     """Everything the operator decides, from the file, flags and environment."""
 
@@ -109,6 +132,7 @@ class OperatorConfig:
     # -> its error. Raised where the value is read (`api_keys`, `models.resolved()`, an MCP server's
     # start), and all at once by `require_set()`: a command that uses none of them runs without them.
     unset: Mapping[str, str] = field(default_factory=dict)
+    batches: BatchCaps = field(default_factory=BatchCaps)
 
     def require_set(self) -> None:
         """Raise the error of the first `${VAR}` whose variable is unset (`tether serve` uses every value)."""
@@ -183,6 +207,10 @@ class OperatorConfig:
             if limits:
                 caps = ", ".join(f"{k} = {_toml(cap)}" for k, (_, cap) in limits.items())
                 lines.append(f"caps = {{ {caps} }}")
+        lines += ["", "[batches]"]
+        for f in fields(BatchCaps):
+            value = getattr(self.batches, f.name)
+            lines.append(f"{f.name} = {_toml(value)}" if value is not None else f"# {f.name}: no cap")
         return "\n".join(lines) + "\n"
 
 
@@ -202,7 +230,7 @@ def load_operator_config(path: Path | str | None = None) -> OperatorConfig:
         raise ConfigError(f"{p}: {e}") from None
 
 
-_TOP = {"server", "store", "models", "mcp_servers", "mcp_config", "tools"}
+_TOP = {"server", "store", "models", "mcp_servers", "mcp_config", "tools", "batches"}
 
 
 class _Unset:
@@ -282,7 +310,9 @@ def _parse(data: dict[str, Any], path: Path) -> OperatorConfig:
                 where = f"[mcp_servers.{c.name}]"
                 unset.record(where, ConfigError(f"{where} {e}"))  # "[mcp_servers.time] env.TOKEN uses ${…}"
     grants = _grants(_table(data, "tools"), path.parent)
-    config = OperatorConfig(server, database_url, backend, mcp_servers, grants, path, written, unset.errors)
+    batches = _batch_caps(_table(data, "batches"))
+    config = OperatorConfig(server, database_url, backend, mcp_servers, grants, path, written, unset.errors,
+                            batches)
     if "mcp_config" in data:
         json_path = Path(expand_env(_typed(data["mcp_config"], str, "mcp_config"), "mcp_config"))
         config = config.with_mcp_json(json_path if json_path.is_absolute() else path.parent / json_path)
@@ -312,6 +342,15 @@ def _grants(tables: dict[str, Any], base: Path) -> dict[str, ToolGrant]:
         grants[name] = ToolGrant(enabled, options, caps,
                                  None if client_options is None else frozenset(client_options))
     return grants
+
+
+def _batch_caps(table: dict[str, Any]) -> BatchCaps:
+    known = {f.name: f for f in fields(BatchCaps)}
+    _only(table, set(known), "[batches]")
+    kinds = {"max_concurrency": int, "max_cases": int, "max_cost_usd": float}
+    caps = BatchCaps(**{k: _typed(v, kinds[k], f"[batches] {k}") for k, v in table.items()})
+    caps.check()
+    return caps
 
 
 def _in_folder(url: str, folder: Path) -> str:
