@@ -27,6 +27,7 @@ from tether.services.server_tools import ServerTools
 MAX_STEPS = 50  # model calls an API run may make before it fails (a plain client cannot answer a budget pause)
 CODE_INTERPRETER = "code_interpreter"  # the python tool's name when a client asked for code_interpreter
 AGENT_REF_PREFIX = "api"  # an API run's agent reference is `api:RUN_ID`
+BATCH_AGENT = "batch_agent"  # the settings of a batch made over HTTP: its agent reference is `api:bagent_…`
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +122,8 @@ def _limits(s: RunSettings) -> Limits:
 
 def api_agent_resolver(store: ObjectStore | Store, agents: ApiAgents) -> Callable[[AgentSnapshot], Awaitable[Agent]]:
     """The resolver of `api:RUN_ID` agent references (register it as `service.resolvers["api"]`):
-    rebuilds the agent of a run the server made from the settings stored with it.
+    rebuilds the agent of a run the server made from the settings stored with it (or, for `api:bagent_…`,
+    those of the batch it is a case of).
 
     `store` is the run store, which keeps the documents too (SqlStore and MemoryStore are both)."""
     objects = cast(ObjectStore, store)
@@ -129,7 +131,7 @@ def api_agent_resolver(store: ObjectStore | Store, agents: ApiAgents) -> Callabl
     async def agent_of_snapshot(snapshot: AgentSnapshot) -> Agent:
         run_id = (snapshot.agent_ref or "").partition(":")[2]
         row = await objects.get_object(run_id)
-        if row is None or row.kind != "run":
+        if row is None or row.kind not in ("run", BATCH_AGENT):
             raise ConfigError(f"run {run_id} has no stored settings; it cannot be continued here")
         return agents.build(run_id, RunSettings.model_validate(row.data))
 
