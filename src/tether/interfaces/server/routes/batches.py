@@ -3,7 +3,8 @@ upload of a JSONL file) and run it in the background; list, show, its cases page
 answer its pauses at once, delete. Tenant-scoped: another tenant's batch is a 404.
 
 The operator caps what a tenant asks (`[batches]` in the operator configuration): a request above a
-cap is a 400 naming the field and the cap, never lowered in silence. A batch's agent is configured as
+cap is a 400 naming the field and the cap, never lowered in silence; with a dollar cap every batch
+must say its budget (no budget would be no limit). A batch's agent is configured as
 an assistant is (model, instructions, server tools, response format) under the operator's grants.
 """
 
@@ -174,6 +175,10 @@ def _capped(body: BatchFields | BatchAnswer, caps: BatchCaps) -> None:
     if isinstance(body, BatchFields):
         checks += [("concurrency", body.concurrency, caps.max_concurrency),
                    ("per_case_max_cost_usd", body.per_case_max_cost_usd, caps.max_cost_usd)]
+    if isinstance(body, BatchFields) and body.max_cost_usd is None and caps.max_cost_usd is not None:
+        raise ApiError(400, f"Missing required parameter: 'max_cost_usd' is required on this server, at most "
+                            f"{caps.max_cost_usd:g} (the operator's [batches] configuration).",
+                       param="max_cost_usd", code="above_cap")
     for name, value, cap in checks:
         if value is not None and cap is not None and value > cap:
             raise ApiError(400, f"Invalid value for '{name}': {value:g} is above this server's cap of {cap:g} "
@@ -198,9 +203,8 @@ async def create_batch(request: Request) -> dict[str, Any]:
                             f"{caps.max_cases} (the operator's [batches] configuration).", param=field,
                        code="above_cap")
     concurrency = body.concurrency or min(DEFAULT_CONCURRENCY, caps.max_concurrency or DEFAULT_CONCURRENCY)
-    max_cost = body.max_cost_usd if body.max_cost_usd is not None else caps.max_cost_usd  # the cap is the default
     try:
-        options = BatchOptions(concurrency=concurrency, max_cost_usd=max_cost, max_tokens=body.max_tokens,
+        options = BatchOptions(concurrency=concurrency, max_cost_usd=body.max_cost_usd, max_tokens=body.max_tokens,
                                per_case_max_cost_usd=body.per_case_max_cost_usd, on_budget=body.on_budget or "pause",
                                name=body.name, task_template=body.task_template)
     except ValueError as e:
