@@ -205,58 +205,6 @@ def parse_age(text: str) -> float:
 # -- running ------------------------------------------------------------------------------------
 
 
-class CaseWriter:
-    """`--out`: each ended case appended as it ends, after the results so far were written (the
-    service writes the file whole at the start and the end, so a resume holds each case once)."""
-
-    def __init__(self, services: Services, batch_id: str, path: Path) -> None:
-        self.services, self.batch_id, self.path = services, batch_id, path
-        self.csv = path.suffix.lower() == ".csv"
-        self.columns: list[str] | None = None
-
-    async def start(self) -> None:
-        await self.services.batches.results_file(self.batch_id, self.path)
-        if self.csv:
-            import csv
-
-            with self.path.open(newline="", encoding="utf-8") as f:
-                self.columns = next(csv.reader(f), None)
-
-    def on_case(self, result: CaseResult) -> None:
-        from tether.domain.batches import CaseStatus
-
-        if result.status in (CaseStatus.PAUSED, CaseStatus.PENDING, CaseStatus.QUEUED, CaseStatus.RUNNING):
-            return  # not ended: written when it ends (or by the final rewrite)
-        data = result.to_dict()
-        if self.csv:
-            import csv
-            import io
-
-            buffer = io.StringIO()
-            columns = self.columns or list(data)
-            csv.writer(buffer).writerow([_cell(data.get(c)) for c in columns])
-            line = buffer.getvalue()
-        else:
-            line = json.dumps(data, ensure_ascii=False, default=str) + "\n"
-        # one write() of a whole line, appended: a crash leaves whole lines
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
-
-    async def finish(self) -> None:
-        await self.services.batches.results_file(self.batch_id, self.path)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
-
-
 class Interrupted(Exception):
     """The batch was stopped by Ctrl-C (its `stop` event set)."""
 
@@ -284,16 +232,12 @@ def drive(services: Services, batch_id: str, *, concurrency: int | None, retry_f
                               "(Ctrl-C again to exit at once)", soft_wrap=True)
 
         loop.add_signal_handler(signal.SIGINT, on_sigint)
-        writer = CaseWriter(services, batch_id, out) if out is not None else None
         try:
-            if writer is not None:
-                await writer.start()
             with BatchProgressView(console) as view:
-                info = await services.batches.run(
-                    batch_id, concurrency=concurrency, retry_failed=retry_failed, on_progress=view.update,
-                    on_case=writer.on_case if writer is not None else None, stop=stop, cases_hash=cases_hash)
-            if writer is not None:
-                await writer.finish()
+                # --out: rewritten from the store first (each case once), then a line a case as it ends
+                info = await services.batches.run(batch_id, concurrency=concurrency, retry_failed=retry_failed,
+                                                  on_progress=view.update, stop=stop, cases_hash=cases_hash,
+                                                  out=out)
         finally:
             loop.remove_signal_handler(signal.SIGINT)
         if stop.is_set():
@@ -317,8 +261,9 @@ def after_batch(info: BatchInfo, paused: list[CaseResult], out: Path | None) -> 
     if out is not None:
         console.print(Text(f"results: {out}", style="dim"), soft_wrap=SOFT)
     if counts[CaseStatus.PAUSED]:
-        console.print(f"{counts[CaseStatus.PAUSED]} case{'s' if counts[CaseStatus.PAUSED] != 1 else ''} paused "
-                      "and wait for an answer:", soft_wrap=SOFT)
+        n = counts[CaseStatus.PAUSED]
+        console.print(f"{n} case{' is' if n == 1 else 's are'} paused and wait{'s' if n == 1 else ''} for an answer:",
+                      soft_wrap=SOFT)
         for line in how_to_answer(info, paused):
             console.print(Text("  " + line, style="bold"), soft_wrap=SOFT)
         return EXIT_PAUSED
@@ -331,14 +276,22 @@ def after_batch(info: BatchInfo, paused: list[CaseResult], out: Path | None) -> 
     return EXIT_OK
 
 
+def pause_reasons(result: CaseResult) -> set[str]:
+    """Why a case is paused ("budget", "approval", ...), from its `pause_reason` ("a, b: details")."""
+    head = (result.pause_reason or "").partition(":")[0]
+    return {r.strip() for r in head.split(",") if r.strip()}
+
+
 def how_to_answer(info: BatchInfo, paused: list[CaseResult]) -> list[str]:
     """The exact commands that answer the paused cases, by why they paused, then continue the batch."""
-    reasons = {r.pause_reason or "" for r in paused}
-    lines = []
-    for reason in sorted(reasons):
-        n = sum(1 for r in paused if (r.pause_reason or "") == reason)
-        lines.append(f"# {n} paused on {reason or 'a pause'}")
-    if "budget" in reasons:
+    by_reason: dict[str, int] = {}
+    for r in paused:
+        for reason in pause_reasons(r) or {"a pause"}:
+            by_reason[reason] = by_reason.get(reason, 0) + 1
+    lines = [f"# {n} paused on {reason}" for reason, n in sorted(by_reason.items())]
+    if "approval" in by_reason:
+        lines.append(cmd(f"batch answer {info.id} --approve-all"))
+    if "budget" in by_reason:
         if info.options.max_cost_usd is not None:
             raised = f" --max-cost {_raised(info.options.max_cost_usd)}"
         elif info.options.max_tokens is not None:
@@ -346,8 +299,11 @@ def how_to_answer(info: BatchInfo, paused: list[CaseResult]) -> list[str]:
         else:
             raised = ""
         lines.append(cmd(f"batch answer {info.id} --continue{raised}"))
-    if reasons & {"approval", "breakpoint"}:
-        lines.append(cmd(f"batch answer {info.id} --approve-all"))
+    elif "breakpoint" in by_reason:
+        lines.append(cmd(f"batch answer {info.id} --continue"))
+    if by_reason.keys() & {"uncertain", "client_tool"}:
+        lines.append(f"# uncertain calls and client tools are answered a run at a time: "
+                     f"{cmd(f'batch show {info.id} --status paused')}, then {cmd('runs answer RUN_ID CALL_ID …')}")
     lines.append(cmd(f"batch answer {info.id} --abort") + "   # or end them all")
     lines.append(f"then: {cmd(f'batch resume {info.id}')}")
     return lines
@@ -697,7 +653,13 @@ def prune_cmd(
 
     Example: `tether runs prune --older-than 30d --dry-run`"""
     seconds = parse_age(older_than)
-    n = _services_call(config, lambda s: s.runs.prune(older_than_s=seconds, dry_run=dry_run))
+
+    async def prune(services: Services) -> int:
+        python = services.operator.tools.get("python")  # the operator's work folders go too
+        roots = [Path(python.options["work_root"])] if python is not None and "work_root" in python.options else []
+        return await services.runs.prune(older_than_s=seconds, dry_run=dry_run, work_roots=roots)
+
+    n = _services_call(config, prune)
     runs = "run" if n == 1 else "runs"
     console.print(f"would delete {n} finished {runs} older than {older_than}" if dry_run
                   else f"deleted {n} finished {runs} older than {older_than}", soft_wrap=SOFT)

@@ -351,7 +351,7 @@ class AssistantsService(Generic[RunT]):
                 raise InvalidRequest(f"Invalid value for 'tools[{i}]': a batch cannot use function tools (no client "
                                      "runs them); use tether_tools, which the server runs.", f"tools[{i}]")
         agent_id = new_id("bagent")
-        agent = self.agents.build(agent_id, settings)
+        agent = self.agents.build_batch(agent_id, settings)
         await self.objects.put_object(StoredObject(agent_id, BATCH_AGENT, tenant, _now(), settings.stored()))
         return agent
 

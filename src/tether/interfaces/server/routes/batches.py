@@ -93,7 +93,7 @@ class BatchAnswer(Body):
 
 
 def _invalid(e: ValidationError, prefix: str = "") -> ApiError:
-    message, param = validation_message(list(e.errors()))
+    message, param = validation_message([dict(x) for x in e.errors()])
     if prefix and param:
         message, param = message.replace(f"'{param}'", f"'{prefix}{param}'"), prefix + param
     return ApiError(400, message, param=param)
@@ -103,7 +103,7 @@ async def _body(request: Request) -> tuple[BatchCreate, str]:
     """The request's batch: a JSON body, or multipart form data (`file`: a JSONL file; `batch`: the
     other fields as JSON). Also the field the cases came in, to name it in errors."""
     kind = request.headers.get("content-type", "")
-    if kind.startswith("multipart/form-data"):
+    if kind.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):  # a form: an upload
         form = await request.form()
         upload, fields = form.get("file"), form.get("batch")
         if upload is None or isinstance(upload, str):
