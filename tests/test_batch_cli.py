@@ -125,6 +125,17 @@ def test_failed_cases_exit_1_and_retry_failed_runs_only_them(cli, agent, tmp_pat
     assert sorted(r["key"] for r in lines) == ["0", "1", "2"]  # each case once, after the resume too
 
 
+def test_a_resume_is_refused_when_the_input_file_changed(cli, agent, tmp_path):
+    cases = jsonl(tmp_path / "cases.jsonl", "say one", "fail two")
+    batch_id = batch_id_in(cli("batch", "run", str(agent), str(cases)).stdout)
+    jsonl(cases, "say one", "say two instead")
+    refused = cli("batch", "resume", batch_id, "--retry-failed")
+    assert refused.returncode == 2, refused.all
+    assert "was created from other input" in refused.stderr
+    cases.unlink()  # gone: the stored cases are the batch's, it goes on without its file
+    assert cli("batch", "resume", batch_id, "--retry-failed").returncode == 1
+
+
 def test_bad_lines_are_refused_with_their_numbers_or_skipped(cli, agent, tmp_path):
     cases = tmp_path / "cases.jsonl"
     cases.write_text('"good one"\n{"input": 3}\n\nnot json\n"good two"\n')
@@ -156,6 +167,12 @@ def test_paused_cases_exit_3_with_the_command_that_answers_them(cli, agent, tmp_
     resumed = cli("batch", "resume", batch_id)
     assert resumed.returncode == 0, resumed.all
     assert "3/3 completed" in resumed.stdout
+
+    again = batch_id_in(cli("batch", "run", str(stopping), str(cases)).stdout)
+    cancelled = cli("batch", "cancel", again)
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout, cancelled.all
+    counts = json.loads(cli("batch", "show", again, "--json").stdout)["batch"]["counts"]
+    assert counts["cancelled"] == 2 and counts["completed"] == 1, counts
 
 
 def test_ctrl_c_stops_cleanly_and_resume_finishes_every_case_once(cli, agent, tmp_path):
@@ -276,3 +293,28 @@ def test_a_wrong_argument_is_one_line_and_exit_2(cli, agent, tmp_path, args, mes
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
     assert message in lines[0], lines[0]
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "batches.md"
+
+
+def test_the_docs_terminal_example_runs(cli, tmp_path):
+    block = DOCS.read_text().split("```sh\n", 1)[1].split("```", 1)[0]
+    assert "tether batch run" in block
+    script = block.replace("python -c", f"{shlex.quote(sys.executable)} -c").replace("tether ", f"{cli.prefix} ")
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=cli.env, cwd=tmp_path,
+                         timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    results = {r["key"]: r for r in map(json.loads, (tmp_path / "results.jsonl").read_text().splitlines())}
+    assert sorted(results) == ["2", "roses", "tulips"]
+    assert "Roses cost $2.40" in results["roses"]["output"] and "$1.38" in results["tulips"]["output"]
+    assert "3/3 completed" in out.stdout
+
+
+def test_the_docs_python_example_runs(cli, tmp_path):
+    block = DOCS.read_text().split("```python\n", 1)[1].split("```", 1)[0]
+    out = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, env=cli.env,
+                         cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "2 completed, 0 failed", out.stdout
+    assert "tulips completed" in out.stdout

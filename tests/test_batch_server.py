@@ -211,3 +211,32 @@ def test_the_operators_dollar_cap_is_never_exceeded_by_a_request(fake, tmp_path)
         expect_400(http.post("/v1/tether/batches/batch_nope/answer", json={"action": "continue",
                                                                            "max_cost_usd": 9}),
                    "max_cost_usd", "cap of 2.5")
+
+
+def test_a_batch_the_server_ran_goes_on_when_a_server_starts_again_after_a_kill(tmp_path):
+    def slow_echo(body: dict[str, Any]) -> str:
+        time.sleep(0.2)
+        return echo(body)
+
+    with FakeOpenAI() as slow:
+        slow.respond_with(slow_echo)
+        first = _serve(slow, tmp_path, "").start()
+        try:
+            with client(first, KEY_A) as http:
+                batch = http.post("/v1/tether/batches", json={"agent": AGENT, "concurrency": 2,
+                                                              "cases": [f"case {i}" for i in range(12)]}).json()
+                deadline = time.monotonic() + 60
+                while http.get(f"/v1/tether/batches/{batch['id']}").json()["counts"]["completed"] < 2:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+        finally:
+            first.kill()
+        with _serve(slow, tmp_path, "") as second, client(second, KEY_A) as http:
+            done = finished(http, batch["id"])
+            assert done["state"] == "done" and done["counts"]["completed"] == 12, done
+            cases = http.get(f"/v1/tether/batches/{batch['id']}/cases").json()["data"]
+            assert [c["output"] for c in cases] == [f"echo: case {i}" for i in range(12)]
+            assert {c["attempt"] for c in cases} == {1}
+    # every case's model call was made once, but those in flight at the kill (at most 2) twice
+    asked = [m["messages"][-1]["content"] for m in slow.requests]
+    assert sorted(set(asked)) == sorted(f"case {i}" for i in range(12)) and len(asked) <= 14, asked

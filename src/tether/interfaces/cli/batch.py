@@ -463,7 +463,7 @@ def source_hash(info: BatchInfo) -> str | None:
         try:
             cases, _ = parse_csv(text, column)
         except ValueError:
-            return "changed"  # the column is gone: not the file the batch was made from
+            return None  # which column held the input is not stored: the check is left to a known column
     else:
         return None
     return cases_hash(cases)
