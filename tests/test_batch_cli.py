@@ -318,3 +318,35 @@ def test_the_docs_python_example_runs(cli, tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-1] == "2 completed, 0 failed", out.stdout
     assert "tulips completed" in out.stdout
+
+
+def _progress(**changes: object):
+    from tether.domain.batches import BatchProgress
+
+    values: dict[str, object] = dict(
+        batch_id="batch_x", total=10, completed=5, failed=1, paused=1, running=2, pending=1, cancelled=0,
+        cost_usd=0.85, tokens=12345, max_cost_usd=1.0, max_tokens=None, elapsed_s=75.0, per_s=0.08, eta_s=40.0,
+        last_errors=[("k1", "boom\nwith a second line " + "x" * 200)],
+        budget_warning="spent $0.8500 of the $1 budget (85%)")
+    values.update(changes)
+    return BatchProgress(**values)  # type: ignore[arg-type]
+
+
+def test_the_view_shows_spend_against_the_budget_its_warning_and_the_last_errors():
+    import io
+
+    from rich.console import Console
+
+    from tether.interfaces.cli.batch_progress import plain_line, view
+
+    out = io.StringIO()
+    Console(file=out, width=120, force_terminal=False).print(view(_progress()))
+    shown = out.getvalue()
+    assert "6/10" in shown and "5 completed" in shown and "1 paused" in shown and "2 running" in shown
+    assert "0.08 cases/s · ETA 40s · elapsed 1m15s" in shown
+    assert "tokens 12,345 · $0.8500 of $1.0000 (85%)" in shown
+    assert "spent $0.8500 of the $1 budget (85%)" in shown
+    assert "case k1: boom with a second line xxx" in shown and "…" in shown  # one line, cut short
+    line = plain_line(_progress(cost_usd=None, budget_warning=None, max_cost_usd=None, max_tokens=50000))
+    assert line == ("batch batch_x: 6/10 done (5 completed, 1 failed, 1 paused, 2 running, 1 pending); "
+                    "0.08 cases/s, ETA 40s, elapsed 1m15s; tokens 12,345 of 50,000 · cost unknown; last error in case k1")

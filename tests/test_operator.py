@@ -92,6 +92,7 @@ def test_the_documented_configuration_loads(tmp_path, monkeypatch):
     assert sorted(config.mcp_servers) == ["git", "time"]
     assert config.server_tools().limits("python") == {"cpu_s": (10.0, 10.0), "memory_mb": (256, 256),
                                                       "output_bytes": (65536, 65536), "wall_s": (15, 60)}
+    assert config.batches.max_cost_usd == 5.0
 
 
 def test_batch_caps_are_read_and_shown(tmp_path):

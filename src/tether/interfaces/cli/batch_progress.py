@@ -50,7 +50,7 @@ def _finished(p: BatchProgress) -> int:
 def spend_text(p: BatchProgress) -> str:
     """"tokens 1,234 of 10,000 · $0.4200 of $1.0000 (42%)": what was spent against the budgets."""
     tokens = f"tokens {p.tokens:,}" + (f" of {p.max_tokens:,}" if p.max_tokens is not None else "")
-    cost = fmt_money(p.cost_usd)
+    cost = fmt_money(p.cost_usd) if p.cost_usd is not None else "cost unknown"
     if p.max_cost_usd is not None:
         cost += f" of {fmt_money(p.max_cost_usd)}"
         if p.cost_usd is not None and p.max_cost_usd > 0:
