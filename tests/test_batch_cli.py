@@ -349,4 +349,5 @@ def test_the_view_shows_spend_against_the_budget_its_warning_and_the_last_errors
     assert "case k1: boom with a second line xxx" in shown and "…" in shown  # one line, cut short
     line = plain_line(_progress(cost_usd=None, budget_warning=None, max_cost_usd=None, max_tokens=50000))
     assert line == ("batch batch_x: 6/10 done (5 completed, 1 failed, 1 paused, 2 running, 1 pending); "
-                    "0.08 cases/s, ETA 40s, elapsed 1m15s; tokens 12,345 of 50,000 · cost unknown; last error in case k1")
+                    "0.08 cases/s, ETA 40s, elapsed 1m15s; tokens 12,345 of 50,000 · cost unknown; "
+                    "last error in case k1")
