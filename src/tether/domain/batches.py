@@ -14,7 +14,7 @@ import io
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -260,8 +260,7 @@ class BatchOptions:
         return cls(**{k: v for k, v in data.items() if k in _OPTION_NAMES})
 
 
-_OPTION_NAMES = {"concurrency", "max_cost_usd", "max_tokens", "per_case_max_cost_usd", "on_budget", "name",
-                 "task_template"}
+_OPTION_NAMES = {f.name for f in fields(BatchOptions)}
 
 
 def case_run_id(batch_id: str, key: str, attempt: int) -> str:

@@ -188,19 +188,16 @@ class BatchesService:
             raise TetherError(f"batch {batch_id} is being run by this process already")
         agent = await self._agent(record)
         n = concurrency or record.options.concurrency
-        session = self._sessions[batch_id] = _Session()
+        session = self._sessions[batch_id] = _Session(stop=stop or asyncio.Event())
         writer = None
         if out is not None:
             # The cases this session runs again are left out: the file holds each case once.
             await write_results(self, batch_id, Path(out), skip=RETRYABLE if retry_failed else frozenset())
             writer = ResultsWriter(Path(out))
         runner = _Runner(self, record, agent, session, n, retry_failed, on_progress, on_case, writer)
-        watcher = asyncio.create_task(_wait_and_set(stop, session.stop)) if stop is not None else None
         try:
             await runner.run()
         finally:
-            if watcher is not None:
-                watcher.cancel()
             if writer is not None:
                 writer.close()
             del self._sessions[batch_id]
@@ -213,9 +210,11 @@ class BatchesService:
         try:
             return await self.runs.agent_for(snapshot)
         except ConfigError as e:
-            raise ConfigError(f"batch {record.id}: {e}. A batch made from an agent defined in code resumes in a "
-                              "process where that agent is registered (service.register(agent)) or has a "
-                              "ref='module:attr'; one made from an agent file resumes anywhere") from None
+            hint = ("" if "cannot find agent" not in str(e) else
+                    ". A batch made from an agent defined in code resumes in a process where that agent is "
+                    "registered (service.register(agent)) or has a ref='module:attr'; one made from an agent "
+                    "file resumes anywhere")
+            raise ConfigError(f"batch {record.id}: {e}{hint}") from None
 
     def spawn(self, batch_id: str, **run_options: Any) -> None:
         """Run the batch in the background of this event loop (the server's way); tracked, so that
@@ -330,12 +329,13 @@ class BatchesService:
             if answers is None:
                 continue
             try:
-                await self.runs.decide(run_id, view.pause_id, answers, by=by, drive=False)
+                # An abort ends the run now (it calls nothing); other answers leave it queued for `run`.
+                await self.runs.decide(run_id, view.pause_id, answers, by=by, drive=action == "abort")
             except (AlreadyResumed, TetherError) as e:
                 log.info("batch %s: case %s not answered: %s", batch_id, row.stored.case.key, e)
                 continue
             answered += 1
-            if session is not None:
+            if session is not None and action != "abort":
                 session.answered.put_nowait(row)
         return answered
 
@@ -620,12 +620,6 @@ def _call(fn: Callable[[Any], None], value: Any) -> None:
         fn(value)
     except Exception:
         log.exception("a batch listener failed")
-
-
-async def _wait_and_set(source: asyncio.Event | None, target: asyncio.Event) -> None:
-    if source is not None:
-        await source.wait()
-        target.set()
 
 
 def _log_failure(batch_id: str, task: asyncio.Task[Any]) -> None:
