@@ -10,7 +10,6 @@ no new case starts, cases in flight stay resumable).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
@@ -217,6 +216,8 @@ def drive(services: Services, batch_id: str, *, concurrency: int | None, retry_f
           out: Path | None, cases_hash: str | None) -> Awaitable[BatchInfo]:
     """Run (or resume) the batch with its live progress; Ctrl-C sets its stop event (a second one
     exits at once: the runs stay resumable anyway). Raises Interrupted when stopped."""
+
+    import asyncio
 
     async def go() -> BatchInfo:
         loop = asyncio.get_running_loop()
