@@ -208,6 +208,8 @@ def test_the_operators_dollar_cap_is_never_exceeded_by_a_request(fake, tmp_path)
         expect_400(http.post("/v1/tether/batches", json={"agent": AGENT, "cases": ["x"], "max_cost_usd": 1,
                                                          "per_case_max_cost_usd": 3}),
                    "per_case_max_cost_usd", "cap of 2.5")
+        expect_400(http.post("/v1/tether/batches", json={"agent": AGENT, "cases": ["x"], "max_cost_usd": 1}),
+                   "max_cost_usd", "price of model 'gpt-4o-mini' is unknown")  # the fake's price: nobody knows
         expect_400(http.post("/v1/tether/batches/batch_nope/answer", json={"action": "continue",
                                                                            "max_cost_usd": 9}),
                    "max_cost_usd", "cap of 2.5")

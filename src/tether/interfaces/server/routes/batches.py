@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import Field, ValidationError, model_validator
 
-from tether.domain.errors import InvalidRequest
+from tether.domain.errors import ConfigError, InvalidRequest
 from tether.interfaces.server.errors import ApiError, validation_message
 from tether.interfaces.server.routes.common import services, tenant
 from tether.interfaces.server.schemas import (
@@ -216,7 +216,11 @@ async def create_batch(request: Request) -> dict[str, Any]:
         param = f"agent.{e.param}" if e.param else "agent"
         message = str(e).replace(f"'{e.param}'", f"'{param}'") if e.param else str(e)
         raise ApiError(400, message, param=param) from None
-    info = await services_.batches.create(agent, cases, options, tenant=tenant(request))
+    try:
+        info = await services_.batches.create(agent, cases, options, tenant=tenant(request))
+    except ConfigError as e:  # e.g. a dollar budget on a model whose price is unknown here
+        budget = "max_cost_usd" if body.max_cost_usd is not None else "per_case_max_cost_usd"
+        raise ApiError(400, f"Invalid value for '{budget}': {e}.", param=budget) from None
     services_.batches.spawn(info.id)
     return info.to_dict()
 
