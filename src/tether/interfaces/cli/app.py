@@ -38,6 +38,7 @@ from tether.interfaces.cli.render import (
     print_runs,
     run_to_dict,
 )
+from tether.interfaces.cli.usage import UsageMistake
 
 if TYPE_CHECKING:
     from tether.services.agents import Agent
@@ -93,10 +94,6 @@ def _options(show_version: Annotated[bool, typer.Option(
 
 
 # -- plumbing -----------------------------------------------------------------------------------
-
-
-class UsageMistake(TetherError):
-    """A mistake in how the command was called (shown as `error: …`, exit 2)."""
 
 
 LeaseTtl = Annotated[float, typer.Option(

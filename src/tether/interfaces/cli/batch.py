@@ -26,10 +26,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tether.domain.errors import TetherError
 from tether.interfaces.cli.batch_progress import BatchProgressView, fmt_money
 from tether.interfaces.cli.invocation import cmd
 from tether.interfaces.cli.render import STATUS_STYLE, fmt_duration, fmt_time
+from tether.interfaces.cli.usage import UsageMistake
 
 if TYPE_CHECKING:
     from tether.domain.batches import BatchInfo, BatchOptions, Case, CaseResult
@@ -52,10 +52,6 @@ batch_app = typer.Typer(
     rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-class UsageMistake(TetherError):
-    """A mistake in how the command was called (shown as `error: …`, exit 2)."""
 
 
 class OnBudget(StrEnum):
