@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from tether.domain.records import PauseReason
 from tether.interfaces.cli.batch_progress import BatchProgressView, fmt_money
 from tether.interfaces.cli.invocation import cmd
 from tether.interfaces.cli.render import STATUS_STYLE, fmt_duration, fmt_time
@@ -286,9 +287,9 @@ def how_to_answer(info: BatchInfo, paused: list[CaseResult]) -> list[str]:
         for reason in pause_reasons(r) or {"a pause"}:
             by_reason[reason] = by_reason.get(reason, 0) + 1
     lines = [f"# {n} paused on {reason}" for reason, n in sorted(by_reason.items())]
-    if "approval" in by_reason:
+    if PauseReason.APPROVAL in by_reason:
         lines.append(cmd(f"batch answer {info.id} --approve-all"))
-    if "budget" in by_reason:
+    if PauseReason.BUDGET in by_reason:
         if info.options.max_cost_usd is not None:
             raised = f" --max-cost {_raised(info.options.max_cost_usd)}"
         elif info.options.max_tokens is not None:
@@ -296,9 +297,9 @@ def how_to_answer(info: BatchInfo, paused: list[CaseResult]) -> list[str]:
         else:
             raised = ""
         lines.append(cmd(f"batch answer {info.id} --continue{raised}"))
-    elif "breakpoint" in by_reason:
+    elif PauseReason.BREAKPOINT in by_reason:
         lines.append(cmd(f"batch answer {info.id} --continue"))
-    if by_reason.keys() & {"uncertain", "client_tool"}:
+    if by_reason.keys() & {PauseReason.UNCERTAIN, PauseReason.CLIENT_TOOL}:
         lines.append(f"# uncertain calls and client tools are answered a run at a time: "
                      f"{cmd(f'batch show {info.id} --status paused')}, then {cmd('runs answer RUN_ID CALL_ID …')}")
     lines.append(cmd(f"batch answer {info.id} --abort") + "   # or end them all")
