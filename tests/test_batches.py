@@ -180,6 +180,28 @@ async def test_a_resume_after_stop_skips_finished_cases_and_resumes_interrupted_
     assert all(line["status"] == "completed" for line in lines)
 
 
+async def test_a_stop_is_seen_after_the_queue_has_run_dry(service: BatchesService) -> None:
+    """The last cases are held in flight after every other worker has finished: a stop still ends the
+    run at once, leaving them resumable."""
+    world = World()
+    info = await service.create(world.agent(), cases_of(tasks(12)), BatchOptions(concurrency=4))
+    stop = asyncio.Event()
+    world.gate, world.hold = asyncio.Event(), {"task 10", "task 11"}
+
+    async def stop_when_both_are_held() -> None:
+        while world.waiting < 2:
+            await asyncio.sleep(0.005)
+        stop.set()
+
+    stopper = asyncio.create_task(stop_when_both_are_held())
+    stopped = await asyncio.wait_for(service.run(info.id, stop=stop), 60)
+    await stopper
+    assert stopped.counts[CaseStatus.COMPLETED] == 10 and stopped.counts[CaseStatus.QUEUED] == 2
+    world.gate.set()
+    assert (await service.run(info.id)).counts[CaseStatus.COMPLETED] == 12
+    assert len(await all_runs(service)) == 12
+
+
 async def test_a_run_interrupted_after_its_tool_goes_on_from_its_log(service: BatchesService) -> None:
     """The stopped case's run is resumed, not restarted: its first model call and its tool call are not
     made again."""

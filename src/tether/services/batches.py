@@ -382,6 +382,8 @@ class _Runner:
         self.tokens = 0
         self.last_progress = 0.0
         self.agents: dict[str, Agent] = {}  # instructions filled with a case's vars → the agent for them
+        self._starts: tuple[builtins.list[tuple[int, int, str]], asyncio.Future[None]] | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         totals = await self.store.batch_totals(self.record.id)
@@ -393,16 +395,17 @@ class _Runner:
                    for i in range(self.n)]
         stopper = asyncio.create_task(self.session.stop.wait())
         try:
-            done, _ = await asyncio.wait([*workers, stopper], return_when=asyncio.FIRST_COMPLETED)
-            if stopper in done:  # stop: the cases in flight are interrupted, left queued (resumable)
-                for w in workers:
-                    w.cancel()
-            else:
-                await asyncio.gather(*workers)
+            pending: set[asyncio.Task[Any]] = {*workers, stopper}
+            while pending - {stopper}:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if stopper in done:  # stop: the cases in flight are interrupted, left queued (resumable)
+                    break
+                for w in done:
+                    w.result()  # a worker's own failure (not a case's) is the batch's
         finally:
             for t in (feeder, stopper, *workers):
                 t.cancel()
-            await asyncio.gather(feeder, stopper, *workers, return_exceptions=True)
+            await asyncio.gather(feeder, stopper, *workers, *self._flushes, return_exceptions=True)
         self._progress(force=True)
 
     async def _feed(self) -> None:
@@ -511,7 +514,7 @@ class _Runner:
         batch_id = self.record.id
         run_id = case_run_id(batch_id, case.key, attempt)
         if stored.run_id != run_id:
-            await self.store.start_case(batch_id, case.index, attempt, run_id)
+            await self._record_start(case.index, attempt, run_id)
             stored.attempt, stored.run_id = attempt, run_id
         agent = self._agent_for(case)
         try:
@@ -524,6 +527,36 @@ class _Runner:
             if await self.service.runs.info(run_id) is not None:  # another process started it first
                 return None
             raise
+        except asyncio.CancelledError:
+            # Stopped while the run was being created: if it was, give its lease back (as an interrupted
+            # run's is), so that a resume from another service takes it at once, not when it expires.
+            with contextlib.suppress(Exception):
+                await self.service.runs.store.release_lease(run_id, self.service.runs.owner)
+            raise
+
+    async def _record_start(self, index: int, attempt: int, run_id: str) -> None:
+        """Store the case's new attempt and run id before its run exists; the cases starting in one
+        loop iteration are stored in one transaction."""
+        if self._starts is None:
+            self._starts = ([], asyncio.get_running_loop().create_future())
+            self._flushes.add(task := asyncio.create_task(self._flush_starts()))
+            task.add_done_callback(self._flushes.discard)
+        starts, done = self._starts
+        starts.append((index, attempt, run_id))
+        await asyncio.shield(done)  # a cancelled case leaves the others' write alone
+
+    async def _flush_starts(self) -> None:
+        assert self._starts is not None
+        starts, done = self._starts
+        self._starts = None
+        try:
+            await self.store.start_cases(self.record.id, starts)
+        except BaseException as e:
+            done.set_exception(e)
+            if not isinstance(e, Exception):
+                raise
+        else:
+            done.set_result(None)
 
     def _agent_for(self, case: Case) -> Agent:
         """The agent with the case's vars filled into its instructions (itself when nothing changes)."""
