@@ -187,14 +187,15 @@ async def test_a_stop_is_seen_after_the_queue_has_run_dry(service: BatchesServic
     info = await service.create(world.agent(), cases_of(tasks(12)), BatchOptions(concurrency=4))
     stop = asyncio.Event()
     world.gate, world.hold = asyncio.Event(), {"task 10", "task 11"}
+    ended: list[Any] = []
 
     async def stop_when_both_are_held() -> None:
-        while world.waiting < 2:
+        while world.waiting < 2 or len(ended) < 10:
             await asyncio.sleep(0.005)
         stop.set()
 
     stopper = asyncio.create_task(stop_when_both_are_held())
-    stopped = await asyncio.wait_for(service.run(info.id, stop=stop), 60)
+    stopped = await asyncio.wait_for(service.run(info.id, stop=stop, on_case=ended.append), 60)
     await stopper
     assert stopped.counts[CaseStatus.COMPLETED] == 10 and stopped.counts[CaseStatus.QUEUED] == 2
     world.gate.set()
