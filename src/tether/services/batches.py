@@ -394,6 +394,7 @@ class _Runner:
         workers = [asyncio.create_task(self._work(), name=f"batch {self.record.id} worker {i}")
                    for i in range(self.n)]
         stopper = asyncio.create_task(self.session.stop.wait())
+        ticker = asyncio.create_task(self._tick())  # elapsed time and ETA move between case ends too
         try:
             pending: set[asyncio.Task[Any]] = {*workers, stopper}
             while pending - {stopper}:
@@ -403,9 +404,9 @@ class _Runner:
                 for w in done:
                     w.result()  # a worker's own failure (not a case's) is the batch's
         finally:
-            for t in (feeder, stopper, *workers):
+            for t in (feeder, stopper, ticker, *workers):
                 t.cancel()
-            await asyncio.gather(feeder, stopper, *workers, *self._flushes, return_exceptions=True)
+            await asyncio.gather(feeder, stopper, ticker, *workers, *self._flushes, return_exceptions=True)
         self._progress(force=True)
 
     async def _feed(self) -> None:
@@ -579,6 +580,11 @@ class _Runner:
         if source != to and self.counts.get(source, 0) > 0:
             self.counts[source] -= 1
             self.counts[to] = self.counts.get(to, 0) + 1
+
+    async def _tick(self) -> None:
+        while self.on_progress is not None:
+            await asyncio.sleep(PROGRESS_EVERY_S)
+            self._progress()
 
     def _progress(self, *, force: bool = False) -> None:
         if self.on_progress is None:
