@@ -621,3 +621,17 @@ async def test_a_batch_runs_on_the_memory_store() -> None:
     assert await service.runs.prune(older_than_s=0) == 0  # the batch's runs are the batch's
     await service.delete(info.id, with_runs=True)
     assert await service.runs.store.list_runs() == []
+
+
+def test_the_docs_python_batch_example_runs_and_prints_what_it_says(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    doc = (Path(__file__).parents[1] / "docs" / "batches-python.md").read_text()
+    snippet = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    printed = doc.split("prints\n\n```\n", 1)[1].split("```", 1)[0]
+    env = {**os.environ, "TETHER_HOME": str(tmp_path)}
+    env.pop("TETHER_DATABASE_URL", None)
+    out = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == printed
