@@ -399,6 +399,25 @@ async def test_cancel_while_running_here_cancels_cases_in_flight(service: Batche
     assert world.effects == {}
 
 
+async def test_a_cancel_from_another_process_stops_a_batch_running_here(db: str) -> None:
+    world = World()
+    world.gate = asyncio.Event()
+    here, there = SqlStore(db), SqlStore(db)
+    try:
+        batches = BatchesService(RunsService(here))
+        info = await batches.create(world.agent(), cases_of(tasks(6)), BatchOptions(concurrency=2))
+        running = asyncio.create_task(batches.run(info.id))
+        while world.waiting < 2:
+            await asyncio.sleep(0.005)
+        await BatchesService(RunsService(there)).cancel(info.id)  # another owner, as another process
+        done = await asyncio.wait_for(running, 60)
+        assert done.state == BatchState.CANCELLED
+        assert done.counts[CaseStatus.CANCELLED] == 2 and done.counts[CaseStatus.PENDING] == 4
+    finally:
+        await here.close()
+        await there.close()
+
+
 async def test_the_results_file_is_jsonl_or_csv_and_holds_ended_cases(service: BatchesService,
                                                                       tmp_path: Path) -> None:
     import csv

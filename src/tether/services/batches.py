@@ -67,6 +67,7 @@ from tether.services.views import Run
 log = logging.getLogger("tether.batches")
 PROGRESS_EVERY_S = 0.2  # progress snapshots at most this often (and at every case end)
 LAST_ERRORS = 5
+CANCEL_POLL_S = 1.0  # how soon a batch running here sees a cancel made in another process
 
 
 @dataclass(slots=True)
@@ -142,16 +143,16 @@ class BatchesService:
         return [batch_info(r, await self.store.batch_totals(r.id)) for r in records]
 
     async def cases(self, batch_id: str, *, status: CaseStatus | None = None, after: int | None = None,
-                    limit: int = 100) -> builtins.list[CaseResult]:
+                    limit: int = 100, tenant: str | None = None) -> builtins.list[CaseResult]:
         """A page of the batch's cases by index: those after index `after`, of one status if given."""
-        await self._record(batch_id)
+        await self._record(batch_id, tenant)
         if status is not None:
             status = CaseStatus(status)
         rows = await self.store.batch_cases(batch_id, status=status, after=after, limit=limit)
         return [case_result(row) for row in rows]
 
-    async def progress(self, batch_id: str) -> BatchProgress:
-        record = await self._record(batch_id)
+    async def progress(self, batch_id: str, *, tenant: str | None = None) -> BatchProgress:
+        record = await self._record(batch_id, tenant)
         totals = await self.store.batch_totals(batch_id)
         session = self._sessions.get(batch_id)
         elapsed = time.monotonic() - session.started if session else 0.0
@@ -166,7 +167,7 @@ class BatchesService:
                   on_progress: Callable[[BatchProgress], None] | None = None,
                   on_case: Callable[[CaseResult], None] | None = None,
                   stop: asyncio.Event | None = None, cases_hash: str | None = None,
-                  out: Path | str | None = None) -> BatchInfo:
+                  out: Path | str | None = None, tenant: str | None = None) -> BatchInfo:
         """Run (or resume) the batch until every case has ended or paused; see the module docstring.
 
         `retry_failed`: failed, cancelled and incomplete cases get a new attempt (a new run).
@@ -174,7 +175,7 @@ class BatchesService:
         and this returns. `cases_hash` (of the input given again) must match the stored one.
         `out`: a results file (.jsonl or .csv), rewritten from the store first, then a line a case as
         cases end."""
-        record = await self._record(batch_id)
+        record = await self._record(batch_id, tenant)
         if cases_hash is not None and cases_hash != record.cases_hash:
             raise BatchInputChanged(f"batch {batch_id} was created from other input (its hash is {record.cases_hash}, "
                                     f"this input's is {cases_hash}); resume it without giving the input, or start "
@@ -208,7 +209,9 @@ class BatchesService:
         agent only where it is registered or importable by its ref)."""
         snapshot = _snapshot_of(record.agent)
         try:
-            return await self.runs.agent_for(snapshot)
+            agent = await self.runs.agent_for(snapshot)
+            self.runs.register(agent)  # its cases' resumes find it here, not by reading its file again
+            return agent
         except ConfigError as e:
             hint = ("" if "cannot find agent" not in str(e) else
                     ". A batch made from an agent defined in code resumes in a process where that agent is "
@@ -266,9 +269,9 @@ class BatchesService:
 
     # -- act -------------------------------------------------------------------------------------
 
-    async def cancel(self, batch_id: str) -> BatchInfo:
+    async def cancel(self, batch_id: str, *, tenant: str | None = None) -> BatchInfo:
         """No new case starts; cases running or paused are cancelled. Cases never started stay pending."""
-        record = await self._record(batch_id)
+        record = await self._record(batch_id, tenant)
         if record.state == BatchState.CANCELLED:
             raise AlreadyFinished(f"batch {batch_id} was cancelled already")
         await self.store.update_batch(batch_id, state=BatchState.CANCELLED, background=False)
@@ -294,7 +297,7 @@ class BatchesService:
 
     async def answer(self, batch_id: str, *, action: Literal["approve", "continue", "abort"],
                      max_cost_usd: float | None = None, max_tokens: int | None = None,
-                     reason: str | None = None) -> int:
+                     reason: str | None = None, tenant: str | None = None) -> int:
         """Answer the pauses of every paused case at once; returns how many were answered.
 
         `approve`: the cases waiting for approvals (their approvals approved, other items continued);
@@ -303,7 +306,7 @@ class BatchesService:
         case. The answered runs are advanced by the batch's next `run` (at once when it runs here)."""
         if action not in ("approve", "continue", "abort"):
             raise InvalidRequest(f"action must be approve, continue or abort, not {action!r}", param="action")
-        record = await self._record(batch_id)
+        record = await self._record(batch_id, tenant)
         if max_cost_usd is not None or max_tokens is not None:
             options = copy.copy(record.options)
             if max_cost_usd is not None:
@@ -339,10 +342,10 @@ class BatchesService:
                 session.answered.put_nowait(row)
         return answered
 
-    async def delete(self, batch_id: str, *, with_runs: bool = False) -> None:
+    async def delete(self, batch_id: str, *, with_runs: bool = False, tenant: str | None = None) -> None:
         """Delete the batch and its cases; with `with_runs`, every attempt's run too (an active one is
         cancelled first). Without, the runs stay as ordinary runs (`runs prune` may delete them)."""
-        await self._record(batch_id)
+        await self._record(batch_id, tenant)
         if batch_id in self._sessions:
             raise TetherError(f"batch {batch_id} is running in this process; cancel or stop it first")
         run_ids = await self.store.batch_run_ids(batch_id)
@@ -360,9 +363,9 @@ class BatchesService:
         """The batch with every case's result (the Python API's `Batch`)."""
         return await _batch_of(self, batch_id)
 
-    async def results_file(self, batch_id: str, path: Path | str) -> None:
+    async def results_file(self, batch_id: str, path: Path | str, *, tenant: str | None = None) -> None:
         """Write the batch's ended cases to `path`: JSONL, or CSV when it ends in .csv (atomically)."""
-        await self._record(batch_id)
+        await self._record(batch_id, tenant)
         await write_results(self, batch_id, Path(path))
 
 
@@ -469,6 +472,8 @@ class _Runner:
             self._progress()
             return
         result = _result_of(row.stored, view)
+        if result.status == CaseStatus.CANCELLED:  # perhaps the batch was cancelled elsewhere: no new case then
+            await self._check_cancelled()
         self._shift(CaseStatus.RUNNING, result.status)
         resumed = row.run is not None and row.run.id == view.id  # the same run, gone on with: count only its news
         self.tokens += result.input_tokens + result.output_tokens
@@ -582,9 +587,22 @@ class _Runner:
             self.counts[to] = self.counts.get(to, 0) + 1
 
     async def _tick(self) -> None:
-        while self.on_progress is not None:
+        """Progress between case ends; and a cancel from another process stops new cases here too."""
+        checked = time.monotonic()
+        while True:
             await asyncio.sleep(PROGRESS_EVERY_S)
             self._progress()
+            if time.monotonic() - checked >= CANCEL_POLL_S:
+                checked = time.monotonic()
+                await self._check_cancelled()
+
+    async def _check_cancelled(self) -> None:
+        if self.session.cancelled:
+            return
+        with contextlib.suppress(Exception):
+            record = await self.store.get_batch(self.record.id)
+            if record is None or record.state == BatchState.CANCELLED:
+                self.session.cancelled = True
 
     def _progress(self, *, force: bool = False) -> None:
         if self.on_progress is None:
