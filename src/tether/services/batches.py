@@ -14,6 +14,7 @@ import asyncio
 import builtins
 import contextlib
 import copy
+import functools
 import logging
 import time
 from collections import deque
@@ -77,7 +78,6 @@ class _Session:
     started: float = field(default_factory=time.monotonic)
     finished_here: int = 0
     last_errors: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=LAST_ERRORS))
-    in_flight: set[int] = field(default_factory=set)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: bool = False
     answered: asyncio.Queue[CaseRow] = field(default_factory=asyncio.Queue)
@@ -228,7 +228,11 @@ class BatchesService:
 
         async def go() -> BatchInfo:
             await self.store.update_batch(batch_id, background=True)
-            info = await self.run(batch_id, stop=stop, **run_options)
+            try:
+                info = await self.run(batch_id, stop=stop, **run_options)
+            except TetherError:  # it cannot run here (its agent is gone, ...): not taken up at every start
+                await self.store.update_batch(batch_id, background=False)
+                raise
             if not stop.is_set():  # ended or paused by itself: nothing to take up again at a restart
                 await self.store.update_batch(batch_id, background=False)
             return info
@@ -451,7 +455,6 @@ class _Runner:
     async def _case(self, row: CaseRow) -> None:
         case = row.stored.case
         origin = case_status(row.run)
-        self.session.in_flight.add(case.index)
         self._shift(origin, CaseStatus.RUNNING)
         try:
             view = await self._advance(row)
@@ -465,8 +468,6 @@ class _Runner:
             view = None
             log.exception("batch %s: case %s failed", self.record.id, case.key)
             self.session.last_errors.append((case.key, f"{type(e).__name__}: {e}"))
-        finally:
-            self.session.in_flight.discard(case.index)
         if view is None:  # not advanced here (another process has it, or it failed to start)
             self._shift(CaseStatus.RUNNING, origin)
             self._progress()
@@ -687,16 +688,19 @@ def _log_failure(batch_id: str, task: asyncio.Task[Any]) -> None:
         log.error("batch %s stopped: %s", batch_id, e, exc_info=e if not isinstance(e, TetherError) else None)
 
 
-def _snapshot_dict(snapshot: AgentSnapshot) -> dict[str, Any]:
+@functools.cache
+def _snapshots() -> Any:
     from pydantic import TypeAdapter
 
-    return TypeAdapter(AgentSnapshot).dump_python(snapshot, mode="json")  # type: ignore[no-any-return]
+    return TypeAdapter(AgentSnapshot)
+
+
+def _snapshot_dict(snapshot: AgentSnapshot) -> dict[str, Any]:
+    return _snapshots().dump_python(snapshot, mode="json")  # type: ignore[no-any-return]
 
 
 def _snapshot_of(data: dict[str, Any]) -> AgentSnapshot:
-    from pydantic import TypeAdapter
-
-    return TypeAdapter(AgentSnapshot).validate_python(data)  # type: ignore[no-any-return]
+    return _snapshots().validate_python(data)  # type: ignore[no-any-return]
 
 
 @dataclass(slots=True)
