@@ -296,15 +296,6 @@ def test_the_docs_terminal_example_runs(cli, tmp_path):
     assert "3/3 completed" in out.stdout
 
 
-def test_the_docs_python_example_runs(cli, tmp_path):
-    block = DOCS.read_text().split("```python\n", 1)[1].split("```", 1)[0]
-    out = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, env=cli.env,
-                         cwd=tmp_path, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines()[-1] == "2 completed, 0 failed", out.stdout
-    assert "tulips completed" in out.stdout
-
-
 def _progress(**changes: object):
     from tether.domain.batches import BatchProgress
 

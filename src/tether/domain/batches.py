@@ -427,8 +427,8 @@ class BatchProgress:
     completed: int
     failed: int  # failed or incomplete
     paused: int
-    running: int  # running or queued
-    pending: int
+    running: int
+    pending: int  # not started, or waiting to go on (queued: interrupted, or answered)
     cancelled: int
     cost_usd: float | None
     tokens: int
@@ -468,9 +468,10 @@ def progress_of(batch_id: str, counts: Mapping[CaseStatus, int], *, total: int, 
     """A progress snapshot: throughput and ETA from the cases finished in this session."""
     c = {s: counts.get(s, 0) for s in CaseStatus}
     per_s = finished_here / elapsed_s if elapsed_s > 0 else 0.0
-    left = c[CaseStatus.PENDING] + c[CaseStatus.QUEUED] + c[CaseStatus.RUNNING]
+    pending = c[CaseStatus.PENDING] + c[CaseStatus.QUEUED]
+    left = pending + c[CaseStatus.RUNNING]
     eta = left / per_s if per_s > 0 else (0.0 if left == 0 else None)
     return BatchProgress(batch_id, total, c[CaseStatus.COMPLETED], c[CaseStatus.FAILED] + c[CaseStatus.INCOMPLETE],
-                         c[CaseStatus.PAUSED], c[CaseStatus.RUNNING] + c[CaseStatus.QUEUED], c[CaseStatus.PENDING],
+                         c[CaseStatus.PAUSED], c[CaseStatus.RUNNING], pending,
                          c[CaseStatus.CANCELLED], cost_usd, tokens, options.max_cost_usd, options.max_tokens,
                          elapsed_s, per_s, eta, list(last_errors)[-5:], budget_warning(cost_usd, tokens, options))

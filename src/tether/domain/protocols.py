@@ -201,8 +201,13 @@ class BatchStore(Protocol):
         the rows carry no `finished`/`paused` records."""
         ...
 
-    async def start_case(self, batch_id: str, index: int, attempt: int, run_id: str) -> None:
-        """Record that the case is at `attempt`, whose run is `run_id` (before that run is created)."""
+    async def start_cases(self, batch_id: str, starts: Sequence[tuple[int, int, str]]) -> None:
+        """Record, for each (case index, attempt, run id), that the case is at that attempt, whose run is
+        about to be created (before it is): one transaction for them all."""
+        ...
+
+    async def background_batches(self) -> list[BatchRecord]:
+        """The open batches a server runs in the background (`update_batch(background=True)`)."""
         ...
 
     async def update_batch(self, batch_id: str, *, state: BatchState | None = None,

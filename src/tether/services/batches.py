@@ -14,6 +14,7 @@ import asyncio
 import builtins
 import contextlib
 import copy
+import functools
 import logging
 import time
 from collections import deque
@@ -67,6 +68,7 @@ from tether.services.views import Run
 log = logging.getLogger("tether.batches")
 PROGRESS_EVERY_S = 0.2  # progress snapshots at most this often (and at every case end)
 LAST_ERRORS = 5
+CANCEL_POLL_S = 1.0  # how soon a batch running here sees a cancel made in another process
 
 
 @dataclass(slots=True)
@@ -76,7 +78,6 @@ class _Session:
     started: float = field(default_factory=time.monotonic)
     finished_here: int = 0
     last_errors: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=LAST_ERRORS))
-    in_flight: set[int] = field(default_factory=set)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: bool = False
     answered: asyncio.Queue[CaseRow] = field(default_factory=asyncio.Queue)
@@ -142,16 +143,16 @@ class BatchesService:
         return [batch_info(r, await self.store.batch_totals(r.id)) for r in records]
 
     async def cases(self, batch_id: str, *, status: CaseStatus | None = None, after: int | None = None,
-                    limit: int = 100) -> builtins.list[CaseResult]:
+                    limit: int = 100, tenant: str | None = None) -> builtins.list[CaseResult]:
         """A page of the batch's cases by index: those after index `after`, of one status if given."""
-        await self._record(batch_id)
+        await self._record(batch_id, tenant)
         if status is not None:
             status = CaseStatus(status)
         rows = await self.store.batch_cases(batch_id, status=status, after=after, limit=limit)
         return [case_result(row) for row in rows]
 
-    async def progress(self, batch_id: str) -> BatchProgress:
-        record = await self._record(batch_id)
+    async def progress(self, batch_id: str, *, tenant: str | None = None) -> BatchProgress:
+        record = await self._record(batch_id, tenant)
         totals = await self.store.batch_totals(batch_id)
         session = self._sessions.get(batch_id)
         elapsed = time.monotonic() - session.started if session else 0.0
@@ -166,7 +167,7 @@ class BatchesService:
                   on_progress: Callable[[BatchProgress], None] | None = None,
                   on_case: Callable[[CaseResult], None] | None = None,
                   stop: asyncio.Event | None = None, cases_hash: str | None = None,
-                  out: Path | str | None = None) -> BatchInfo:
+                  out: Path | str | None = None, tenant: str | None = None) -> BatchInfo:
         """Run (or resume) the batch until every case has ended or paused; see the module docstring.
 
         `retry_failed`: failed, cancelled and incomplete cases get a new attempt (a new run).
@@ -174,7 +175,7 @@ class BatchesService:
         and this returns. `cases_hash` (of the input given again) must match the stored one.
         `out`: a results file (.jsonl or .csv), rewritten from the store first, then a line a case as
         cases end."""
-        record = await self._record(batch_id)
+        record = await self._record(batch_id, tenant)
         if cases_hash is not None and cases_hash != record.cases_hash:
             raise BatchInputChanged(f"batch {batch_id} was created from other input (its hash is {record.cases_hash}, "
                                     f"this input's is {cases_hash}); resume it without giving the input, or start "
@@ -208,7 +209,9 @@ class BatchesService:
         agent only where it is registered or importable by its ref)."""
         snapshot = _snapshot_of(record.agent)
         try:
-            return await self.runs.agent_for(snapshot)
+            agent = await self.runs.agent_for(snapshot)
+            self.runs.register(agent)  # its cases' resumes find it here, not by reading its file again
+            return agent
         except ConfigError as e:
             hint = ("" if "cannot find agent" not in str(e) else
                     ". A batch made from an agent defined in code resumes in a process where that agent is "
@@ -225,7 +228,11 @@ class BatchesService:
 
         async def go() -> BatchInfo:
             await self.store.update_batch(batch_id, background=True)
-            info = await self.run(batch_id, stop=stop, **run_options)
+            try:
+                info = await self.run(batch_id, stop=stop, **run_options)
+            except TetherError:  # it cannot run here (its agent is gone, ...): not taken up at every start
+                await self.store.update_batch(batch_id, background=False)
+                raise
             if not stop.is_set():  # ended or paused by itself: nothing to take up again at a restart
                 await self.store.update_batch(batch_id, background=False)
             return info
@@ -266,9 +273,9 @@ class BatchesService:
 
     # -- act -------------------------------------------------------------------------------------
 
-    async def cancel(self, batch_id: str) -> BatchInfo:
+    async def cancel(self, batch_id: str, *, tenant: str | None = None) -> BatchInfo:
         """No new case starts; cases running or paused are cancelled. Cases never started stay pending."""
-        record = await self._record(batch_id)
+        record = await self._record(batch_id, tenant)
         if record.state == BatchState.CANCELLED:
             raise AlreadyFinished(f"batch {batch_id} was cancelled already")
         await self.store.update_batch(batch_id, state=BatchState.CANCELLED, background=False)
@@ -294,7 +301,7 @@ class BatchesService:
 
     async def answer(self, batch_id: str, *, action: Literal["approve", "continue", "abort"],
                      max_cost_usd: float | None = None, max_tokens: int | None = None,
-                     reason: str | None = None) -> int:
+                     reason: str | None = None, tenant: str | None = None) -> int:
         """Answer the pauses of every paused case at once; returns how many were answered.
 
         `approve`: the cases waiting for approvals (their approvals approved, other items continued);
@@ -303,7 +310,7 @@ class BatchesService:
         case. The answered runs are advanced by the batch's next `run` (at once when it runs here)."""
         if action not in ("approve", "continue", "abort"):
             raise InvalidRequest(f"action must be approve, continue or abort, not {action!r}", param="action")
-        record = await self._record(batch_id)
+        record = await self._record(batch_id, tenant)
         if max_cost_usd is not None or max_tokens is not None:
             options = copy.copy(record.options)
             if max_cost_usd is not None:
@@ -339,10 +346,10 @@ class BatchesService:
                 session.answered.put_nowait(row)
         return answered
 
-    async def delete(self, batch_id: str, *, with_runs: bool = False) -> None:
+    async def delete(self, batch_id: str, *, with_runs: bool = False, tenant: str | None = None) -> None:
         """Delete the batch and its cases; with `with_runs`, every attempt's run too (an active one is
         cancelled first). Without, the runs stay as ordinary runs (`runs prune` may delete them)."""
-        await self._record(batch_id)
+        await self._record(batch_id, tenant)
         if batch_id in self._sessions:
             raise TetherError(f"batch {batch_id} is running in this process; cancel or stop it first")
         run_ids = await self.store.batch_run_ids(batch_id)
@@ -360,9 +367,9 @@ class BatchesService:
         """The batch with every case's result (the Python API's `Batch`)."""
         return await _batch_of(self, batch_id)
 
-    async def results_file(self, batch_id: str, path: Path | str) -> None:
+    async def results_file(self, batch_id: str, path: Path | str, *, tenant: str | None = None) -> None:
         """Write the batch's ended cases to `path`: JSONL, or CSV when it ends in .csv (atomically)."""
-        await self._record(batch_id)
+        await self._record(batch_id, tenant)
         await write_results(self, batch_id, Path(path))
 
 
@@ -382,6 +389,8 @@ class _Runner:
         self.tokens = 0
         self.last_progress = 0.0
         self.agents: dict[str, Agent] = {}  # instructions filled with a case's vars → the agent for them
+        self._starts: tuple[builtins.list[tuple[int, int, str]], asyncio.Future[None]] | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         totals = await self.store.batch_totals(self.record.id)
@@ -392,17 +401,19 @@ class _Runner:
         workers = [asyncio.create_task(self._work(), name=f"batch {self.record.id} worker {i}")
                    for i in range(self.n)]
         stopper = asyncio.create_task(self.session.stop.wait())
+        ticker = asyncio.create_task(self._tick())  # elapsed time and ETA move between case ends too
         try:
-            done, _ = await asyncio.wait([*workers, stopper], return_when=asyncio.FIRST_COMPLETED)
-            if stopper in done:  # stop: the cases in flight are interrupted, left queued (resumable)
-                for w in workers:
-                    w.cancel()
-            else:
-                await asyncio.gather(*workers)
+            pending: set[asyncio.Task[Any]] = {*workers, stopper}
+            while pending - {stopper}:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if stopper in done:  # stop: the cases in flight are interrupted, left queued (resumable)
+                    break
+                for w in done:
+                    w.result()  # a worker's own failure (not a case's) is the batch's
         finally:
-            for t in (feeder, stopper, *workers):
+            for t in (feeder, stopper, ticker, *workers):
                 t.cancel()
-            await asyncio.gather(feeder, stopper, *workers, return_exceptions=True)
+            await asyncio.gather(feeder, stopper, ticker, *workers, *self._flushes, return_exceptions=True)
         self._progress(force=True)
 
     async def _feed(self) -> None:
@@ -444,7 +455,6 @@ class _Runner:
     async def _case(self, row: CaseRow) -> None:
         case = row.stored.case
         origin = case_status(row.run)
-        self.session.in_flight.add(case.index)
         self._shift(origin, CaseStatus.RUNNING)
         try:
             view = await self._advance(row)
@@ -458,13 +468,13 @@ class _Runner:
             view = None
             log.exception("batch %s: case %s failed", self.record.id, case.key)
             self.session.last_errors.append((case.key, f"{type(e).__name__}: {e}"))
-        finally:
-            self.session.in_flight.discard(case.index)
         if view is None:  # not advanced here (another process has it, or it failed to start)
             self._shift(CaseStatus.RUNNING, origin)
             self._progress()
             return
         result = _result_of(row.stored, view)
+        if result.status == CaseStatus.CANCELLED:  # perhaps the batch was cancelled elsewhere: no new case then
+            await self._check_cancelled()
         self._shift(CaseStatus.RUNNING, result.status)
         resumed = row.run is not None and row.run.id == view.id  # the same run, gone on with: count only its news
         self.tokens += result.input_tokens + result.output_tokens
@@ -511,7 +521,7 @@ class _Runner:
         batch_id = self.record.id
         run_id = case_run_id(batch_id, case.key, attempt)
         if stored.run_id != run_id:
-            await self.store.start_case(batch_id, case.index, attempt, run_id)
+            await self._record_start(case.index, attempt, run_id)
             stored.attempt, stored.run_id = attempt, run_id
         agent = self._agent_for(case)
         try:
@@ -524,6 +534,36 @@ class _Runner:
             if await self.service.runs.info(run_id) is not None:  # another process started it first
                 return None
             raise
+        except asyncio.CancelledError:
+            # Stopped while the run was being created: if it was, give its lease back (as an interrupted
+            # run's is), so that a resume from another service takes it at once, not when it expires.
+            with contextlib.suppress(Exception):
+                await self.service.runs.store.release_lease(run_id, self.service.runs.owner)
+            raise
+
+    async def _record_start(self, index: int, attempt: int, run_id: str) -> None:
+        """Store the case's new attempt and run id before its run exists; the cases starting in one
+        loop iteration are stored in one transaction."""
+        if self._starts is None:
+            self._starts = ([], asyncio.get_running_loop().create_future())
+            self._flushes.add(task := asyncio.create_task(self._flush_starts()))
+            task.add_done_callback(self._flushes.discard)
+        starts, done = self._starts
+        starts.append((index, attempt, run_id))
+        await asyncio.shield(done)  # a cancelled case leaves the others' write alone
+
+    async def _flush_starts(self) -> None:
+        assert self._starts is not None
+        starts, done = self._starts
+        self._starts = None
+        try:
+            await self.store.start_cases(self.record.id, starts)
+        except BaseException as e:
+            done.set_exception(e)
+            if not isinstance(e, Exception):
+                raise
+        else:
+            done.set_result(None)
 
     def _agent_for(self, case: Case) -> Agent:
         """The agent with the case's vars filled into its instructions (itself when nothing changes)."""
@@ -546,6 +586,24 @@ class _Runner:
         if source != to and self.counts.get(source, 0) > 0:
             self.counts[source] -= 1
             self.counts[to] = self.counts.get(to, 0) + 1
+
+    async def _tick(self) -> None:
+        """Progress between case ends; and a cancel from another process stops new cases here too."""
+        checked = time.monotonic()
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_S)
+            self._progress()
+            if time.monotonic() - checked >= CANCEL_POLL_S:
+                checked = time.monotonic()
+                await self._check_cancelled()
+
+    async def _check_cancelled(self) -> None:
+        if self.session.cancelled:
+            return
+        with contextlib.suppress(Exception):
+            record = await self.store.get_batch(self.record.id)
+            if record is None or record.state == BatchState.CANCELLED:
+                self.session.cancelled = True
 
     def _progress(self, *, force: bool = False) -> None:
         if self.on_progress is None:
@@ -630,16 +688,19 @@ def _log_failure(batch_id: str, task: asyncio.Task[Any]) -> None:
         log.error("batch %s stopped: %s", batch_id, e, exc_info=e if not isinstance(e, TetherError) else None)
 
 
-def _snapshot_dict(snapshot: AgentSnapshot) -> dict[str, Any]:
+@functools.cache
+def _snapshots() -> Any:
     from pydantic import TypeAdapter
 
-    return TypeAdapter(AgentSnapshot).dump_python(snapshot, mode="json")  # type: ignore[no-any-return]
+    return TypeAdapter(AgentSnapshot)
+
+
+def _snapshot_dict(snapshot: AgentSnapshot) -> dict[str, Any]:
+    return _snapshots().dump_python(snapshot, mode="json")  # type: ignore[no-any-return]
 
 
 def _snapshot_of(data: dict[str, Any]) -> AgentSnapshot:
-    from pydantic import TypeAdapter
-
-    return TypeAdapter(AgentSnapshot).validate_python(data)  # type: ignore[no-any-return]
+    return _snapshots().validate_python(data)  # type: ignore[no-any-return]
 
 
 @dataclass(slots=True)

@@ -302,10 +302,11 @@ class MemoryStore:
                 break
         return rows
 
-    async def start_case(self, batch_id: str, index: int, attempt: int, run_id: str) -> None:
-        stored = self._cases[batch_id][index]
-        stored.attempt, stored.run_id = attempt, run_id
-        self._batch_runs.setdefault(run_id, (batch_id, index, attempt))
+    async def start_cases(self, batch_id: str, starts: Sequence[tuple[int, int, str]]) -> None:
+        for index, attempt, run_id in starts:
+            stored = self._cases[batch_id][index]
+            stored.attempt, stored.run_id = attempt, run_id
+            self._batch_runs.setdefault(run_id, (batch_id, index, attempt))
 
     async def update_batch(self, batch_id: str, *, state: BatchState | None = None,
                            options: BatchOptions | None = None, background: bool | None = None) -> None:

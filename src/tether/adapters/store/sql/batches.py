@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from tether.adapters.store.sql.database import Call, Database
 from tether.adapters.store.sql.schema import (
@@ -189,18 +190,24 @@ class Batches:
 
         return await self._call(op)
 
-    async def start_case(self, batch_id: str, index: int, attempt: int, run_id: str) -> None:
+    async def start_cases(self, batch_id: str, starts: Sequence[tuple[int, int, str]]) -> None:
+        """Record that each case (index, attempt, run id) is at that attempt, whose run is about to be
+        created: one transaction for many cases. It runs without waiting for pending appends (it
+        touches no run), so it does not break their grouped commit."""
         bc, br = batch_cases_table, batch_runs_table
+        update = (bc.update().where(bc.c.batch_id == batch_id, bc.c.idx == sa.bindparam("i"))
+                  .values(attempt=sa.bindparam("a"), run_id=sa.bindparam("r")))
+        dialect = sqlite if self._db.sqlite else postgresql
+        insert = dialect.insert(br).on_conflict_do_nothing(index_elements=["run_id"])
+        updates = [{"i": i, "a": a, "r": r} for i, a, r in starts]
+        inserts = [{"run_id": r, "batch_id": batch_id, "idx": i, "attempt": a} for i, a, r in starts]
 
         def op(conn: sa.Connection) -> None:
             with self._db.tx(conn, write=True):
-                conn.execute(bc.update().where(bc.c.batch_id == batch_id, bc.c.idx == index)
-                             .values(attempt=attempt, run_id=run_id))
-                if conn.execute(sa.select(br.c.run_id).where(br.c.run_id == run_id)).first() is None:
-                    conn.execute(br.insert(), {"run_id": run_id, "batch_id": batch_id, "idx": index,
-                                               "attempt": attempt})
+                conn.execute(update, updates)
+                conn.execute(insert, inserts)
 
-        await self._call(op)
+        await self._db.execute(op)
 
     async def update_batch(self, batch_id: str, *, state: BatchState | None = None,
                            options: BatchOptions | None = None, background: bool | None = None) -> None:

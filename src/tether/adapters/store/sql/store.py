@@ -168,8 +168,8 @@ class SqlStore:
                            retry_failed: bool = False) -> list[CaseRow]:
         return await self._batches.cases_to_run(batch_id, after=after, limit=limit, retry_failed=retry_failed)
 
-    async def start_case(self, batch_id: str, index: int, attempt: int, run_id: str) -> None:
-        await self._batches.start_case(batch_id, index, attempt, run_id)
+    async def start_cases(self, batch_id: str, starts: Sequence[tuple[int, int, str]]) -> None:
+        await self._batches.start_cases(batch_id, starts)
 
     async def update_batch(self, batch_id: str, *, state: BatchState | None = None,
                            options: BatchOptions | None = None, background: bool | None = None) -> None:
