@@ -4,6 +4,7 @@ the operator's [batches] caps, against a fake OpenAI-compatible model server tha
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 import time
 from collections.abc import Iterator
@@ -80,7 +81,7 @@ def expect_400(response: httpx2.Response, param: str | None, words: str) -> None
     assert error["type"] == "invalid_request_error"
 
 
-def test_a_batch_from_a_json_body_runs_in_the_background_and_is_the_tenants_own(a, b):
+def test_a_batch_from_a_json_body_runs_in_the_background_and_is_the_tenants_own(server, a, b):
     created = a.post("/v1/tether/batches", json={
         "agent": AGENT, "name": "greetings", "concurrency": 2, "task_template": "{input}!",
         "cases": ["hello", {"id": "x", "input": "bye", "vars": {"topic": "farewells"}, "expected": "echo: bye!"}]})
@@ -110,9 +111,17 @@ def test_a_batch_from_a_json_body_runs_in_the_background_and_is_the_tenants_own(
     other = b.post(f"/v1/tether/batches/{batch['id']}/answer", json={"action": "abort"})
     assert other.status_code == 404, other.text
 
+    assert batch_agents(server, batch["id"]) == 1  # its agent's settings, filed under it
     deleted = a.delete(f"/v1/tether/batches/{batch['id']}")
     assert deleted.status_code == 200 and deleted.json()["deleted"], deleted.text
     assert a.get(f"/v1/tether/batches/{batch['id']}").status_code == 404
+    assert batch_agents(server, batch["id"]) == 0  # ... went with it
+
+
+def batch_agents(srv: TetherServer, batch_id: str) -> int:
+    with sqlite3.connect(srv.home / "t.db") as db:
+        return int(db.execute("SELECT count(*) FROM objects WHERE kind = 'batch_agent' AND parent_id = ?",
+                              (batch_id,)).fetchone()[0])
 
 
 def test_a_batch_from_jsonl_text_and_from_an_uploaded_file(a):

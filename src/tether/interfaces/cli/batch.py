@@ -635,7 +635,11 @@ def delete_cmd(
     config: Config = None,
 ) -> None:
     """Delete a batch that is not running: its cases and results (and, with --with-runs, its runs)."""
-    _services_call(config, lambda s: s.batches.delete(batch_id, with_runs=with_runs))
+    async def delete(services: Services) -> None:
+        await services.batches.delete(batch_id, with_runs=with_runs)
+        await services.assistants.forget_batch(batch_id)  # the agent of a batch made over HTTP
+
+    _services_call(config, delete)
     console.print(f"deleted batch {batch_id}" + (" and its runs" if with_runs else ""), soft_wrap=SOFT)
 
 

@@ -355,6 +355,18 @@ class AssistantsService(Generic[RunT]):
         await self.objects.put_object(StoredObject(agent_id, BATCH_AGENT, tenant, _now(), settings.stored()))
         return agent
 
+    async def own_batch_agent(self, agent: Agent, batch_id: str) -> None:
+        """File a batch agent's settings under the batch made with it, so that they go with it
+        (`forget_batch`)."""
+        row = await self.objects.get_object((agent.ref or "").partition(":")[2])
+        if row is not None and row.kind == BATCH_AGENT:
+            row.parent_id = batch_id
+            await self.objects.put_object(row)
+
+    async def forget_batch(self, batch_id: str) -> None:
+        """Delete what this service keeps for a deleted batch (its agent's settings, if made over HTTP)."""
+        await self.objects.delete_children(batch_id, [BATCH_AGENT])
+
     # -- forks -----------------------------------------------------------------------------------
 
     async def forking(self, run_id: str, step: int, records: Sequence[Record]

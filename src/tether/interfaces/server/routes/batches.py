@@ -221,6 +221,7 @@ async def create_batch(request: Request) -> dict[str, Any]:
     except ConfigError as e:  # e.g. a dollar budget on a model whose price is unknown here
         budget = "max_cost_usd" if body.max_cost_usd is not None else "per_case_max_cost_usd"
         raise ApiError(400, f"Invalid value for '{budget}': {e}.", param=budget) from None
+    await services_.assistants.own_batch_agent(agent, info.id)  # deleted with the batch
     services_.batches.spawn(info.id)
     return info.to_dict()
 
@@ -284,4 +285,5 @@ async def answer_batch(request: Request, batch_id: str, body: BatchAnswer) -> di
 async def delete_batch(request: Request, batch_id: str, with_runs: bool = False) -> dict[str, Any]:
     info = await _owned(request, batch_id)
     await services(request).batches.delete(info.id, with_runs=with_runs)
+    await services(request).assistants.forget_batch(info.id)
     return {"id": info.id, "object": "tether.batch.deleted", "deleted": True}
