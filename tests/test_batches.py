@@ -705,3 +705,17 @@ async def test_a_batch_killed_with_sigkill_resumes_with_every_case_run_once(db: 
     finally:
         del os.environ["TETHER_TEST_EFFECTS"]
         await store.close()
+
+
+async def test_a_case_output_is_validated_by_the_agents_output_schema(service: BatchesService,
+                                                                     tmp_path: Path) -> None:
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"],
+              "additionalProperties": False}
+    agent = Agent("typed", ScriptedModel(lambda request: json.dumps({"answer": request.messages[-1].text})),
+                  output_schema=schema)
+    seen: list[Any] = []
+    info = await service.create(agent, cases_of(["4"]), BatchOptions())
+    await service.run(info.id, on_case=seen.append, out=tmp_path / "r.jsonl")
+    assert seen[0].structured == {"answer": "4"}
+    assert (await service.cases(info.id))[0].structured == {"answer": "4"}
+    assert json.loads((tmp_path / "r.jsonl").read_text())["structured"] == {"answer": "4"}
