@@ -489,6 +489,13 @@ async def test_bad_input_to_the_service(service: BatchesService) -> None:
     assert e.value.param == "concurrency"
     with pytest.raises(BatchNotFound):
         await service.get(info.id, tenant="someone-else")
+    with pytest.raises(BatchNotFound):
+        await service.cases(info.id, tenant="someone-else")
+    with pytest.raises(InvalidRequest) as e:
+        await service.cases(info.id, status="done")  # type: ignore[arg-type]
+    assert e.value.param == "status"
+    with pytest.raises(InvalidRequest):
+        await service.run(info.id, concurrency=True)
     free = Agent("free", ScriptedModel(["x"], ref="scripted-unpriced"))
     free.model.cost_usd = lambda response: None  # type: ignore[method-assign]
     with pytest.raises(ConfigError, match="price of model"):

@@ -69,6 +69,7 @@ log = logging.getLogger("tether.batches")
 PROGRESS_EVERY_S = 0.2  # progress snapshots at most this often (and at every case end)
 LAST_ERRORS = 5
 CANCEL_POLL_S = 1.0  # how soon a batch running here sees a cancel made in another process
+_CASE_STATUSES = [s.value for s in CaseStatus]
 
 
 @dataclass(slots=True)
@@ -146,6 +147,9 @@ class BatchesService:
                     limit: int = 100, tenant: str | None = None) -> builtins.list[CaseResult]:
         """A page of the batch's cases by index: those after index `after`, of one status if given."""
         await self._record(batch_id, tenant)
+        if status is not None and status not in _CASE_STATUSES:
+            raise InvalidRequest(f"unknown case status {status!r}; use one of {', '.join(_CASE_STATUSES)}",
+                                 param="status")
         if status is not None:
             status = CaseStatus(status)
         rows = await self.store.batch_cases(batch_id, status=status, after=after, limit=limit)
@@ -182,7 +186,8 @@ class BatchesService:
                                     "a new batch for the changed input")
         if record.state == BatchState.CANCELLED:
             raise TetherError(f"batch {batch_id} was cancelled; there is nothing to run (start a new batch)")
-        if concurrency is not None and not (isinstance(concurrency, int) and concurrency >= 1):
+        if concurrency is not None and not (isinstance(concurrency, int) and not isinstance(concurrency, bool)
+                                            and concurrency >= 1):
             raise InvalidRequest(f"concurrency must be a whole number of at least 1, not {concurrency!r}",
                                  param="concurrency")
         if batch_id in self._sessions:
