@@ -555,7 +555,10 @@ async def test_spawned_batches_stop_cleanly_and_resume_open_takes_them_up(db: st
         world.gate.set()
         again = services_for(services.runs)  # a restarted server, same process (the agent is registered)
         assert await again.batches.resume_open() == [info.id]
-        await asyncio.wait_for(again.batches._spawned[info.id], 30)
+        task = again.batches.spawned(info.id)
+        assert task is not None
+        await asyncio.wait_for(task, 30)
+        assert again.batches.spawned(info.id) is None
         assert (await again.batches.get(info.id)).counts[CaseStatus.COMPLETED] == 3
         assert await again.batches.resume_open() == []  # it ended: nothing to take up again
     finally:

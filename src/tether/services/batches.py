@@ -243,9 +243,20 @@ class BatchesService:
             return info
 
         task = asyncio.create_task(go(), name=f"batch {batch_id}")
-        task.add_done_callback(lambda t: _log_failure(batch_id, t))
         self._spawned[batch_id] = task
         self._spawn_stops[batch_id] = stop
+
+        def done(t: asyncio.Task[BatchInfo]) -> None:
+            _log_failure(batch_id, t)
+            if self._spawned.get(batch_id) is t:  # a finished one is not kept
+                del self._spawned[batch_id]
+                del self._spawn_stops[batch_id]
+
+        task.add_done_callback(done)
+
+    def spawned(self, batch_id: str) -> asyncio.Task[BatchInfo] | None:
+        """The task running the batch in the background here (`spawn`), while it runs."""
+        return self._spawned.get(batch_id)
 
     def running(self, batch_id: str) -> bool:
         """Whether this process runs the batch now."""
@@ -268,13 +279,11 @@ class BatchesService:
 
     async def close(self) -> None:
         """Stop the batches spawned here: no new case starts, cases in flight are left resumable."""
-        for batch_id, task in list(self._spawned.items()):
-            if not task.done():
-                self._spawn_stops[batch_id].set()
-        tasks = [t for t in self._spawned.values() if not t.done()]
+        tasks = list(self._spawned.values())
+        for stop in self._spawn_stops.values():
+            stop.set()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        self._spawned.clear()
 
     # -- act -------------------------------------------------------------------------------------
 
