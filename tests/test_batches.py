@@ -729,3 +729,21 @@ async def test_a_case_output_is_validated_by_the_agents_output_schema(service: B
     assert seen[0].structured == {"answer": "4"}
     assert (await service.cases(info.id))[0].structured == {"answer": "4"}
     assert json.loads((tmp_path / "r.jsonl").read_text())["structured"] == {"answer": "4"}
+
+
+async def test_two_processes_running_one_batch_never_make_a_second_run_for_a_case(db: str) -> None:
+    world = World()
+    one, two = SqlStore(db), SqlStore(db)
+    try:
+        first, second = BatchesService(RunsService(one)), BatchesService(RunsService(two))
+        agent = world.agent()
+        info = await first.create(agent, cases_of(tasks(30)), BatchOptions(concurrency=4))
+        second.runs.register(agent)
+        await asyncio.gather(first.run(info.id), second.run(info.id))
+        done = await first.get(info.id)
+        assert done.counts[CaseStatus.COMPLETED] == 30
+        assert world.effects == {t: 1 for t in tasks(30)}
+        assert len(await all_runs(first)) == 30
+    finally:
+        await one.close()
+        await two.close()
