@@ -181,3 +181,8 @@ def test_progress_counts_throughput_eta_and_the_budget_warning() -> None:
     quiet = progress_of("batch_x", counts, total=10, cost_usd=0.5, tokens=100, options=BatchOptions(max_cost_usd=1.0),
                         elapsed_s=0.0, finished_here=0)
     assert quiet.budget_warning is None and quiet.eta_s is None
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_line() -> None:
+    assert [c.input for c in parse_jsonl('\ufeff"first"\n')[0]] == ["first"]
+    assert [c.input for c in parse_csv("\ufeffinput\nfirst\n", "input")[0]] == ["first"]

@@ -489,6 +489,13 @@ async def test_bad_input_to_the_service(service: BatchesService) -> None:
     assert e.value.param == "concurrency"
     with pytest.raises(BatchNotFound):
         await service.get(info.id, tenant="someone-else")
+    with pytest.raises(BatchNotFound):
+        await service.cases(info.id, tenant="someone-else")
+    with pytest.raises(InvalidRequest) as e:
+        await service.cases(info.id, status="done")  # type: ignore[arg-type]
+    assert e.value.param == "status"
+    with pytest.raises(InvalidRequest):
+        await service.run(info.id, concurrency=True)
     free = Agent("free", ScriptedModel(["x"], ref="scripted-unpriced"))
     free.model.cost_usd = lambda response: None  # type: ignore[method-assign]
     with pytest.raises(ConfigError, match="price of model"):
@@ -548,7 +555,10 @@ async def test_spawned_batches_stop_cleanly_and_resume_open_takes_them_up(db: st
         world.gate.set()
         again = services_for(services.runs)  # a restarted server, same process (the agent is registered)
         assert await again.batches.resume_open() == [info.id]
-        await asyncio.wait_for(again.batches._spawned[info.id], 30)
+        task = again.batches.spawned(info.id)
+        assert task is not None
+        await asyncio.wait_for(task, 30)
+        assert again.batches.spawned(info.id) is None
         assert (await again.batches.get(info.id)).counts[CaseStatus.COMPLETED] == 3
         assert await again.batches.resume_open() == []  # it ended: nothing to take up again
     finally:
@@ -654,3 +664,86 @@ def test_the_docs_python_batch_example_runs_and_prints_what_it_says(tmp_path: Pa
     out = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout == printed
+
+
+async def test_a_batch_killed_with_sigkill_resumes_with_every_case_run_once(db: str, tmp_path: Path) -> None:
+    """kill -9 the process running a batch several times (TETHER_BATCH_KILL_CASES cases, 40 by default):
+    the results file stays valid, and resumes finish the batch with no effect made twice and each case in
+    the file once. A kill inside a tool call leaves that case paused as uncertain (the run contract), not
+    run again."""
+    import signal
+    import subprocess
+    import sys
+
+    import batch_kill_agent
+
+    n = int(os.environ.get("TETHER_BATCH_KILL_CASES", "40"))
+    effects, out = tmp_path / "effects.txt", tmp_path / "results.jsonl"
+    os.environ["TETHER_TEST_EFFECTS"] = str(effects)
+    store = SqlStore(db)
+    try:
+        service = BatchesService(RunsService(store))
+        info = await service.create(batch_kill_agent.AGENT, cases_of(tasks(n)), BatchOptions())
+    finally:
+        await store.close()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    for kill in range(3):
+        child = subprocess.Popen([sys.executable, str(Path(__file__).parent / "batch_kill_agent.py"), db, info.id,
+                                  str(out)], env=env, stderr=subprocess.PIPE, text=True)
+        wanted = (kill + 1) * n // 5
+        while child.poll() is None and (not out.exists() or len(out.read_text().splitlines()) < wanted):
+            await asyncio.sleep(0.01)
+        if child.poll() is not None:
+            raise AssertionError(f"the batch process ended by itself ({child.returncode}): {child.stderr.read()}")
+        child.send_signal(signal.SIGKILL)
+        child.communicate()
+        for line in out.read_text().splitlines():
+            json.loads(line)  # every line whole
+    try:
+        store = SqlStore(db)
+        service = BatchesService(RunsService(store))
+        done = await service.run(info.id, out=out)
+        uncertain = await service.cases(info.id, status=CaseStatus.PAUSED, limit=n)
+        assert all((r.pause_reason or "").startswith("uncertain") for r in uncertain)
+        assert done.counts[CaseStatus.COMPLETED] + len(uncertain) == n
+        made = effects.read_text().splitlines()
+        assert len(made) == len(set(made))  # no effect twice
+        assert len(await all_runs(service)) == n  # one run per case
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        assert sorted(int(x["key"]) for x in lines) == sorted(
+            r.index for r in await service.cases(info.id, status=CaseStatus.COMPLETED, limit=n))
+    finally:
+        del os.environ["TETHER_TEST_EFFECTS"]
+        await store.close()
+
+
+async def test_a_case_output_is_validated_by_the_agents_output_schema(service: BatchesService,
+                                                                     tmp_path: Path) -> None:
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"],
+              "additionalProperties": False}
+    agent = Agent("typed", ScriptedModel(lambda request: json.dumps({"answer": request.messages[-1].text})),
+                  output_schema=schema)
+    seen: list[Any] = []
+    info = await service.create(agent, cases_of(["4"]), BatchOptions())
+    await service.run(info.id, on_case=seen.append, out=tmp_path / "r.jsonl")
+    assert seen[0].structured == {"answer": "4"}
+    assert (await service.cases(info.id))[0].structured == {"answer": "4"}
+    assert json.loads((tmp_path / "r.jsonl").read_text())["structured"] == {"answer": "4"}
+
+
+async def test_two_processes_running_one_batch_never_make_a_second_run_for_a_case(db: str) -> None:
+    world = World()
+    one, two = SqlStore(db), SqlStore(db)
+    try:
+        first, second = BatchesService(RunsService(one)), BatchesService(RunsService(two))
+        agent = world.agent()
+        info = await first.create(agent, cases_of(tasks(30)), BatchOptions(concurrency=4))
+        second.runs.register(agent)
+        await asyncio.gather(first.run(info.id), second.run(info.id))
+        done = await first.get(info.id)
+        assert done.counts[CaseStatus.COMPLETED] == 30
+        assert world.effects == {t: 1 for t in tasks(30)}
+        assert len(await all_runs(first)) == 30
+    finally:
+        await one.close()
+        await two.close()

@@ -114,7 +114,7 @@ def parse_jsonl(text: str) -> tuple[list[Case], list[BadLine]]:
     cases: list[Case] = []
     bad: list[BadLine] = []
     seen: set[str] = set()
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.removeprefix("\ufeff").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -134,7 +134,7 @@ def parse_jsonl(text: str) -> tuple[list[Case], list[BadLine]]:
 def parse_csv(text: str, input_column: str) -> tuple[list[Case], list[BadLine]]:
     """Cases from CSV with a header line: `input_column` is the task, an `id` column (if any) the key,
     every other column a var. A CSV without that column is a ValueError (nothing could be read)."""
-    reader = csv.reader(io.StringIO(text))
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff")))  # a spreadsheet's byte order mark
     try:
         header = next(reader)
     except StopIteration:

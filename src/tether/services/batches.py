@@ -69,6 +69,7 @@ log = logging.getLogger("tether.batches")
 PROGRESS_EVERY_S = 0.2  # progress snapshots at most this often (and at every case end)
 LAST_ERRORS = 5
 CANCEL_POLL_S = 1.0  # how soon a batch running here sees a cancel made in another process
+_CASE_STATUSES = [s.value for s in CaseStatus]
 
 
 @dataclass(slots=True)
@@ -146,6 +147,9 @@ class BatchesService:
                     limit: int = 100, tenant: str | None = None) -> builtins.list[CaseResult]:
         """A page of the batch's cases by index: those after index `after`, of one status if given."""
         await self._record(batch_id, tenant)
+        if status is not None and status not in _CASE_STATUSES:
+            raise InvalidRequest(f"unknown case status {status!r}; use one of {', '.join(_CASE_STATUSES)}",
+                                 param="status")
         if status is not None:
             status = CaseStatus(status)
         rows = await self.store.batch_cases(batch_id, status=status, after=after, limit=limit)
@@ -182,7 +186,8 @@ class BatchesService:
                                     "a new batch for the changed input")
         if record.state == BatchState.CANCELLED:
             raise TetherError(f"batch {batch_id} was cancelled; there is nothing to run (start a new batch)")
-        if concurrency is not None and not (isinstance(concurrency, int) and concurrency >= 1):
+        if concurrency is not None and not (isinstance(concurrency, int) and not isinstance(concurrency, bool)
+                                            and concurrency >= 1):
             raise InvalidRequest(f"concurrency must be a whole number of at least 1, not {concurrency!r}",
                                  param="concurrency")
         if batch_id in self._sessions:
@@ -238,9 +243,20 @@ class BatchesService:
             return info
 
         task = asyncio.create_task(go(), name=f"batch {batch_id}")
-        task.add_done_callback(lambda t: _log_failure(batch_id, t))
         self._spawned[batch_id] = task
         self._spawn_stops[batch_id] = stop
+
+        def done(t: asyncio.Task[BatchInfo]) -> None:
+            _log_failure(batch_id, t)
+            if self._spawned.get(batch_id) is t:  # a finished one is not kept
+                del self._spawned[batch_id]
+                del self._spawn_stops[batch_id]
+
+        task.add_done_callback(done)
+
+    def spawned(self, batch_id: str) -> asyncio.Task[BatchInfo] | None:
+        """The task running the batch in the background here (`spawn`), while it runs."""
+        return self._spawned.get(batch_id)
 
     def running(self, batch_id: str) -> bool:
         """Whether this process runs the batch now."""
@@ -263,13 +279,11 @@ class BatchesService:
 
     async def close(self) -> None:
         """Stop the batches spawned here: no new case starts, cases in flight are left resumable."""
-        for batch_id, task in list(self._spawned.items()):
-            if not task.done():
-                self._spawn_stops[batch_id].set()
-        tasks = [t for t in self._spawned.values() if not t.done()]
+        tasks = list(self._spawned.values())
+        for stop in self._spawn_stops.values():
+            stop.set()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        self._spawned.clear()
 
     # -- act -------------------------------------------------------------------------------------
 

@@ -140,7 +140,7 @@ class RunsService:
             history = await self._thread_history(thread_id) if thread_id else []
         run_id = run_id or new_id("run")
         first = Record(run_id, 1, time.time(),
-                       RunStarted(snapshot, [*history, *new], thread_id, None, dict(metadata or {}), batch))
+                       RunStarted(snapshot, [*history, *new], thread_id, None, dict(metadata or {}), batch=batch))
         await self.store.create_run(first, owner=self.owner, lease_ttl_s=self.lease_ttl_s)
         state = RunState(run_id)
         state.apply(first)

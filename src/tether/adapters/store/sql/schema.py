@@ -1,10 +1,11 @@
 """The SQL store's tables as SQLAlchemy Core objects, and the conversions between rows and domain values.
 
 The DDL itself, and its history, is in `tether.adapters.store.migrations`; these declarations only
-build statements and must name the same columns. Three tables: `records` (the log; its primary
+build statements and must name the same columns. The tables: `records` (the log; its primary
 key `(run_id, seq)` is the fence that makes two writers of one seq conflict), `runs` (the index
-row a run, derived from the log with `tether.domain.runs.update_info`) and `objects` (the HTTP
-interface's documents).
+row a run, derived from the log with `tether.domain.runs.update_info`), `objects` (the HTTP
+interface's documents), and `batches`, `batch_cases` and `batch_runs` (batches, their cases, and
+every attempt's run).
 """
 
 from __future__ import annotations
