@@ -4,6 +4,7 @@
 #   bubblewrap  the `python` tool's subprocess sandbox (bwrap: namespaces, no network)
 #   python3     the interpreter run inside that sandbox (Debian's /usr/bin/python3: readable by the
 #               unprivileged sandbox users, unlike a pyenv/uv Python under /root)
+#   tmux        a real terminal for the tests of live views (`tether batch run`'s progress)
 #
 # Idempotent; needs root to install (prints what to do otherwise). Debian/Ubuntu (apt-get).
 set -eu
@@ -11,13 +12,14 @@ set -eu
 need=""
 command -v bwrap >/dev/null 2>&1 || need="$need bubblewrap"
 [ -x /usr/bin/python3 ] || need="$need python3"
+command -v tmux >/dev/null 2>&1 || need="$need tmux"
 
 if [ -z "$need" ]; then
-    echo "setup-system: bubblewrap and /usr/bin/python3 are installed; nothing to do"
+    echo "setup-system: bubblewrap, /usr/bin/python3 and tmux are installed; nothing to do"
 else
     if [ "$(id -u)" -ne 0 ]; then
         echo "setup-system: missing:$need -- run as root: apt-get install -y$need" >&2
-        echo "setup-system: without them the sandbox tests skip (and fail under CI=true)" >&2
+        echo "setup-system: without them the sandbox and terminal tests skip (and fail under CI=true)" >&2
         exit 0
     fi
     if ! command -v apt-get >/dev/null 2>&1; then

@@ -92,6 +92,15 @@ def test_the_documented_configuration_loads(tmp_path, monkeypatch):
     assert sorted(config.mcp_servers) == ["git", "time"]
     assert config.server_tools().limits("python") == {"cpu_s": (10.0, 10.0), "memory_mb": (256, 256),
                                                       "output_bytes": (65536, 65536), "wall_s": (15, 60)}
+    assert config.batches.max_cost_usd == 5.0
+
+
+def test_batch_caps_are_read_and_shown(tmp_path):
+    config = load_operator_config(write(tmp_path, "[batches]\nmax_concurrency = 4\nmax_cost_usd = 2\nmax_cases = 50"))
+    assert (config.batches.max_concurrency, config.batches.max_cost_usd, config.batches.max_cases) == (4, 2.0, 50)
+    shown = config.redacted_toml()
+    assert "[batches]\nmax_concurrency = 4\nmax_cost_usd = 2.0\nmax_cases = 50" in shown
+    assert load_operator_config(None).batches.max_cases is None  # no file: no cap
 
 
 def test_relative_paths_are_relative_to_the_file(tmp_path, monkeypatch):
@@ -177,6 +186,12 @@ def test_without_a_file_the_environment_gives_the_defaults(monkeypatch):
     ("[mcp_servers.x]\ncomand = 'uvx'", "[mcp_servers.x]: unknown keys ['comand']"),
     ("[server\nport = 1", "is not valid TOML"),
     ("[server]\nallowed_hosts = ['http://x:80']", "[server] allowed_hosts: 'http://x:80' is not a host name"),
+    ("[batches]\nmax_concurency = 4", "unknown key 'max_concurency' in [batches]"),
+    ("[batches]\nmax_concurrency = 0", "[batches] max_concurrency must be at least 1, not 0"),
+    ("[batches]\nmax_cases = 'many'", "[batches] max_cases must be an integer"),
+    ("[batches]\nmax_cost_usd = -1", "[batches] max_cost_usd must be a positive number of dollars"),
+    ("[batches]\nmax_cost_usd = nan", "[batches] max_cost_usd must be a positive number of dollars"),
+    ("batches = 3", "[batches] must be a table"),
 ])
 def test_a_wrong_file_is_an_error_that_names_what_is_wrong(tmp_path, text, message):
     with pytest.raises(ConfigError) as e:

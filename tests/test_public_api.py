@@ -35,7 +35,7 @@ HEAVY = {"openai", "httpx2", "sqlalchemy", "genai_prices", "typer", "rich", "pyd
 # calling Tether never meets them, so they stay with their interface.
 INTERFACE_ONLY = {
     "tether.interfaces.cli.debugger.DebuggerError",  # a debugger command's mistake, printed at its prompt
-    "tether.interfaces.cli.app.UsageMistake",  # a command-line mistake: exit 2 with one line
+    "tether.interfaces.cli.usage.UsageMistake",  # a command-line mistake: exit 2 with one line
 }
 
 

@@ -949,7 +949,8 @@ def test_the_sql_store_parts_import_only_what_they_build_on() -> None:
         "leases": {"budgets", "database", "schema"},
         "controls": {"database", "schema"},
         "objects": {"database", "schema"},
-        "store": {"budgets", "controls", "database", "leases", "objects", "runs", "writer"},
+        "batches": {"database", "schema"},
+        "store": {"batches", "budgets", "controls", "database", "leases", "objects", "runs", "writer"},
     }
     folder = Path(package.__file__).parent
     assert {p.stem for p in folder.glob("*.py")} == {*below, "__init__"}

@@ -14,8 +14,20 @@ __all__ = [
     "Agent",
     "AlreadyFinished",
     "AlreadyResumed",
+    "BadLine",
+    "Batch",
+    "BatchInfo",
+    "BatchInputChanged",
+    "BatchNotFound",
+    "BatchOptions",
+    "BatchProgress",
+    "BatchState",
+    "BatchesService",
     "Breakpoint",
     "BreakpointError",
+    "Case",
+    "CaseResult",
+    "CaseStatus",
     "ClientTool",
     "ConfigError",
     "Event",
@@ -52,6 +64,8 @@ __all__ = [
     "call_tool",
     "load_agent_file",
     "open_service",
+    "parse_csv",
+    "parse_jsonl",
     "reply",
     "tool",
 ]
@@ -63,6 +77,18 @@ _EXPORTS = {
     "RunsService": "tether.services.runs",
     "open_service": "tether.services.runs",
     "Run": "tether.services.views",
+    "Batch": "tether.services.batches",
+    "BatchesService": "tether.services.batches",
+    "BatchInfo": "tether.domain.batches",
+    "BatchOptions": "tether.domain.batches",
+    "BatchProgress": "tether.domain.batches",
+    "BatchState": "tether.domain.batches",
+    "BadLine": "tether.domain.batches",
+    "Case": "tether.domain.batches",
+    "CaseResult": "tether.domain.batches",
+    "CaseStatus": "tether.domain.batches",
+    "parse_jsonl": "tether.domain.batches",
+    "parse_csv": "tether.domain.batches",
     "RunView": "tether.services.views",
     "tool": "tether.adapters.tools.function",
     "FunctionTool": "tether.adapters.tools.function",
@@ -89,6 +115,8 @@ _EXPORTS = {
     # every error class, from the one module that gathers them
     "AlreadyFinished": "tether.errors",
     "AlreadyResumed": "tether.errors",
+    "BatchInputChanged": "tether.errors",
+    "BatchNotFound": "tether.errors",
     "BreakpointError": "tether.errors",
     "ConfigError": "tether.errors",
     "InvalidRequest": "tether.errors",
@@ -110,6 +138,18 @@ if typing.TYPE_CHECKING:
     from tether.adapters.tools.client import ClientTool
     from tether.adapters.tools.function import FunctionTool, tool
     from tether.domain.agents import Limits
+    from tether.domain.batches import (
+        BadLine,
+        BatchInfo,
+        BatchOptions,
+        BatchProgress,
+        BatchState,
+        Case,
+        CaseResult,
+        CaseStatus,
+        parse_csv,
+        parse_jsonl,
+    )
     from tether.domain.breakpoints import Breakpoint, Stop
     from tether.domain.events import Event
     from tether.domain.messages import Message
@@ -121,6 +161,8 @@ if typing.TYPE_CHECKING:
     from tether.errors import (
         AlreadyFinished,
         AlreadyResumed,
+        BatchInputChanged,
+        BatchNotFound,
         BreakpointError,
         ConfigError,
         InvalidRequest,
@@ -136,6 +178,7 @@ if typing.TYPE_CHECKING:
         ToolError,
     )
     from tether.services.agents import Agent, load_agent_file
+    from tether.services.batches import Batch, BatchesService
     from tether.services.runs import RunsService, open_service
     from tether.services.views import Run, RunView
 

@@ -14,6 +14,8 @@ from tether.domain.breakpoints import BreakpointError
 from tether.domain.errors import (
     AlreadyFinished,
     AlreadyResumed,
+    BatchInputChanged,
+    BatchNotFound,
     ConfigError,
     InvalidRequest,
     LeaseLost,
@@ -29,6 +31,8 @@ from tether.domain.tools import ToolError
 __all__ = [
     "AlreadyFinished",
     "AlreadyResumed",
+    "BatchInputChanged",
+    "BatchNotFound",
     "BreakpointError",
     "ConfigError",
     "InvalidRequest",

@@ -60,3 +60,14 @@ class ReplayDiverged(ModelError):
     def __init__(self, step: int, detail: str) -> None:
         super().__init__(f"replay diverged at step {step}: {detail}")
         self.step = step
+
+
+class BatchNotFound(NotFound):
+    """No batch with this id (for this tenant)."""
+
+    def __init__(self, batch_id: str) -> None:
+        super().__init__("batch", batch_id)
+
+
+class BatchInputChanged(TetherError):
+    """A batch was resumed with input that differs from what it was created with."""

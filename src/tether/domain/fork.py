@@ -33,7 +33,8 @@ def reused_prefix(parent: list[Record], at_step: int, new_run_id: str, now: floa
     """The fork's first records: its `run_started` (naming the parent) and the reused steps < n."""
     first = parent[0].payload
     assert isinstance(first, RunStarted)
-    start = replace(first, thread_id=thread_id, fork=ForkOrigin(parent[0].run_id, at_step),
+    # A fork is not an attempt of the parent's batch case (the batch never sees it): no batch ref.
+    start = replace(first, thread_id=thread_id, fork=ForkOrigin(parent[0].run_id, at_step), batch=None,
                     metadata={**first.metadata, "forked_from": parent[0].run_id, "fork_step": at_step})
     kept: list[Payload] = [start]
     kept_pauses: set[str] = set()

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 # "projection": through which run a thread's finished runs have their messages projected as message
-# rows; "message_override": a change to a message a run wrote (see services/thread_messages.py).
+# rows; "message_override": a change to a message a run wrote (see services/thread_messages.py);
+# "batch_agent": the settings of a batch made over HTTP (services/assistants/agents.py).
 # At most 16 characters (the column's width).
-ObjectKind = Literal["assistant", "thread", "message", "run", "projection", "message_override"]
+ObjectKind = Literal["assistant", "thread", "message", "run", "projection", "message_override", "batch_agent"]
 
 
 @dataclass(slots=True)

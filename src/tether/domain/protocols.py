@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+from tether.domain.batches import BatchOptions, BatchRecord, BatchState, BatchTotals, Case, CaseRow, CaseStatus
 from tether.domain.governor import BudgetState, Grant, Price, Refusal, Spend
 from tether.domain.leases import LeaseState
 from tether.domain.models import ModelRequest, ModelResponse
@@ -233,4 +234,69 @@ class ObjectStore(Protocol):
     async def delete_children(self, parent_id: str, kinds: Sequence[str]) -> int:
         """Delete the objects of these kinds under `parent_id` (e.g. a deleted thread's messages);
         how many were deleted."""
+        ...
+
+
+class BatchStore(Protocol):
+    """Batches and their cases, beside the runs (a case's run is an ordinary run of the `Store`).
+
+    Case pages are read with their runs' rows (status, tokens, cost, output) and the runs' ends
+    (`finished`, or the latest `paused`), so showing a page never loads whole logs."""
+
+    async def create_batch(self, batch: BatchRecord, cases: Sequence[Case]) -> None:
+        """Insert the batch and every case in one transaction (never a half-made batch)."""
+        ...
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None: ...
+
+    async def list_batches(self, *, tenant: str | None = None, limit: int = 50,
+                           after: str | None = None) -> list[BatchRecord]:
+        """Newest first; `after`: the page after that batch id (in that order)."""
+        ...
+
+    async def batch_totals(self, batch_id: str) -> BatchTotals:
+        """The cases counted by status (their current attempt's run), and what every attempt spent."""
+        ...
+
+    async def batch_cases(self, batch_id: str, *, status: CaseStatus | None = None, after: int | None = None,
+                          limit: int = 100) -> list[CaseRow]:
+        """A page of cases by index (those after index `after`), of one status if given."""
+        ...
+
+    async def cases_to_run(self, batch_id: str, *, after: int = -1, limit: int = 500,
+                           retry_failed: bool = False) -> list[CaseRow]:
+        """The next cases by index after `after` that a run of the batch advances: those without a run
+        (or whose run was never created), those whose run is queued or running, and with
+        `retry_failed` those whose run failed, was cancelled or ended incomplete. One query a page;
+        the rows carry no `finished`/`paused` records."""
+        ...
+
+    async def start_cases(self, batch_id: str, starts: Sequence[tuple[int, int, str]]) -> None:
+        """Record, for each (case index, attempt, run id), that the case is at that attempt, whose run is
+        about to be created (before it is): one transaction for them all."""
+        ...
+
+    async def background_batches(self) -> list[BatchRecord]:
+        """The open batches a server runs in the background (`update_batch(background=True)`)."""
+        ...
+
+    async def update_batch(self, batch_id: str, *, state: BatchState | None = None,
+                           options: BatchOptions | None = None, background: bool | None = None) -> None: ...
+
+    async def batch_run_ids(self, batch_id: str) -> list[str]:
+        """The runs of every attempt of every case."""
+        ...
+
+    async def delete_batch(self, batch_id: str) -> None:
+        """The batch and its cases (not their runs)."""
+        ...
+
+    async def delete_runs(self, run_ids: Sequence[str]) -> int:
+        """Delete these runs (rows and records); how many existed."""
+        ...
+
+    async def finished_runs_before(self, cutoff: float, *, limit: int = 1000,
+                                   with_batch_runs: bool = False) -> list[str]:
+        """Finished runs last changed before `cutoff` (unix time), oldest first; without
+        `with_batch_runs`, none that belongs to a batch."""
         ...

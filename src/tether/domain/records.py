@@ -19,7 +19,10 @@ from tether.domain.messages import Message
 from tether.domain.models import ModelResponse
 from tether.domain.usage import Usage
 
-FORMAT_VERSION = 2  # 2: a decision's answer is typed (domain/answers.py); codec.py reads version 1
+# 2: a decision's answer is typed (domain/answers.py); codec.py reads version 1. `RunStarted.batch`
+# came later without a new version: old records lack it and read as None, and a reader that predates
+# it ignores it, so old and new readers both read both.
+FORMAT_VERSION = 2
 
 
 class RunStatus(StrEnum):
@@ -71,6 +74,15 @@ class ForkOrigin:
 
 
 @dataclass(slots=True)
+class BatchRef:
+    """The batch case a run is an attempt of."""
+
+    batch_id: str
+    case_key: str
+    attempt: int = 1
+
+
+@dataclass(slots=True)
 class RunStarted:
     agent: AgentSnapshot
     input: list[Message]  # the whole conversation the run starts from (thread history + new input)
@@ -79,6 +91,7 @@ class RunStarted:
     metadata: dict[str, Any] = field(default_factory=dict)
     # The shared budgets (ids) that cover the run, besides its own limits; older records have none.
     budgets: list[str] = field(default_factory=list)
+    batch: BatchRef | None = None  # the batch case this run is an attempt of, if any
     kind: Literal["run_started"] = "run_started"
 
 

@@ -8,7 +8,7 @@ import tomllib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from tether.adapters.config_files import read_text
 from tether.adapters.importing import import_attr
@@ -19,8 +19,10 @@ from tether.domain.protocols import Model, Tool
 from tether.domain.tools import ToolPolicy
 
 if TYPE_CHECKING:
+    from tether.domain.batches import BatchProgress, Case, CaseResult
     from tether.domain.events import Event
     from tether.domain.messages import Message
+    from tether.services.batches import Batch, BatchesService
     from tether.services.runs import RunsService
     from tether.services.views import Run
 
@@ -179,6 +181,56 @@ class Agent:
 
         return iter_events(self, task, service=service, breakpoints=breakpoints, thread_id=thread_id,
                            metadata=metadata)
+
+    async def batch(self, tasks: Iterable[str | dict[str, Any] | Case] | Path | str, *, concurrency: int = 8,
+                    budget: float | None = None, max_tokens: int | None = None,
+                    per_case_budget: float | None = None, on_budget: Literal["pause", "fail"] = "pause",
+                    name: str | None = None, task_template: str | None = None, input_column: str = "input",
+                    on_progress: Callable[[BatchProgress], None] | None = None,
+                    on_case: Callable[[CaseResult], None] | None = None, out: Path | str | None = None,
+                    service: BatchesService | RunsService | None = None) -> Batch:
+        """Run the agent on every task, `concurrency` at a time, as a durable batch; returns the `Batch`
+        (its info and each case's result) once every case has ended or paused.
+
+        `tasks`: strings, case objects ({"input", "id"?, "vars"?, "expected"?, "metadata"?}), or the path
+        of a JSONL or CSV file (`input_column` names the task's column). `budget` caps the whole batch's
+        spend in USD (`max_tokens` its tokens, `per_case_budget` each case's). The batch is stored
+        first, so `service.run(batch.id)` resumes it after a crash without repeating finished cases.
+        """
+        from tether.domain.batches import BatchOptions, cases_of
+        from tether.domain.errors import InvalidRequest
+        from tether.services.batches import BatchesService, read_cases
+        from tether.services.runs import RunsService, default_service
+
+        source = None
+        if isinstance(tasks, str | Path):
+            source = str(Path(tasks).resolve())
+            cases, bad = read_cases(tasks, input_column=input_column)
+            if bad:
+                lines = "; ".join(f"line {b.line}: {b.reason}" for b in bad[:5])
+                raise InvalidRequest(f"{tasks}: {len(bad)} bad line(s): {lines}", param="tasks")
+        else:
+            try:
+                cases = cases_of(tasks)
+            except ValueError as e:
+                raise InvalidRequest(str(e), param="tasks") from None
+        try:
+            options = BatchOptions(concurrency=concurrency, max_cost_usd=budget, max_tokens=max_tokens,
+                                   per_case_max_cost_usd=per_case_budget, on_budget=on_budget, name=name,
+                                   task_template=task_template)
+        except ValueError as e:
+            raise InvalidRequest(str(e)) from None
+        runs = service if isinstance(service, RunsService) else None
+        batches = service if isinstance(service, BatchesService) else BatchesService(runs or await default_service())
+        info = await batches.create(self, cases, options, source=source)
+        await batches.run(info.id, on_progress=on_progress, on_case=on_case, out=out)
+        return await batches.batch(info.id)
+
+    def batch_sync(self, tasks: Iterable[str | dict[str, Any] | Case] | Path | str, **options: Any) -> Batch:
+        """`batch`, for code without an event loop (and inside one: it uses a thread)."""
+        from tether.services.runs import run_blocking
+
+        return run_blocking(self.batch(tasks, **options))
 
     def __repr__(self) -> str:
         return f"Agent(name={self.name!r}, model={self.model_ref!r}, tools={list(self.tools)})"

@@ -23,6 +23,7 @@ from tether.engine.governor import BudgetGovernor
 from tether.services.assistants.agents import ApiAgents
 from tether.services.assistants.service import AssistantsService
 from tether.services.assistants.thread_runs import ThreadRun
+from tether.services.batches import BatchesService
 from tether.services.dispatch import Dispatcher, InProcessDispatcher
 from tether.services.events import RunEvents
 from tether.services.operator import OperatorConfig, load_operator_config
@@ -35,7 +36,7 @@ CONFIG_ENV = "TETHER_CONFIG"
 class Services:
     """What a face needs: the runs service, the dispatcher that advances runs in the background,
     run event subscriptions, the Assistants documents (and how an API run's agent is built, under
-    the operator's grants), and the operator configuration they were built from."""
+    the operator's grants), the operator configuration they were built from, and batches."""
 
     runs: RunsService
     dispatcher: Dispatcher
@@ -44,10 +45,13 @@ class Services:
     assistants: AssistantsService[ThreadRun]
     operator: OperatorConfig
     database_url: str  # where the runs live (as configured: print it with `operator.shown_url`)
+    batches: BatchesService
+
 
     async def close(self, grace_s: float = 5.0) -> None:
         """Stop the dispatcher (runs in flight get `grace_s`), then close the store."""
         try:
+            await self.batches.close()  # batches run in the background stop first: no new case starts
             await self.dispatcher.close(grace_s)
         finally:
             close = getattr(self.runs.store, "close", None)
@@ -101,7 +105,7 @@ def services_for(runs: RunsService, operator: OperatorConfig | None = None, *, c
     assistants.register()
     dispatcher = InProcessDispatcher(runs, concurrency=concurrency or operator.server.concurrency)
     return Services(runs, dispatcher, RunEvents(runs, dispatcher.bus), api_agents, assistants, operator,
-                    database_url)
+                    database_url, BatchesService(runs))
 
 
 def tether_home() -> Path:

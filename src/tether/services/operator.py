@@ -36,6 +36,11 @@ names it. See docs/server.md.
     [prices."qwen2.5:7b"]              # USD per million tokens, for a model reference as agents name it
     input = 0.10
     output = 0.40
+
+    [batches]
+    max_concurrency = 32
+    max_cost_usd = 5.0
+    max_cases = 10000
 """
 
 from __future__ import annotations
@@ -101,6 +106,24 @@ class ServerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchCaps:
+    """`[batches]`: the most a tenant may ask of a batch over HTTP (a request above a cap is refused,
+    never lowered in silence). None: no cap."""
+
+    max_concurrency: int | None = None
+    max_cost_usd: float | None = None  # a batch's budget; with a cap, every batch must set one
+    max_cases: int | None = None
+
+    def check(self) -> None:
+        for name in ("max_concurrency", "max_cases"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"[batches] {name} must be at least 1, not {value}")
+        if self.max_cost_usd is not None and not 0 < self.max_cost_usd < math.inf:
+            raise ConfigError(f"[batches] max_cost_usd must be a positive number of dollars, not {self.max_cost_usd}")
+
+
+@dataclass(frozen=True, slots=True)
 class OperatorConfig:
     """Everything the operator decides, from the file, flags and environment."""
 
@@ -123,6 +146,7 @@ class OperatorConfig:
     # `[budgets] default_max_output_tokens`: the output cap a call under a token or cost budget carries
     # when it sets none, so that its reserved worst case holds.
     default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
+    batches: BatchCaps = field(default_factory=BatchCaps)
 
     def require_set(self) -> None:
         """Raise the error of the first `${VAR}` whose variable is unset (`tether serve` uses every value)."""
@@ -201,6 +225,10 @@ class OperatorConfig:
         for ref, price in sorted(self.prices.items()):
             lines += ["", f"[prices.{_toml(ref)}]", f"input = {price.input_usd * 1e6:g}",
                       f"output = {price.output_usd * 1e6:g}"]
+        lines += ["", "[batches]"]
+        for f in fields(BatchCaps):
+            value = getattr(self.batches, f.name)
+            lines.append(f"{f.name} = {_toml(value)}" if value is not None else f"# {f.name}: no cap")
         return "\n".join(lines) + "\n"
 
 
@@ -220,7 +248,7 @@ def load_operator_config(path: Path | str | None = None) -> OperatorConfig:
         raise ConfigError(f"{p}: {e}") from None
 
 
-_TOP = {"server", "store", "models", "mcp_servers", "mcp_config", "tools", "budgets", "prices"}
+_TOP = {"server", "store", "models", "mcp_servers", "mcp_config", "tools", "budgets", "prices", "batches"}
 
 
 class _Unset:
@@ -307,7 +335,7 @@ def _parse(data: dict[str, Any], path: Path) -> OperatorConfig:
     if cap < 1:
         raise ConfigError(f"[budgets] default_max_output_tokens must be at least 1, not {cap}")
     config = OperatorConfig(server, database_url, backend, mcp_servers, grants, path, written, unset.errors,
-                            _prices(_table(data, "prices")), cap)
+                            _prices(_table(data, "prices")), cap, _batch_caps(_table(data, "batches")))
     if "mcp_config" in data:
         json_path = Path(expand_env(_typed(data["mcp_config"], str, "mcp_config"), "mcp_config"))
         config = config.with_mcp_json(json_path if json_path.is_absolute() else path.parent / json_path)
@@ -358,6 +386,15 @@ def _prices(tables: dict[str, Any]) -> dict[str, Price]:
             figures.append(value)
         prices[ref] = Price.per_million(*figures)
     return prices
+
+
+def _batch_caps(table: dict[str, Any]) -> BatchCaps:
+    known = {f.name: f for f in fields(BatchCaps)}
+    _only(table, set(known), "[batches]")
+    kinds = {"max_concurrency": int, "max_cases": int, "max_cost_usd": float}
+    caps = BatchCaps(**{k: _typed(v, kinds[k], f"[batches] {k}") for k, v in table.items()})
+    caps.check()
+    return caps
 
 
 def _in_folder(url: str, folder: Path) -> str:

@@ -11,11 +11,13 @@ import asyncio
 import builtins
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from tether.adapters.importing import import_attr
@@ -40,12 +42,13 @@ from tether.domain.ids import new_id
 from tether.domain.leases import LeaseState, owner_is_gone, owner_of, owner_string
 from tether.domain.messages import Message
 from tether.domain.models import ModelResponse
-from tether.domain.protocols import Model, Store
+from tether.domain.protocols import BatchStore, Model, Store
 from tether.domain.records import (
     ACTIVE,
     TERMINAL,
     UNPAUSED,
     Action,
+    BatchRef,
     Paused,
     PauseReason,
     Record,
@@ -119,7 +122,7 @@ class RunsService:
                     metadata: dict[str, Any] | None = None, breakpoints: Sequence[str | Breakpoint] = (),
                     on_event: Callable[[Event], None] | None = None, register: bool = True,
                     history: Sequence[Message] | None = None, run_id: str | None = None,
-                    drive: bool = True, budgets: Sequence[str] = ()) -> RunView:
+                    drive: bool = True, budgets: Sequence[str] = (), batch: BatchRef | None = None) -> RunView:
         """Start a run and advance it until it pauses or finishes.
 
         `budgets`: ids of shared budgets in the store (`put_budget`) that cover every model call of
@@ -128,7 +131,8 @@ class RunsService:
         `breakpoints` (e.g. "before_tool:delete_*", "after_model if run.cost_usd > 0.2") join the
         agent's own for this run. On a thread, the run starts from `history` when given, else from
         the conversation of the thread's latest run. With `drive=False` the run is only created
-        (queued, leased to this service): `resume(run_id)` advances it.
+        (queued, leased to this service): `resume(run_id)` advances it. `batch` names the batch case
+        the run is an attempt of (recorded in its `run_started`).
         """
         model = agent.model  # resolve the model reference now: a bad one fails before a run exists
         await agent.open_tools()  # MCP servers: their tools are listed at run start
@@ -143,7 +147,7 @@ class RunsService:
         run_id = run_id or new_id("run")
         first = Record(run_id, 1, time.time(),
                        RunStarted(snapshot, [*history, *new], thread_id, None, dict(metadata or {}),
-                                  list(dict.fromkeys(budgets))))
+                                  list(dict.fromkeys(budgets)), batch=batch))
         await self.store.create_run(first, owner=self.owner, lease_ttl_s=self.lease_ttl_s)
         state = RunState(run_id)
         state.apply(first)
@@ -694,6 +698,48 @@ class RunsService:
         return await self.start(agent.with_model(model, tools), state.messages[: state.input_count],
                                 metadata={"replay_of": run_id, "replay": "full" if full else "model"},
                                 on_event=on_event, register=False)
+
+    # -- deleting -------------------------------------------------------------------------------
+
+    async def prune(self, *, older_than_s: float, dry_run: bool = False, work_roots: Sequence[Path] = ()) -> int:
+        """Delete the finished runs (completed, failed, cancelled, incomplete) last changed more than
+        `older_than_s` seconds ago: their records, their rows and their working folders (the `python`
+        tool's, under TETHER_HOME/work and under `work_roots`). Returns how many (with `dry_run`: how
+        many would be). Runs that belong to a batch are left to the batch (`batch delete --with-runs`
+        deletes them; once a batch is deleted without its runs, they are pruned like any other), and
+        so are runs of an Assistants thread or a conversation (deleting the thread removes them)."""
+        if not (isinstance(older_than_s, int | float) and 0 <= older_than_s < float("inf")):
+            raise InvalidRequest(f"older_than_s must be a number of seconds of at least 0, not {older_than_s!r}",
+                                 "older_than_s")
+        store = self._deleting_store()
+        cutoff = time.time() - older_than_s
+        if dry_run:
+            return len(await store.finished_runs_before(cutoff, limit=2**62))
+        total = 0
+        while ids := await store.finished_runs_before(cutoff, limit=1000):  # a thousand at a time
+            total += await self.delete_runs(ids, work_roots=work_roots)
+        return total
+
+    async def delete_runs(self, run_ids: Sequence[str], *, work_roots: Sequence[Path] = ()) -> int:
+        """Delete these runs (finished ones: a run advanced here is refused) and their working folders."""
+        busy = [r for r in run_ids if r in self._active]
+        if busy:
+            raise TetherError(f"run {busy[0]} is being advanced by this process; cancel it before deleting it")
+        deleted = await self._deleting_store().delete_runs(run_ids)
+        from tether.adapters.store.sql import tether_home
+        from tether.adapters.tools.sandbox.tool import run_folder_name
+
+        for root in (tether_home() / "work", *work_roots):
+            for run_id in run_ids:
+                folder = Path(root) / run_folder_name(run_id)
+                if folder.is_dir():
+                    await asyncio.to_thread(shutil.rmtree, folder, True)
+        return deleted
+
+    def _deleting_store(self) -> BatchStore:
+        if not hasattr(self.store, "delete_runs"):
+            raise ConfigError("this store cannot delete runs")
+        return self.store  # type: ignore[return-value]
 
     # -- finding an agent again ------------------------------------------------------------------
 

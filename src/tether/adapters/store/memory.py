@@ -8,11 +8,32 @@ from collections.abc import Collection, Sequence
 from typing import Any, Literal
 
 from tether.adapters.store.paging import check_page
+from tether.domain.batches import (
+    BatchOptions,
+    BatchRecord,
+    BatchState,
+    BatchTotals,
+    Case,
+    CaseRow,
+    CaseStatus,
+    StoredCase,
+    case_status,
+)
 from tether.domain.errors import RunNotFound, StoreConflict
 from tether.domain.governor import BudgetState, Spend, check_budget_limits
 from tether.domain.leases import LeaseState
 from tether.domain.objects import StoredObject
-from tether.domain.records import ACTIVE, UNPAUSED, Record, RunStatus
+from tether.domain.records import (
+    ACTIVE,
+    TERMINAL,
+    UNPAUSED,
+    Finished,
+    ModelCalled,
+    Paused,
+    Record,
+    RunStatus,
+    ToolFinished,
+)
 from tether.domain.runs import RunInfo, info_from_start, released_status, update_info
 
 
@@ -25,6 +46,10 @@ class MemoryStore:
         self._objects: dict[str, StoredObject] = {}
         self._budgets: dict[str, BudgetState] = {}
         self._reservations: dict[str, list[tuple[str, str, float, int]]] = {}  # grant -> (budget, run, usd, tokens)
+        self._batches: dict[str, BatchRecord] = {}
+        self._background: set[str] = set()
+        self._cases: dict[str, list[StoredCase]] = {}
+        self._batch_runs: dict[str, tuple[str, int, int]] = {}  # run id -> (batch id, case index, attempt)
 
     async def create_run(self, record: Record, *, owner: str | None, lease_ttl_s: float = 30.0) -> None:
         info = info_from_start(record, time.time())
@@ -300,6 +325,136 @@ class MemoryStore:
         for object_id in doomed:
             del self._objects[object_id]
         return len(doomed)
+
+    # -- batches, and deleting runs --------------------------------------------------------------
+
+    async def create_batch(self, batch: BatchRecord, cases: Sequence[Case]) -> None:
+        if batch.id in self._batches:
+            raise StoreConflict(f"batch {batch.id} already exists")
+        self._batches[batch.id] = copy.deepcopy(batch)
+        self._cases[batch.id] = [StoredCase(copy.deepcopy(c)) for c in cases]
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        b = self._batches.get(batch_id)
+        return copy.deepcopy(b) if b is not None else None
+
+    async def list_batches(self, *, tenant: str | None = None, limit: int = 50,
+                           after: str | None = None) -> list[BatchRecord]:
+        found = [b for i, b in sorted(self._batches.items(), reverse=True)
+                 if (tenant is None or b.tenant == tenant) and (after is None or i < after)]
+        return copy.deepcopy(found[:limit])
+
+    async def background_batches(self) -> list[BatchRecord]:
+        return [copy.deepcopy(self._batches[i]) for i in sorted(self._background)
+                if self._batches[i].state == BatchState.OPEN]
+
+    def _row(self, stored: StoredCase, ends: bool) -> CaseRow:
+        run = self._runs.get(stored.run_id) if stored.run_id else None
+        row = CaseRow(copy.deepcopy(stored), copy.copy(run))
+        if run is not None and ends:
+            for r in self._logs[run.id]:
+                p = r.payload
+                if isinstance(p, ModelCalled | ToolFinished):
+                    row.steps += 1
+                elif isinstance(p, Finished):
+                    row.finished = p
+                elif isinstance(p, Paused):
+                    row.paused = p
+        return row
+
+    async def batch_totals(self, batch_id: str) -> BatchTotals:
+        totals = BatchTotals()
+        for stored in self._cases.get(batch_id, []):
+            status = case_status(self._runs.get(stored.run_id) if stored.run_id else None)
+            totals.counts[status] = totals.counts.get(status, 0) + 1
+        cost, unknown = None, False
+        for run_id, (b, _, _) in self._batch_runs.items():
+            info = self._runs.get(run_id)
+            if b != batch_id or info is None:
+                continue
+            totals.input_tokens += info.input_tokens
+            totals.output_tokens += info.output_tokens
+            if info.cost_usd is not None:
+                cost = (cost or 0.0) + info.cost_usd
+            elif info.input_tokens + info.output_tokens > 0:
+                unknown = True
+        totals.cost_usd = None if unknown else cost
+        return totals
+
+    async def batch_cases(self, batch_id: str, *, status: CaseStatus | None = None, after: int | None = None,
+                          limit: int = 100) -> list[CaseRow]:
+        rows = []
+        for stored in self._cases.get(batch_id, []):
+            if after is not None and stored.case.index <= after:
+                continue
+            row = self._row(stored, ends=True)
+            if status is None or case_status(row.run) == status:
+                rows.append(row)
+            if len(rows) >= limit:
+                break
+        return rows
+
+    async def cases_to_run(self, batch_id: str, *, after: int = -1, limit: int = 500,
+                           retry_failed: bool = False) -> list[CaseRow]:
+        wanted = {RunStatus.QUEUED, RunStatus.RUNNING}
+        if retry_failed:
+            wanted |= {RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.INCOMPLETE}
+        rows = []
+        for stored in self._cases.get(batch_id, []):
+            if stored.case.index <= after:
+                continue
+            row = self._row(stored, ends=False)
+            if row.run is None or row.run.status in wanted:
+                rows.append(row)
+            if len(rows) >= limit:
+                break
+        return rows
+
+    async def start_cases(self, batch_id: str, starts: Sequence[tuple[int, int, str]]) -> None:
+        for index, attempt, run_id in starts:
+            stored = self._cases[batch_id][index]
+            stored.attempt, stored.run_id = attempt, run_id
+            self._batch_runs.setdefault(run_id, (batch_id, index, attempt))
+
+    async def update_batch(self, batch_id: str, *, state: BatchState | None = None,
+                           options: BatchOptions | None = None, background: bool | None = None) -> None:
+        b = self._batches.get(batch_id)
+        if b is None:
+            return
+        if state is not None:
+            b.state = state
+        if options is not None:
+            b.options = copy.deepcopy(options)
+        if background is not None:
+            (self._background.add if background else self._background.discard)(batch_id)
+
+    async def batch_run_ids(self, batch_id: str) -> list[str]:
+        return [r for r, (b, _, _) in sorted(self._batch_runs.items(), key=lambda kv: kv[1][1:])
+                if b == batch_id]
+
+    async def delete_batch(self, batch_id: str) -> None:
+        self._batches.pop(batch_id, None)
+        self._cases.pop(batch_id, None)
+        self._background.discard(batch_id)
+        for run_id in [r for r, (b, _, _) in self._batch_runs.items() if b == batch_id]:
+            del self._batch_runs[run_id]
+
+    async def delete_runs(self, run_ids: Sequence[str]) -> int:
+        deleted = 0
+        for run_id in run_ids:
+            self._logs.pop(run_id, None)
+            self._batch_runs.pop(run_id, None)
+            self._breakpoints.pop(run_id, None)
+            self._cancels.pop(run_id, None)
+            deleted += self._runs.pop(run_id, None) is not None
+        return deleted
+
+    async def finished_runs_before(self, cutoff: float, *, limit: int = 1000,
+                                   with_batch_runs: bool = False) -> list[str]:
+        found = sorted((r for r in self._runs.values()
+                        if r.status in TERMINAL and r.updated_at < cutoff and r.thread_id is None
+                        and (with_batch_runs or r.id not in self._batch_runs)), key=lambda r: r.updated_at)
+        return [r.id for r in found[:limit]]
 
     async def close(self) -> None:
         return None

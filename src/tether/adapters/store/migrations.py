@@ -114,6 +114,52 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE INDEX reservations_run ON reservations (run_id)",
         ],
     ),
+    (
+        6,
+        [
+            # A batch: its spec as created (the agent snapshot and the options, as JSON) and its state.
+            # `background`: set while a server runs it in the background (resumed at the server's start).
+            """CREATE TABLE batches (
+                id VARCHAR(64) PRIMARY KEY,
+                tenant VARCHAR(64) NOT NULL,
+                name TEXT,
+                state VARCHAR(16) NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                agent TEXT NOT NULL,
+                agent_ref TEXT,
+                options TEXT NOT NULL,
+                cases_hash VARCHAR(64) NOT NULL,
+                source TEXT,
+                total INTEGER NOT NULL,
+                background BOOLEAN
+            )""",
+            "CREATE INDEX batches_tenant ON batches (tenant, id)",
+            # Its cases, stored at creation; `attempt` and `run_id` name the case's current run (set
+            # just before that run is created, so a resume finds it by id, never making a second).
+            """CREATE TABLE batch_cases (
+                batch_id VARCHAR(64) NOT NULL,
+                idx INTEGER NOT NULL,
+                key TEXT NOT NULL,
+                input TEXT NOT NULL,
+                vars TEXT NOT NULL,
+                expected TEXT,
+                metadata TEXT NOT NULL,
+                attempt INTEGER NOT NULL DEFAULT 1,
+                run_id VARCHAR(64),
+                PRIMARY KEY (batch_id, idx),
+                UNIQUE (batch_id, key)
+            )""",
+            # Every attempt's run (a retried case's earlier runs too): what the batch spent, what
+            # `batch delete --with-runs` deletes, and what `runs prune` leaves to the batch.
+            """CREATE TABLE batch_runs (
+                run_id VARCHAR(64) PRIMARY KEY,
+                batch_id VARCHAR(64) NOT NULL,
+                idx INTEGER NOT NULL,
+                attempt INTEGER NOT NULL
+            )""",
+            "CREATE INDEX batch_runs_batch ON batch_runs (batch_id)",
+        ],
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -24,6 +24,7 @@ from rich.text import Text
 
 from tether.domain.errors import TetherError
 from tether.domain.records import ACTIVE, TERMINAL, PauseReason, RunStatus
+from tether.interfaces.cli.batch import batch_app, prune_cmd
 from tether.interfaces.cli.helpfix import localize_help, plain_flags
 from tether.interfaces.cli.invocation import cmd, command, localize, version
 from tether.interfaces.cli.render import (
@@ -37,6 +38,7 @@ from tether.interfaces.cli.render import (
     print_runs,
     run_to_dict,
 )
+from tether.interfaces.cli.usage import UsageMistake
 
 if TYPE_CHECKING:
     from tether.services.agents import Agent
@@ -92,10 +94,6 @@ def _options(show_version: Annotated[bool, typer.Option(
 
 
 # -- plumbing -----------------------------------------------------------------------------------
-
-
-class UsageMistake(TetherError):
-    """A mistake in how the command was called (shown as `error: …`, exit 2)."""
 
 
 LeaseTtl = Annotated[float, typer.Option(
@@ -792,6 +790,12 @@ def _operator_config(path: Path | None, mcp_config: Path | None, **server: Any) 
 
     config = operator_config(path).with_server(**server)
     return config.with_mcp_json(mcp_config) if mcp_config is not None else config
+
+
+# -- tether batch …, tether runs prune (their own module) -----------------------------------------
+
+app.add_typer(batch_app, name="batch")
+runs_app.command("prune")(prune_cmd)
 
 
 # -- entry point --------------------------------------------------------------------------------

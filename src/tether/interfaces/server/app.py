@@ -1,4 +1,4 @@
-"""The HTTP server: OpenAI's Assistants API (v2) and Tether's debug API, over the runs service.
+"""The HTTP server: OpenAI's Assistants API (v2), Tether's debug API and its batches, over the services.
 
 `create_app(services, config)` builds the FastAPI app over the services of the composition root
 (services/compose.py); `tether serve` runs it. Keys
@@ -20,7 +20,7 @@ from tether.interfaces.server.debug import add_debug_routes
 from tether.interfaces.server.errors import ApiError, add_error_handlers
 from tether.interfaces.server.guard import HostGuard
 from tether.interfaces.server.keys import add_key_middleware
-from tether.interfaces.server.routes import assistants, messages, runs, threads
+from tether.interfaces.server.routes import assistants, batches, messages, runs, threads
 from tether.services.compose import Services
 
 
@@ -32,8 +32,12 @@ def create_app(services: Services, config: ServerConfig | None = None) -> FastAP
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         dispatcher.start()  # also resumes the runs a dead server left (their leases expired)
-        yield
-        await dispatcher.close()
+        await services.batches.resume_open()  # and the batches it was running in the background
+        try:
+            yield
+        finally:
+            await services.batches.close()  # no new case starts; cases in flight stay resumable
+            await dispatcher.close()
 
     app = FastAPI(title="Tether: Assistants API", version="2", lifespan=lifespan,
                   description="OpenAI's Assistants API (v2) over Tether's durable runs, plus Tether's debug API.")
@@ -53,6 +57,7 @@ def create_app(services: Services, config: ServerConfig | None = None) -> FastAP
                               include_in_schema=False)
 
     add_debug_routes(app, api, services, keyless=not keys)
+    app.include_router(batches.router)
     if not keys or config.allowed_hosts:  # outermost: every path, before a route or a key is looked at
         app.add_middleware(HostGuard, allowed_hosts=config.allowed_hosts, check_origin=not keys)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from tether.adapters.models.refs import ModelBackend, resolve_model, uses_backend
 from tether.adapters.tools.client import ClientTool
@@ -27,6 +27,7 @@ from tether.services.server_tools import ServerTools
 MAX_STEPS = 50  # model calls an API run may make before it fails (a plain client cannot answer a budget pause)
 CODE_INTERPRETER = "code_interpreter"  # the python tool's name when a client asked for code_interpreter
 AGENT_REF_PREFIX = "api"  # an API run's agent reference is `api:RUN_ID`
+BATCH_AGENT: Final = "batch_agent"  # the settings of a batch made over HTTP: its agent reference is `api:bagent_…`
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,13 @@ class ApiAgents:
         except ConfigError as e:
             raise InvalidRequest(str(e)) from None
 
+    def build_batch(self, agent_id: str, s: RunSettings) -> Agent:
+        """The agent of a batch made over HTTP: as `build`, and its breakpoints are the agent's own (a
+        thread run gets them from its request; a batch's every case, wherever it is started)."""
+        agent = self.build(agent_id, s)
+        agent.breakpoints = [parse_breakpoint(spec, id=f"bp_{i}") for i, spec in enumerate(s.tether_breakpoints, 1)]
+        return agent
+
     def _code_interpreter(self, param: str) -> Any:
         """`code_interpreter` runs in the sandboxed python tool, as the operator configured it."""
         try:
@@ -121,7 +129,8 @@ def _limits(s: RunSettings) -> Limits:
 
 def api_agent_resolver(store: ObjectStore | Store, agents: ApiAgents) -> Callable[[AgentSnapshot], Awaitable[Agent]]:
     """The resolver of `api:RUN_ID` agent references (register it as `service.resolvers["api"]`):
-    rebuilds the agent of a run the server made from the settings stored with it.
+    rebuilds the agent of a run the server made from the settings stored with it (or, for `api:bagent_…`,
+    those of the batch it is a case of).
 
     `store` is the run store, which keeps the documents too (SqlStore and MemoryStore are both)."""
     objects = cast(ObjectStore, store)
@@ -129,8 +138,9 @@ def api_agent_resolver(store: ObjectStore | Store, agents: ApiAgents) -> Callabl
     async def agent_of_snapshot(snapshot: AgentSnapshot) -> Agent:
         run_id = (snapshot.agent_ref or "").partition(":")[2]
         row = await objects.get_object(run_id)
-        if row is None or row.kind != "run":
+        if row is None or row.kind not in ("run", BATCH_AGENT):
             raise ConfigError(f"run {run_id} has no stored settings; it cannot be continued here")
-        return agents.build(run_id, RunSettings.model_validate(row.data))
+        settings = RunSettings.model_validate(row.data)
+        return agents.build_batch(run_id, settings) if row.kind == BATCH_AGENT else agents.build(run_id, settings)
 
     return agent_of_snapshot

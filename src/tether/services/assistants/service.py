@@ -26,7 +26,8 @@ from tether.domain.objects import StoredObject
 from tether.domain.protocols import ObjectStore
 from tether.domain.records import ACTIVE, Action, Record, RunStarted
 from tether.domain.state import RunState, fold
-from tether.services.assistants.agents import AGENT_REF_PREFIX, ApiAgents, api_agent_resolver
+from tether.services.agents import Agent
+from tether.services.assistants.agents import AGENT_REF_PREFIX, BATCH_AGENT, ApiAgents, api_agent_resolver
 from tether.services.assistants.documents import (
     Assistant,
     AssistantSettings,
@@ -336,6 +337,35 @@ class AssistantsService(Generic[RunT]):
             raise InvalidRequest(f"Cannot cancel run with status '{run.status()}'.")
         with contextlib.suppress(AlreadyFinished):  # it ended meanwhile: its object says how
             await self.runs.cancel(run.id, by="client", wait=False)
+
+    # -- batches ---------------------------------------------------------------------------------
+
+    async def batch_agent(self, tenant: str, given: Mapping[str, Any]) -> Agent:
+        """The agent of a batch made over HTTP, configured as an assistant is (model, instructions,
+        server tools, response format, sampling) under the operator's grants. Its settings are stored
+        (`api:bagent_…`), so any process can rebuild it to resume the batch. Function tools are refused:
+        a batch has no client to run them. InvalidRequest names the field."""
+        settings = _validated(RunSettings, given)
+        for i, t in enumerate(settings.tools):
+            if t.type == "function":
+                raise InvalidRequest(f"Invalid value for 'tools[{i}]': a batch cannot use function tools (no client "
+                                     "runs them); use tether_tools, which the server runs.", f"tools[{i}]")
+        agent_id = new_id("bagent")
+        agent = self.agents.build_batch(agent_id, settings)
+        await self.objects.put_object(StoredObject(agent_id, BATCH_AGENT, tenant, _now(), settings.stored()))
+        return agent
+
+    async def own_batch_agent(self, agent: Agent, batch_id: str) -> None:
+        """File a batch agent's settings under the batch made with it, so that they go with it
+        (`forget_batch`)."""
+        row = await self.objects.get_object((agent.ref or "").partition(":")[2])
+        if row is not None and row.kind == BATCH_AGENT:
+            row.parent_id = batch_id
+            await self.objects.put_object(row)
+
+    async def forget_batch(self, batch_id: str) -> None:
+        """Delete what this service keeps for a deleted batch (its agent's settings, if made over HTTP)."""
+        await self.objects.delete_children(batch_id, [BATCH_AGENT])
 
     # -- forks -----------------------------------------------------------------------------------
 

@@ -1,10 +1,11 @@
 """The SQL store's tables as SQLAlchemy Core objects, and the conversions between rows and domain values.
 
 The DDL itself, and its history, is in `tether.adapters.store.migrations`; these declarations only
-build statements and must name the same columns. Three tables: `records` (the log; its primary
+build statements and must name the same columns. The tables: `records` (the log; its primary
 key `(run_id, seq)` is the fence that makes two writers of one seq conflict), `runs` (the index
-row a run, derived from the log with `tether.domain.runs.update_info`) and `objects` (the HTTP
-interface's documents).
+row a run, derived from the log with `tether.domain.runs.update_info`), `objects` (the HTTP
+interface's documents), and `batches`, `batch_cases` and `batch_runs` (batches, their cases, and
+every attempt's run).
 """
 
 from __future__ import annotations
@@ -62,6 +63,43 @@ objects_table = sa.Table(
     sa.Column("parent_id", sa.String(64)),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("data", sa.Text, nullable=False),
+)
+batches_table = sa.Table(
+    "batches",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("name", sa.Text),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("agent", sa.Text, nullable=False),
+    sa.Column("agent_ref", sa.Text),
+    sa.Column("options", sa.Text, nullable=False),
+    sa.Column("cases_hash", sa.String(64), nullable=False),
+    sa.Column("source", sa.Text),
+    sa.Column("total", sa.Integer, nullable=False),
+    sa.Column("background", sa.Boolean),
+)
+batch_cases_table = sa.Table(
+    "batch_cases",
+    metadata,
+    sa.Column("batch_id", sa.String(64), primary_key=True),
+    sa.Column("idx", sa.Integer, primary_key=True),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("input", sa.Text, nullable=False),
+    sa.Column("vars", sa.Text, nullable=False),
+    sa.Column("expected", sa.Text),
+    sa.Column("metadata", sa.Text, nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.String(64)),
+)
+batch_runs_table = sa.Table(
+    "batch_runs",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("batch_id", sa.String(64), nullable=False),
+    sa.Column("idx", sa.Integer, nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
 )
 
 # The RunInfo fields, in RunInfo's order (a test checks they match the dataclass).

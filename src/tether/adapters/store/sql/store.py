@@ -9,6 +9,7 @@ concept, each in its own module, and only hands each call to its part:
 - `leases`: who advances a run; `controls`: breakpoints and cancel requests set on a run;
 - `objects`: the HTTP interface's documents;
 - `budgets`: shared budgets and their reservations (the governor's).
+- `batches`: batches and their cases, read with their runs' rows; deleting runs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any, Literal, Protocol
 
+from tether.adapters.store.sql.batches import Batches
 from tether.adapters.store.sql.budgets import Budgets
 from tether.adapters.store.sql.controls import Controls
 from tether.adapters.store.sql.database import Database
@@ -23,6 +25,7 @@ from tether.adapters.store.sql.leases import Leases
 from tether.adapters.store.sql.objects import Objects
 from tether.adapters.store.sql.runs import Runs
 from tether.adapters.store.sql.writer import GroupCommitWriter
+from tether.domain.batches import BatchOptions, BatchRecord, BatchState, BatchTotals, Case, CaseRow, CaseStatus
 from tether.domain.governor import BudgetState, Spend
 from tether.domain.leases import LeaseState
 from tether.domain.objects import StoredObject
@@ -51,6 +54,7 @@ class SqlStore:
         self._controls = Controls(self._db, self._writer.call)
         self._objects = Objects(self._db, self._writer.call)
         self._budgets = Budgets(self._db, self._writer.call, self._writer.submit)
+        self._batches = Batches(self._db, self._writer.call, self._writer.forget)
 
     # -- the log: `append` (above), sync and reads -----------------------------------------------
 
@@ -166,6 +170,52 @@ class SqlStore:
 
     async def delete_children(self, parent_id: str, kinds: Sequence[str]) -> int:
         return await self._objects.delete_children(parent_id, kinds)
+
+    # -- batches, and deleting runs --------------------------------------------------------------
+
+    async def create_batch(self, batch: BatchRecord, cases: Sequence[Case]) -> None:
+        await self._batches.create_batch(batch, cases)
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        return await self._batches.get_batch(batch_id)
+
+    async def list_batches(self, *, tenant: str | None = None, limit: int = 50,
+                           after: str | None = None) -> list[BatchRecord]:
+        return await self._batches.list_batches(tenant=tenant, limit=limit, after=after)
+
+    async def background_batches(self) -> list[BatchRecord]:
+        return await self._batches.background_batches()
+
+    async def batch_totals(self, batch_id: str) -> BatchTotals:
+        return await self._batches.batch_totals(batch_id)
+
+    async def batch_cases(self, batch_id: str, *, status: CaseStatus | None = None, after: int | None = None,
+                          limit: int = 100) -> list[CaseRow]:
+        return await self._batches.batch_cases(batch_id, status=status, after=after, limit=limit)
+
+    async def cases_to_run(self, batch_id: str, *, after: int = -1, limit: int = 500,
+                           retry_failed: bool = False) -> list[CaseRow]:
+        return await self._batches.cases_to_run(batch_id, after=after, limit=limit, retry_failed=retry_failed)
+
+    async def start_cases(self, batch_id: str, starts: Sequence[tuple[int, int, str]]) -> None:
+        await self._batches.start_cases(batch_id, starts)
+
+    async def update_batch(self, batch_id: str, *, state: BatchState | None = None,
+                           options: BatchOptions | None = None, background: bool | None = None) -> None:
+        await self._batches.update_batch(batch_id, state=state, options=options, background=background)
+
+    async def batch_run_ids(self, batch_id: str) -> list[str]:
+        return await self._batches.batch_run_ids(batch_id)
+
+    async def delete_batch(self, batch_id: str) -> None:
+        await self._batches.delete_batch(batch_id)
+
+    async def delete_runs(self, run_ids: Sequence[str]) -> int:
+        return await self._batches.delete_runs(run_ids)
+
+    async def finished_runs_before(self, cutoff: float, *, limit: int = 1000,
+                                   with_batch_runs: bool = False) -> list[str]:
+        return await self._batches.finished_runs_before(cutoff, limit=limit, with_batch_runs=with_batch_runs)
 
     # -- closing --------------------------------------------------------------------------------
 
