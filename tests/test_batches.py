@@ -666,57 +666,6 @@ def test_the_docs_python_batch_example_runs_and_prints_what_it_says(tmp_path: Pa
     assert out.stdout == printed
 
 
-async def test_a_batch_killed_with_sigkill_resumes_with_every_case_run_once(db: str, tmp_path: Path) -> None:
-    """kill -9 the process running a batch several times (TETHER_BATCH_KILL_CASES cases, 40 by default):
-    the results file stays valid, and resumes finish the batch with no effect made twice and each case in
-    the file once. A kill inside a tool call leaves that case paused as uncertain (the run contract), not
-    run again."""
-    import signal
-    import subprocess
-    import sys
-
-    import batch_kill_agent
-
-    n = int(os.environ.get("TETHER_BATCH_KILL_CASES", "40"))
-    effects, out = tmp_path / "effects.txt", tmp_path / "results.jsonl"
-    os.environ["TETHER_TEST_EFFECTS"] = str(effects)
-    store = SqlStore(db)
-    try:
-        service = BatchesService(RunsService(store))
-        info = await service.create(batch_kill_agent.AGENT, cases_of(tasks(n)), BatchOptions())
-    finally:
-        await store.close()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
-    for kill in range(3):
-        child = subprocess.Popen([sys.executable, str(Path(__file__).parent / "batch_kill_agent.py"), db, info.id,
-                                  str(out)], env=env, stderr=subprocess.PIPE, text=True)
-        wanted = (kill + 1) * n // 5
-        while child.poll() is None and (not out.exists() or len(out.read_text().splitlines()) < wanted):
-            await asyncio.sleep(0.01)
-        if child.poll() is not None:
-            raise AssertionError(f"the batch process ended by itself ({child.returncode}): {child.stderr.read()}")
-        child.send_signal(signal.SIGKILL)
-        child.communicate()
-        for line in out.read_text().splitlines():
-            json.loads(line)  # every line whole
-    try:
-        store = SqlStore(db)
-        service = BatchesService(RunsService(store))
-        done = await service.run(info.id, out=out)
-        uncertain = await service.cases(info.id, status=CaseStatus.PAUSED, limit=n)
-        assert all((r.pause_reason or "").startswith("uncertain") for r in uncertain)
-        assert done.counts[CaseStatus.COMPLETED] + len(uncertain) == n
-        made = effects.read_text().splitlines()
-        assert len(made) == len(set(made))  # no effect twice
-        assert len(await all_runs(service)) == n  # one run per case
-        lines = [json.loads(line) for line in out.read_text().splitlines()]
-        assert sorted(int(x["key"]) for x in lines) == sorted(
-            r.index for r in await service.cases(info.id, status=CaseStatus.COMPLETED, limit=n))
-    finally:
-        del os.environ["TETHER_TEST_EFFECTS"]
-        await store.close()
-
-
 async def test_a_case_output_is_validated_by_the_agents_output_schema(service: BatchesService,
                                                                      tmp_path: Path) -> None:
     schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"],

@@ -64,7 +64,13 @@ async def test_the_old_database_is_migrated_and_its_runs_show_as_before(service:
 async def test_an_old_budget_pause_answered_with_a_raised_budget_goes_on(service: Any) -> None:
     run_id = RUNS["paused_budget"]
     view = await service.get(run_id)
-    done = await service.answer(run_id, {view.pending[0].id: Continue({"max_cost_usd": 1.0})}, by="test")
+    # The call the answer continues past is made; the next one is reserved at its worst case (its input
+    # by byte count plus the default 4,096-token output cap at $0.002 a token), which $1.00 cannot hold.
+    again = await service.answer(run_id, {view.pending[0].id: Continue({"max_cost_usd": 1.0})}, by="test")
+    assert again.status == "paused" and again.pending[0].reason == "budget", again
+    assert "may cost up to" in (again.pending[0].detail or "")
+    assert again.cost_usd == pytest.approx(0.08)
+    done = await service.answer(run_id, {again.pending[0].id: Continue({"max_cost_usd": 50.0})}, by="test")
     assert done.status == "completed" and done.output == "result 5", done
     assert done.cost_usd == pytest.approx(0.12)
 

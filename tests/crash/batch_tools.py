@@ -1,9 +1,11 @@
 """The agent of the batch kill test (tests/test_batch_crash.py): one side-effecting tool call a case.
 
-`effect` writes the case's effect once per call: its idempotency key is the call id, which a resumed
-run keeps (the call was recorded before it ran), so repeating an interrupted call does nothing twice —
-while a second RUN for a case (what a batch must never make) would mint a new call id and show up
-as a second effect in the ledger (TETHER_LEDGER_DIR/ledger). A case whose input starts with "fail"
+`effect` is not idempotent (its policy is the default), so its call is recorded before it runs, and
+a call interrupted by a kill is left `uncertain`, never repeated behind anyone's back. It writes the
+case's effect once per idempotency key (run and call id, which a rerun of that call keeps), so
+rerunning an uncertain call does nothing twice — while a second RUN for a case (what a batch must
+never make) would mint a new key and show up as a second effect in the ledger
+(TETHER_LEDGER_DIR/ledger). A case whose input starts with "fail"
 makes the model give an empty answer (the run fails) while the file TETHER_LEDGER_DIR/failing exists.
 """
 
@@ -24,11 +26,11 @@ def _dir() -> Path:
 
 async def effect(case: str, ctx: ToolContext) -> str:
     """Do the case's side effect (once per call id)."""
-    marker = _dir() / "calls" / ctx.call_id
+    marker = _dir() / "calls" / ctx.idempotency_key
     try:
         fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
-        return f"done {case}"  # this call already took effect before an interruption
+        return f"done {case}"  # this call took effect before an interruption: do not do it again
     os.close(fd)
     line = os.open(_dir() / "ledger", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:

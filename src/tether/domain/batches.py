@@ -272,6 +272,12 @@ def case_run_id(batch_id: str, key: str, attempt: int) -> str:
     return f"run_{time_part}{digest}"
 
 
+def case_budget_id(batch_id: str, key: str) -> str:
+    """The id of a case's own budget (`per_case_max_cost_usd`), which all its attempts spend; the key
+    is hashed so that the id fits the store's id column whatever the key's length."""
+    return f"{batch_id}/{hashlib.sha256(key.encode()).hexdigest()[:20]}"
+
+
 @dataclass(slots=True)
 class StoredCase:
     """A case as stored with its batch: which attempt it is at and that attempt's run (None: not started)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from tether.domain.agents import BudgetPolicy
 from tether.domain.errors import InvalidRequest
@@ -17,6 +18,7 @@ from tether.domain.messages import ImagePart, TextPart
 from tether.domain.models import ModelRequest
 
 DEFAULT_MAX_OUTPUT_TOKENS = 4096  # a call's output cap when it sets none and a budget covers it
+EPSILON_USD = 1e-12  # sums of float costs: a reservation that fits exactly is not refused by rounding
 WARN_AT = 0.8  # a shared budget warns once, when this share of it is spent or reserved
 MESSAGE_OVERHEAD_TOKENS = 8  # a chat template's role markers and separators, per message (BPE: ~4)
 REQUEST_OVERHEAD_TOKENS = 16  # the priming of the reply, and the tool-use preamble some servers add
@@ -88,6 +90,12 @@ class Spend:
     tokens: int
 
 
+# What a run does when a shared budget cannot hold its next call: wait paused for a person to raise the
+# budget, or fail (a batch's `--on-budget`). ("finish", a run's own policy, would need a call of its own.)
+ExhaustedPolicy = Literal["pause", "fail"]
+EXHAUSTED_POLICIES = ("pause", "fail")
+
+
 @dataclass(slots=True)
 class BudgetState:
     """A shared budget: its limits (None: none), what was spent and what is reserved now."""
@@ -101,6 +109,7 @@ class BudgetState:
     reserved_tokens: int = 0
     warned: bool = False
     created_at: float = 0.0
+    on_exhausted: ExhaustedPolicy = "pause"  # what a run that cannot reserve in it does
 
     def used_share(self) -> float:
         """The larger of its dollar and token shares spent or reserved (0 without limits)."""
@@ -112,8 +121,21 @@ class BudgetState:
         return max(shares)
 
 
-def check_budget_limits(max_usd: float | None, max_tokens: int | None) -> None:
+def fits_once_settled(budget: BudgetState, ask: Ask) -> bool:
+    """Whether the call would fit in the budget were nothing else reserved in it: then it was refused
+    only because other calls hold reservations, which settle (usually for less) or are given back
+    soon, and the call waits for them instead of pausing."""
+    if budget.reserved_usd <= EPSILON_USD and budget.reserved_tokens <= 0:
+        return False
+    if budget.max_usd is not None and (ask.usd is None or budget.spent_usd + ask.usd > budget.max_usd + EPSILON_USD):
+        return False
+    return budget.max_tokens is None or budget.spent_tokens + ask.tokens <= budget.max_tokens
+
+
+def check_budget_limits(max_usd: float | None, max_tokens: int | None, on_exhausted: str = "pause") -> None:
     """Refuse a shared budget's nonsense limits before they are stored (None: no limit)."""
+    if on_exhausted not in EXHAUSTED_POLICIES:
+        raise InvalidRequest(f'on_exhausted must be "pause" or "fail", not {on_exhausted!r}', param="on_exhausted")
     if max_usd is not None and (isinstance(max_usd, bool) or not isinstance(max_usd, int | float)
                                 or not 0 <= max_usd < math.inf):
         raise InvalidRequest(f"max_usd must be a number of dollars, 0 or more (or None), not {max_usd!r}",

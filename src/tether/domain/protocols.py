@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from tether.domain.batches import BatchOptions, BatchRecord, BatchState, BatchTotals, Case, CaseRow, CaseStatus
-from tether.domain.governor import BudgetState, Grant, Price, Refusal, Spend
+from tether.domain.governor import BudgetState, ExhaustedPolicy, Grant, Price, Refusal, Spend
 from tether.domain.leases import LeaseState
 from tether.domain.models import ModelRequest, ModelResponse
 from tether.domain.objects import StoredObject
@@ -163,9 +163,10 @@ class Store(Protocol):
 
     # -- shared budgets (the governor's) --------------------------------------------------------
 
-    async def put_budget(self, budget_id: str, *, max_usd: float | None, max_tokens: int | None) -> None:
+    async def put_budget(self, budget_id: str, *, max_usd: float | None, max_tokens: int | None,
+                         on_exhausted: ExhaustedPolicy = "pause") -> None:
         """Create the budget, or change its limits (what was spent and reserved stays; it may warn
-        again, at 80 % of its new limits)."""
+        again, at 80 % of its new limits). `on_exhausted`: what a run that cannot reserve in it does."""
         ...
 
     async def get_budget(self, budget_id: str) -> BudgetState | None: ...

@@ -46,7 +46,10 @@ class ToolContext:
     """What a tool is told about the call it serves.
 
     `idempotency_key` (`run_id:call_id`) is the same on every attempt of the same call, so a
-    tool with side effects can deduplicate on its side.
+    tool with side effects can deduplicate on its side. For a tool not marked idempotent that holds
+    across crashes too: its call is recorded before it runs, so a resume (or a `rerun` of a call
+    left uncertain) repeats it under the same id. An idempotent tool may run before its call is
+    recorded: after a crash the model is asked again, and a call it makes then has a new id.
     """
 
     run_id: str

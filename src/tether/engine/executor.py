@@ -139,7 +139,9 @@ class Executor:
             return
         final = False
         request = self._request(state, final)
-        got = await self.governor.reserve(state, request, self.model)
+        got = await self._reserve(state, request)
+        if got is None:
+            return  # cancel() came while it waited for budget room: the loop ends the run
         if isinstance(got, Refusal):
             if got.policy == "pause" or self._stop(state, Stop.ON_BUDGET, step, budget=got.budget):
                 await self._budget_pause(state, step, got)
@@ -149,7 +151,9 @@ class Executor:
                 return
             final = True  # "finish": one last call without tools, that must answer, and fit the budget too
             request = self._request(state, final)
-            got = await self.governor.reserve(state, request, self.model, final=True)
+            got = await self._reserve(state, request, final=True)
+            if got is None:
+                return
             if isinstance(got, Refusal):
                 await self._budget_pause(state, step, got)
                 return
@@ -167,6 +171,15 @@ class Executor:
         finally:
             if not settled:  # never made, failed or interrupted: nothing was spent that a record shows
                 await self._release(grant)
+
+    async def _reserve(self, state: RunState, request: ModelRequest, *, final: bool = False) -> Grant | Refusal | None:
+        """The governor's answer for this call; None when cancel() interrupted it (a reservation may
+        wait for calls in flight to settle)."""
+        async with self._model_in_flight:
+            return await self.governor.reserve(state, request, self.model, final=final)
+        if self._lease_lost is not None:
+            raise LeaseLost(self._lease_lost)
+        return None
 
     async def _budget_pause(self, state: RunState, step: int, refusal: Refusal) -> None:
         await self._pause(state, [PendingItem(f"on_budget:{step}", PauseReason.BUDGET, detail=refusal.detail,

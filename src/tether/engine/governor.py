@@ -20,6 +20,7 @@ holds. At the model's price: a model whose price is unknown cannot run under a d
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
 
@@ -33,6 +34,7 @@ from tether.domain.governor import (
     Price,
     Refusal,
     Spend,
+    fits_once_settled,
     requested_output_cap,
     shared_refusal,
     usd,
@@ -44,6 +46,8 @@ from tether.domain.protocols import Model, Store, price_of
 from tether.domain.state import RunState
 from tether.domain.usage import Usage
 
+# How often a call that fits a shared budget once the calls in flight settle asks again (backing off).
+_FIRST_WAIT_S, _LAST_WAIT_S = 0.02, 0.5
 # The grant of a call no token or cost budget covers: nothing reserved, nothing to settle or release.
 _FREE = Grant("grant_free", Ask("", 0, (), 0, None, None), None)
 
@@ -119,10 +123,17 @@ class BudgetGovernor:
         if shared:
             if self.store is None:
                 raise RuntimeError("a run with shared budgets needs a governor with a store")
-            refused = await self.store.reserve(state.run_id, grant_id, shared, ask.usd, ask.tokens)
-            if refused is not None:
+            wait_s = _FIRST_WAIT_S
+            while (refused := await self.store.reserve(state.run_id, grant_id, shared, ask.usd, ask.tokens)):
                 budget = await self.store.get_budget(refused)
-                return Refusal(refused, shared_refusal(budget, refused, ask), "pause", shared=True)
+                if budget is not None and fits_once_settled(budget, ask):
+                    # Only others' calls in flight are in the way: wait for them to settle (the executor
+                    # interrupts the wait on cancel), rather than pause a run the budget can still pay for.
+                    await asyncio.sleep(wait_s)
+                    wait_s = min(wait_s * 1.5, _LAST_WAIT_S)
+                    continue
+                policy = budget.on_exhausted if budget is not None else "pause"
+                return Refusal(refused, shared_refusal(budget, refused, ask), policy, shared=True)
             warnings = tuple(_warning(b) for b in await self.store.warn_budgets(shared, WARN_AT))
         return Grant(grant_id, ask, cap if cap != requested else None, warnings)
 

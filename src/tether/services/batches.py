@@ -38,6 +38,7 @@ from tether.domain.batches import (
     CaseStatus,
     StoredCase,
     batch_info,
+    case_budget_id,
     case_result,
     case_run_id,
     case_status,
@@ -108,10 +109,12 @@ class BatchesService:
         if not cases:
             raise InvalidRequest("a batch needs at least one case; the input has none", param="cases")
         model = agent.model  # a bad model reference fails before the batch exists
+        governor = self.runs.governor
         if (options.max_cost_usd is not None or options.per_case_max_cost_usd is not None) \
-                and model.cost_usd(ModelResponse()) is None:
+                and (governor.price(model) is None or governor.cost_usd(model, ModelResponse()) is None):
             raise ConfigError(f"a dollar budget is set, but the price of model {agent.model_ref!r} is unknown here, "
-                              "so it could never be checked; remove it, or use a model with known prices")
+                              "so it could never be checked; remove it, use a model with known prices, or set its "
+                              "price in the operator configuration ([prices])")
         await agent.open_tools()
         try:
             snapshot = agent.snapshot()
@@ -121,10 +124,19 @@ class BatchesService:
         record = BatchRecord(new_id("batch"), tenant, options.name, BatchState.OPEN, time.time(),
                              _snapshot_dict(snapshot), agent.ref, options, cases_hash(cases), source, len(cases))
         await self.store.create_batch(record, cases)
-        # The budgets: the batch's (id = batch id: max_cost_usd, max_tokens) and each case's
-        # (f"{batch_id}/{key}": per_case_max_cost_usd) are created here, with `Store.put_budget`, once
-        # the governor's store rows exist (see `_budgets`).
+        await self._put_batch_budget(record)
         return await self.get(record.id)
+
+    async def _put_batch_budget(self, record: BatchRecord, *, only_if_missing: bool = False) -> None:
+        """The batch's shared budget (id: the batch's), which every case's run reserves in; a case's own
+        (`per_case_max_cost_usd`) is made when the case starts (see `_Runner._start`)."""
+        options = record.options
+        if options.max_cost_usd is None and options.max_tokens is None:
+            return
+        if only_if_missing and await self.runs.store.get_budget(record.id) is not None:
+            return
+        await self.runs.store.put_budget(record.id, max_usd=options.max_cost_usd, max_tokens=options.max_tokens,
+                                         on_exhausted=options.on_budget)
 
     # -- look ------------------------------------------------------------------------------------
 
@@ -193,6 +205,7 @@ class BatchesService:
         if batch_id in self._sessions:
             raise TetherError(f"batch {batch_id} is being run by this process already")
         agent = await self._agent(record)
+        await self._put_batch_budget(record, only_if_missing=True)
         n = concurrency or record.options.concurrency
         session = self._sessions[batch_id] = _Session(stop=stop or asyncio.Event())
         writer = None
@@ -303,7 +316,7 @@ class BatchesService:
                     await self.runs.cancel(row.stored.run_id, by=f"batch cancel {batch_id}", wait=False)
         return await self.get(batch_id)
 
-    async def _pages(self, batch_id: str, status: CaseStatus, size: int = 200) -> Any:
+    async def _pages(self, batch_id: str, status: CaseStatus | None, size: int = 200) -> Any:
         after = -1
         while True:
             rows = await self.store.batch_cases(batch_id, status=status, after=after, limit=size)
@@ -313,17 +326,19 @@ class BatchesService:
                 return
             after = rows[-1].stored.case.index
 
-    async def answer(self, batch_id: str, *, action: Literal["approve", "continue", "abort"],
+    async def answer(self, batch_id: str, *, action: Literal["approve", "continue", "rerun", "abort"],
                      max_cost_usd: float | None = None, max_tokens: int | None = None,
                      reason: str | None = None, tenant: str | None = None) -> int:
         """Answer the pauses of every paused case at once; returns how many were answered.
 
         `approve`: the cases waiting for approvals (their approvals approved, other items continued);
         `continue`: the cases whose every pending item can continue (budgets, breakpoints), after
-        raising the batch's budget to `max_cost_usd` / `max_tokens` when given; `abort`: every paused
-        case. The answered runs are advanced by the batch's next `run` (at once when it runs here)."""
-        if action not in ("approve", "continue", "abort"):
-            raise InvalidRequest(f"action must be approve, continue or abort, not {action!r}", param="action")
+        raising the batch's budget to `max_cost_usd` / `max_tokens` when given; `rerun`: the cases whose
+        every pending item is a call left uncertain by an interruption (run again: for a tool that
+        deduplicates by `ToolContext.idempotency_key`, which is stable for such a call); `abort`: every
+        paused case. The answered runs are advanced by the batch's next `run` (at once when it runs here)."""
+        if action not in ("approve", "continue", "rerun", "abort"):
+            raise InvalidRequest(f"action must be approve, continue, rerun or abort, not {action!r}", param="action")
         record = await self._record(batch_id, tenant)
         if max_cost_usd is not None or max_tokens is not None:
             options = copy.copy(record.options)
@@ -336,7 +351,8 @@ class BatchesService:
             except ValueError as e:
                 raise InvalidRequest(str(e), param="max_cost_usd" if "cost" in str(e) else "max_tokens") from None
             await self.store.update_batch(batch_id, options=options)
-            # The governor's batch budget row is raised here too (Store.put_budget(batch_id, ...)).
+            record.options = options
+            await self._put_batch_budget(record)  # the pauses answered below then reserve in the raised budget
         by = reason or f"batch answer {batch_id}"
         answered = 0
         session = self._sessions.get(batch_id)
@@ -363,10 +379,13 @@ class BatchesService:
     async def delete(self, batch_id: str, *, with_runs: bool = False, tenant: str | None = None) -> None:
         """Delete the batch and its cases; with `with_runs`, every attempt's run too (an active one is
         cancelled first). Without, the runs stay as ordinary runs (`runs prune` may delete them)."""
-        await self._record(batch_id, tenant)
+        record = await self._record(batch_id, tenant)
         if batch_id in self._sessions:
             raise TetherError(f"batch {batch_id} is running in this process; cancel or stop it first")
         run_ids = await self.store.batch_run_ids(batch_id)
+        budgets = [batch_id] if record.options.max_cost_usd is not None or record.options.max_tokens is not None else []
+        if record.options.per_case_max_cost_usd is not None:
+            budgets += [case_budget_id(batch_id, row.stored.case.key) async for row in self._pages(batch_id, None)]
         if with_runs:
             for run_id in run_ids:
                 info = await self.runs.info(run_id)
@@ -374,6 +393,8 @@ class BatchesService:
                     with contextlib.suppress(AlreadyFinished, AlreadyResumed, StoreConflict):
                         await self.runs.cancel(run_id, by=f"batch delete {batch_id}")
         await self.store.delete_batch(batch_id)
+        for budget_id in budgets:  # what grows can be pruned: the batch's budgets go with it
+            await self.runs.store.delete_budget(budget_id)
         if with_runs:
             await self.runs.delete_runs(run_ids)
 
@@ -538,12 +559,16 @@ class _Runner:
             await self._record_start(case.index, attempt, run_id)
             stored.attempt, stored.run_id = attempt, run_id
         agent = self._agent_for(case)
+        options = self.record.options
+        if options.per_case_max_cost_usd is not None:  # the case's own budget: all its attempts spend it
+            await self.service.runs.store.put_budget(case_budget_id(batch_id, case.key),
+                                                     max_usd=options.per_case_max_cost_usd, max_tokens=None,
+                                                     on_exhausted=options.on_budget)
         try:
             return await self.service.runs.start(
-                agent, task_of(case, self.record.options.task_template), run_id=run_id, register=False,
-                batch=BatchRef(batch_id, case.key, attempt),
+                agent, task_of(case, options.task_template), run_id=run_id, register=False,
+                batch=BatchRef(batch_id, case.key, attempt), budgets=_budgets(self.record, case),
                 metadata={"batch_id": batch_id, "case_key": case.key, "attempt": attempt})
-            # (with the governor: budgets=_budgets(self.record, case))
         except StoreConflict:
             if await self.service.runs.info(run_id) is not None:  # another process started it first
                 return None
@@ -658,6 +683,10 @@ def _answers_for(view: Run, action: str) -> dict[str, tuple[Any, Any]] | None:
     items = view.pending
     if action == "abort":
         return {i.id: ("abort", None) for i in items}
+    if action == "rerun":
+        if not items or any(i.reason != PauseReason.UNCERTAIN for i in items):
+            return None
+        return {i.id: ("rerun", None) for i in items}
     if action == "approve":
         if not any(i.reason == PauseReason.APPROVAL for i in items):
             return None
@@ -676,13 +705,12 @@ def _answers_for(view: Run, action: str) -> dict[str, tuple[Any, Any]] | None:
 
 
 def _budgets(record: BatchRecord, case: Case) -> builtins.list[str]:
-    """The budgets a case's run is under: the batch's and the case's own (ids as the governor keys them).
-    Passed as `RunsService.start(..., budgets=...)` once the governor is merged."""
+    """The shared budgets a case's run reserves in: the batch's and the case's own."""
     ids = []
     if record.options.max_cost_usd is not None or record.options.max_tokens is not None:
         ids.append(record.id)
     if record.options.per_case_max_cost_usd is not None:
-        ids.append(f"{record.id}/{case.key}")
+        ids.append(case_budget_id(record.id, case.key))
     return ids
 
 

@@ -20,7 +20,7 @@ from tether.domain.batches import (
     case_status,
 )
 from tether.domain.errors import RunNotFound, StoreConflict
-from tether.domain.governor import BudgetState, Spend, check_budget_limits
+from tether.domain.governor import BudgetState, ExhaustedPolicy, Spend, check_budget_limits
 from tether.domain.leases import LeaseState
 from tether.domain.objects import StoredObject
 from tether.domain.records import (
@@ -177,13 +177,15 @@ class MemoryStore:
 
     # -- shared budgets -------------------------------------------------------------------------
 
-    async def put_budget(self, budget_id: str, *, max_usd: float | None, max_tokens: int | None) -> None:
-        check_budget_limits(max_usd, max_tokens)
+    async def put_budget(self, budget_id: str, *, max_usd: float | None, max_tokens: int | None,
+                         on_exhausted: ExhaustedPolicy = "pause") -> None:
+        check_budget_limits(max_usd, max_tokens, on_exhausted)
         b = self._budgets.get(budget_id)
         if b is None:
-            self._budgets[budget_id] = BudgetState(budget_id, max_usd, max_tokens, created_at=time.time())
-        else:
-            b.max_usd, b.max_tokens, b.warned = max_usd, max_tokens, False  # new limits warn again at 80 %
+            self._budgets[budget_id] = BudgetState(budget_id, max_usd, max_tokens, created_at=time.time(),
+                                                   on_exhausted=on_exhausted)
+        else:  # new limits warn again at 80 %
+            b.max_usd, b.max_tokens, b.warned, b.on_exhausted = max_usd, max_tokens, False, on_exhausted
 
     async def get_budget(self, budget_id: str) -> BudgetState | None:
         b = self._budgets.get(budget_id)

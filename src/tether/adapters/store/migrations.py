@@ -88,7 +88,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (
         5,
         [
-            # Shared budgets (the governor's): limits (NULL: none), what was spent, what is reserved now.
+            # Shared budgets (the governor's): limits (NULL: none), what was spent, what is reserved now,
+            # and what a run that cannot reserve does (`pause` or `fail`: the budget's owner decides).
             """CREATE TABLE budgets (
                 id VARCHAR(64) PRIMARY KEY,
                 max_usd DOUBLE PRECISION,
@@ -98,7 +99,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 reserved_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
                 reserved_tokens BIGINT NOT NULL DEFAULT 0,
                 warned BOOLEAN NOT NULL DEFAULT FALSE,
-                created_at DOUBLE PRECISION NOT NULL
+                created_at DOUBLE PRECISION NOT NULL,
+                on_exhausted VARCHAR(8) NOT NULL DEFAULT 'pause'
             )""",
             # A model call's reservation in each budget covering it, held by its run's lease.
             """CREATE TABLE reservations (

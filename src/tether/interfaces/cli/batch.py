@@ -299,8 +299,12 @@ def how_to_answer(info: BatchInfo, paused: list[CaseResult]) -> list[str]:
         lines.append(cmd(f"batch answer {info.id} --continue{raised}"))
     elif PauseReason.BREAKPOINT in by_reason:
         lines.append(cmd(f"batch answer {info.id} --continue"))
-    if by_reason.keys() & {PauseReason.UNCERTAIN, PauseReason.CLIENT_TOOL}:
-        lines.append(f"# uncertain calls and client tools are answered a run at a time: "
+    if PauseReason.UNCERTAIN in by_reason:
+        lines.append(f"# an uncertain call may have taken effect: check, then run them again (safe when the tool "
+                     f"deduplicates by its idempotency key) or answer a run at a time ({cmd('runs answer RUN_ID …')})")
+        lines.append(cmd(f"batch answer {info.id} --rerun-uncertain"))
+    if PauseReason.CLIENT_TOOL in by_reason:
+        lines.append(f"# client tools are answered a run at a time: "
                      f"{cmd(f'batch show {info.id} --status paused')}, then {cmd('runs answer RUN_ID CALL_ID …')}")
     lines.append(cmd(f"batch answer {info.id} --abort") + "   # or end them all")
     lines.append(f"then: {cmd(f'batch resume {info.id}')}")
@@ -595,6 +599,9 @@ def answer_cmd(
                                                                      "breakpoint.")] = False,
     go_on: Annotated[bool, typer.Option("--continue", help="Continue the cases paused on a budget (raise it "
                                                            "first with --max-cost / --max-tokens).")] = False,
+    rerun: Annotated[bool, typer.Option("--rerun-uncertain", help="Run again the calls left uncertain by an "
+                                        "interruption (safe for a tool that deduplicates by its idempotency key)."
+                                        )] = False,
     abort: Annotated[bool, typer.Option("--abort", help="Abort every paused case (they end cancelled).")] = False,
     max_cost: Annotated[float | None, typer.Option("--max-cost", metavar="USD",
                                                    help="With --continue: the batch's new budget in dollars.")
@@ -608,14 +615,15 @@ def answer_cmd(
     """Answer the pauses of every paused case at once; then `tether batch resume BATCH` runs them on.
 
     Example: `tether batch answer batch_… --continue --max-cost 5`"""
-    chosen = [n for n, on in (("approve-all", approve_all), ("continue", go_on), ("abort", abort)) if on]
+    chosen = [n for n, on in (("approve-all", approve_all), ("continue", go_on), ("rerun-uncertain", rerun),
+                              ("abort", abort)) if on]
     if len(chosen) != 1:
-        raise UsageMistake("give exactly one of --approve-all, --continue, --abort"
+        raise UsageMistake("give exactly one of --approve-all, --continue, --rerun-uncertain, --abort"
                            + (f"; got {', '.join('--' + c for c in chosen)}" if chosen else ""))
     if (max_cost is not None or max_tokens is not None) and not go_on:
         raise UsageMistake("--max-cost and --max-tokens raise a budget: use them with --continue")
     check_budget("--max-cost", max_cost)
-    action = {"approve-all": "approve", "continue": "continue", "abort": "abort"}[chosen[0]]
+    action = {"approve-all": "approve", "continue": "continue", "rerun-uncertain": "rerun", "abort": "abort"}[chosen[0]]
     n = _services_call(config, lambda s: s.batches.answer(batch_id, action=action,  # type: ignore[arg-type]
                                                           max_cost_usd=max_cost, max_tokens=max_tokens,
                                                           reason=reason))

@@ -24,12 +24,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from tether.adapters.store.sql.database import Call, Database
-from tether.domain.governor import BudgetState, Spend, check_budget_limits
-
-EPSILON_USD = 1e-12  # sums of float costs: a reservation that fits exactly is not refused by rounding
+from tether.domain.governor import EPSILON_USD, BudgetState, ExhaustedPolicy, Spend, check_budget_limits
 
 _COLUMNS = ("id, max_usd, max_tokens, spent_usd, spent_tokens, reserved_usd, reserved_tokens, warned, "
-            "created_at")
+            "created_at, on_exhausted")
 _FITS_TOKENS = "(max_tokens IS NULL OR spent_tokens + reserved_tokens + :tokens <= max_tokens)"
 _RESERVE = sa.text(
     "UPDATE budgets SET reserved_usd = reserved_usd + :usd, reserved_tokens = reserved_tokens + :tokens "
@@ -66,21 +64,24 @@ class Budgets:
     def __init__(self, db: Database, call: Call, submit: Call) -> None:
         self._db, self._call, self._submit = db, call, submit
 
-    async def put_budget(self, budget_id: str, *, max_usd: float | None, max_tokens: int | None) -> None:
-        check_budget_limits(max_usd, max_tokens)
+    async def put_budget(self, budget_id: str, *, max_usd: float | None, max_tokens: int | None,
+                         on_exhausted: ExhaustedPolicy = "pause") -> None:
+        check_budget_limits(max_usd, max_tokens, on_exhausted)
         def op(conn: sa.Connection) -> None:
             with self._db.tx(conn, write=True):
                 changed = conn.execute(
                     # New limits warn again at 80 % of themselves.
-                    sa.text("UPDATE budgets SET max_usd = :max_usd, max_tokens = :max_tokens, warned = :no "
-                            "WHERE id = :id"),
-                    {"id": budget_id, "max_usd": max_usd, "max_tokens": max_tokens, "no": False},
+                    sa.text("UPDATE budgets SET max_usd = :max_usd, max_tokens = :max_tokens, warned = :no, "
+                            "on_exhausted = :policy WHERE id = :id"),
+                    {"id": budget_id, "max_usd": max_usd, "max_tokens": max_tokens, "no": False,
+                     "policy": on_exhausted},
                 ).rowcount
                 if not changed:
                     conn.execute(
-                        sa.text("INSERT INTO budgets (id, max_usd, max_tokens, created_at) "
-                                "VALUES (:id, :max_usd, :max_tokens, :now)"),
-                        {"id": budget_id, "max_usd": max_usd, "max_tokens": max_tokens, "now": time.time()},
+                        sa.text("INSERT INTO budgets (id, max_usd, max_tokens, created_at, on_exhausted) "
+                                "VALUES (:id, :max_usd, :max_tokens, :now, :policy)"),
+                        {"id": budget_id, "max_usd": max_usd, "max_tokens": max_tokens, "now": time.time(),
+                         "policy": on_exhausted},
                     )
 
         await self._call(op)
@@ -204,7 +205,8 @@ def apply_spends(cur: Any, spends: Sequence[Spend], postgres: bool) -> None:
 
 def _state(row: Any) -> BudgetState:
     (budget_id, max_usd, max_tokens, spent_usd, spent_tokens, reserved_usd, reserved_tokens, warned,
-     created_at) = row
+     created_at, on_exhausted) = row
     return BudgetState(budget_id, None if max_usd is None else float(max_usd),
                        None if max_tokens is None else int(max_tokens), float(spent_usd), int(spent_tokens),
-                       float(reserved_usd), int(reserved_tokens), bool(warned), float(created_at))
+                       float(reserved_usd), int(reserved_tokens), bool(warned), float(created_at),
+                       "fail" if on_exhausted == "fail" else "pause")

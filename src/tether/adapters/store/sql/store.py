@@ -26,7 +26,7 @@ from tether.adapters.store.sql.objects import Objects
 from tether.adapters.store.sql.runs import Runs
 from tether.adapters.store.sql.writer import GroupCommitWriter
 from tether.domain.batches import BatchOptions, BatchRecord, BatchState, BatchTotals, Case, CaseRow, CaseStatus
-from tether.domain.governor import BudgetState, Spend
+from tether.domain.governor import BudgetState, ExhaustedPolicy, Spend
 from tether.domain.leases import LeaseState
 from tether.domain.objects import StoredObject
 from tether.domain.records import Record, RunStatus
@@ -117,8 +117,9 @@ class SqlStore:
 
     # -- shared budgets (the governor's) ---------------------------------------------------------
 
-    async def put_budget(self, budget_id: str, *, max_usd: float | None, max_tokens: int | None) -> None:
-        await self._budgets.put_budget(budget_id, max_usd=max_usd, max_tokens=max_tokens)
+    async def put_budget(self, budget_id: str, *, max_usd: float | None, max_tokens: int | None,
+                         on_exhausted: ExhaustedPolicy = "pause") -> None:
+        await self._budgets.put_budget(budget_id, max_usd=max_usd, max_tokens=max_tokens, on_exhausted=on_exhausted)
 
     async def get_budget(self, budget_id: str) -> BudgetState | None:
         return await self._budgets.get_budget(budget_id)

@@ -80,7 +80,7 @@ class BatchCreate(BatchFields):
 
 
 class BatchAnswer(Body):
-    action: Literal["approve", "continue", "abort"]
+    action: Literal["approve", "continue", "rerun", "abort"]
     max_cost_usd: Dollars | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     reason: Annotated[str, Field(max_length=2000)] | None = None
