@@ -262,7 +262,7 @@ def test_the_progress_view_redraws_in_place_in_a_terminal(cli, agent, tmp_path):
     (["batch", "show", "batch_nope", "--status", "lost"], "unknown status 'lost'"),
     (["batch", "show", "batch_nope", "--limit", "0"], "--limit"),
     (["batch", "cancel", "batch_nope"], "batch_nope"),
-    (["batch", "answer", "batch_nope"], "give exactly one of --approve-all, --continue, --abort"),
+    (["batch", "answer", "batch_nope"], "give exactly one of --approve-all, --continue, --rerun-uncertain, --abort"),
     (["batch", "answer", "batch_nope", "--approve-all", "--abort"], "got --approve-all, --abort"),
     (["batch", "answer", "batch_nope", "--abort", "--max-cost", "2"], "use them with --continue"),
     (["runs", "prune", "--older-than", "3 fortnights"], "--older-than takes an age such as 30d"),

@@ -203,7 +203,7 @@ def test_bad_uploads_queries_and_answers_are_400s_naming_the_field(a):
     expect_400(a.get(cases, params={"after": "x"}), "after", "integer")
     expect_400(a.get("/v1/tether/batches", params={"limit": 101}), "limit", "less than or equal to 100")
     answer = f"/v1/tether/batches/{batch['id']}/answer"
-    expect_400(a.post(answer, json={"action": "maybe"}), "action", "'approve', 'continue' or 'abort'")
+    expect_400(a.post(answer, json={"action": "maybe"}), "action", "'approve', 'continue', 'rerun' or 'abort'")
     expect_400(a.post(answer, json={"action": "abort", "max_cost_usd": 2}), None, "go with action \"continue\"")
     expect_400(a.post(answer, json={"action": "continue", "max_tokens": 0}), "max_tokens", "greater than")
 

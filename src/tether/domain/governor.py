@@ -205,6 +205,12 @@ def shared_refusal(budget: BudgetState | None, budget_id: str, ask: Ask) -> str:
     if budget.max_tokens is not None:
         parts.append(f"{budget.spent_tokens:,} tokens spent + {budget.reserved_tokens:,} reserved of "
                      f"{budget.max_tokens:,}; this call may use up to {ask.tokens:,}")
-    how = (f"raise it with `tether batch answer BATCH --max-cost USD` (a batch's budget) or "
-           f"put_budget({budget_id!r}, ...), then continue this run")
+    batch_id, _, case = budget_id.partition("/")
+    if batch_id.startswith("batch_") and not case:
+        how = f"raise it and continue: `tether batch answer {batch_id} --continue --max-cost USD`"
+    elif batch_id.startswith("batch_"):
+        how = f"it is a case's own budget (--per-case-max-cost of batch {batch_id}); abort this case, or raise it " \
+              f"with put_budget({budget_id!r}, ...) and continue this run"
+    else:
+        how = f"raise it with put_budget({budget_id!r}, ...), then continue this run"
     return f"budget {budget_id}: {'; '.join(parts)}; {how}"
