@@ -121,20 +121,23 @@ async def memory(folder: Path, sizes: list[int], concurrency: int) -> None:
 
 
 async def resume(folder: Path, n: int, left: int) -> None:
-    print(f"\n## resume of a {n:,}-case batch with {n - left:,} done  [{load()}]")
+    print(f"\n## resume of a {n:,}-case batch with about {n - left:,} done  [{load()}]")
     s = services(folder, "resume")
     try:
-        batch = await s.batches.create(AGENT, cases(n), BatchOptions(concurrency=500))
-        stop = asyncio.Event()
-        finished = 0
+        batch = await s.batches.create(AGENT, cases(n), BatchOptions(concurrency=100))
+        # Most cases fast, then the last stretch at concurrency 10, stopped so that about `left` cases are
+        # left: those never started, and the ten in flight at the stop (interrupted, left resumable).
+        for concurrency, until in ((500, n - 50 * left), (10, n - left - 10)):
+            stop, finished = asyncio.Event(), 0
+            before = (await s.batches.get(batch.id)).counts.get("completed", 0)  # type: ignore[call-overload]
 
-        def on_case(result: object) -> None:
-            nonlocal finished
-            finished += 1
-            if finished >= n - left:
-                stop.set()
+            def on_case(result: object, until: int = until, before: int = before) -> None:
+                nonlocal finished
+                finished += 1
+                if before + finished >= until:
+                    stop.set()
 
-        await s.batches.run(batch.id, concurrency=500, on_case=on_case, stop=stop)
+            await s.batches.run(batch.id, concurrency=concurrency, on_case=on_case, stop=stop)
         done = (await s.batches.get(batch.id)).counts.get("completed", 0)  # type: ignore[call-overload]
     finally:
         await s.close()
@@ -144,13 +147,13 @@ async def resume(folder: Path, n: int, left: int) -> None:
         t = time.perf_counter()
         task = asyncio.ensure_future(s.batches.run(batch.id, concurrency=100))
         while not FIRST_CALL and not task.done():
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.001)
         first = (FIRST_CALL[0] if FIRST_CALL else time.perf_counter()) - t
         info = await task
     finally:
         await s.close()
-    print(f"{done:,} done before; first new case's model call {first * 1000:,.0f} ms after resume started; "
-          f"now {info.counts.get('completed', 0):,} completed")  # type: ignore[call-overload]
+    print(f"{done:,} done before, {n - done} to do; the resume's first model call came {first * 1000:,.0f} ms "
+          f"after it started; now {info.counts.get('completed', 0):,} completed")  # type: ignore[call-overload]
 
 
 async def main() -> None:
@@ -167,7 +170,7 @@ async def main() -> None:
         folder = Path(tmp)
         await throughput(folder, n)
         await memory(folder, [max(n // 5, 10), n], 100)
-        await resume(folder, n, left=min(10, n // 10))
+        await resume(folder, n, left=min(10, n // 100))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nmax RSS of the whole benchmark: {rss:,.0f} MB")
 
