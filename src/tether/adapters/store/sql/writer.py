@@ -383,17 +383,22 @@ class GroupCommitWriter:
                 if batch is None:
                     return None
                 self._inflight = batch
-            try:
-                self._write(batch)
-            finally:
-                try:
-                    if batch.ops:
-                        self._run_ops(batch.ops, loop)
-                finally:
-                    with self._lock:
-                        self._inflight = None
-                        self._settle(batch, loop)
+            self._commit(batch, loop)
         return batch
+
+    def _commit(self, batch: _Batch, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Write the batch in flight (under the database lock), then its ops (reservations and the
+        like, after its records), then wake its waiters, whatever failed."""
+        try:
+            self._write(batch)
+        finally:
+            try:
+                if batch.ops:
+                    self._run_ops(batch.ops, loop)
+            finally:
+                with self._lock:
+                    self._inflight = None
+                    self._settle(batch, loop)
 
     def _settle(self, batch: _Batch, loop: asyncio.AbstractEventLoop | None) -> None:
         """After a batch was written or failed (with self._lock held): mark its failed runs, wake
@@ -493,16 +498,7 @@ class GroupCommitWriter:
                         self._draining = False
                         return
                     self._open, self._inflight = None, batch
-                try:
-                    self._write(batch)
-                finally:
-                    try:
-                        if batch.ops:
-                            self._run_ops(batch.ops, None)
-                    finally:
-                        with self._lock:
-                            self._inflight = None
-                            self._settle(batch, None)
+                self._commit(batch, None)
 
     # -- writing a batch ------------------------------------------------------------------------
 
