@@ -106,6 +106,11 @@ def test_a_csv_batch_takes_its_input_column_and_vars(cli, agent, tmp_path):
     text = out.read_text()
     assert text.splitlines()[0].startswith("index,key,status")
     assert "done: say one (maths)" in text and "done: say two (art)" in text
+    batch_id = batch_id_in(ran.stdout)
+    assert cli("batch", "resume", batch_id).returncode == 0  # the same file, read by its stored column
+    table.write_text("id,question,topic\nq1,say one,maths\nq2,say three,art\n")
+    refused = cli("batch", "resume", batch_id)
+    assert refused.returncode == 2 and "was created from other input" in refused.stderr, refused.all
 
 
 def test_failed_cases_exit_1_and_retry_failed_runs_only_them(cli, agent, tmp_path):

@@ -230,6 +230,7 @@ class BatchOptions:
     on_budget: Literal["pause", "fail"] = "pause"
     name: str | None = None
     task_template: str | None = None  # "{input}" when None; vars fill it and the agent's instructions
+    input_column: str | None = None  # a CSV input's column that holds each case's input (None: "input")
 
     def __post_init__(self) -> None:
         if not (isinstance(self.concurrency, int) and not isinstance(self.concurrency, bool)
@@ -247,13 +248,14 @@ class BatchOptions:
             raise ValueError(f'on_budget must be "pause" or "fail", not {self.on_budget!r}')
         if self.name is not None and not isinstance(self.name, str):
             raise ValueError(f"name must be a string, not {self.name!r}")
-        if self.task_template is not None and not isinstance(self.task_template, str):
-            raise ValueError(f"task_template must be a string, not {self.task_template!r}")
+        for name in ("task_template", "input_column"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, not {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"concurrency": self.concurrency, "max_cost_usd": self.max_cost_usd, "max_tokens": self.max_tokens,
                 "per_case_max_cost_usd": self.per_case_max_cost_usd, "on_budget": self.on_budget,
-                "name": self.name, "task_template": self.task_template}
+                "name": self.name, "task_template": self.task_template, "input_column": self.input_column}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BatchOptions:

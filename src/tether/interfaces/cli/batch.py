@@ -400,7 +400,7 @@ def run_cmd(
     cases = read_cases(tasks, input_column, on_bad_line)
     options = batch_options(concurrency=concurrency, max_cost_usd=max_cost, max_tokens=max_tokens,
                             per_case_max_cost_usd=per_case_max_cost, on_budget=on_budget.value, name=name,
-                            task_template=task_template)
+                            task_template=task_template, input_column=input_column)
     agent = load_agent_file(agent_file)
     if model:
         agent = agent.with_model(model)
@@ -461,11 +461,10 @@ def source_hash(info: BatchInfo) -> str | None:
     if kind == "jsonl":
         cases, _ = parse_jsonl(text)
     elif kind == "csv":
-        column = getattr(info.options, "input_column", None) or "input"
         try:
-            cases, _ = parse_csv(text, column)
+            cases, _ = parse_csv(text, info.options.input_column or "input")
         except ValueError:
-            return None  # which column held the input is not stored: the check is left to a known column
+            cases = []  # the input column is gone: the file changed (and holds none of the cases)
     else:
         return None
     return cases_hash(cases)
