@@ -126,3 +126,34 @@ def _model_calls(db: Path) -> int:
             return int(conn.execute("SELECT COUNT(*) FROM records WHERE kind = 'model_call'").fetchone()[0])
     except sqlite3.Error:
         return 0
+
+
+@pytest.mark.anyio
+async def test_a_call_that_fits_once_the_calls_in_flight_settle_waits_and_says_so(tmp_path: Path) -> None:
+    from tether.adapters.models.scripted import ScriptedModel, reply
+    from tether.domain.models import ModelRequest
+    from tether.domain.usage import Usage
+    from tether.services.agents import Agent
+
+    async def slow(request: ModelRequest):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.1)
+        return reply("ok", usage=Usage(150, 60))  # $0.009 at $20 / $100 per million
+
+    store = SqlStore(f"sqlite:///{tmp_path / 'tether.db'}")
+    try:
+        service = RunsService(store)
+        # Each call's worst case (its input by byte count + 100 output tokens) is about $0.0105: two do not
+        # fit $0.02 at once, but the second fits once the first has settled for $0.009.
+        await store.put_budget("b", max_usd=0.02, max_tokens=None)
+        agent = Agent("w", ScriptedModel(slow, input_price_per_mtok=20.0, output_price_per_mtok=100.0),
+                      settings={"max_tokens": 100})
+        events: list[Any] = []
+        views = await asyncio.gather(*(service.start(agent, "go", budgets=["b"], on_event=events.append)
+                                       for _ in range(2)))
+        assert [v.status for v in views] == ["completed", "completed"], views
+        waits = [e.detail for e in events if e.type == "budget_wait"]
+        assert len(waits) == 1 and waits[0].startswith("waiting for the calls in flight to settle: budget b: $"), waits
+        budget = await store.get_budget("b")
+        assert budget is not None and budget.spent_usd == pytest.approx(0.018)
+    finally:
+        await store.close()

@@ -12,10 +12,11 @@ from tether.domain.records import Record
 class Event:
     """`record`: a record was appended (replayable from the log); `delta`: model text, live only;
     `budget_warning`: a shared budget covering the run passed 80 % (`detail` says which, with its
-    figures), once per budget, live only."""
+    figures), once per budget, live only; `budget_wait`: the run's next call waits for other calls'
+    reservations in a shared budget to settle (`detail` says which), live only."""
 
     run_id: str
-    type: Literal["record", "delta", "budget_warning"]
+    type: Literal["record", "delta", "budget_warning", "budget_wait"]
     record: Record | None = None
     delta: str | None = None
     detail: str | None = None

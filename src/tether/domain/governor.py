@@ -197,14 +197,6 @@ def shared_refusal(budget: BudgetState | None, budget_id: str, ask: Ask) -> str:
     if budget is None:
         return (f"budget {budget_id} does not exist (it was deleted?), so no call of this run can be "
                 f"reserved against it; create it again (put_budget) and continue the run")
-    parts = []
-    if budget.max_usd is not None:
-        need = "" if ask.usd is None else f"; this call may cost up to {usd(ask.usd)}"
-        parts.append(f"{usd(budget.spent_usd)} spent + {usd(budget.reserved_usd)} reserved of "
-                     f"{usd(budget.max_usd)}{need}")
-    if budget.max_tokens is not None:
-        parts.append(f"{budget.spent_tokens:,} tokens spent + {budget.reserved_tokens:,} reserved of "
-                     f"{budget.max_tokens:,}; this call may use up to {ask.tokens:,}")
     batch_id, _, case = budget_id.partition("/")
     if batch_id.startswith("batch_") and not case:
         how = f"raise it and continue: `tether batch answer {batch_id} --continue --max-cost USD`"
@@ -213,4 +205,17 @@ def shared_refusal(budget: BudgetState | None, budget_id: str, ask: Ask) -> str:
               f"with put_budget({budget_id!r}, ...) and continue this run"
     else:
         how = f"raise it with put_budget({budget_id!r}, ...), then continue this run"
-    return f"budget {budget_id}: {'; '.join(parts)}; {how}"
+    return f"{budget_figures(budget, ask)}; {how}"
+
+
+def budget_figures(budget: BudgetState, ask: Ask) -> str:
+    """A budget's figures beside what a call asks of it: "budget B: $0.98 spent + $0.01 reserved of …"."""
+    parts = []
+    if budget.max_usd is not None:
+        need = "" if ask.usd is None else f"; this call may cost up to {usd(ask.usd)}"
+        parts.append(f"{usd(budget.spent_usd)} spent + {usd(budget.reserved_usd)} reserved of "
+                     f"{usd(budget.max_usd)}{need}")
+    if budget.max_tokens is not None:
+        parts.append(f"{budget.spent_tokens:,} tokens spent + {budget.reserved_tokens:,} reserved of "
+                     f"{budget.max_tokens:,}; this call may use up to {ask.tokens:,}")
+    return f"budget {budget.id}: {'; '.join(parts)}"

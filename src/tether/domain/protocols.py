@@ -48,9 +48,10 @@ class Governor(Protocol):
     after it with the real usage, release if it is never made. See engine/governor.py."""
 
     async def reserve(self, state: RunState, request: ModelRequest, model: Model, *,
-                      final: bool = False) -> Grant | Refusal:
+                      final: bool = False, on_wait: Callable[[str], None] | None = None) -> Grant | Refusal:
         """Reserve the call's worst case against every budget covering the run, or say why not.
-        `final`: the last call of a "finish" policy (its cap may shrink to fit what is left)."""
+        `final`: the last call of a "finish" policy (its cap may shrink to fit what is left);
+        `on_wait`: told (a sentence) when the call starts waiting for others' reservations to settle."""
         ...
 
     def settle(self, grant: Grant, cost_usd: float | None, usage: Usage) -> Spend | None:

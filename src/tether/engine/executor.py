@@ -175,8 +175,12 @@ class Executor:
     async def _reserve(self, state: RunState, request: ModelRequest, *, final: bool = False) -> Grant | Refusal | None:
         """The governor's answer for this call; None when cancel() interrupted it (a reservation may
         wait for calls in flight to settle)."""
+        on_wait = None
+        if self.on_event is not None:
+            def on_wait(detail: str) -> None:
+                self._emit(Event(state.run_id, "budget_wait", detail=detail))
         async with self._model_in_flight:
-            return await self.governor.reserve(state, request, self.model, final=final)
+            return await self.governor.reserve(state, request, self.model, final=final, on_wait=on_wait)
         if self._lease_lost is not None:
             raise LeaseLost(self._lease_lost)
         return None

@@ -34,6 +34,7 @@ from tether.domain.governor import (
     Price,
     Refusal,
     Spend,
+    budget_figures,
     fits_once_settled,
     requested_output_cap,
     shared_refusal,
@@ -83,7 +84,7 @@ class BudgetGovernor:
     # -- the three verbs ------------------------------------------------------------------------
 
     async def reserve(self, state: RunState, request: ModelRequest, model: Model, *,
-                      final: bool = False) -> Grant | Refusal:
+                      final: bool = False, on_wait: Callable[[str], None] | None = None) -> Grant | Refusal:
         lim = state.limits
         step = state.next_step
         overridden = f"on_budget:on_budget:{step}" in state.passed  # a person continued past it
@@ -129,6 +130,8 @@ class BudgetGovernor:
                 if budget is not None and fits_once_settled(budget, ask):
                     # Only others' calls in flight are in the way: wait for them to settle (the executor
                     # interrupts the wait on cancel), rather than pause a run the budget can still pay for.
+                    if wait_s == _FIRST_WAIT_S and on_wait is not None:
+                        on_wait(f"waiting for the calls in flight to settle: {budget_figures(budget, ask)}")
                     await asyncio.sleep(wait_s)
                     wait_s = min(wait_s * 1.5, _LAST_WAIT_S)
                     continue
