@@ -514,3 +514,30 @@ async def test_a_database_from_before_the_governor_migrates_and_its_runs_go_on(t
     await store.put_budget("new", max_usd=1.0, max_tokens=None)
     assert (await store.get_budget("new")).max_usd == 1.0
     await store.close()
+
+
+async def test_a_call_refused_while_others_held_room_that_settled_meanwhile_tries_again():
+    """The others' calls may settle between a refused reservation and the look at the budget: the
+    call then fits with nothing reserved, and must be tried again, not paused with room to spare."""
+
+    class SettlesMeanwhile(MemoryStore):
+        refused = False
+
+        async def reserve(self, *args, **kwargs):
+            refused = await super().reserve(*args, **kwargs)
+            self.refused = self.refused or refused is not None
+            return refused
+
+        async def get_budget(self, budget_id):
+            if self.refused:
+                await self.release("g_other")  # another run's call settles just after ours was refused
+            return await super().get_budget(budget_id)
+
+    store = SettlesMeanwhile()
+    await store.put_budget("b", max_usd=None, max_tokens=10_000)
+    other = await leased_run(store)
+    assert await store.reserve(other, "g_other", ["b"], None, 9_000) is None
+    run = await RunsService(store).start(Agent("x", ScriptedModel([reply("hi", usage=Usage(10, 5))])), "go",
+                                         budgets=["b"])
+    assert run.status == "completed", run.pending
+    assert (await store.get_budget("b")).spent_tokens == 15

@@ -124,12 +124,16 @@ class BudgetState:
 def fits_once_settled(budget: BudgetState, ask: Ask) -> bool:
     """Whether the call would fit in the budget were nothing else reserved in it: then it was refused
     only because other calls hold reservations, which settle (usually for less) or are given back
-    soon, and the call waits for them instead of pausing."""
-    if budget.reserved_usd <= EPSILON_USD and budget.reserved_tokens <= 0:
-        return False
+    soon (or did so since it was refused: `holds_reservations`), and the call waits for them instead
+    of pausing."""
     if budget.max_usd is not None and (ask.usd is None or budget.spent_usd + ask.usd > budget.max_usd + EPSILON_USD):
         return False
     return budget.max_tokens is None or budget.spent_tokens + ask.tokens <= budget.max_tokens
+
+
+def holds_reservations(budget: BudgetState) -> bool:
+    """Whether calls in flight hold room in the budget (sums of float costs drift: below EPSILON_USD is none)."""
+    return budget.reserved_usd > EPSILON_USD or budget.reserved_tokens > 0
 
 
 def check_budget_limits(max_usd: float | None, max_tokens: int | None, on_exhausted: str = "pause") -> None:

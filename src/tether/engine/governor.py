@@ -36,6 +36,7 @@ from tether.domain.governor import (
     Spend,
     budget_figures,
     fits_once_settled,
+    holds_reservations,
     requested_output_cap,
     shared_refusal,
     usd,
@@ -49,6 +50,7 @@ from tether.domain.usage import Usage
 
 # How often a call that fits a shared budget once the calls in flight settle asks again (backing off).
 _FIRST_WAIT_S, _LAST_WAIT_S = 0.02, 0.5
+_RETRIES_AFTER_SETTLE = 3  # a refused call finds the room free when it looks: it tries again this often
 # The grant of a call no token or cost budget covers: nothing reserved, nothing to settle or release.
 _FREE = Grant("grant_free", Ask("", 0, (), 0, None, None), None)
 
@@ -124,10 +126,16 @@ class BudgetGovernor:
         if shared:
             if self.store is None:
                 raise RuntimeError("a run with shared budgets needs a governor with a store")
-            wait_s = _FIRST_WAIT_S
+            wait_s, retries = _FIRST_WAIT_S, 0
             while (refused := await self.store.reserve(state.run_id, grant_id, shared, ask.usd, ask.tokens)):
                 budget = await self.store.get_budget(refused)
-                if budget is not None and fits_once_settled(budget, ask):
+                if budget is not None and fits_once_settled(budget, ask) and not holds_reservations(budget):
+                    # The calls that held the room settled after the refusal, before this look: it fits
+                    # now, so try again at once (a few times: others may keep taking the room first).
+                    retries += 1
+                    if retries <= _RETRIES_AFTER_SETTLE:
+                        continue
+                elif budget is not None and fits_once_settled(budget, ask):
                     # Only others' calls in flight are in the way: wait for them to settle (the executor
                     # interrupts the wait on cancel), rather than pause a run the budget can still pay for.
                     if wait_s == _FIRST_WAIT_S and on_wait is not None:
