@@ -104,6 +104,8 @@ def test_a_price_and_a_refusal_sentence_name_the_figures():
     assert "put_budget('b1', ...), then continue this run" in sentence
     batch = shared_refusal(BudgetState("batch_x", max_usd=1.0, spent_usd=0.98), "batch_x", ask)
     assert "`tether batch answer batch_x --continue --max-cost USD`" in batch
+    tokens = shared_refusal(BudgetState("batch_x", max_tokens=1000, spent_tokens=900), "batch_x", ask)
+    assert "`tether batch answer batch_x --continue --max-tokens N`" in tokens  # the flag of its limit
     case = shared_refusal(BudgetState("batch_x/ab12", max_usd=0.1, spent_usd=0.09), "batch_x/ab12", ask)
     assert "a case's own budget (--per-case-max-cost of batch batch_x)" in case
     assert "does not exist" in shared_refusal(None, "gone", ask)

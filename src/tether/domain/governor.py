@@ -203,7 +203,8 @@ def shared_refusal(budget: BudgetState | None, budget_id: str, ask: Ask) -> str:
                 f"reserved against it; create it again (put_budget) and continue the run")
     batch_id, _, case = budget_id.partition("/")
     if batch_id.startswith("batch_") and not case:
-        how = f"raise it and continue: `tether batch answer {batch_id} --continue --max-cost USD`"
+        flag = "--max-cost USD" if budget.max_usd is not None else "--max-tokens N"  # the limit it has
+        how = f"raise it and continue: `tether batch answer {batch_id} --continue {flag}`"
     elif batch_id.startswith("batch_"):
         how = f"it is a case's own budget (--per-case-max-cost of batch {batch_id}); abort this case, or raise it " \
               f"with put_budget({budget_id!r}, ...) and continue this run"
