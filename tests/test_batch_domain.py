@@ -95,6 +95,13 @@ def test_csv_without_the_input_column_is_refused_naming_the_columns() -> None:
         parse_csv("id,question\n1,x\n", "input")
 
 
+def test_csv_whose_header_repeats_a_column_is_refused_naming_it() -> None:
+    """Which of two `input` (or `id`, or var) columns is meant is a guess: refused, not taken in silence."""
+    with pytest.raises(ValueError, match=r"the CSV's header repeats the column 'input'"):
+        parse_csv("id,input,input\na,b,c\n", "input")
+    assert [c.input for c in parse_csv("input,,\nb,,\n", "input")[0]] == ["b"]  # trailing commas are no names
+
+
 def test_an_iterable_of_tasks_and_a_bad_item_names_its_index() -> None:
     cases = cases_of(["a", {"input": "b", "id": "k"}, Case(9, "c", "c")])
     assert [(c.index, c.key) for c in cases] == [(0, "0"), (1, "k"), (2, "c")]

@@ -143,6 +143,9 @@ def parse_csv(text: str, input_column: str) -> tuple[list[Case], list[BadLine]]:
         raise ValueError(f"line 1 is not CSV: {e}") from None
     if input_column not in header:
         raise ValueError(f"the CSV has no column {input_column!r}; its columns are {header}")
+    # Which of two same-named columns is meant would be a guess (unnamed ones, trailing commas, name nothing)
+    if repeated := sorted({h for h in header if h and header.count(h) > 1}):
+        raise ValueError(f"the CSV's header repeats the column {repeated[0]!r}; its columns are {header}")
     at = header.index(input_column)
     id_at = header.index("id") if "id" in header and input_column != "id" else None
     var_names = [(i, h) for i, h in enumerate(header) if i not in (at, id_at)]
