@@ -20,7 +20,7 @@ from tether import Agent, RunsService
 from tether.adapters.models.scripted import ScriptedModel, call_tool, reply
 from tether.adapters.store.sql import SqlStore
 from tether.domain.batches import BatchOptions, BatchState, CaseStatus, cases_hash, cases_of
-from tether.domain.errors import BatchInputChanged, BatchNotFound, ConfigError, InvalidRequest, ModelError
+from tether.domain.errors import BatchInputChanged, BatchNotFound, ConfigError, InvalidRequest, ModelError, TetherError
 from tether.domain.models import ModelRequest, ModelResponse
 from tether.domain.records import RunStatus
 from tether.domain.tools import ToolPolicy
@@ -475,6 +475,23 @@ async def test_delete_without_runs_keeps_them_as_ordinary_runs(service: BatchesS
     await service.delete(info.id)
     assert len(await all_runs(service)) == 2
     assert await service.runs.prune(older_than_s=0) == 2  # no longer the batch's: pruned like the rest
+
+
+async def test_a_batch_whose_case_another_process_advances_is_not_deleted_under_it(
+        service: BatchesService) -> None:
+    from tether.domain.batches import case_run_id
+    from tether.domain.records import BatchRef
+
+    world = World()
+    agent = world.agent()
+    info = await service.create(agent, cases_of(tasks(2)), BatchOptions())
+    run_id = case_run_id(info.id, "0", 1)
+    await service.store.start_cases(info.id, [(0, 1, run_id)])
+    # The case's run, created and leased (as by a `batch run` in another process), not yet advanced.
+    await service.runs.start(agent, "case 0", run_id=run_id, batch=BatchRef(info.id, "0", 1), drive=False)
+    with pytest.raises(TetherError, match="running in another process"):
+        await service.delete(info.id)
+    assert (await service.get(info.id)).id == info.id  # nothing was deleted
 
 
 async def test_bad_input_to_the_service(service: BatchesService) -> None:

@@ -60,7 +60,7 @@ from tether.domain.errors import (
 from tether.domain.ids import new_id
 from tether.domain.models import ModelResponse
 from tether.domain.protocols import BatchStore
-from tether.domain.records import TERMINAL, BatchRef, ModelCalled, PauseReason, RunStatus, ToolFinished
+from tether.domain.records import ACTIVE, TERMINAL, BatchRef, ModelCalled, PauseReason, RunStatus, ToolFinished
 from tether.services.agents import Agent
 from tether.services.batch_results import ResultsWriter, write_results
 from tether.services.runs import RunsService
@@ -383,6 +383,13 @@ class BatchesService:
         if batch_id in self._sessions:
             raise TetherError(f"batch {batch_id} is running in this process; cancel or stop it first")
         run_ids = await self.store.batch_run_ids(batch_id)
+        now = time.time()
+        for run_id in run_ids:  # a runner elsewhere would lose its batch under it: refuse, say what to do
+            info = await self.runs.info(run_id)
+            if info is not None and info.status in ACTIVE and info.lease_owner is not None \
+                    and (info.lease_expires or 0) > now:
+                raise TetherError(f"batch {batch_id} is running in another process (its run {run_id} is leased); "
+                                  f"stop it there, or cancel it (tether batch cancel {batch_id}), then delete it")
         budgets = [batch_id] if record.options.max_cost_usd is not None or record.options.max_tokens is not None else []
         if record.options.per_case_max_cost_usd is not None:
             budgets += [case_budget_id(batch_id, row.stored.case.key) async for row in self._pages(batch_id, None)]
