@@ -76,6 +76,10 @@ class BudgetGovernor:
         """The price a call of `model` is reserved at: the operator's for its ref, else its own."""
         return self.prices.get(model.ref) or price_of(model)
 
+    def knows_price(self, model: Model) -> bool:
+        """Whether calls of `model` can be reserved and their cost recorded: a dollar budget needs both."""
+        return self.price(model) is not None and self.cost_usd(model, ModelResponse()) is not None
+
     def cost_usd(self, model: Model, response: ModelResponse) -> float | None:
         configured = self.prices.get(model.ref)
         if configured is not None:
@@ -129,20 +133,21 @@ class BudgetGovernor:
             wait_s, retries = _FIRST_WAIT_S, 0
             while (refused := await self.store.reserve(state.run_id, grant_id, shared, ask.usd, ask.tokens)):
                 budget = await self.store.get_budget(refused)
-                if budget is not None and fits_once_settled(budget, ask) and not holds_reservations(budget):
-                    # The calls that held the room settled after the refusal, before this look: it fits
-                    # now, so try again at once (a few times: others may keep taking the room first).
-                    retries += 1
-                    if retries <= _RETRIES_AFTER_SETTLE:
+                if budget is not None and fits_once_settled(budget, ask):
+                    if not holds_reservations(budget):
+                        # The calls that held the room settled after the refusal, before this look: it
+                        # fits now, so try again at once (a few times: others may keep taking it first).
+                        retries += 1
+                        if retries <= _RETRIES_AFTER_SETTLE:
+                            continue
+                    else:
+                        # Only others' calls in flight are in the way: wait for them to settle (the executor
+                        # interrupts the wait on cancel), rather than pause a run the budget can still pay for.
+                        if wait_s == _FIRST_WAIT_S and on_wait is not None:
+                            on_wait(f"waiting for the calls in flight to settle: {budget_figures(budget, ask)}")
+                        await asyncio.sleep(wait_s)
+                        wait_s = min(wait_s * 1.5, _LAST_WAIT_S)
                         continue
-                elif budget is not None and fits_once_settled(budget, ask):
-                    # Only others' calls in flight are in the way: wait for them to settle (the executor
-                    # interrupts the wait on cancel), rather than pause a run the budget can still pay for.
-                    if wait_s == _FIRST_WAIT_S and on_wait is not None:
-                        on_wait(f"waiting for the calls in flight to settle: {budget_figures(budget, ask)}")
-                    await asyncio.sleep(wait_s)
-                    wait_s = min(wait_s * 1.5, _LAST_WAIT_S)
-                    continue
                 policy = budget.on_exhausted if budget is not None else "pause"
                 return Refusal(refused, shared_refusal(budget, refused, ask), policy, shared=True)
             warnings = tuple(_warning(b) for b in await self.store.warn_budgets(shared, WARN_AT))

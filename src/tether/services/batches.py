@@ -58,7 +58,6 @@ from tether.domain.errors import (
     TetherError,
 )
 from tether.domain.ids import new_id
-from tether.domain.models import ModelResponse
 from tether.domain.protocols import BatchStore
 from tether.domain.records import ACTIVE, TERMINAL, BatchRef, ModelCalled, PauseReason, RunStatus, ToolFinished
 from tether.services.agents import Agent
@@ -109,9 +108,8 @@ class BatchesService:
         if not cases:
             raise InvalidRequest("a batch needs at least one case; the input has none", param="cases")
         model = agent.model  # a bad model reference fails before the batch exists
-        governor = self.runs.governor
         if (options.max_cost_usd is not None or options.per_case_max_cost_usd is not None) \
-                and (governor.price(model) is None or governor.cost_usd(model, ModelResponse()) is None):
+                and not self.runs.governor.knows_price(model):
             raise ConfigError(f"a dollar budget is set, but the price of model {agent.model_ref!r} is unknown here, "
                               "so it could never be checked; remove it, use a model with known prices, or set its "
                               "price in the operator configuration ([prices])")

@@ -161,8 +161,7 @@ class RunsService:
                              budgets: Sequence[str]) -> None:
         """Refuse a run whose budgets could never be checked: a dollar budget (its own max_cost_usd, or
         a shared one) on a model whose price is unknown, or a shared budget that does not exist."""
-        priced = (self.governor.price(model) is not None
-                  and self.governor.cost_usd(model, ModelResponse()) is not None)
+        priced = self.governor.knows_price(model)
         if max_cost_usd is not None and not priced:
             raise ConfigError(f"max_cost_usd is set, but the price of model {model_ref!r} is unknown here, "
                               "so the budget could never be checked; remove it, use a model with known prices, "
