@@ -381,22 +381,20 @@ class BatchesService:
         if batch_id in self._sessions:
             raise TetherError(f"batch {batch_id} is running in this process; cancel or stop it first")
         run_ids = await self.store.batch_run_ids(batch_id)
+        infos = [info for run_id in run_ids if (info := await self.runs.info(run_id)) is not None]
         now = time.time()
-        for run_id in run_ids:  # a runner elsewhere would lose its batch under it: refuse, say what to do
-            info = await self.runs.info(run_id)
-            if info is not None and info.status in ACTIVE and info.lease_owner is not None \
-                    and (info.lease_expires or 0) > now:
-                raise TetherError(f"batch {batch_id} is running in another process (its run {run_id} is leased); "
+        for info in infos:  # a runner elsewhere would lose its batch under it: refuse, say what to do
+            if info.status in ACTIVE and info.lease_owner is not None and (info.lease_expires or 0) > now:
+                raise TetherError(f"batch {batch_id} is running in another process (its run {info.id} is leased); "
                                   f"stop it there, or cancel it (tether batch cancel {batch_id}), then delete it")
         budgets = [batch_id] if record.options.max_cost_usd is not None or record.options.max_tokens is not None else []
         if record.options.per_case_max_cost_usd is not None:
             budgets += [case_budget_id(batch_id, row.stored.case.key) async for row in self._pages(batch_id, None)]
         if with_runs:
-            for run_id in run_ids:
-                info = await self.runs.info(run_id)
-                if info is not None and info.status not in TERMINAL:
+            for info in infos:
+                if info.status not in TERMINAL:
                     with contextlib.suppress(AlreadyFinished, AlreadyResumed, StoreConflict):
-                        await self.runs.cancel(run_id, by=f"batch delete {batch_id}")
+                        await self.runs.cancel(info.id, by=f"batch delete {batch_id}")
         await self.store.delete_batch(batch_id)
         for budget_id in budgets:  # what grows can be pruned: the batch's budgets go with it
             await self.runs.store.delete_budget(budget_id)
