@@ -20,7 +20,7 @@ from tether.domain.batches import (
     case_status,
 )
 from tether.domain.errors import RunNotFound, StoreConflict
-from tether.domain.governor import BudgetState, ExhaustedPolicy, Spend, check_budget_limits
+from tether.domain.governor import EPSILON_USD, BudgetState, ExhaustedPolicy, Spend, check_budget_limits
 from tether.domain.leases import LeaseState
 from tether.domain.objects import StoredObject
 from tether.domain.records import (
@@ -227,7 +227,7 @@ class MemoryStore:
             b = self._budgets.get(budget_id)
             if b is None:
                 return budget_id
-            if b.max_usd is not None and (usd is None or b.spent_usd + b.reserved_usd + usd > b.max_usd + 1e-12):
+            if b.max_usd is not None and (usd is None or b.spent_usd + b.reserved_usd + usd > b.max_usd + EPSILON_USD):
                 return budget_id
             if b.max_tokens is not None and b.spent_tokens + b.reserved_tokens + tokens > b.max_tokens:
                 return budget_id
@@ -252,7 +252,7 @@ class MemoryStore:
         b = self._budgets.get(row[0])
         if b is not None:
             left = b.reserved_usd - row[2]
-            b.reserved_usd = 0.0 if left < 1e-12 else left  # float drift: as the SQL store
+            b.reserved_usd = 0.0 if left < EPSILON_USD else left  # float drift: as the SQL store
             b.reserved_tokens -= row[3]
 
     async def release(self, grant_id: str) -> None:
