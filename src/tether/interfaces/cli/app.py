@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
@@ -25,6 +24,7 @@ from rich.text import Text
 from tether.domain.errors import TetherError
 from tether.domain.records import ACTIVE, TERMINAL, PauseReason, RunStatus
 from tether.interfaces.cli.batch import batch_app, prune_cmd
+from tether.interfaces.cli.calls import print_json, services_call
 from tether.interfaces.cli.helpfix import localize_help, plain_flags
 from tether.interfaces.cli.invocation import cmd, command, localize, version
 from tether.interfaces.cli.render import (
@@ -135,21 +135,9 @@ def _operator_of_command() -> OperatorConfig:
 
 
 def _service_call(fn: Callable[[RunsService], Awaitable[T]]) -> T:
-    """Open the services (from the operator configuration), run `fn` with the runs service on an event
-    loop, and close them."""
-    from tether.services.compose import open_services
-    from tether.services.runs import run_blocking
-
+    """Run `fn` with the runs service of the command's operator configuration."""
     operator = _operator_of_command()  # a bad configuration fails here, before anything is opened
-
-    async def go() -> T:
-        services = open_services(operator, lease_ttl_s=_lease_ttl_s)
-        try:
-            return await fn(services.runs)
-        finally:
-            await services.close()
-
-    return run_blocking(go())
+    return services_call(operator, lambda services: fn(services.runs), lease_ttl_s=_lease_ttl_s)
 
 
 def _load_agent(path: Path, model: str | None) -> Agent:
@@ -297,10 +285,6 @@ def _after_debug(view: RunView) -> int:
     return _exit_code(view)
 
 
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
-
-
 # -- tether run / demo --------------------------------------------------------------------------
 
 
@@ -338,7 +322,7 @@ def run_cmd(
     view = _live_run(lambda service, on_event: service.start(agent, task, breakpoints=specs, on_event=on_event),
                      quiet=as_json, show_pauses=no_debug)
     if as_json:
-        _print_json(run_to_dict(view))
+        print_json(run_to_dict(view))
         raise typer.Exit(_exit_code(view))
     view, debugged = _maybe_debug(view, agent, no_debug)
     raise typer.Exit(_after_debug(view) if debugged else _after(view, listed=no_debug))
@@ -466,7 +450,7 @@ def show_cmd(
     _use_config(config)
     view = _service_call(lambda service: service.get(run_id))
     if as_json:
-        _print_json(run_to_dict(view))
+        print_json(run_to_dict(view))
         return
     printer = RunPrinter(console, limit=None if full else 500, show_times=True)
     printer.all(view.records)
@@ -688,7 +672,7 @@ def diff_cmd(
     a, b = _service_call(both)
     diff = diff_runs(a.records, b.records)
     if as_json:
-        _print_json({"run_a": a.id, "run_b": b.id, **asdict(diff)})
+        print_json({"run_a": a.id, "run_b": b.id, **asdict(diff)})
         return
     console.print(diff_header(diff), soft_wrap=SOFT)
     console.print(diff_table(diff, a.id, b.id, limit=None if full else 200))

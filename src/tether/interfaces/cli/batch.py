@@ -15,7 +15,6 @@ import math
 import os
 import re
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from pathlib import Path
@@ -28,6 +27,7 @@ from rich.text import Text
 
 from tether.domain.records import PauseReason
 from tether.interfaces.cli.batch_progress import BatchProgressView, fmt_money
+from tether.interfaces.cli.calls import print_json, services_call
 from tether.interfaces.cli.invocation import cmd
 from tether.interfaces.cli.render import STATUS_STYLE, fmt_duration, fmt_time
 from tether.interfaces.cli.usage import UsageMistake
@@ -88,24 +88,11 @@ BatchId = Annotated[str, typer.Argument(help="The batch (batch_…).", show_defa
 
 def _services_call(config: Path | None, fn: Callable[[Services], Awaitable[T]], *,
                    lease_ttl_s: float | None = None) -> T:
-    """Open the services (from the operator configuration), run `fn` on an event loop, close them."""
-    from tether.services.compose import open_services, operator_config
-    from tether.services.runs import run_blocking
+    """Run `fn` with the services of the operator configuration `--config` names (else $TETHER_CONFIG)."""
+    from tether.services.compose import operator_config
 
     operator = operator_config(config)  # a bad configuration fails here, before anything is opened
-
-    async def go() -> T:
-        services = open_services(operator, lease_ttl_s=lease_ttl_s)
-        try:
-            return await fn(services)
-        finally:
-            await services.close()
-
-    return run_blocking(go())
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    return services_call(operator, fn, lease_ttl_s=lease_ttl_s)
 
 
 # -- reading the arguments ------------------------------------------------------------------------
@@ -487,7 +474,7 @@ def list_cmd(
 
     batches = _services_call(config, lambda s: s.batches.list(limit=limit, after=after))
     if as_json:
-        _print_json([b.to_dict() for b in batches])
+        print_json([b.to_dict() for b in batches])
         return
     if not batches:
         console.print(f"no batches yet. Start one with `{cmd('batch run AGENT_FILE TASKS.jsonl')}`.")
@@ -546,7 +533,7 @@ def show_cmd(
 
     info, cases = _services_call(config, get)
     if as_json:
-        _print_json({"batch": info.to_dict(), "cases": [c.to_dict() for c in cases]})
+        print_json({"batch": info.to_dict(), "cases": [c.to_dict() for c in cases]})
         return
     counts = ", ".join(f"{n} {s}" for s, n in info.counts.items() if n)
     console.print(Text.assemble(("batch ", ""), (info.id, "bold"), (f" {info.name}" if info.name else "", ""),
